@@ -1,0 +1,6 @@
+//! Authentication: access keys, service tokens, admin tokens, rate limits.
+
+pub mod admin;
+pub mod keys;
+pub mod rate_limit;
+pub mod service_token;

@@ -1,0 +1,414 @@
+//! Configuration from environment variables (Azure app settings are environment variables),
+//! read and validated once at start-up. The README's configuration table lists them all.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::domain::endpoint::{DEFAULT_ALLOWED_HOSTS, UpstreamPolicy};
+
+/// A configuration problem, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite,
+    Cosmos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsBackend {
+    Local,
+    KeyVault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Every setting SOPHIA reads. Built by [`Settings::from_env`], which reads:
+///
+/// `FUNCTIONS_CUSTOMHANDLER_PORT`, `SOPHIA_PORT`, `SOPHIA_BIND_ADDRESS`, `SOPHIA_DATA_DIR`,
+/// `SOPHIA_STORE`, `SOPHIA_SECRETS`, `SOPHIA_MASTER_KEY`, `SOPHIA_ADMIN_JWT_SECRET`,
+/// `SOPHIA_ADMIN_JWKS_URL`, `SOPHIA_ADMIN_ISSUER`, `SOPHIA_ADMIN_AUDIENCE`,
+/// `SOPHIA_ADMIN_ROLE_CLAIM`, `SOPHIA_ADMIN_COMPANY_CLAIM`, `SOPHIA_ADMIN_JWKS_MIN_REFRESH_SECS`,
+/// `SOPHIA_ALLOW_LOCAL_UPSTREAMS`, `SOPHIA_UPSTREAM_ALLOWED_HOSTS`, `SOPHIA_BCRYPT_COST`,
+/// `SOPHIA_TRUST_FORWARDED`, `SOPHIA_TOKEN_ISSUER`, `SOPHIA_TOKEN_AUDIENCE`,
+/// `SOPHIA_TOKEN_TTL_SECS`, `SOPHIA_PUBLIC_URL`, `SOPHIA_SECURITY_CACHE_TTL_SECS`,
+/// `SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS`, `SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY`,
+/// `SOPHIA_MAX_BODY_BYTES`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
+/// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
+/// `SOPHIA_KEYVAULT_URL`, `SOPHIA_AZURE_CREDENTIAL`, `SOPHIA_AZURE_CLIENT_ID`,
+/// `APPLICATIONINSIGHTS_CONNECTION_STRING`.
+#[derive(Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub bind_address: IpAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreBackend,
+    pub secrets: SecretsBackend,
+    pub master_key: Option<SecretString>,
+    pub admin_jwt_secret: Option<SecretString>,
+    pub admin_jwks_url: Option<url::Url>,
+    pub admin_issuer: Option<String>,
+    pub admin_audience: Option<String>,
+    pub admin_role_claim: Option<String>,
+    pub admin_company_claim: String,
+    pub admin_jwks_min_refresh: Duration,
+    pub allow_local_upstreams: bool,
+    pub upstream_allowed_hosts: String,
+    pub bcrypt_cost: u32,
+    pub trust_forwarded: bool,
+    pub token_issuer: String,
+    pub token_audience: String,
+    pub token_ttl_secs: u64,
+    pub public_url: Option<url::Url>,
+    pub security_cache_ttl: Duration,
+    pub token_rate_limit_per_address: u32,
+    pub token_rate_limit_per_company: u32,
+    pub max_body_bytes: usize,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub cosmos_endpoint: Option<String>,
+    pub cosmos_database: String,
+    pub cosmos_key: Option<SecretString>,
+    pub cosmos_create_containers: bool,
+    pub keyvault_url: Option<String>,
+    pub azure_credential: Option<String>,
+    pub azure_client_id: Option<String>,
+    pub appinsights_connection_string: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets show only whether they are set.
+        f.debug_struct("Settings")
+            .field("port", &self.port)
+            .field("bind_address", &self.bind_address)
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field("secrets", &self.secrets)
+            .field("master_key", &self.master_key.as_ref().map(|_| "[set]"))
+            .field(
+                "admin_jwt_secret",
+                &self.admin_jwt_secret.as_ref().map(|_| "[set]"),
+            )
+            .field(
+                "admin_jwks_url",
+                &self.admin_jwks_url.as_ref().map(url::Url::as_str),
+            )
+            .field("allow_local_upstreams", &self.allow_local_upstreams)
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("token_issuer", &self.token_issuer)
+            .field("token_audience", &self.token_audience)
+            .field("cosmos_key", &self.cosmos_key.as_ref().map(|_| "[set]"))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Env<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A variable's value; empty counts as unset.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| err(var, format!("'{v}' is not {what}"))),
+        }
+    }
+
+    fn flag(&self, var: &'static str) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(false),
+            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(err(var, format!("'{v}' is not true or false"))),
+        }
+    }
+
+    fn range<T>(&self, var: &'static str, default: T, lo: T, hi: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let v = self.parse(var, default, "a number")?;
+        if v < lo || v > hi {
+            return Err(err(var, format!("{v} is outside {lo}..={hi}")));
+        }
+        Ok(v)
+    }
+
+    fn url(&self, var: &'static str) -> Result<Option<url::Url>, ConfigError> {
+        self.get(var)
+            .map(|v| url::Url::parse(&v).map_err(|e| err(var, format!("not a URL: {e}"))))
+            .transpose()
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(lookup);
+        let port = match env.get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+            Some(_) => env.parse("FUNCTIONS_CUSTOMHANDLER_PORT", 8080u16, "a port number")?,
+            None => env.parse("SOPHIA_PORT", 8080u16, "a port number")?,
+        };
+        let store = match env.get("SOPHIA_STORE").as_deref() {
+            None | Some("sqlite") => StoreBackend::Sqlite,
+            Some("cosmos") => StoreBackend::Cosmos,
+            Some(other) => {
+                return Err(err(
+                    "SOPHIA_STORE",
+                    format!("'{other}' is not sqlite or cosmos"),
+                ));
+            }
+        };
+        let secrets = match env.get("SOPHIA_SECRETS").as_deref() {
+            None | Some("local") => SecretsBackend::Local,
+            Some("keyvault") => SecretsBackend::KeyVault,
+            Some(other) => {
+                return Err(err(
+                    "SOPHIA_SECRETS",
+                    format!("'{other}' is not local or keyvault"),
+                ));
+            }
+        };
+        let admin_jwt_secret = env.get("SOPHIA_ADMIN_JWT_SECRET");
+        if let Some(s) = &admin_jwt_secret
+            && s.len() < 32
+        {
+            return Err(err(
+                "SOPHIA_ADMIN_JWT_SECRET",
+                "must be at least 32 characters",
+            ));
+        }
+        let admin_jwks_url = env.url("SOPHIA_ADMIN_JWKS_URL")?;
+        if let Some(u) = &admin_jwks_url {
+            let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                return Err(err(
+                    "SOPHIA_ADMIN_JWKS_URL",
+                    "must be https (http only for a loopback host)",
+                ));
+            }
+        }
+        let upstream_allowed_hosts = env
+            .get("SOPHIA_UPSTREAM_ALLOWED_HOSTS")
+            .unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.to_owned());
+        let allow_local_upstreams = env.flag("SOPHIA_ALLOW_LOCAL_UPSTREAMS")?;
+        UpstreamPolicy::new(&upstream_allowed_hosts, allow_local_upstreams)
+            .map_err(|e| err("SOPHIA_UPSTREAM_ALLOWED_HOSTS", e))?;
+        let log_format = match env.get("SOPHIA_LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(err(
+                    "SOPHIA_LOG_FORMAT",
+                    format!("'{other}' is not json or pretty"),
+                ));
+            }
+        };
+        let public_url = env.url("SOPHIA_PUBLIC_URL")?;
+        let token_issuer = env
+            .get("SOPHIA_TOKEN_ISSUER")
+            .or_else(|| {
+                public_url
+                    .as_ref()
+                    .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            })
+            .unwrap_or_else(|| "sophia".to_owned());
+        let master_key = env.get("SOPHIA_MASTER_KEY");
+        if let Some(k) = &master_key {
+            crate::secrets::local::MasterKey::parse(k).map_err(|e| err("SOPHIA_MASTER_KEY", e))?;
+        }
+        Ok(Self {
+            port,
+            bind_address: env.parse(
+                "SOPHIA_BIND_ADDRESS",
+                IpAddr::from([127, 0, 0, 1]),
+                "an IP address",
+            )?,
+            data_dir: PathBuf::from(
+                env.get("SOPHIA_DATA_DIR")
+                    .unwrap_or_else(|| "./.sophia".into()),
+            ),
+            store,
+            secrets,
+            master_key: master_key.map(SecretString::from),
+            admin_jwt_secret: admin_jwt_secret.map(SecretString::from),
+            admin_jwks_url,
+            admin_issuer: env.get("SOPHIA_ADMIN_ISSUER"),
+            admin_audience: env.get("SOPHIA_ADMIN_AUDIENCE"),
+            admin_role_claim: env.get("SOPHIA_ADMIN_ROLE_CLAIM"),
+            admin_company_claim: env
+                .get("SOPHIA_ADMIN_COMPANY_CLAIM")
+                .unwrap_or_else(|| "companyId".into()),
+            admin_jwks_min_refresh: Duration::from_secs(env.range(
+                "SOPHIA_ADMIN_JWKS_MIN_REFRESH_SECS",
+                30u64,
+                0,
+                86_400,
+            )?),
+            allow_local_upstreams,
+            upstream_allowed_hosts,
+            bcrypt_cost: env.range("SOPHIA_BCRYPT_COST", 12u32, 4, 31)?,
+            trust_forwarded: env.flag("SOPHIA_TRUST_FORWARDED")?,
+            token_issuer,
+            token_audience: env
+                .get("SOPHIA_TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "sophia-agents".into()),
+            token_ttl_secs: env.range("SOPHIA_TOKEN_TTL_SECS", 3600u64, 60, 86_400)?,
+            public_url,
+            security_cache_ttl: Duration::from_secs(env.range(
+                "SOPHIA_SECURITY_CACHE_TTL_SECS",
+                30u64,
+                0,
+                3600,
+            )?),
+            token_rate_limit_per_address: env.range(
+                "SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS",
+                30u32,
+                0,
+                1_000_000,
+            )?,
+            token_rate_limit_per_company: env.range(
+                "SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY",
+                60u32,
+                0,
+                1_000_000,
+            )?,
+            max_body_bytes: env.range(
+                "SOPHIA_MAX_BODY_BYTES",
+                262_144usize,
+                1024,
+                64 * 1024 * 1024,
+            )?,
+            log_filter: env.get("SOPHIA_LOG").unwrap_or_else(|| "info".into()),
+            log_format,
+            cosmos_endpoint: env.get("SOPHIA_COSMOS_ENDPOINT"),
+            cosmos_database: env
+                .get("SOPHIA_COSMOS_DATABASE")
+                .unwrap_or_else(|| "sophia".into()),
+            cosmos_key: env.get("SOPHIA_COSMOS_KEY").map(SecretString::from),
+            cosmos_create_containers: env.flag("SOPHIA_COSMOS_CREATE_CONTAINERS")?,
+            keyvault_url: env.get("SOPHIA_KEYVAULT_URL"),
+            azure_credential: env.get("SOPHIA_AZURE_CREDENTIAL"),
+            azure_client_id: env.get("SOPHIA_AZURE_CLIENT_ID"),
+            appinsights_connection_string: env
+                .get("APPLICATIONINSIGHTS_CONNECTION_STRING")
+                .map(SecretString::from),
+        })
+    }
+
+    /// The upstream endpoint policy these settings describe.
+    pub fn upstream_policy(&self) -> UpstreamPolicy {
+        // Validated in from_lookup; a failure here would be a bug, so fall back to the default.
+        UpstreamPolicy::new(&self.upstream_allowed_hosts, self.allow_local_upstreams)
+            .unwrap_or_else(|_| {
+                UpstreamPolicy::new(DEFAULT_ALLOWED_HOSTS, self.allow_local_upstreams)
+                    .unwrap_or_else(|_| unreachable!("default host list is valid"))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.store, StoreBackend::Sqlite);
+        assert_eq!(s.secrets, SecretsBackend::Local);
+        assert_eq!(s.bcrypt_cost, 12);
+        assert_eq!(s.token_ttl_secs, 3600);
+        assert_eq!(s.data_dir, PathBuf::from("./.sophia"));
+        assert!(!s.allow_local_upstreams);
+    }
+
+    #[test]
+    fn functions_port_wins_over_sophia_port() {
+        let s = settings(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "7071"),
+            ("SOPHIA_PORT", "9000"),
+        ])
+        .unwrap();
+        assert_eq!(s.port, 7071);
+        assert_eq!(settings(&[("SOPHIA_PORT", "9000")]).unwrap().port, 9000);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("SOPHIA_PORT", "http"),
+            ("SOPHIA_BCRYPT_COST", "3"),
+            ("SOPHIA_STORE", "postgres"),
+            ("SOPHIA_SECRETS", "vault"),
+            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "maybe"),
+            ("SOPHIA_ADMIN_JWT_SECRET", "short"),
+            ("SOPHIA_ADMIN_JWKS_URL", "http://idp.example.com/keys"),
+            ("SOPHIA_UPSTREAM_ALLOWED_HOSTS", "a*b"),
+            ("SOPHIA_MASTER_KEY", "nope"),
+            ("SOPHIA_TOKEN_TTL_SECS", "5"),
+        ] {
+            let e = settings(&[(var, value)])
+                .err()
+                .unwrap_or_else(|| panic!("{var}={value} accepted"));
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let s = settings(&[(
+            "SOPHIA_ADMIN_JWT_SECRET",
+            "super-secret-value-that-is-long-enough",
+        )])
+        .unwrap();
+        assert!(!format!("{s:?}").contains("super-secret"));
+    }
+}

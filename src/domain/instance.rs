@@ -1,0 +1,102 @@
+//! The agent instance: one company's SOPHIA configuration, as stored.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{InstanceId, TenantId};
+
+/// Kinds of agent SOPHIA serves. Only `SOPHIA` today; the field exists so the API can grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AgentType {
+    #[serde(rename = "SOPHIA")]
+    Sophia,
+}
+
+impl AgentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sophia => "SOPHIA",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw == "SOPHIA").then_some(Self::Sophia)
+    }
+}
+
+/// Lifecycle of an instance. `DISABLED` is the soft-deleted state: no token exchange, no
+/// service token accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceStatus {
+    Active,
+    ToProvision,
+    Disabled,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::ToProvision => "TO_PROVISION",
+            Self::Disabled => "DISABLED",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "ACTIVE" => Some(Self::Active),
+            "TO_PROVISION" => Some(Self::ToProvision),
+            "DISABLED" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+
+    /// Whether a client of this instance may obtain and use service tokens.
+    pub fn can_authenticate(self) -> bool {
+        !matches!(self, Self::Disabled)
+    }
+}
+
+/// Which wire protocol the instance's model speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[default]
+    AzureOpenai,
+    Openai,
+}
+
+/// The stored instance document (`agentInstances`, partition key `tenantId`).
+///
+/// `accessKeyHash` is a bcrypt hash; credentials live only in the secret store, referenced by
+/// `keyvaultSecretId`. `etag` is assigned by the store on every write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInstance {
+    pub id: InstanceId,
+    pub tenant_id: TenantId,
+    pub agent_type: AgentType,
+    pub status: InstanceStatus,
+    #[serde(default)]
+    pub provider: Provider,
+    pub region: Option<String>,
+    pub model: Option<String>,
+    pub azure_project_id: Option<String>,
+    pub azure_openai_endpoint: Option<String>,
+    pub azure_openai_deployment: Option<String>,
+    pub azure_embedding_deployment: Option<String>,
+    pub azure_search_endpoint: Option<String>,
+    pub azure_vector_store_id: Option<String>,
+    #[serde(default)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    pub keyvault_secret_id: Option<String>,
+    pub access_key_hash: String,
+    pub access_key_last4: String,
+    pub key_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub etag: String,
+}

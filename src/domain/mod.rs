@@ -1,0 +1,11 @@
+//! Domain types, parsed once at the edge: an invalid value cannot be constructed.
+
+pub mod audit;
+pub mod endpoint;
+pub mod ids;
+pub mod instance;
+
+pub use audit::{AuditEntry, AuditOutcome};
+pub use endpoint::{EndpointError, UpstreamPolicy};
+pub use ids::{InstanceId, TenantId};
+pub use instance::{AgentInstance, AgentType, InstanceStatus, Provider};

@@ -1,0 +1,256 @@
+//! One error type for every HTTP answer: `ApiError` renders RFC 9457 problem+json with a
+//! stable machine `code` and the request id. Module errors map into it with `From`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::request_id;
+use crate::secrets::SecretError;
+use crate::store::StoreError;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answered to a client. Internal causes are logged once, where they are answered,
+/// and never reach the body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{detail}")]
+    Validation { field: String, detail: String },
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    #[error("invalid client credentials")]
+    InvalidClient,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the resource was modified (etag mismatch)")]
+    PreconditionFailed,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    /// RFC 6749 §5.2 members, so OAuth2 client libraries understand token errors too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(rename = "error_description", skip_serializing_if = "Option::is_none")]
+    error_description: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::BadRequest(detail.into())
+    }
+
+    pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Forbidden(detail.into())
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated | Self::InvalidToken(_) | Self::InvalidClient => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code; clients switch on this, never on `detail`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "invalid_request",
+            Self::Validation { .. } => "validation_failed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::InvalidClient => "invalid_client",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "Bad request",
+            Self::Validation { .. } => "Validation failed",
+            Self::Unauthenticated => "Authentication required",
+            Self::InvalidToken(_) => "Invalid token",
+            Self::InvalidClient => "Invalid client",
+            Self::Forbidden(_) => "Forbidden",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Conflict(_) => "Conflict",
+            Self::PreconditionFailed => "Precondition failed",
+            Self::PayloadTooLarge { .. } => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::RateLimited { .. } => "Too many requests",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Internal(_) => "Internal error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            // The token error reason is deliberately not echoed: a client learns only that
+            // its token is not accepted.
+            Self::InvalidToken(_) => {
+                "the bearer token is missing, malformed, expired or revoked".into()
+            }
+            Self::InvalidClient => {
+                "client authentication failed (unknown company, wrong key or inactive agent)".into()
+            }
+            Self::Internal(_) => {
+                "an internal error occurred; quote the requestId when reporting it".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let request_id = request_id::current();
+        match &self {
+            Self::Internal(err) => {
+                tracing::error!(request.id = %request_id, error = ?err, "internal error: {err:#}")
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(request.id = %request_id, "dependency unavailable: {detail}")
+            }
+            Self::InvalidToken(reason) => {
+                tracing::info!(request.id = %request_id, auth.reason = reason, "token rejected: {reason}")
+            }
+            _ => {}
+        }
+        let (field, oauth_error) = match &self {
+            Self::Validation { field, .. } => (Some(field.as_str()), None),
+            Self::InvalidClient => (None, Some("invalid_client")),
+            _ => (None, None),
+        };
+        let detail = self.detail();
+        let problem = Problem {
+            kind: format!("https://sophia.dev/problems/{}", self.code()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: detail.clone(),
+            code: self.code(),
+            request_id,
+            field,
+            error: oauth_error,
+            error_description: oauth_error.map(|_| detail.as_str()),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::InvalidToken(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound("resource"),
+            StoreError::PreconditionFailed => Self::PreconditionFailed,
+            StoreError::AlreadyExists(what) => Self::Conflict(what),
+            StoreError::InvalidContinuationToken => {
+                Self::validation("continuationToken", "invalid continuation token")
+            }
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = ?cause, "store unavailable: {cause:#}");
+                Self::Unavailable("the document store is unavailable; retry later".into())
+            }
+            StoreError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(err: SecretError) -> Self {
+        match err {
+            SecretError::NotFound => Self::NotFound("secret"),
+            SecretError::InvalidId(detail) => Self::validation("keyvaultSecretId", detail),
+            SecretError::Unavailable(cause) => {
+                tracing::warn!(error = ?cause, "secret store unavailable: {cause:#}");
+                Self::Unavailable("the secret store is unavailable; retry later".into())
+            }
+            SecretError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Request extractors that answer bad input with problem+json: JSON bodies (reporting the
+//! failing field path), path ids, the caller's address, and the two kinds of bearer token.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::auth::admin::AdminPrincipal;
+use crate::auth::service_token::ServiceClaims;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// A JSON body. Missing or wrong content type → 415, oversize → 413, malformed or invalid →
+/// 400 naming the field.
+pub struct ApiJson<T>(pub T);
+
+/// Whether the request declares a JSON body (`application/json` or `application/*+json`).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    })
+}
+
+/// The lower-cased media type of the request, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Reads the body, mapping the size limit to 413.
+pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.settings.max_body_bytes,
+            }
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })
+}
+
+/// Parses JSON, reporting the path of the failing field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        } else {
+            let field = if path == "." { String::new() } else { path };
+            ApiError::validation(field, inner.to_string())
+        }
+    })?;
+    de.end()
+        .map_err(|_| ApiError::bad_request("malformed JSON: trailing characters"))?;
+    Ok(value)
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "this endpoint takes Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken("malformed Authorization header"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::InvalidToken(
+            "Authorization is not a Bearer token",
+        )),
+    }
+}
+
+/// The caller's address: the socket peer, or — only when `SOPHIA_TRUST_FORWARDED=true` — the
+/// last `X-Forwarded-For` hop (the one the trusted front end appended).
+#[derive(Debug, Clone)]
+pub struct ClientAddress(pub String);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.settings.trust_forwarded
+            && let Some(forwarded) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        {
+            return Ok(Self(normalise_address(forwarded)));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Ok(Self(peer))
+    }
+}
+
+/// Azure front ends may append `ip:port`; keep the address only.
+fn normalise_address(raw: &str) -> String {
+    if let Ok(sock) = raw.parse::<SocketAddr>() {
+        return sock.ip().to_string();
+    }
+    if let Ok(ip) = raw.parse::<std::net::IpAddr>() {
+        return ip.to_string();
+    }
+    raw.chars()
+        .take(64)
+        .filter(|c| c.is_ascii_graphic())
+        .collect()
+}
+
+/// A verified service token whose instance is still live with the same key version.
+pub struct ServiceAuth(pub ServiceClaims);
+
+impl FromRequestParts<AppState> for ServiceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
+        let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
+        let security = state
+            .security
+            .get(state.store.as_ref(), &claims.company_id, &claims.sub)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => ApiError::InvalidToken("instance not found"),
+                other => ApiError::from(other),
+            })?
+            .ok_or(ApiError::InvalidToken("instance not found"))?;
+        if !security.status.can_authenticate() {
+            return Err(ApiError::InvalidToken("instance disabled"));
+        }
+        if security.key_version != claims.key_version {
+            return Err(ApiError::InvalidToken("access key rotated"));
+        }
+        Ok(Self(claims))
+    }
+}
+
+/// A verified admin token.
+pub struct AdminAuth(pub AdminPrincipal);
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
+        Ok(Self(state.admin.verify(token).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_normalised() {
+        assert_eq!(normalise_address("203.0.113.9:5123"), "203.0.113.9");
+        assert_eq!(normalise_address("2001:db8::1"), "2001:db8::1");
+        assert_eq!(normalise_address("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(normalise_address("bad value\n"), "badvalue");
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            inner: Inner,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u8,
+        }
+        match parse_json::<Body>(br#"{"inner":{"n":"x"}}"#) {
+            Err(ApiError::Validation { field, .. }) => assert_eq!(field, "inner.n"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Body>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b""),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(br#"{"inner":{"n":1},"x":1}"#),
+            Err(ApiError::Validation { .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! SOPHIA: a multi-tenant AI agent gateway, served as an Azure Functions custom handler.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library: [`startup::Application`]
+//! builds everything from [`config::Settings`] and serves [`router::router`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod request_id;
+pub mod router;
+pub mod routes;
+pub mod secrets;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tenant;

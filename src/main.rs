@@ -1,0 +1,91 @@
+//! The `sophia` binary: a thin shell over the library.
+
+use std::process::ExitCode;
+
+use sophia::cli::{self, Command};
+use sophia::config::Settings;
+use sophia::startup::{Application, shutdown_signal};
+
+#[allow(clippy::print_stdout)]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sophia: {e}\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sophia: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("sophia {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::AdminToken {
+            role,
+            company,
+            ttl_secs,
+        } => match cli::admin_token(&settings, &role, company.as_ref(), ttl_secs) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sophia: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    sophia::telemetry::init(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophia: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = ?e, "start-up failed: {e:#}");
+                eprintln!("sophia: start-up failed: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            http.port = app.port(),
+            "sophia {} listening on port {}",
+            env!("CARGO_PKG_VERSION"),
+            app.port()
+        );
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,152 @@
+//! Every route, in one place. The route table is also what the tests compare against
+//! `functions/*/function.json` and `openapi/openapi.yaml`.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
+use crate::request_id;
+use crate::routes::admin::{audit, instances};
+use crate::routes::{agents, health, openapi, token, wellknown};
+use crate::state::AppState;
+
+/// Routes that need no credentials. Every other route authenticates through its extractors
+/// (`AdminAuth` or `ServiceAuth`); the auth tests walk this list.
+pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/health"),
+    ("GET", "/openapi.yaml"),
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/.well-known/openid-configuration"),
+    ("POST", "/agents/auth/token"),
+];
+
+struct RouteTable {
+    router: Router<AppState>,
+    routes: Vec<(Method, &'static str)>,
+}
+
+impl RouteTable {
+    fn add(mut self, method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
+        self.routes.push((method, path));
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn table() -> RouteTable {
+    RouteTable {
+        router: Router::new(),
+        routes: Vec::new(),
+    }
+    .add(Method::GET, "/", get(health::root))
+    .add(Method::GET, "/health", get(health::health))
+    .add(Method::GET, "/openapi.yaml", get(openapi::spec))
+    .add(Method::GET, "/.well-known/jwks.json", get(wellknown::jwks))
+    .add(
+        Method::GET,
+        "/.well-known/openid-configuration",
+        get(wellknown::openid_configuration),
+    )
+    .add(
+        Method::POST,
+        "/agents/auth/token",
+        post(token::exchange_token),
+    )
+    .add(Method::GET, "/agents/me", get(agents::me))
+    .add(
+        Method::POST,
+        "/admin/agent-instances",
+        post(instances::create_instance),
+    )
+    .add(
+        Method::GET,
+        "/admin/agent-instances",
+        get(instances::list_instances),
+    )
+    .add(
+        Method::GET,
+        "/admin/agent-instances/{id}",
+        get(instances::get_instance),
+    )
+    .add(
+        Method::PATCH,
+        "/admin/agent-instances/{id}",
+        patch(instances::patch_instance),
+    )
+    .add(
+        Method::DELETE,
+        "/admin/agent-instances/{id}",
+        delete(instances::delete_instance),
+    )
+    .add(
+        Method::POST,
+        "/admin/agent-instances/{id}/rotate-key",
+        post(instances::rotate_key),
+    )
+    .add(
+        Method::GET,
+        "/admin/audit-logs",
+        get(audit::list_audit_logs),
+    )
+}
+
+/// Every (method, path template) the router serves.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().routes
+}
+
+/// The application router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    table()
+        .router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            tracing::error!("a handler panicked");
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// One line per request: method, route template (never the raw query), status, duration.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| request.uri().path().chars().take(200).collect());
+    let response = next.run(request).await;
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        http.method = %method,
+        http.route = %route,
+        http.status = response.status().as_u16(),
+        duration_ms,
+        request.id = %request_id::current(),
+        "{method} {route} {}",
+        response.status().as_u16()
+    );
+    response
+}

@@ -1,0 +1,6 @@
+//! The admin API (admin JWT): agent instances and the audit trail.
+
+pub mod audit;
+pub mod instances;
+pub mod types;
+pub mod validate;

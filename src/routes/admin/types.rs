@@ -1,0 +1,166 @@
+//! Request and response bodies of the admin API.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::domain::{
+    AgentInstance, AgentType, AuditEntry, InstanceId, InstanceStatus, Provider, TenantId,
+};
+use crate::secrets::CredentialBundle;
+
+/// A PATCH field: absent (leave alone), `null` (clear) or a value.
+#[derive(Debug, Default)]
+pub enum Patch<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(d).map(|o| o.map_or(Patch::Null, Patch::Value))
+    }
+}
+
+/// `POST /admin/agent-instances`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateInstance {
+    pub company_id: TenantId,
+    pub agent_type: AgentType,
+    pub provider: Option<Provider>,
+    pub region: Option<String>,
+    pub model: Option<String>,
+    pub azure_project_id: Option<String>,
+    pub azure_openai_endpoint: Option<String>,
+    pub azure_openai_deployment: Option<String>,
+    pub azure_embedding_deployment: Option<String>,
+    pub azure_search_endpoint: Option<String>,
+    pub azure_vector_store_id: Option<String>,
+    pub settings: Option<Map<String, Value>>,
+    pub credentials: Option<CredentialBundle>,
+    pub keyvault_secret_id: Option<String>,
+}
+
+/// `PATCH /admin/agent-instances/{id}`: only these fields exist; anything else is a 400.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PatchInstance {
+    pub status: Patch<InstanceStatus>,
+    pub provider: Patch<Provider>,
+    pub region: Patch<String>,
+    pub model: Patch<String>,
+    pub azure_project_id: Patch<String>,
+    pub azure_openai_endpoint: Patch<String>,
+    pub azure_openai_deployment: Patch<String>,
+    pub azure_embedding_deployment: Patch<String>,
+    pub azure_search_endpoint: Patch<String>,
+    pub azure_vector_store_id: Patch<String>,
+    /// Merged into the stored settings (RFC 7386): a `null` member removes that key.
+    pub settings: Patch<Map<String, Value>>,
+    pub credentials: Patch<CredentialBundle>,
+    pub keyvault_secret_id: Patch<String>,
+}
+
+/// `GET /admin/agent-instances` query.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListInstancesQuery {
+    pub company_id: Option<TenantId>,
+    pub status: Option<InstanceStatus>,
+    pub limit: Option<u32>,
+    pub continuation_token: Option<String>,
+}
+
+/// `GET /admin/audit-logs` query.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditQuery {
+    pub company_id: Option<TenantId>,
+    pub instance_id: Option<InstanceId>,
+    pub action: Option<String>,
+    pub limit: Option<u32>,
+    pub continuation_token: Option<String>,
+}
+
+/// An instance as admins see it: the key only as its last four characters, never a
+/// credential.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    pub id: InstanceId,
+    pub company_id: TenantId,
+    pub agent_type: AgentType,
+    pub status: InstanceStatus,
+    pub provider: Provider,
+    pub region: Option<String>,
+    pub model: Option<String>,
+    pub azure_project_id: Option<String>,
+    pub azure_openai_endpoint: Option<String>,
+    pub azure_openai_deployment: Option<String>,
+    pub azure_embedding_deployment: Option<String>,
+    pub azure_search_endpoint: Option<String>,
+    pub azure_vector_store_id: Option<String>,
+    pub settings: Map<String, Value>,
+    pub keyvault_secret_id: Option<String>,
+    pub has_credentials: bool,
+    pub access_key_last4: String,
+    pub access_key_masked: String,
+    pub key_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub etag: String,
+}
+
+impl From<&AgentInstance> for InstanceView {
+    fn from(i: &AgentInstance) -> Self {
+        Self {
+            id: i.id,
+            company_id: i.tenant_id.clone(),
+            agent_type: i.agent_type,
+            status: i.status,
+            provider: i.provider,
+            region: i.region.clone(),
+            model: i.model.clone(),
+            azure_project_id: i.azure_project_id.clone(),
+            azure_openai_endpoint: i.azure_openai_endpoint.clone(),
+            azure_openai_deployment: i.azure_openai_deployment.clone(),
+            azure_embedding_deployment: i.azure_embedding_deployment.clone(),
+            azure_search_endpoint: i.azure_search_endpoint.clone(),
+            azure_vector_store_id: i.azure_vector_store_id.clone(),
+            settings: i.settings.clone(),
+            keyvault_secret_id: i.keyvault_secret_id.clone(),
+            has_credentials: i.keyvault_secret_id.is_some(),
+            access_key_last4: i.access_key_last4.clone(),
+            access_key_masked: format!("****{}", i.access_key_last4),
+            key_version: i.key_version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            last_used_at: i.last_used_at,
+            etag: i.etag.clone(),
+        }
+    }
+}
+
+/// The answer of create and rotate-key: the instance plus the key in clear, this once.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceWithKey {
+    #[serde(flatten)]
+    pub instance: InstanceView,
+    pub agent_access_key: String,
+}
+
+/// Every listing: `{items, continuationToken?}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation_token: Option<String>,
+}
+
+pub type AuditView = AuditEntry;

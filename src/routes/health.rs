@@ -1,0 +1,49 @@
+//! `GET /` (the Functions host's readiness probe) and `GET /health`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+/// Readiness for the Functions host: answers as soon as the listener is up.
+pub async fn root() -> Json<Value> {
+    Json(json!({ "service": "sophia", "status": "ok" }))
+}
+
+/// Version, configured backends and whether the store answers.
+pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let store_ok = app.store.ping().await;
+    let status = if store_ok.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if let Err(e) = &store_ok {
+        tracing::warn!(error = ?e, "health: store did not answer: {e:#}");
+    }
+    let telemetry = if app.settings.appinsights_connection_string.is_some() {
+        "appinsights"
+    } else {
+        "stdout-json"
+    };
+    (
+        status,
+        Json(json!({
+            "status": if store_ok.is_ok() { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "backends": {
+                "store": app.store.backend(),
+                "secrets": app.secrets.backend(),
+                "telemetry": telemetry,
+                "adminAuth": {
+                    "hs256": app.settings.admin_jwt_secret.is_some() || app.settings.admin_jwks_url.is_none(),
+                    "jwks": app.settings.admin_jwks_url.is_some(),
+                },
+            },
+            "checks": { "store": store_ok.is_ok() },
+            "uptimeSeconds": app.started_at.elapsed().as_secs(),
+        })),
+    )
+}

@@ -1,0 +1,131 @@
+//! The credential bundle of one instance: every Azure credential it needs, kept as one
+//! secret (one Key Vault read per tenant load).
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// An instance's credentials. `Debug` redacts; there is no `Serialize` on the values
+/// themselves — `to_secret` exposes them exactly once, into the secret store.
+#[derive(Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialBundle {
+    pub azure_openai_key: Option<SecretString>,
+    pub azure_search_key: Option<SecretString>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Exposed<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    azure_openai_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    azure_search_key: Option<&'a str>,
+}
+
+impl CredentialBundle {
+    pub fn is_empty(&self) -> bool {
+        self.azure_openai_key.is_none() && self.azure_search_key.is_none()
+    }
+
+    /// Names of the credentials present (for audit details; never values).
+    pub fn present_fields(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.azure_openai_key.is_some() {
+            out.push("azureOpenaiKey");
+        }
+        if self.azure_search_key.is_some() {
+            out.push("azureSearchKey");
+        }
+        out
+    }
+
+    /// Serialises the bundle for the secret store.
+    pub fn to_secret(&self) -> SecretString {
+        let exposed = Exposed {
+            azure_openai_key: self.azure_openai_key.as_ref().map(|s| s.expose_secret()),
+            azure_search_key: self.azure_search_key.as_ref().map(|s| s.expose_secret()),
+        };
+        SecretString::from(serde_json::to_string(&exposed).unwrap_or_default())
+    }
+
+    /// Parses a bundle read from the secret store. A value that is not a JSON bundle is taken
+    /// as a bare Azure OpenAI key (how a pre-existing Key Vault secret usually looks).
+    pub fn from_secret(secret: &SecretString) -> Self {
+        serde_json::from_str(secret.expose_secret()).unwrap_or_else(|_| Self {
+            azure_openai_key: Some(secret.clone()),
+            azure_search_key: None,
+        })
+    }
+
+    /// Overlays `patch`: present values replace, absent ones keep.
+    pub fn merged(mut self, patch: CredentialBundle) -> Self {
+        if patch.azure_openai_key.is_some() {
+            self.azure_openai_key = patch.azure_openai_key;
+        }
+        if patch.azure_search_key.is_some() {
+            self.azure_search_key = patch.azure_search_key;
+        }
+        self
+    }
+}
+
+impl fmt::Debug for CredentialBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialBundle")
+            .field(
+                "azure_openai_key",
+                &self.azure_openai_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "azure_search_key",
+                &self.azure_search_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_redacts() {
+        let bundle: CredentialBundle =
+            serde_json::from_str(r#"{"azureOpenaiKey":"k-123","azureSearchKey":"s-456"}"#).unwrap();
+        let debug = format!("{bundle:?}");
+        assert!(
+            !debug.contains("k-123") && !debug.contains("s-456"),
+            "{debug}"
+        );
+        let back = CredentialBundle::from_secret(&bundle.to_secret());
+        assert_eq!(back.azure_openai_key.unwrap().expose_secret(), "k-123");
+        assert_eq!(back.azure_search_key.unwrap().expose_secret(), "s-456");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(serde_json::from_str::<CredentialBundle>(r#"{"password":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn merge_keeps_unpatched_values() {
+        let old = CredentialBundle {
+            azure_openai_key: Some("a".into()),
+            azure_search_key: Some("b".into()),
+        };
+        let merged = old.merged(CredentialBundle {
+            azure_openai_key: Some("c".into()),
+            azure_search_key: None,
+        });
+        assert_eq!(merged.azure_openai_key.unwrap().expose_secret(), "c");
+        assert_eq!(merged.azure_search_key.unwrap().expose_secret(), "b");
+    }
+
+    #[test]
+    fn a_bare_value_is_an_openai_key() {
+        let b = CredentialBundle::from_secret(&SecretString::from("plain-key"));
+        assert_eq!(b.azure_openai_key.unwrap().expose_secret(), "plain-key");
+    }
+}

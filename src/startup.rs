@@ -1,0 +1,228 @@
+//! Building the application from settings: backends, keys, caches, listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::auth::admin::{AdminAuthConfig, AdminVerifier};
+use crate::auth::keys::KeyHasher;
+use crate::auth::rate_limit::RateLimiter;
+use crate::auth::service_token::ServiceTokens;
+use crate::config::{SecretsBackend, Settings, StoreBackend};
+use crate::secrets::SecretStore;
+use crate::secrets::local::{LocalSecretStore, MasterKey, write_private_file};
+use crate::state::{App, AppState};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::tenant::SecurityCache;
+
+/// File in the data directory holding the generated local admin secret.
+pub const ADMIN_SECRET_FILE: &str = "admin-jwt.secret";
+
+/// Creates the data directory (owner-only) if needed.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("SOPHIA_DATA_DIR: creating {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// The HS256 admin secret: configured, or — in local mode with no JWKS — generated into the
+/// data directory on first run (so `sophia admin-token` and the server agree).
+pub fn admin_secret(settings: &Settings) -> anyhow::Result<Option<SecretString>> {
+    if let Some(secret) = &settings.admin_jwt_secret {
+        return Ok(Some(secret.clone()));
+    }
+    if settings.admin_jwks_url.is_some() {
+        return Ok(None);
+    }
+    if settings.secrets != SecretsBackend::Local {
+        anyhow::bail!(
+            "SOPHIA_ADMIN_JWT_SECRET or SOPHIA_ADMIN_JWKS_URL must be set when SOPHIA_SECRETS is not local"
+        );
+    }
+    ensure_data_dir(&settings.data_dir)?;
+    let path = settings.data_dir.join(ADMIN_SECRET_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let text = text.trim().to_owned();
+        if text.len() < 32 {
+            anyhow::bail!(
+                "{} is shorter than 32 characters; delete it to regenerate",
+                path.display()
+            );
+        }
+        return Ok(Some(SecretString::from(text)));
+    }
+    let secret = crate::auth::keys::AccessKey::generate().expose().to_owned()
+        + &crate::auth::keys::AccessKey::generate().expose()[4..];
+    write_private_file(&path, secret.as_bytes())?;
+    Ok(Some(SecretString::from(secret)))
+}
+
+/// The admin verifier these settings describe.
+pub fn admin_verifier(settings: &Settings, http: reqwest::Client) -> anyhow::Result<AdminVerifier> {
+    Ok(AdminVerifier::new(
+        AdminAuthConfig {
+            hs256_secret: admin_secret(settings)?,
+            jwks_url: settings.admin_jwks_url.clone(),
+            issuer: settings.admin_issuer.clone(),
+            audience: settings.admin_audience.clone(),
+            role_claim: settings.admin_role_claim.clone(),
+            company_claim: settings.admin_company_claim.clone(),
+            jwks_min_refresh: settings.admin_jwks_min_refresh,
+            jwks_max_age: Duration::from_secs(3600),
+        },
+        http,
+    ))
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    match settings.store {
+        StoreBackend::Sqlite => {
+            ensure_data_dir(&settings.data_dir)?;
+            Ok(Arc::new(SqliteStore::open(
+                &settings.data_dir.join("sophia.db"),
+            )?))
+        }
+        StoreBackend::Cosmos => anyhow::bail!(
+            "SOPHIA_STORE=cosmos: the Cosmos DB store is not part of this build yet; use SOPHIA_STORE=sqlite"
+        ),
+    }
+}
+
+fn open_secrets(settings: &Settings) -> anyhow::Result<Arc<dyn SecretStore>> {
+    match settings.secrets {
+        SecretsBackend::Local => {
+            ensure_data_dir(&settings.data_dir)?;
+            let key = match &settings.master_key {
+                Some(raw) => MasterKey::parse(raw.expose_secret())
+                    .map_err(|e| anyhow::anyhow!("SOPHIA_MASTER_KEY: {e}"))?,
+                None => MasterKey::load_or_create(&settings.data_dir)?,
+            };
+            Ok(Arc::new(LocalSecretStore::open(
+                &settings.data_dir.join("secrets.db"),
+                key,
+            )?))
+        }
+        SecretsBackend::KeyVault => anyhow::bail!(
+            "SOPHIA_SECRETS=keyvault: the Key Vault secret store is not part of this build yet; use SOPHIA_SECRETS=local"
+        ),
+    }
+}
+
+/// The shared HTTP client (connection pooling for every upstream call).
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("sophia/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Builds the application state from settings.
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let store = open_store(&settings)?;
+    let secrets = open_secrets(&settings)?;
+    let http = http_client()?;
+    let tokens = ServiceTokens::load_or_create(
+        secrets.as_ref(),
+        settings.token_issuer.clone(),
+        settings.token_audience.clone(),
+        settings.token_ttl_secs,
+    )
+    .await
+    .context("loading the service-token signing key")?;
+    let admin = admin_verifier(&settings, http.clone())?;
+    Ok(Arc::new(App {
+        upstreams: settings.upstream_policy(),
+        hasher: KeyHasher::new(settings.bcrypt_cost),
+        security: SecurityCache::new(settings.security_cache_ttl),
+        limit_by_address: RateLimiter::new(settings.token_rate_limit_per_address),
+        limit_by_company: RateLimiter::new(settings.token_rate_limit_per_company),
+        started_at: Instant::now(),
+        store,
+        secrets,
+        http,
+        tokens,
+        admin,
+        settings,
+    }))
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the state and binds the port (port 0 picks a free one; see [`Self::port`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(settings.bind_address, settings.port);
+        let state = build_state(settings).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> AppState {
+        Arc::clone(&self.state)
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = crate::router::router(self.state);
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,32 @@
+//! Shared application state: one `App` behind an `Arc`, handed to handlers by axum.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::admin::AdminVerifier;
+use crate::auth::keys::KeyHasher;
+use crate::auth::rate_limit::RateLimiter;
+use crate::auth::service_token::ServiceTokens;
+use crate::config::Settings;
+use crate::domain::UpstreamPolicy;
+use crate::secrets::SecretStore;
+use crate::store::Store;
+use crate::tenant::SecurityCache;
+
+/// Everything a request may need: backends, keys, caches and settings.
+pub struct App {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub http: reqwest::Client,
+    pub tokens: ServiceTokens,
+    pub admin: AdminVerifier,
+    pub hasher: KeyHasher,
+    pub upstreams: UpstreamPolicy,
+    pub security: SecurityCache,
+    pub limit_by_address: RateLimiter,
+    pub limit_by_company: RateLimiter,
+    pub started_at: Instant,
+}
+
+pub type AppState = Arc<App>;

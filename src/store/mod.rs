@@ -1,0 +1,170 @@
+//! Document storage behind one trait. Every tenant-scoped method takes the tenant scope
+//! first; a `TenantScope::All` read is only ever issued for a `PLATFORM_ADMIN`.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{AgentInstance, AgentType, AuditEntry, InstanceId, InstanceStatus, TenantId};
+
+/// Backend-neutral storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// An `If-Match` etag did not match the stored document.
+    #[error("etag mismatch")]
+    PreconditionFailed,
+    /// A uniqueness rule would be broken (the message says which).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A continuation token that this store did not issue.
+    #[error("invalid continuation token")]
+    InvalidContinuationToken,
+    /// The backend could not be reached or is throttling; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("store error: {0}")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which partitions a read may touch.
+#[derive(Debug, Clone)]
+pub enum TenantScope {
+    /// One company's partition (every company-admin and service call).
+    Tenant(TenantId),
+    /// Every partition: platform-admin listings only.
+    All,
+}
+
+impl TenantScope {
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Self::Tenant(t) => Some(t),
+            Self::All => None,
+        }
+    }
+}
+
+/// One page of a listing; `continuation_token` is opaque and present while more remain.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub continuation_token: Option<String>,
+}
+
+/// Where a listing starts and how much it returns.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub continuation_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub status: Option<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub instance_id: Option<InstanceId>,
+    pub action: Option<String>,
+}
+
+/// The documents SOPHIA keeps.
+///
+/// Contract (run against every backend by `tests/store_contract.rs`):
+/// * writes assign a new opaque `etag`; `replace_instance` with a stale etag fails with
+///   `PreconditionFailed` and writes nothing;
+/// * at most one non-`DISABLED` instance per (tenant, agent type): `AlreadyExists`;
+/// * a tenant-scoped read never returns another tenant's document;
+/// * listings are stable under pagination (no duplicates, no gaps).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for `/health`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks the backend answers (used by `/health`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a new instance; returns it with its etag.
+    async fn insert_instance(&self, instance: &AgentInstance) -> StoreResult<AgentInstance>;
+
+    /// Reads one instance, within the scope.
+    async fn get_instance(
+        &self,
+        scope: &TenantScope,
+        id: &InstanceId,
+    ) -> StoreResult<AgentInstance>;
+
+    /// The tenant's instance of that agent type that is not `DISABLED`, if any.
+    async fn find_live_instance(
+        &self,
+        tenant: &TenantId,
+        agent_type: AgentType,
+    ) -> StoreResult<Option<AgentInstance>>;
+
+    /// Instances in scope, oldest first.
+    async fn list_instances(
+        &self,
+        scope: &TenantScope,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AgentInstance>>;
+
+    /// Replaces an instance if its stored etag is `if_match`; returns it with its new etag.
+    async fn replace_instance(
+        &self,
+        instance: &AgentInstance,
+        if_match: &str,
+    ) -> StoreResult<AgentInstance>;
+
+    /// Records a successful use without changing the etag (an admin's `If-Match` must not be
+    /// broken by client traffic).
+    async fn touch_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+
+    /// Audit entries in scope, newest first.
+    async fn list_audit(
+        &self,
+        scope: &TenantScope,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>>;
+}
+
+/// Keyset cursor shared by the backends that page by (sort key, id).
+pub(crate) mod cursor {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Cursor {
+        pub k: String,
+        pub i: String,
+    }
+
+    pub fn encode(key: &str, id: &str) -> String {
+        let json = serde_json::to_vec(&Cursor {
+            k: key.to_owned(),
+            i: id.to_owned(),
+        })
+        .unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(token: &str) -> Option<Cursor> {
+        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

@@ -1,0 +1,514 @@
+//! The embedded `Store`: one SQLite file in WAL mode, schema migrations versioned in code
+//! (`PRAGMA user_version`), every call run off the async runtime.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{
+    AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
+    cursor,
+};
+use crate::domain::{AgentInstance, AgentType, AuditEntry, InstanceId, TenantId};
+
+/// Schema migrations, applied in order; index + 1 is the `user_version` after each.
+/// Never edit a shipped migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: instances and audit logs.
+    "CREATE TABLE agent_instances (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant_id TEXT NOT NULL,
+        agent_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        last_used_at TEXT,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX agent_instances_by_tenant ON agent_instances (tenant_id, created_at, id);
+    CREATE INDEX agent_instances_by_time ON agent_instances (created_at, id);
+    CREATE UNIQUE INDEX agent_instances_one_live
+        ON agent_instances (tenant_id, agent_type) WHERE status <> 'DISABLED';
+    CREATE TABLE audit_logs (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        instance_id TEXT,
+        time TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX audit_logs_by_tenant ON audit_logs (tenant_id, time, id);
+    CREATE INDEX audit_logs_by_time ON audit_logs (time, id);",
+];
+
+/// Fixed-width UTC timestamps sort lexically in time order.
+fn sort_key(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn new_etag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// SQLite-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening SQLite store {}", path.display()))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store (tests, benchmarks).
+    pub fn open_in_memory() -> anyhow::Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> anyhow::Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Internal(anyhow::anyhow!("SQLite connection poisoned")))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("store task failed: {e}")))?
+    }
+}
+
+/// Applies the migrations the database has not seen yet, each in its own transaction.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        anyhow::bail!(
+            "the SQLite store has schema version {current}, newer than this binary knows ({known}); \
+             refusing to run an older binary against it"
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("store migration {}", index + 1))?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn map_err(err: rusqlite::Error) -> StoreError {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(err.into())
+        }
+        _ => StoreError::Internal(err.into()),
+    }
+}
+
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+fn live_conflict(instance: &AgentInstance) -> StoreError {
+    StoreError::AlreadyExists(format!(
+        "company '{}' already has a {} agent instance that is not DISABLED",
+        instance.tenant_id,
+        instance.agent_type.as_str()
+    ))
+}
+
+fn decode_instance(
+    doc: String,
+    etag: String,
+    last_used: Option<String>,
+) -> StoreResult<AgentInstance> {
+    let mut instance: AgentInstance = serde_json::from_str(&doc)
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt instance document: {e}")))?;
+    instance.etag = etag;
+    instance.last_used_at = last_used
+        .map(|s| DateTime::parse_from_rfc3339(&s).map(|d| d.with_timezone(&Utc)))
+        .transpose()
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt lastUsedAt: {e}")))?;
+    Ok(instance)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
+}
+
+fn page_limit(page: &PageRequest) -> u32 {
+    page.limit.clamp(1, 1000)
+}
+
+fn decode_cursor(page: &PageRequest) -> StoreResult<Option<cursor::Cursor>> {
+    match page.continuation_token.as_deref() {
+        None => Ok(None),
+        Some(token) => cursor::decode(token)
+            .map(Some)
+            .ok_or(StoreError::InvalidContinuationToken),
+    }
+}
+
+/// Dynamic SQL built from fixed fragments; every value is a bound parameter.
+struct Query {
+    sql: String,
+    args: Vec<String>,
+}
+
+impl Query {
+    fn new(select: &str) -> Self {
+        Self {
+            sql: format!("{select} WHERE 1 = 1"),
+            args: Vec::new(),
+        }
+    }
+
+    fn and(&mut self, clause: &str, values: &[&str]) {
+        let mut clause = clause.to_owned();
+        for value in values {
+            self.args.push((*value).to_owned());
+            clause = clause.replacen('?', &format!("?{}", self.args.len()), 1);
+        }
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&clause);
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
+    }
+
+    async fn insert_instance(&self, instance: &AgentInstance) -> StoreResult<AgentInstance> {
+        let mut instance = instance.clone();
+        instance.etag = new_etag();
+        self.run(move |conn| {
+            let doc = encode(&instance)?;
+            let result = conn.execute(
+                "INSERT INTO agent_instances (id, tenant_id, agent_type, status, created_at, etag, last_used_at, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    instance.id.to_string(),
+                    instance.tenant_id.as_str(),
+                    instance.agent_type.as_str(),
+                    instance.status.as_str(),
+                    sort_key(&instance.created_at),
+                    instance.etag,
+                    instance.last_used_at.as_ref().map(sort_key),
+                    doc,
+                ],
+            );
+            match result {
+                Ok(_) => Ok(instance),
+                Err(e) if is_unique_violation(&e) => Err(live_conflict(&instance)),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_instance(
+        &self,
+        scope: &TenantScope,
+        id: &InstanceId,
+    ) -> StoreResult<AgentInstance> {
+        let scope = scope.clone();
+        let id = id.to_string();
+        self.run(move |conn| {
+            let mut q = Query::new("SELECT doc, etag, last_used_at FROM agent_instances");
+            q.and("id = ?", &[&id]);
+            if let Some(tenant) = scope.tenant() {
+                q.and("tenant_id = ?", &[tenant.as_str()]);
+            }
+            let row = conn
+                .query_row(&q.sql, rusqlite::params_from_iter(&q.args), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+                .map_err(map_err)?;
+            let (doc, etag, last_used) = row.ok_or(StoreError::NotFound)?;
+            decode_instance(doc, etag, last_used)
+        })
+        .await
+    }
+
+    async fn find_live_instance(
+        &self,
+        tenant: &TenantId,
+        agent_type: AgentType,
+    ) -> StoreResult<Option<AgentInstance>> {
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            let row: Option<(String, String, Option<String>)> = conn
+                .query_row(
+                    "SELECT doc, etag, last_used_at FROM agent_instances
+                     WHERE tenant_id = ?1 AND agent_type = ?2 AND status <> 'DISABLED'",
+                    params![tenant.as_str(), agent_type.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            row.map(|(doc, etag, last_used)| decode_instance(doc, etag, last_used))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_instances(
+        &self,
+        scope: &TenantScope,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AgentInstance>> {
+        let scope = scope.clone();
+        let filter = filter.clone();
+        let limit = page_limit(page);
+        let after = decode_cursor(page)?;
+        self.run(move |conn| {
+            let mut q =
+                Query::new("SELECT doc, etag, last_used_at, created_at, id FROM agent_instances");
+            if let Some(tenant) = scope.tenant() {
+                q.and("tenant_id = ?", &[tenant.as_str()]);
+            }
+            if let Some(status) = filter.status {
+                q.and("status = ?", &[status.as_str()]);
+            }
+            if let Some(c) = &after {
+                q.and(
+                    "(created_at > ? OR (created_at = ? AND id > ?))",
+                    &[&c.k, &c.k, &c.i],
+                );
+            }
+            q.sql
+                .push_str(&format!(" ORDER BY created_at, id LIMIT {}", limit + 1));
+            let mut stmt = conn.prepare(&q.sql).map_err(map_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(&q.args), |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(map_err)?
+                .collect::<Result<Vec<(String, String, Option<String>, String, String)>, _>>()
+                .map_err(map_err)?;
+            let more = rows.len() > limit as usize;
+            let mut items = Vec::with_capacity(limit as usize);
+            let mut last = None;
+            for (doc, etag, last_used, created, id) in rows.into_iter().take(limit as usize) {
+                items.push(decode_instance(doc, etag, last_used)?);
+                last = Some((created, id));
+            }
+            let continuation_token = if more {
+                last.map(|(k, i)| cursor::encode(&k, &i))
+            } else {
+                None
+            };
+            Ok(Page {
+                items,
+                continuation_token,
+            })
+        })
+        .await
+    }
+
+    async fn replace_instance(
+        &self,
+        instance: &AgentInstance,
+        if_match: &str,
+    ) -> StoreResult<AgentInstance> {
+        let mut instance = instance.clone();
+        let if_match = if_match.to_owned();
+        instance.etag = new_etag();
+        self.run(move |conn| {
+            let doc = encode(&instance)?;
+            let result = conn.execute(
+                "UPDATE agent_instances SET status = ?1, etag = ?2, doc = ?3
+                 WHERE id = ?4 AND tenant_id = ?5 AND etag = ?6",
+                params![
+                    instance.status.as_str(),
+                    instance.etag,
+                    doc,
+                    instance.id.to_string(),
+                    instance.tenant_id.as_str(),
+                    if_match,
+                ],
+            );
+            match result {
+                Ok(1) => {}
+                Ok(_) => {
+                    let exists: Option<i64> = conn
+                        .query_row(
+                            "SELECT 1 FROM agent_instances WHERE id = ?1 AND tenant_id = ?2",
+                            params![instance.id.to_string(), instance.tenant_id.as_str()],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(map_err)?;
+                    return Err(if exists.is_some() {
+                        StoreError::PreconditionFailed
+                    } else {
+                        StoreError::NotFound
+                    });
+                }
+                Err(e) if is_unique_violation(&e) => return Err(live_conflict(&instance)),
+                Err(e) => return Err(map_err(e)),
+            }
+            let last_used: Option<String> = conn
+                .query_row(
+                    "SELECT last_used_at FROM agent_instances WHERE id = ?1",
+                    params![instance.id.to_string()],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            let etag = instance.etag.clone();
+            decode_instance(encode(&instance)?, etag, last_used)
+        })
+        .await
+    }
+
+    async fn touch_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let tenant = tenant.clone();
+        let id = id.to_string();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE agent_instances SET last_used_at = ?1 WHERE id = ?2 AND tenant_id = ?3",
+                params![sort_key(&at), id, tenant.as_str()],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        let entry = entry.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO audit_logs (id, tenant_id, action, instance_id, time, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    entry.id.to_string(),
+                    entry.tenant_id.as_str(),
+                    entry.action,
+                    entry.instance_id.map(|i| i.to_string()),
+                    sort_key(&entry.time),
+                    encode(&entry)?,
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        scope: &TenantScope,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let scope = scope.clone();
+        let filter = filter.clone();
+        let limit = page_limit(page);
+        let after = decode_cursor(page)?;
+        self.run(move |conn| {
+            let mut q = Query::new("SELECT doc, time, id FROM audit_logs");
+            if let Some(tenant) = scope.tenant() {
+                q.and("tenant_id = ?", &[tenant.as_str()]);
+            }
+            let instance = filter.instance_id.map(|i| i.to_string());
+            if let Some(instance) = &instance {
+                q.and("instance_id = ?", &[instance]);
+            }
+            if let Some(action) = &filter.action {
+                q.and("action = ?", &[action]);
+            }
+            if let Some(c) = &after {
+                q.and("(time < ? OR (time = ? AND id < ?))", &[&c.k, &c.k, &c.i]);
+            }
+            q.sql
+                .push_str(&format!(" ORDER BY time DESC, id DESC LIMIT {}", limit + 1));
+            let mut stmt = conn.prepare(&q.sql).map_err(map_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(&q.args), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            let more = rows.len() > limit as usize;
+            let mut items = Vec::with_capacity(limit as usize);
+            let mut last = None;
+            for (doc, time, id) in rows.into_iter().take(limit as usize) {
+                let entry: AuditEntry = serde_json::from_str(&doc).map_err(|e| {
+                    StoreError::Internal(anyhow::anyhow!("corrupt audit document: {e}"))
+                })?;
+                items.push(entry);
+                last = Some((time, id));
+            }
+            let continuation_token = if more {
+                last.map(|(k, i)| cursor::encode(&k, &i))
+            } else {
+                None
+            };
+            Ok(Page {
+                items,
+                continuation_token,
+            })
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
