@@ -191,14 +191,20 @@ impl Query {
         }
     }
 
+    /// Appends `AND clause`, numbering each `?` in it and binding the values in order.
     fn and(&mut self, clause: &str, values: &[&str]) {
-        let mut clause = clause.to_owned();
-        for value in values {
-            self.args.push((*value).to_owned());
-            clause = clause.replacen('?', &format!("?{}", self.args.len()), 1);
-        }
         self.sql.push_str(" AND ");
-        self.sql.push_str(&clause);
+        let mut values = values.iter();
+        for ch in clause.chars() {
+            if ch == '?'
+                && let Some(value) = values.next()
+            {
+                self.args.push((*value).to_owned());
+                self.sql.push_str(&format!("?{}", self.args.len()));
+            } else {
+                self.sql.push(ch);
+            }
+        }
     }
 }
 

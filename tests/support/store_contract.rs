@@ -1,0 +1,435 @@
+//! The `Store` contract, written once. Every backend runs every case through
+//! `store_contract_tests!(make_store)`. Cases use fresh random tenant ids, so they may share
+//! one store (an emulator) and run in parallel.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+use sophia::domain::{
+    AgentInstance, AgentType, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, Provider,
+    TenantId,
+};
+use sophia::store::{AuditFilter, InstanceFilter, PageRequest, Store, StoreError, TenantScope};
+
+pub fn tenant() -> TenantId {
+    TenantId::parse(&format!(
+        "t-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ))
+    .unwrap()
+}
+
+pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
+    let now = Utc::now();
+    AgentInstance {
+        id: InstanceId::new(),
+        tenant_id: tenant.clone(),
+        agent_type: AgentType::Sophia,
+        status,
+        provider: Provider::AzureOpenai,
+        region: Some("westeurope".into()),
+        model: Some("gpt-4o".into()),
+        azure_project_id: None,
+        azure_openai_endpoint: Some("https://x.openai.azure.com".into()),
+        azure_openai_deployment: None,
+        azure_embedding_deployment: None,
+        azure_search_endpoint: None,
+        azure_vector_store_id: None,
+        settings: Default::default(),
+        keyvault_secret_id: None,
+        access_key_hash: "$2b$04$abcdefghijklmnopqrstuuJ3Y7JgVn7oJvHnZ8a2r8o8l2l0Yp3G".into(),
+        access_key_last4: "abcd".into(),
+        key_version: 1,
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+        etag: String::new(),
+    }
+}
+
+fn page(limit: u32, token: Option<String>) -> PageRequest {
+    PageRequest {
+        limit,
+        continuation_token: token,
+    }
+}
+
+pub async fn crud_and_etags(store: Arc<dyn Store>) {
+    let t = tenant();
+    let inst = store
+        .insert_instance(&instance(&t, InstanceStatus::Active))
+        .await
+        .unwrap();
+    assert!(!inst.etag.is_empty());
+    let got = store
+        .get_instance(&TenantScope::Tenant(t.clone()), &inst.id)
+        .await
+        .unwrap();
+    assert_eq!(got.etag, inst.etag);
+    assert_eq!(got.model.as_deref(), Some("gpt-4o"));
+
+    let mut changed = got.clone();
+    changed.model = Some("gpt-4o-mini".into());
+    let updated = store.replace_instance(&changed, &got.etag).await.unwrap();
+    assert_ne!(updated.etag, got.etag, "a write changes the etag");
+    assert_eq!(updated.model.as_deref(), Some("gpt-4o-mini"));
+
+    // A stale etag writes nothing.
+    let mut stale = got.clone();
+    stale.model = Some("stale".into());
+    assert!(matches!(
+        store.replace_instance(&stale, &got.etag).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    let now = store
+        .get_instance(&TenantScope::Tenant(t.clone()), &inst.id)
+        .await
+        .unwrap();
+    assert_eq!(now.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(now.etag, updated.etag);
+
+    // Missing documents.
+    assert!(matches!(
+        store
+            .get_instance(&TenantScope::Tenant(t.clone()), &InstanceId::new())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let ghost = instance(&t, InstanceStatus::Active);
+    assert!(matches!(
+        store.replace_instance(&ghost, "x").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn tenant_scoping(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let ia = store
+        .insert_instance(&instance(&a, InstanceStatus::Active))
+        .await
+        .unwrap();
+    let ib = store
+        .insert_instance(&instance(&b, InstanceStatus::Active))
+        .await
+        .unwrap();
+    // B's id through A's scope is not found, and vice versa.
+    assert!(matches!(
+        store
+            .get_instance(&TenantScope::Tenant(a.clone()), &ib.id)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .get_instance(&TenantScope::Tenant(b.clone()), &ia.id)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The platform scope sees both.
+    assert_eq!(
+        store
+            .get_instance(&TenantScope::All, &ib.id)
+            .await
+            .unwrap()
+            .tenant_id,
+        b
+    );
+    // A write that claims A's id under B's tenant does not touch A's document.
+    let mut forged = ia.clone();
+    forged.tenant_id = b.clone();
+    forged.model = Some("forged".into());
+    assert!(store.replace_instance(&forged, &ia.etag).await.is_err());
+    let a_now = store
+        .get_instance(&TenantScope::Tenant(a.clone()), &ia.id)
+        .await
+        .unwrap();
+    assert_eq!(a_now.model.as_deref(), Some("gpt-4o"));
+    // Listings are scoped.
+    let la = store
+        .list_instances(
+            &TenantScope::Tenant(a.clone()),
+            &InstanceFilter::default(),
+            &page(100, None),
+        )
+        .await
+        .unwrap();
+    assert!(la.items.iter().all(|i| i.tenant_id == a));
+    assert_eq!(la.items.len(), 1);
+    let all = store
+        .list_instances(
+            &TenantScope::All,
+            &InstanceFilter::default(),
+            &page(1000, None),
+        )
+        .await
+        .unwrap();
+    assert!(all.items.iter().any(|i| i.id == ia.id) && all.items.iter().any(|i| i.id == ib.id));
+    // find_live_instance is scoped too.
+    assert_eq!(
+        store
+            .find_live_instance(&a, AgentType::Sophia)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        ia.id
+    );
+    assert!(
+        store
+            .find_live_instance(&tenant(), AgentType::Sophia)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn one_live_instance_per_tenant(store: Arc<dyn Store>) {
+    let t = tenant();
+    let first = store
+        .insert_instance(&instance(&t, InstanceStatus::Active))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_instance(&instance(&t, InstanceStatus::ToProvision))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    // Disabled instances do not count.
+    let mut disabled = first.clone();
+    disabled.status = InstanceStatus::Disabled;
+    let disabled = store
+        .replace_instance(&disabled, &first.etag)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_live_instance(&t, AgentType::Sophia)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let second = store
+        .insert_instance(&instance(&t, InstanceStatus::Active))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_live_instance(&t, AgentType::Sophia)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        second.id
+    );
+    // Re-enabling the first would make two live instances.
+    let mut revived = disabled.clone();
+    revived.status = InstanceStatus::Active;
+    assert!(matches!(
+        store.replace_instance(&revived, &disabled.etag).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+}
+
+pub async fn touch_keeps_the_etag(store: Arc<dyn Store>) {
+    let t = tenant();
+    let inst = store
+        .insert_instance(&instance(&t, InstanceStatus::Active))
+        .await
+        .unwrap();
+    let at = Utc::now();
+    store.touch_instance(&t, &inst.id, at).await.unwrap();
+    let got = store
+        .get_instance(&TenantScope::Tenant(t.clone()), &inst.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.etag, inst.etag,
+        "client traffic must not break an admin's If-Match"
+    );
+    let seen = got.last_used_at.unwrap();
+    assert!((seen - at).num_milliseconds().abs() < 5);
+    // Another tenant's touch changes nothing.
+    store
+        .touch_instance(&tenant(), &inst.id, at + Duration::hours(1))
+        .await
+        .unwrap();
+    let again = store
+        .get_instance(&TenantScope::Tenant(t), &inst.id)
+        .await
+        .unwrap();
+    assert_eq!(again.last_used_at.unwrap(), seen);
+}
+
+pub async fn pagination_and_filters(store: Arc<dyn Store>) {
+    let t = tenant();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut inst = instance(&t, InstanceStatus::Disabled);
+        inst.created_at = Utc::now() + Duration::milliseconds(i);
+        ids.push(store.insert_instance(&inst).await.unwrap().id);
+    }
+    store
+        .insert_instance(&instance(&t, InstanceStatus::Active))
+        .await
+        .unwrap();
+    let scope = TenantScope::Tenant(t.clone());
+    let filter = InstanceFilter {
+        status: Some(InstanceStatus::Disabled),
+    };
+    let mut seen = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let p = store
+            .list_instances(&scope, &filter, &page(3, token.clone()))
+            .await
+            .unwrap();
+        assert!(p.items.len() <= 3);
+        seen.extend(p.items.iter().map(|i| i.id));
+        pages += 1;
+        assert!(pages < 10, "pagination does not terminate");
+        match p.continuation_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "oldest first, no gaps, no duplicates");
+    let active = store
+        .list_instances(
+            &scope,
+            &InstanceFilter {
+                status: Some(InstanceStatus::Active),
+            },
+            &page(50, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(active.items.len(), 1);
+    assert!(active.continuation_token.is_none());
+    assert!(matches!(
+        store
+            .list_instances(&scope, &filter, &page(3, Some("garbage!".into())))
+            .await,
+        Err(StoreError::InvalidContinuationToken)
+    ));
+}
+
+pub async fn audit_queries(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let instance_a = InstanceId::new();
+    let base = Utc::now();
+    for (i, action) in [
+        "agent_instance.create",
+        "agent.auth.success",
+        "agent.auth.failure",
+        "agent.auth.success",
+        "agent_instance.rotate_key",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut e = AuditEntry::new(a.clone(), action, "admin:x".into(), AuditOutcome::Success)
+            .details(json!({"n": i}))
+            .client("127.0.0.1");
+        e.time = base + Duration::milliseconds(i as i64);
+        if i % 2 == 0 {
+            e = e.instance(instance_a);
+        }
+        store.append_audit(&e).await.unwrap();
+    }
+    store
+        .append_audit(&AuditEntry::new(
+            b.clone(),
+            "agent.auth.success",
+            "client:b".into(),
+            AuditOutcome::Success,
+        ))
+        .await
+        .unwrap();
+
+    let scope_a = TenantScope::Tenant(a.clone());
+    let all_a = store
+        .list_audit(&scope_a, &AuditFilter::default(), &page(100, None))
+        .await
+        .unwrap();
+    assert_eq!(all_a.items.len(), 5);
+    assert!(all_a.items.iter().all(|e| e.tenant_id == a));
+    let ns: Vec<i64> = all_a
+        .items
+        .iter()
+        .map(|e| e.details["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![4, 3, 2, 1, 0], "newest first");
+
+    let auth = store
+        .list_audit(
+            &scope_a,
+            &AuditFilter {
+                action: Some("agent.auth.success".into()),
+                instance_id: None,
+            },
+            &page(100, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(auth.items.len(), 2);
+    let by_instance = store
+        .list_audit(
+            &scope_a,
+            &AuditFilter {
+                action: None,
+                instance_id: Some(instance_a),
+            },
+            &page(100, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_instance.items.len(), 3);
+
+    let first = store
+        .list_audit(&scope_a, &AuditFilter::default(), &page(2, None))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let second = store
+        .list_audit(
+            &scope_a,
+            &AuditFilter::default(),
+            &page(10, first.continuation_token.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 3);
+    assert!(second.continuation_token.is_none());
+
+    let only_b = store
+        .list_audit(
+            &TenantScope::Tenant(b.clone()),
+            &AuditFilter::default(),
+            &page(100, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(only_b.items.len(), 1);
+    assert_eq!(only_b.items[0].tenant_id, b);
+}
+
+/// Generates one `#[tokio::test]` per contract case for a backend.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@case $make, crud_and_etags, tenant_scoping, one_live_instance_per_tenant,
+            touch_keeps_the_etag, pagination_and_filters, audit_queries);
+    };
+    (@case $make:expr, $($case:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $make().await;
+                $crate::support::store_contract::$case(store).await;
+            }
+        )*
+    };
+}
