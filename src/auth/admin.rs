@@ -349,11 +349,12 @@ impl AdminVerifier {
         let now = chrono::Utc::now().timestamp();
         let mut claims = serde_json::json!({
             "sub": "sophia-cli",
-            "roles": [role],
             "iat": now,
             "nbf": now,
             "exp": now + ttl_secs as i64,
         });
+        let role_claim = self.config.role_claim.as_deref().unwrap_or("roles");
+        claims[role_claim] = serde_json::json!([role]);
         if let Some(company) = company {
             claims[self.config.company_claim.as_str()] = Value::String(company.to_string());
         }

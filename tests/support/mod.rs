@@ -46,6 +46,7 @@ pub fn test_settings(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Setti
         ("SOPHIA_LOG".into(), "warn".into()),
     ]);
     for (k, v) in overrides {
+        // An empty override unsets the variable (empty values count as unset).
         env.insert((*k).into(), (*v).into());
     }
     Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings")

@@ -1,0 +1,654 @@
+//! Admin CRUD, one-time keys, masking, rotation, disable, etags, mass assignment.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{assert_problem, spawn_app};
+
+#[tokio::test]
+async fn create_returns_the_key_once_with_no_store() {
+    let app = spawn_app().await;
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "region": "westeurope", "model": "gpt-4o",
+                        "credentials": {"azureOpenaiKey": "aoai-key-123456"}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(resp.headers().contains_key("etag"));
+    let body: Value = resp.json().await.unwrap();
+    let key = body["agentAccessKey"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sph_") && key.len() == 40, "{key}");
+    assert_eq!(body["status"], "TO_PROVISION", "no azureProjectId yet");
+    assert_eq!(body["companyId"], "acme");
+    assert_eq!(body["keyVersion"], 1);
+    assert_eq!(body["accessKeyLast4"], key[36..]);
+    assert_eq!(body["accessKeyMasked"], format!("****{}", &key[36..]));
+    assert!(
+        body["keyvaultSecretId"]
+            .as_str()
+            .unwrap()
+            .contains("sophia-instance-")
+    );
+    assert_eq!(body["hasCredentials"], true);
+    assert!(body.get("accessKeyHash").is_none());
+    assert!(
+        !body.to_string().contains("aoai-key-123456"),
+        "credentials never echoed"
+    );
+    assert_eq!(
+        location,
+        format!("/admin/agent-instances/{}", body["id"].as_str().unwrap())
+    );
+
+    // Never again: not in the detail, not in the listing.
+    let detail = app.get(&location, &app.platform_token()).await;
+    assert_eq!(detail.status(), StatusCode::OK);
+    let text = detail.text().await.unwrap();
+    assert!(!text.contains(&key), "key leaked in detail");
+    assert!(!text.contains("agentAccessKey"));
+    assert!(!text.contains("$2"), "hash leaked");
+    assert!(!text.contains("aoai-key-123456"));
+    let list = app
+        .get("/admin/agent-instances", &app.platform_token())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!list.contains(&key) && !list.contains("agentAccessKey") && !list.contains("$2"));
+}
+
+#[tokio::test]
+async fn credentials_are_stored_in_the_secret_store_not_the_document() {
+    let app = spawn_app().await;
+    let created = app
+        .create_instance_with("acme", json!({"credentials": {"azureOpenaiKey": "aoai-secret-value", "azureSearchKey": "search-secret-value"}}))
+        .await;
+    let secret_id = created.body["keyvaultSecretId"].as_str().unwrap();
+    let secret = app.state.secrets.get(secret_id).await.unwrap();
+    let bundle = sophia::secrets::CredentialBundle::from_secret(&secret);
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        bundle.azure_openai_key.unwrap().expose_secret(),
+        "aoai-secret-value"
+    );
+    assert_eq!(
+        bundle.azure_search_key.unwrap().expose_secret(),
+        "search-secret-value"
+    );
+    // The document store holds neither the credentials nor the key in clear.
+    let db = std::fs::read(app.dir.path().join("sophia.db")).unwrap();
+    let wal = std::fs::read(app.dir.path().join("sophia.db-wal")).unwrap_or_default();
+    for hay in [&db, &wal] {
+        for needle in [
+            "aoai-secret-value",
+            "search-secret-value",
+            created.key.as_str(),
+        ] {
+            assert!(
+                !hay.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} found in the store file"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_filters_and_paginates() {
+    let app = spawn_app().await;
+    for c in ["c1", "c2", "c3", "c4", "c5"] {
+        app.create_instance(c).await;
+    }
+    let token = app.platform_token();
+    let mut seen = Vec::new();
+    let mut path = "/admin/agent-instances?limit=2".to_owned();
+    for _ in 0..5 {
+        let body: Value = app.get(&path, &token).await.json().await.unwrap();
+        for item in body["items"].as_array().unwrap() {
+            seen.push(item["companyId"].as_str().unwrap().to_owned());
+        }
+        match body["continuationToken"].as_str() {
+            Some(t) => path = format!("/admin/agent-instances?limit=2&continuationToken={t}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["c1", "c2", "c3", "c4", "c5"]);
+    let body: Value = app
+        .get("/admin/agent-instances?companyId=c3", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert!(body.get("continuationToken").is_none());
+    let body: Value = app
+        .get("/admin/agent-instances?status=DISABLED", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(body["items"].as_array().unwrap().is_empty());
+    for bad in [
+        "limit=0",
+        "limit=1000",
+        "status=GONE",
+        "companyId=a%20b",
+        "continuationToken=zzz",
+        "bogus=1",
+    ] {
+        let resp = app
+            .get(&format!("/admin/agent-instances?{bad}"), &token)
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn patch_updates_with_etags() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let token = app.platform_token();
+    let path = format!("/admin/agent-instances/{}", created.id);
+    let etag = created.body["etag"].as_str().unwrap().to_owned();
+
+    let resp = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&token)
+        .header("if-match", format!("\"{etag}\""))
+        .json(&json!({"model": "gpt-4o-mini", "region": "eastus", "settings": {"temperature": 0.3, "systemPrompt": "Be brief."}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let new_etag = resp.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["region"], "eastus");
+    assert_eq!(body["settings"]["temperature"], 0.3);
+    assert_ne!(new_etag, etag);
+    assert_eq!(body["etag"], new_etag);
+
+    // The old etag is stale now: 412 and nothing written.
+    let resp = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&token)
+        .header("if-match", format!("\"{etag}\""))
+        .json(&json!({"model": "gpt-35"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::PRECONDITION_FAILED, "precondition_failed").await;
+    let now: Value = app.get(&path, &token).await.json().await.unwrap();
+    assert_eq!(now["model"], "gpt-4o-mini");
+
+    // Merge semantics for settings: null removes a key, others stay.
+    let body: Value = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"settings": {"temperature": null}})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(body["settings"].get("temperature").is_none());
+    assert_eq!(body["settings"]["systemPrompt"], "Be brief.");
+
+    // null clears an optional field.
+    let body: Value = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&token),
+            Some(json!({"region": null})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(body["region"].is_null());
+}
+
+#[tokio::test]
+async fn patch_credentials_writes_a_new_secret_version() {
+    let app = spawn_app().await;
+    let created = app
+        .create_instance_with(
+            "acme",
+            json!({"credentials": {"azureOpenaiKey": "k1", "azureSearchKey": "s1"}}),
+        )
+        .await;
+    let old_id = created.body["keyvaultSecretId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/admin/agent-instances/{}", created.id);
+    let resp = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&app.platform_token()),
+            Some(json!({"credentials": {"azureOpenaiKey": "k2"}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("k2\""), "credential echoed: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let new_id = body["keyvaultSecretId"].as_str().unwrap();
+    assert_ne!(new_id, old_id);
+    use secrecy::ExposeSecret;
+    let bundle = sophia::secrets::CredentialBundle::from_secret(
+        &app.state.secrets.get(new_id).await.unwrap(),
+    );
+    assert_eq!(bundle.azure_openai_key.unwrap().expose_secret(), "k2");
+    assert_eq!(
+        bundle.azure_search_key.unwrap().expose_secret(),
+        "s1",
+        "unpatched credential kept"
+    );
+    // The previous version still resolves (Key Vault keeps versions too).
+    let old = sophia::secrets::CredentialBundle::from_secret(
+        &app.state.secrets.get(&old_id).await.unwrap(),
+    );
+    assert_eq!(old.azure_openai_key.unwrap().expose_secret(), "k1");
+}
+
+#[tokio::test]
+async fn mass_assignment_is_rejected() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let token = app.platform_token();
+    let path = format!("/admin/agent-instances/{}", created.id);
+    for field in [
+        json!({"companyId": "other"}),
+        json!({"id": "00000000-0000-4000-8000-000000000000"}),
+        json!({"accessKeyHash": "$2b$04$x"}),
+        json!({"accessKeyLast4": "zzzz"}),
+        json!({"keyVersion": 99}),
+        json!({"agentType": "SOPHIA"}),
+        json!({"createdAt": "2020-01-01T00:00:00Z"}),
+        json!({"etag": "x"}),
+        json!({"tenantId": "other"}),
+        json!({"agentAccessKey": "sph_x"}),
+    ] {
+        let resp = app
+            .request(Method::PATCH, &path, Some(&token), Some(field.clone()))
+            .await;
+        assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    }
+    let now: Value = app.get(&path, &token).await.json().await.unwrap();
+    assert_eq!(now["companyId"], "acme");
+    assert_eq!(now["keyVersion"], 1);
+    assert_eq!(now["etag"], created.body["etag"], "nothing was written");
+
+    // The create body is just as strict.
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&token),
+            Some(json!({"companyId": "beta", "agentType": "SOPHIA", "accessKeyHash": "$2b$04$x"})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&token),
+            Some(json!({"companyId": "beta", "agentType": "SOPHIA", "status": "ACTIVE"})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn rotate_invalidates_the_old_key_and_its_tokens() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let old_token = app.service_token("acme", &created.key).await;
+    assert_eq!(
+        app.get("/agents/me", &old_token).await.status(),
+        StatusCode::OK
+    );
+
+    let resp = app
+        .request(
+            Method::POST,
+            &format!("/admin/agent-instances/{}/rotate-key", created.id),
+            Some(&app.platform_token()),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    let new_key = body["agentAccessKey"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, created.key);
+    assert_eq!(body["keyVersion"], 2);
+    assert_eq!(body["accessKeyLast4"], new_key[36..]);
+
+    assert_problem(
+        app.exchange("acme", &created.key).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )
+    .await;
+    assert_problem(
+        app.get("/agents/me", &old_token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    let new_token = app.service_token("acme", &new_key).await;
+    let me: Value = app
+        .get("/agents/me", &new_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["keyVersion"], 2);
+}
+
+#[tokio::test]
+async fn disable_stops_exchange_and_existing_tokens() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let token = app.service_token("acme", &created.key).await;
+    let path = format!("/admin/agent-instances/{}", created.id);
+    let resp = app
+        .request(Method::DELETE, &path, Some(&app.platform_token()), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "DISABLED");
+    assert_problem(
+        app.exchange("acme", &created.key).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )
+    .await;
+    assert_problem(
+        app.get("/agents/me", &token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // Soft delete: the record is still there for admins, and deleting again is harmless.
+    let detail: Value = app
+        .get(&path, &app.platform_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["status"], "DISABLED");
+    assert_eq!(
+        app.request(Method::DELETE, &path, Some(&app.platform_token()), None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // A new instance may be created for the company now.
+    let again = app.create_instance("acme").await;
+    assert_ne!(again.id, created.id);
+    // Re-enabling the old one would give the company two live instances.
+    let resp = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&app.platform_token()),
+            Some(json!({"status": "ACTIVE"})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::CONFLICT, "conflict").await;
+}
+
+#[tokio::test]
+async fn disable_through_patch_also_stops_tokens() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let token = app.service_token("acme", &created.key).await;
+    let path = format!("/admin/agent-instances/{}", created.id);
+    let resp = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&app.platform_token()),
+            Some(json!({"status": "DISABLED"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_problem(
+        app.get("/agents/me", &token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    let resp = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&app.platform_token()),
+            Some(json!({"status": "ACTIVE"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/agents/me", &token).await.status(),
+        StatusCode::OK,
+        "re-enabled with the same key version"
+    );
+}
+
+#[tokio::test]
+async fn a_second_live_instance_for_a_company_is_a_conflict() {
+    let app = spawn_app().await;
+    app.create_instance("acme").await;
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA"})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::CONFLICT, "conflict").await;
+}
+
+#[tokio::test]
+async fn provisioning_status_follows_the_project_id() {
+    let app = spawn_app().await;
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA"})),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "TO_PROVISION");
+    let path = format!("/admin/agent-instances/{}", body["id"].as_str().unwrap());
+    let body: Value = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&app.platform_token()),
+            Some(json!({"azureProjectId": "proj-1"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "ACTIVE");
+}
+
+#[tokio::test]
+async fn upstream_endpoints_are_checked() {
+    let app = spawn_app().await;
+    let token = app.platform_token();
+    for (field, value) in [
+        ("azureOpenaiEndpoint", "http://acme.openai.azure.com"),
+        ("azureOpenaiEndpoint", "https://evil.example.com"),
+        ("azureOpenaiEndpoint", "https://169.254.169.254"),
+        ("azureOpenaiEndpoint", "https://10.0.0.5"),
+        ("azureOpenaiEndpoint", "http://127.0.0.1:9999"),
+        ("azureOpenaiEndpoint", "https://[::1]"),
+        ("azureSearchEndpoint", "https://search.internal.corp"),
+        ("azureSearchEndpoint", "file:///etc/passwd"),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/admin/agent-instances",
+                Some(&token),
+                Some(json!({"companyId": "acme", "agentType": "SOPHIA", field: value})),
+            )
+            .await;
+        let body = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(body["field"], field, "{value}");
+    }
+    // Loopback http only when local upstreams are allowed.
+    let local = crate::support::spawn_app_with(&[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
+    let resp = local
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&local.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "azureOpenaiEndpoint": "http://127.0.0.1:9999"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // A PATCH is checked the same way.
+    let created = app.create_instance("beta").await;
+    let resp = app
+        .request(
+            Method::PATCH,
+            &format!("/admin/agent-instances/{}", created.id),
+            Some(&token),
+            Some(json!({"azureOpenaiEndpoint": "https://169.254.169.254"})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn existing_secret_references_are_validated() {
+    let app = spawn_app().await;
+    let token = app.platform_token();
+    // Another instance's managed bundle may not be borrowed.
+    let other = app
+        .create_instance_with(
+            "other",
+            json!({"credentials": {"azureOpenaiKey": "other-key"}}),
+        )
+        .await;
+    let stolen = other.body["keyvaultSecretId"].as_str().unwrap();
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&token),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "keyvaultSecretId": stolen})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    // A company admin may reference only its own company's secrets.
+    let name = sophia::secrets::SecretName::parse("other-openai").unwrap();
+    let id = app
+        .state
+        .secrets
+        .set(&name, &secrecy::SecretString::from("v"))
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.admin_token("acme")),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "keyvaultSecretId": id})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    let own = sophia::secrets::SecretName::parse("acme-openai").unwrap();
+    let own_id = app
+        .state
+        .secrets
+        .set(&own, &secrecy::SecretString::from("v"))
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.admin_token("acme")),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "keyvaultSecretId": own_id})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // Missing secrets and foreign identifiers are refused.
+    for bad in [
+        "sophia-local:/secrets/beta-missing",
+        "https://vault.vault.azure.net/secrets/x",
+        "garbage",
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/admin/agent-instances",
+                Some(&token),
+                Some(json!({"companyId": "beta", "agentType": "SOPHIA", "keyvaultSecretId": bad})),
+            )
+            .await;
+        assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    }
+    // Both forms at once are ambiguous.
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&token),
+            Some(json!({"companyId": "beta", "agentType": "SOPHIA", "keyvaultSecretId": own_id, "credentials": {"azureOpenaiKey": "x"}})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_no_secret_behind() {
+    let app = spawn_app().await;
+    app.create_instance("acme").await;
+    // The company already has a live instance: the create fails before any write.
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "credentials": {"azureOpenaiKey": "orphan-candidate"}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let conn = rusqlite_count(&app.dir.path().join("secrets.db"));
+    // Only the signing key exists: no credential bundle was written.
+    assert_eq!(conn, 1);
+}
+
+fn rusqlite_count(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT COUNT(DISTINCT name) FROM secrets", [], |r| r.get(0))
+        .unwrap()
+}
