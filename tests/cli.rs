@@ -1,0 +1,319 @@
+//! The real binary, as an operator runs it: start-up validation, the admin-token command
+//! against a running server, graceful shutdown, and logs that never carry a secret.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sophia");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn command(dir: &std::path::Path, port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SOPHIA_DATA_DIR", dir)
+        .env("SOPHIA_PORT", port.to_string())
+        .env("SOPHIA_BCRYPT_COST", "4");
+    cmd
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("stdout-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = command(dir, port);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let err = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
+        let child = cmd.stdout(file).stderr(err).spawn().unwrap();
+        let server = Self { child, port, log };
+        server.wait_ready();
+        server
+    }
+
+    /// Polls `GET /` (bounded) until the server answers.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(resp) = reqwest::blocking::get(self.url("/")) {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("server did not become ready");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        #[cfg(unix)]
+        sigterm(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr =
+            std::fs::read_to_string(self.log.with_file_name(format!("stderr-{}.log", self.port)))
+                .unwrap_or_default();
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap() + &stderr,
+        )
+    }
+}
+
+#[cfg(unix)]
+fn sigterm(pid: u32) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+fn admin_token(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = command(dir, 0)
+        .arg("admin-token")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn admin_token_command_works_against_a_server_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let token = admin_token(dir.path(), &["--role", "PLATFORM_ADMIN"]);
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .get(server.url("/admin/agent-instances"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let acme = admin_token(
+        dir.path(),
+        &["--role", "ADMIN", "--company", "acme", "--ttl", "120"],
+    );
+    let resp = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&acme)
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&acme)
+        .json(&json!({"companyId": "beta", "agentType": "SOPHIA"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let (status, _) = server.stop();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, expect) in [
+        ("SOPHIA_STORE", "cosmos", "SOPHIA_STORE"),
+        ("SOPHIA_SECRETS", "keyvault", "SOPHIA_SECRETS"),
+        ("SOPHIA_STORE", "mongo", "SOPHIA_STORE"),
+        ("SOPHIA_BCRYPT_COST", "40", "SOPHIA_BCRYPT_COST"),
+        ("SOPHIA_PORT", "x", "SOPHIA_PORT"),
+        (
+            "SOPHIA_ADMIN_JWT_SECRET",
+            "too-short",
+            "SOPHIA_ADMIN_JWT_SECRET",
+        ),
+        ("SOPHIA_MASTER_KEY", "not-a-key", "SOPHIA_MASTER_KEY"),
+    ] {
+        let out = command(dir.path(), free_port())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{var}={value}: {stderr}");
+        if var == "SOPHIA_ADMIN_JWT_SECRET" || var == "SOPHIA_MASTER_KEY" {
+            assert!(
+                !stderr.contains(value),
+                "the bad secret is echoed: {stderr}"
+            );
+        }
+    }
+    // Unknown commands are a usage error.
+    let out = command(dir.path(), 0).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A wrong master key for an existing data dir fails loudly rather than serving garbage.
+    let server = Server::start(dir.path(), &[]);
+    server.stop();
+    let out = command(dir.path(), free_port())
+        .env("SOPHIA_MASTER_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SOPHIA_MASTER_KEY"));
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_secret = "log-test-admin-secret-0123456789abcdef";
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("SOPHIA_LOG", "trace"),
+            ("SOPHIA_ADMIN_JWT_SECRET", admin_secret),
+            ("RUST_BACKTRACE", "1"),
+        ],
+    );
+    // The CLI mints with the same configured secret the server uses.
+    let admin = {
+        let out = command(dir.path(), 0)
+            .env("SOPHIA_ADMIN_JWT_SECRET", admin_secret)
+            .args(["admin-token", "--role", "PLATFORM_ADMIN"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let client = reqwest::blocking::Client::new();
+    let created: Value = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&admin)
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "credentials": {"azureOpenaiKey": "CRED-OPENAI-1111", "azureSearchKey": "CRED-SEARCH-2222"}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = created["agentAccessKey"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let token: Value = client
+        .post(server.url("/agents/auth/token"))
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": key}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let service = token["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        client
+            .get(server.url("/agents/me"))
+            .bearer_auth(&service)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    // Failures log too: a wrong key, a forged token, a malformed body carrying a secret.
+    let wrong_key = "sph_WRONGwrongWRONGwrongWRONGwrongWRONGab";
+    client
+        .post(server.url("/agents/auth/token"))
+        .json(&json!({"companyId": "acme", "agentAccessKey": wrong_key}))
+        .send()
+        .unwrap();
+    client
+        .post(server.url("/agents/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "acme"),
+            ("client_secret", wrong_key),
+        ])
+        .send()
+        .unwrap();
+    client
+        .get(server.url("/agents/me"))
+        .bearer_auth(format!("{service}x"))
+        .send()
+        .unwrap();
+    client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(r#"{"companyId":"beta","agentType":"SOPHIA","credentials":{"azureOpenaiKey":"CRED-BROKEN-3333""#)
+        .send()
+        .unwrap();
+    let patched = client
+        .patch(server.url(&format!("/admin/agent-instances/{id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"credentials": {"azureOpenaiKey": "CRED-OPENAI-4444"}}))
+        .send()
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let rotated: Value = client
+        .post(server.url(&format!("/admin/agent-instances/{id}/rotate-key")))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let new_key = rotated["agentAccessKey"].as_str().unwrap().to_owned();
+
+    let (_, logs) = server.stop();
+    assert!(
+        logs.lines().count() > 10,
+        "expected trace logs, got: {logs}"
+    );
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+    }
+    let master_key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    for (what, secret) in [
+        ("access key", key.as_str()),
+        ("rotated key", new_key.as_str()),
+        ("wrong key", wrong_key),
+        ("service token", service.as_str()),
+        (
+            "service token signature",
+            service.rsplit('.').next().unwrap(),
+        ),
+        ("admin token", admin.as_str()),
+        ("admin secret", admin_secret),
+        ("credential", "CRED-OPENAI-1111"),
+        ("credential", "CRED-SEARCH-2222"),
+        ("credential", "CRED-BROKEN-3333"),
+        ("credential", "CRED-OPENAI-4444"),
+        ("master key", master_key.trim()),
+    ] {
+        assert!(!logs.contains(secret), "{what} found in the logs");
+    }
+    // The logs do say what happened.
+    assert!(logs.contains("token exchange refused"));
+    assert!(logs.contains(&format!("agent instance {id} created")));
+}
