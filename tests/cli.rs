@@ -53,10 +53,10 @@ impl Server {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(resp) = reqwest::blocking::get(self.url("/")) {
-                if resp.status().is_success() {
-                    return;
-                }
+            if let Ok(resp) = reqwest::blocking::get(self.url("/"))
+                && resp.status().is_success()
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
