@@ -265,7 +265,7 @@ mod tests {
             azure_vector_store_id: None,
             settings: Default::default(),
             keyvault_secret_id: None,
-            access_key_hash: String::new(),
+            access_key_hash: Default::default(),
             access_key_last4: AccessKey::generate().last4(),
             key_version: 3,
             created_at: now,

@@ -91,7 +91,7 @@ pub struct AgentInstance {
     #[serde(default)]
     pub settings: serde_json::Map<String, serde_json::Value>,
     pub keyvault_secret_id: Option<String>,
-    pub access_key_hash: String,
+    pub access_key_hash: KeyHash,
     pub access_key_last4: String,
     pub key_version: u32,
     pub created_at: DateTime<Utc>,
@@ -99,4 +99,40 @@ pub struct AgentInstance {
     pub last_used_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub etag: String,
+}
+
+/// A bcrypt hash of an access key. Not the key, but still nothing to print: `Debug` redacts.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    pub fn new(hash: String) -> Self {
+        Self(hash)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHash([REDACTED])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hashes_do_not_print_but_round_trip() {
+        let hash = KeyHash::new("$2b$12$abcdefghijklmnopqrstuv".into());
+        assert_eq!(format!("{hash:?}"), "KeyHash([REDACTED])");
+        let json = serde_json::to_string(&hash).unwrap();
+        assert_eq!(json, "\"$2b$12$abcdefghijklmnopqrstuv\"", "stored as is");
+        let back: KeyHash = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.as_str(), hash.as_str());
+    }
 }

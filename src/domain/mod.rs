@@ -8,4 +8,4 @@ pub mod instance;
 pub use audit::{AuditEntry, AuditOutcome};
 pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
-pub use instance::{AgentInstance, AgentType, InstanceStatus, Provider};
+pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};

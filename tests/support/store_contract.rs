@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use sophia::domain::{
-    AgentInstance, AgentType, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, Provider,
-    TenantId,
+    AgentInstance, AgentType, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash,
+    Provider, TenantId,
 };
 use sophia::store::{AuditFilter, InstanceFilter, PageRequest, Store, StoreError, TenantScope};
 
@@ -38,7 +38,9 @@ pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
         azure_vector_store_id: None,
         settings: Default::default(),
         keyvault_secret_id: None,
-        access_key_hash: "$2b$04$abcdefghijklmnopqrstuuJ3Y7JgVn7oJvHnZ8a2r8o8l2l0Yp3G".into(),
+        access_key_hash: KeyHash::new(
+            "$2b$04$abcdefghijklmnopqrstuuJ3Y7JgVn7oJvHnZ8a2r8o8l2l0Yp3G".into(),
+        ),
         access_key_last4: "abcd".into(),
         key_version: 1,
         created_at: now,

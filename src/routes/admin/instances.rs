@@ -16,7 +16,7 @@ use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
 use crate::domain::{
-    AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, TenantId,
+    AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash, TenantId,
 };
 use crate::error::ApiError;
 use crate::extract::{AdminAuth, ApiJson, ClientAddress};
@@ -264,7 +264,7 @@ pub async fn create_instance(
         azure_vector_store_id,
         settings,
         keyvault_secret_id,
-        access_key_hash: hash,
+        access_key_hash: KeyHash::new(hash),
         access_key_last4: key.last4(),
         key_version: 1,
         created_at: now,
@@ -609,7 +609,7 @@ pub async fn rotate_key(
     check_if_match(&headers, &current)?;
     let key = AccessKey::generate();
     let mut next = current.clone();
-    next.access_key_hash = app.hasher.hash(&key).await.map_err(ApiError::internal)?;
+    next.access_key_hash = KeyHash::new(app.hasher.hash(&key).await.map_err(ApiError::internal)?);
     next.access_key_last4 = key.last4();
     next.key_version = current.key_version.saturating_add(1);
     next.updated_at = Utc::now();
