@@ -115,6 +115,45 @@ async fn audit(app: &App, entry: AuditEntry) {
     }
 }
 
+/// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
+/// the change bites at once on this instance of the service.
+async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, ApiError> {
+    let stored = app
+        .store
+        .replace_instance(next, etag)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound("agent instance"),
+            other => other.into(),
+        })?;
+    app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    Ok(stored)
+}
+
+/// Records an admin's action on an instance.
+async fn audit_admin(
+    app: &App,
+    admin: &AdminPrincipal,
+    client: &str,
+    instance: &AgentInstance,
+    action: &str,
+    details: serde_json::Value,
+) {
+    audit(
+        app,
+        AuditEntry::new(
+            instance.tenant_id.clone(),
+            action,
+            admin.actor(),
+            AuditOutcome::Success,
+        )
+        .instance(instance.id)
+        .client(client)
+        .details(details),
+    )
+    .await;
+}
+
 /// Resolves an admin-supplied secret reference: it must parse for the configured secret
 /// store, not name a secret SOPHIA manages, belong to the admin's company (for an `ADMIN`),
 /// and exist.
@@ -285,15 +324,18 @@ pub async fn create_instance(
         }
     };
     app.security.invalidate(&stored.tenant_id, &stored.id).await;
-    audit(
+    let fields = credentials
+        .as_ref()
+        .map(CredentialBundle::present_fields)
+        .unwrap_or_default();
+    let details = json!({ "status": stored.status.as_str(), "credentials": fields });
+    audit_admin(
         &app,
-        AuditEntry::new(stored.tenant_id.clone(), action::INSTANCE_CREATE, admin.actor(), AuditOutcome::Success)
-            .instance(stored.id)
-            .client(&client)
-            .details(json!({
-                "status": stored.status.as_str(),
-                "credentials": credentials.as_ref().map(CredentialBundle::present_fields).unwrap_or_default(),
-            })),
+        &admin,
+        &client,
+        &stored,
+        action::INSTANCE_CREATE,
+        details,
     )
     .await;
     tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, "agent instance {} created", stored.id);
@@ -554,37 +596,28 @@ pub async fn patch_instance(
         ));
     }
     next.updated_at = Utc::now();
-    let stored = app
-        .store
-        .replace_instance(&next, &current.etag)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })?;
-    app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    let stored = save(&app, &next, &current.etag).await?;
     let disabled_now =
         stored.status == InstanceStatus::Disabled && current.status != InstanceStatus::Disabled;
-    audit(
+    let details = json!({ "fields": changed, "credentials": credential_fields, "status": stored.status.as_str() });
+    audit_admin(
         &app,
-        AuditEntry::new(stored.tenant_id.clone(), action::INSTANCE_UPDATE, admin.actor(), AuditOutcome::Success)
-            .instance(stored.id)
-            .client(&client)
-            .details(json!({ "fields": changed, "credentials": credential_fields, "status": stored.status.as_str() })),
+        &admin,
+        &client,
+        &stored,
+        action::INSTANCE_UPDATE,
+        details,
     )
     .await;
     if disabled_now {
-        audit(
+        let details = json!({ "via": "patch" });
+        audit_admin(
             &app,
-            AuditEntry::new(
-                stored.tenant_id.clone(),
-                action::INSTANCE_DISABLE,
-                admin.actor(),
-                AuditOutcome::Success,
-            )
-            .instance(stored.id)
-            .client(&client)
-            .details(json!({ "via": "patch" })),
+            &admin,
+            &client,
+            &stored,
+            action::INSTANCE_DISABLE,
+            details,
         )
         .await;
     }
@@ -613,26 +646,14 @@ pub async fn rotate_key(
     next.access_key_last4 = key.last4();
     next.key_version = current.key_version.saturating_add(1);
     next.updated_at = Utc::now();
-    let stored = app
-        .store
-        .replace_instance(&next, &current.etag)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })?;
-    app.security.invalidate(&stored.tenant_id, &stored.id).await;
-    audit(
+    let stored = save(&app, &next, &current.etag).await?;
+    audit_admin(
         &app,
-        AuditEntry::new(
-            stored.tenant_id.clone(),
-            action::INSTANCE_ROTATE_KEY,
-            admin.actor(),
-            AuditOutcome::Success,
-        )
-        .instance(stored.id)
-        .client(&client)
-        .details(json!({ "keyVersion": stored.key_version })),
+        &admin,
+        &client,
+        &stored,
+        action::INSTANCE_ROTATE_KEY,
+        json!({ "keyVersion": stored.key_version }),
     )
     .await;
     tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, key.version = stored.key_version, "access key of {} rotated", stored.id);
@@ -666,25 +687,14 @@ pub async fn delete_instance(
     let mut next = current.clone();
     next.status = InstanceStatus::Disabled;
     next.updated_at = Utc::now();
-    let stored = app
-        .store
-        .replace_instance(&next, &current.etag)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })?;
-    app.security.invalidate(&stored.tenant_id, &stored.id).await;
-    audit(
+    let stored = save(&app, &next, &current.etag).await?;
+    audit_admin(
         &app,
-        AuditEntry::new(
-            stored.tenant_id.clone(),
-            action::INSTANCE_DISABLE,
-            admin.actor(),
-            AuditOutcome::Success,
-        )
-        .instance(stored.id)
-        .client(&client),
+        &admin,
+        &client,
+        &stored,
+        action::INSTANCE_DISABLE,
+        serde_json::Value::Null,
     )
     .await;
     Ok(with_instance_headers(
