@@ -9,6 +9,8 @@ usage:
   sophia [serve]                       run the service (configuration from the environment)
   sophia admin-token --role ADMIN|PLATFORM_ADMIN [--company ID] [--ttl SECONDS]
                                        print an HS256 admin token for local development
+  sophia simulator [--port N] [--key KEY]... [--deployment NAME]... [--latency-ms N] [--chunk-delay-ms N]
+                                       run the local Azure OpenAI simulator (default port 8090)
   sophia --version | --help";
 
 /// What the command line asks for.
@@ -19,6 +21,10 @@ pub enum Command {
         role: String,
         company: Option<TenantId>,
         ttl_secs: u64,
+    },
+    Simulator {
+        port: u16,
+        config: crate::simulator::SimConfig,
     },
     Version,
     Help,
@@ -64,6 +70,32 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 ttl_secs: ttl,
             })
         }
+        Some("simulator") => {
+            let mut port = 8090u16;
+            let mut config = crate::simulator::SimConfig::default();
+            while let Some(flag) = it.next() {
+                let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                let millis = || {
+                    value
+                        .parse::<u64>()
+                        .map(std::time::Duration::from_millis)
+                        .map_err(|_| format!("{flag} takes milliseconds"))
+                };
+                match flag.as_str() {
+                    "--port" => {
+                        port = value
+                            .parse()
+                            .map_err(|_| "--port takes a port number".to_owned())?
+                    }
+                    "--key" => config.keys.push(value.clone()),
+                    "--deployment" => config.deployments.push(value.clone()),
+                    "--latency-ms" => config.latency = millis()?,
+                    "--chunk-delay-ms" => config.chunk_delay = millis()?,
+                    other => return Err(format!("unknown option {other}")),
+                }
+            }
+            Ok(Command::Simulator { port, config })
+        }
         Some(other) => Err(format!("unknown command '{other}'")),
     }
 }
@@ -103,5 +135,18 @@ mod tests {
         assert!(parse(&args("admin-token --role ROOT")).is_err());
         assert!(parse(&args("admin-token --role PLATFORM_ADMIN --ttl 5")).is_err());
         assert!(parse(&args("frobnicate")).is_err());
+        match parse(&args(
+            "simulator --port 9001 --key k1 --key k2 --latency-ms 5",
+        ))
+        .unwrap()
+        {
+            Command::Simulator { port, config } => {
+                assert_eq!(port, 9001);
+                assert_eq!(config.keys, ["k1", "k2"]);
+                assert_eq!(config.latency, std::time::Duration::from_millis(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&args("simulator --latency-ms soon")).is_err());
     }
 }

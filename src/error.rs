@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::request_id;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
+use crate::upstream::UpstreamError;
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -44,6 +45,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -103,6 +106,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(UpstreamError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,6 +130,14 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "service_unavailable",
+            Self::Upstream(e) => match e {
+                UpstreamError::RateLimited { .. } => "rate_limited",
+                UpstreamError::Timeout(_) => "upstream_timeout",
+                UpstreamError::Unavailable(_) => "upstream_unavailable",
+                UpstreamError::Rejected { .. } => "upstream_rejected",
+                UpstreamError::Protocol(_) => "upstream_protocol_error",
+                UpstreamError::Configuration(_) => "upstream_misconfigured",
+            },
             Self::Internal(_) => "internal_error",
         }
     }
@@ -144,6 +158,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::RateLimited { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
+            Self::Upstream(UpstreamError::RateLimited { .. }) => "Too many requests",
+            Self::Upstream(UpstreamError::Timeout(_)) => "Gateway timeout",
+            Self::Upstream(_) => "Bad gateway",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -177,6 +194,9 @@ impl IntoResponse for ApiError {
             Self::Unavailable(detail) => {
                 tracing::warn!(request.id = %request_id, "dependency unavailable: {detail}")
             }
+            Self::Upstream(err) => {
+                tracing::warn!(request.id = %request_id, error.code = self.code(), "upstream call failed: {err}")
+            }
             Self::InvalidToken(reason) => {
                 tracing::info!(request.id = %request_id, auth.reason = reason, "token rejected: {reason}")
             }
@@ -205,7 +225,8 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
-            Self::RateLimited { retry_after_secs } => {
+            Self::RateLimited { retry_after_secs }
+            | Self::Upstream(UpstreamError::RateLimited { retry_after_secs }) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::Unauthenticated => {

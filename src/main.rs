@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(settings),
+        Command::Simulator { port, config } => simulate(port, config),
     }
 }
 
@@ -84,6 +85,37 @@ fn serve(settings: Settings) -> ExitCode {
             }
             Err(e) => {
                 tracing::error!(error = ?e, "server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn simulate(port: u16, config: sophia::simulator::SimConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sophia: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sophia simulator: cannot bind 127.0.0.1:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("sophia simulator listening on http://127.0.0.1:{port}");
+        let sim = sophia::simulator::Simulator::new(config);
+        match sophia::simulator::serve(listener, sim, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sophia simulator: {e}");
                 ExitCode::FAILURE
             }
         }

@@ -1,0 +1,511 @@
+//! The model client. One shared `reqwest::Client` (pooled); per call, the tenant's endpoint,
+//! deployment and credential. `azure_openai` calls
+//! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=…` with `api-key`;
+//! `openai` calls `{endpoint}/v1/chat/completions` with a Bearer key.
+//!
+//! Timeouts: connect (client), first byte (response headers), total (non-streaming body),
+//! idle (between stream chunks). A 429 is retried after `retry-after-ms` / `Retry-After`
+//! while the retry budget lasts, then reported with the upstream's wait.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::sse::SseParser;
+use super::wire::{
+    StreamOptions, StreamPart, WireChunk, WireErrorBody, WireMessage, WireRequest, WireResponse,
+    WireUsage,
+};
+use crate::domain::{Provider, UpstreamPolicy};
+use crate::upstream::UpstreamError;
+
+/// The default Azure OpenAI data-plane API version (GA, supports `stream_options`).
+pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// How to authenticate to the tenant's model.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// Azure `api-key` header, or `Authorization: Bearer` for the `openai` provider.
+    Key(SecretString),
+    /// An Entra access token (managed identity).
+    Bearer(SecretString),
+    None,
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Key(_) => "Key([REDACTED])",
+            Self::Bearer(_) => "Bearer([REDACTED])",
+            Self::None => "None",
+        })
+    }
+}
+
+/// Where one tenant's model lives.
+#[derive(Debug, Clone)]
+pub struct ModelEndpoint {
+    pub provider: Provider,
+    pub base: Url,
+    pub deployment: String,
+    pub api_version: String,
+    pub auth: UpstreamAuth,
+}
+
+impl ModelEndpoint {
+    fn url(&self, operation: &str) -> Result<Url, UpstreamError> {
+        let base = self.base.as_str().trim_end_matches('/');
+        let raw = match self.provider {
+            Provider::AzureOpenai => format!(
+                "{base}/openai/deployments/{}/{operation}?api-version={}",
+                self.deployment, self.api_version
+            ),
+            Provider::Openai => format!("{base}/v1/{operation}"),
+        };
+        Url::parse(&raw)
+            .map_err(|e| UpstreamError::Configuration(format!("invalid model endpoint: {e}")))
+    }
+
+    pub fn chat_url(&self) -> Result<Url, UpstreamError> {
+        self.url("chat/completions")
+    }
+
+    pub fn embeddings_url(&self) -> Result<Url, UpstreamError> {
+        self.url("embeddings")
+    }
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    pub model: String,
+    pub usage: WireUsage,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    pub first_byte: Duration,
+    pub total: Duration,
+    pub idle: Duration,
+    /// Longest total time spent waiting on 429s before giving up.
+    pub retry_budget: Duration,
+    pub max_retries: u32,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(60),
+            total: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            retry_budget: Duration::from_secs(10),
+            max_retries: 3,
+        }
+    }
+}
+
+/// Calls tenants' models.
+#[derive(Clone)]
+pub struct ModelClient {
+    http: reqwest::Client,
+    policy: UpstreamPolicy,
+    timeouts: UpstreamTimeouts,
+}
+
+/// How long a 429 asks us to wait: `retry-after-ms` (Azure), else `Retry-After` seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return Some(Duration::from_secs_f64((ms / 1000.0).max(0.0)));
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+fn error_detail(body: &[u8]) -> String {
+    serde_json::from_slice::<WireErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .and_then(|e| e.message)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_default()
+}
+
+fn transport_error(err: &reqwest::Error) -> UpstreamError {
+    if err.is_timeout() {
+        UpstreamError::Timeout("connect")
+    } else if err.is_connect() {
+        UpstreamError::Unavailable(format!(
+            "the model endpoint could not be reached: {}",
+            root_cause(err)
+        ))
+    } else {
+        UpstreamError::Unavailable(format!(
+            "the model endpoint connection failed: {}",
+            root_cause(err)
+        ))
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+impl ModelClient {
+    pub fn new(http: reqwest::Client, policy: UpstreamPolicy, timeouts: UpstreamTimeouts) -> Self {
+        Self {
+            http,
+            policy,
+            timeouts,
+        }
+    }
+
+    pub fn timeouts(&self) -> UpstreamTimeouts {
+        self.timeouts
+    }
+
+    /// Sends a JSON POST with auth, retrying 429s within the budget; returns a 2xx response.
+    async fn send(
+        &self,
+        endpoint: &ModelEndpoint,
+        url: Url,
+        body: &impl serde::Serialize,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        // The endpoint was checked when an admin set it; check again now (policy may have changed).
+        self.policy.check(url.as_str()).map_err(|e| {
+            UpstreamError::Configuration(format!("the model endpoint is not allowed: {e}"))
+        })?;
+        let body = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let mut request = self
+                .http
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            request = match (&endpoint.auth, endpoint.provider) {
+                (UpstreamAuth::Key(key), Provider::AzureOpenai) => {
+                    request.header("api-key", key.expose_secret())
+                }
+                (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
+                    request.bearer_auth(key.expose_secret())
+                }
+                (UpstreamAuth::None, _) => request,
+            };
+            let response =
+                match tokio::time::timeout(self.timeouts.first_byte, request.send()).await {
+                    Err(_) => return Err(UpstreamError::Timeout("first byte")),
+                    Ok(Err(e)) => return Err(transport_error(&e)),
+                    Ok(Ok(r)) => r,
+                };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            let wait = retry_after(response.headers());
+            let detail = match tokio::time::timeout(Duration::from_secs(5), response.bytes()).await
+            {
+                Ok(Ok(b)) => error_detail(&b),
+                _ => String::new(),
+            };
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
+            if retryable && attempt < self.timeouts.max_retries {
+                let delay = wait.unwrap_or(Duration::from_millis(250 * 2u64.pow(attempt)));
+                if started.elapsed() + delay <= self.timeouts.retry_budget {
+                    tracing::info!(
+                        http.status = status.as_u16(),
+                        retry.delay_ms = delay.as_millis() as u64,
+                        retry.attempt = attempt + 1,
+                        "upstream {status}; retrying in {} ms",
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            let suffix = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            };
+            return Err(match status {
+                StatusCode::TOO_MANY_REQUESTS => UpstreamError::RateLimited {
+                    retry_after_secs: wait
+                        .map(|d| d.as_secs_f64().ceil() as u64)
+                        .unwrap_or(1)
+                        .max(1),
+                },
+                StatusCode::REQUEST_TIMEOUT => UpstreamError::Timeout("upstream 408"),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UpstreamError::Rejected {
+                    status: status.as_u16(),
+                    detail: format!(
+                        "the model endpoint rejected the credentials ({}){suffix}",
+                        status.as_u16()
+                    ),
+                },
+                StatusCode::NOT_FOUND => UpstreamError::Rejected {
+                    status: 404,
+                    detail: format!(
+                        "deployment '{}' not found (404){suffix}",
+                        endpoint.deployment
+                    ),
+                },
+                s if s.is_server_error() => UpstreamError::Unavailable(format!(
+                    "the model endpoint failed ({}){suffix}",
+                    s.as_u16()
+                )),
+                s => UpstreamError::Rejected {
+                    status: s.as_u16(),
+                    detail: format!(
+                        "the model endpoint refused the request ({}){suffix}",
+                        s.as_u16()
+                    ),
+                },
+            });
+        }
+    }
+
+    fn request<'a>(
+        endpoint: &'a ModelEndpoint,
+        messages: &'a [WireMessage],
+        params: ChatParams,
+        stream: bool,
+    ) -> WireRequest<'a> {
+        WireRequest {
+            model: matches!(endpoint.provider, Provider::Openai)
+                .then_some(endpoint.deployment.as_str()),
+            messages,
+            temperature: params.temperature,
+            top_p: params.top_p,
+            max_tokens: params.max_tokens,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        }
+    }
+
+    /// A whole answer.
+    pub async fn complete(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: ChatParams,
+    ) -> Result<Completion, UpstreamError> {
+        let started = Instant::now();
+        let response = self
+            .send(
+                endpoint,
+                endpoint.chat_url()?,
+                &Self::request(endpoint, messages, params, false),
+            )
+            .await?;
+        let remaining = self.timeouts.total.saturating_sub(started.elapsed());
+        let body = tokio::time::timeout(remaining, response.bytes())
+            .await
+            .map_err(|_| UpstreamError::Timeout("total"))?
+            .map_err(|e| transport_error(&e))?;
+        let parsed: WireResponse = serde_json::from_slice(&body).map_err(|e| {
+            UpstreamError::Protocol(format!("chat completion is not valid JSON: {e}"))
+        })?;
+        let choice = parsed.choices.into_iter().next();
+        Ok(Completion {
+            content: choice
+                .as_ref()
+                .and_then(|c| c.message.as_ref())
+                .and_then(|m| m.content.clone())
+                .unwrap_or_default(),
+            finish_reason: choice.and_then(|c| c.finish_reason),
+            model: parsed.model.unwrap_or_else(|| endpoint.deployment.clone()),
+            usage: parsed.usage.unwrap_or_default(),
+        })
+    }
+
+    /// A streamed answer. Returns once the first content (or the end) has arrived, so an
+    /// upstream failure is still an HTTP error rather than a broken 200.
+    pub async fn stream(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: ChatParams,
+    ) -> Result<ChatStream, UpstreamError> {
+        let response = self
+            .send(
+                endpoint,
+                endpoint.chat_url()?,
+                &Self::request(endpoint, messages, params, true),
+            )
+            .await?;
+        let mut stream = ChatStream {
+            inner: Box::pin(response.bytes_stream()),
+            parser: SseParser::new(),
+            pending: VecDeque::new(),
+            idle: self.timeouts.idle,
+            done: false,
+        };
+        stream.prime().await?;
+        Ok(stream)
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// Parts of a streamed answer, in order. Backpressure: nothing is read from the upstream
+/// until the caller asks for the next part.
+pub struct ChatStream {
+    inner: ByteStream,
+    parser: SseParser,
+    pending: VecDeque<StreamPart>,
+    idle: Duration,
+    done: bool,
+}
+
+impl ChatStream {
+    /// Reads until a content delta or the end is buffered.
+    async fn prime(&mut self) -> Result<(), UpstreamError> {
+        while !self.done
+            && !self
+                .pending
+                .iter()
+                .any(|p| matches!(p, StreamPart::Delta(_) | StreamPart::Finish(_)))
+        {
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one network chunk (or the end) into `pending`.
+    async fn fill(&mut self) -> Result<(), UpstreamError> {
+        let next = tokio::time::timeout(self.idle, self.inner.next())
+            .await
+            .map_err(|_| UpstreamError::Timeout("stream idle"))?;
+        let events = match next {
+            Some(Ok(bytes)) => self
+                .parser
+                .push(&bytes)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?,
+            Some(Err(e)) => return Err(transport_error(&e)),
+            None => {
+                self.done = true;
+                self.parser
+                    .finish()
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+                    .into_iter()
+                    .collect()
+            }
+        };
+        for event in events {
+            if event.data.trim() == "[DONE]" {
+                self.done = true;
+                continue;
+            }
+            if event.event.as_deref() == Some("error")
+                || event.data.contains("\"error\"") && !event.data.contains("\"choices\"")
+            {
+                let detail = error_detail(event.data.as_bytes());
+                return Err(UpstreamError::Unavailable(format!(
+                    "the model stream reported an error: {detail}"
+                )));
+            }
+            let chunk: WireChunk = serde_json::from_str(&event.data).map_err(|e| {
+                UpstreamError::Protocol(format!("stream chunk is not valid JSON: {e}"))
+            })?;
+            self.pending.extend(chunk.parts());
+        }
+        Ok(())
+    }
+
+    /// The next part, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Result<StreamPart, UpstreamError>> {
+        loop {
+            if let Some(part) = self.pending.pop_front() {
+                return Some(Ok(part));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fill().await {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_prefers_milliseconds() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn urls_per_provider() {
+        let azure = ModelEndpoint {
+            provider: Provider::AzureOpenai,
+            base: Url::parse("https://acme.openai.azure.com/").unwrap(),
+            deployment: "gpt-4o".into(),
+            api_version: DEFAULT_API_VERSION.into(),
+            auth: UpstreamAuth::None,
+        };
+        assert_eq!(
+            azure.chat_url().unwrap().as_str(),
+            "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+        );
+        let openai = ModelEndpoint {
+            provider: Provider::Openai,
+            base: Url::parse("https://api.example.com").unwrap(),
+            ..azure
+        };
+        assert_eq!(
+            openai.chat_url().unwrap().as_str(),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert_eq!(
+            format!("{:?}", UpstreamAuth::Key("sekret".into())),
+            "Key([REDACTED])"
+        );
+    }
+}

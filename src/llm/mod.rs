@@ -1,0 +1,11 @@
+//! Tenants' models: the Azure OpenAI / OpenAI-compatible client, its wire types, and the SSE
+//! parser its streams go through.
+
+pub mod client;
+pub mod sse;
+pub mod wire;
+
+pub use client::{
+    ChatParams, ChatStream, Completion, ModelClient, ModelEndpoint, UpstreamAuth, UpstreamTimeouts,
+};
+pub use wire::{StreamPart, WireMessage, WireUsage};

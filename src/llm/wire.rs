@@ -1,0 +1,197 @@
+//! OpenAI / Azure OpenAI chat-completions wire types, lenient where Azure differs: chunks
+//! with no `choices` (prompt filter results, the final usage chunk), choices with no `delta`
+//! (asynchronous content-filter annotations), `null` everywhere.
+
+use serde::{Deserialize, Serialize};
+
+/// A chat message as sent upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Token counts, as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// `POST …/chat/completions` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct WireRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    pub messages: &'a [WireMessage],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+/// A non-streaming answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireResponse {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub choices: Vec<WireChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireChoice {
+    #[serde(default)]
+    pub message: Option<WireAnswerMessage>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireAnswerMessage {
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+/// One streamed chunk.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireChunk {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub choices: Vec<WireChunkChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireChunkChoice {
+    #[serde(default)]
+    pub delta: Option<WireDelta>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireDelta {
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+/// What a chunk means for us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPart {
+    Delta(String),
+    Finish(String),
+    Usage(WireUsage),
+    Model(String),
+}
+
+impl WireChunk {
+    /// The parts of this chunk, in order; content-filter and prompt-filter chunks give none.
+    pub fn parts(&self) -> Vec<StreamPart> {
+        let mut out = Vec::new();
+        if let Some(model) = self.model.as_deref().filter(|m| !m.is_empty()) {
+            out.push(StreamPart::Model(model.to_owned()));
+        }
+        for choice in &self.choices {
+            if let Some(content) = choice
+                .delta
+                .as_ref()
+                .and_then(|d| d.content.as_deref())
+                .filter(|c| !c.is_empty())
+            {
+                out.push(StreamPart::Delta(content.to_owned()));
+            }
+            if let Some(reason) = &choice.finish_reason {
+                out.push(StreamPart::Finish(reason.clone()));
+            }
+        }
+        if let Some(usage) = self.usage {
+            out.push(StreamPart::Usage(usage));
+        }
+        out
+    }
+}
+
+/// An upstream error body (`{"error": {"code", "message"}}`), for diagnostics only.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireErrorBody {
+    pub error: Option<WireErrorDetail>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireErrorDetail {
+    #[serde(default)]
+    pub code: Option<serde_json::Value>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::sse::SseParser;
+
+    /// A stream as Azure OpenAI sends it (gpt-4o, 2024-10-21, `include_usage`): prompt filter
+    /// results first with no choices, a role chunk, content chunks with filter results, an
+    /// asynchronous content-filter annotation with no delta, the finish chunk, the usage chunk
+    /// with empty choices, `[DONE]`.
+    pub const AZURE_STREAM: &str = include_str!("../../tests/fixtures/azure-chat-stream.txt");
+
+    #[test]
+    fn the_recorded_azure_stream_parses_at_every_split() {
+        let bytes = AZURE_STREAM.as_bytes();
+        for chunk in [1, 2, 3, 7, 64, bytes.len()] {
+            let mut parser = SseParser::new();
+            let mut parts = Vec::new();
+            let mut done = false;
+            for piece in bytes.chunks(chunk) {
+                for event in parser.push(piece).unwrap() {
+                    if event.data == "[DONE]" {
+                        done = true;
+                        continue;
+                    }
+                    let chunk: WireChunk = serde_json::from_str(&event.data).unwrap();
+                    parts.extend(chunk.parts());
+                }
+            }
+            assert!(done);
+            let text: String = parts
+                .iter()
+                .filter_map(|p| {
+                    if let StreamPart::Delta(d) = p {
+                        Some(d.as_str())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            assert_eq!(text, "Hello! How can I help you today?");
+            assert!(parts.contains(&StreamPart::Finish("stop".into())));
+            assert!(parts.contains(&StreamPart::Usage(WireUsage {
+                prompt_tokens: 19,
+                completion_tokens: 9,
+                total_tokens: 28
+            })));
+            assert!(parts.contains(&StreamPart::Model("gpt-4o-2024-08-06".into())));
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! A local Azure OpenAI (and OpenAI-compatible) simulator for development, tests and
+//! benchmarks. It speaks the real wire protocol: Azure deployment routes with `api-version`
+//! and the `api-key` header (or Bearer), OpenAI `/v1` routes with Bearer keys, chat
+//! completions (whole and streamed, Azure-shaped SSE with prompt-filter and usage chunks),
+//! deterministic embeddings, Azure-shaped errors. Its answers are grounded in the prompt: it
+//! quotes the context sentence that best matches the question. Faults (429 with
+//! `Retry-After`, 5xx, delays) can be queued over HTTP (`POST /_sim/faults`) or in process;
+//! every request is recorded (`GET /_sim/requests`) so tests can assert what each tenant sent.
+
+// Early answers are whole HTTP responses; boxing them would only add noise here.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Embedding width of the simulator's deterministic vectors.
+pub const EMBEDDING_DIMS: usize = 64;
+
+/// How the simulator behaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Accepted keys; empty accepts any non-empty key.
+    pub keys: Vec<String>,
+    /// Known deployments; empty accepts any.
+    pub deployments: Vec<String>,
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Between streamed chunks.
+    pub chunk_delay: Duration,
+}
+
+/// A queued misbehaviour, consumed by matching requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Fault {
+    /// Only requests to this deployment (any when absent).
+    pub deployment: Option<String>,
+    /// Answer with this status (e.g. 429, 500) instead of a completion.
+    pub status: Option<u16>,
+    /// `Retry-After` seconds on the fault answer.
+    pub retry_after: Option<u64>,
+    /// `retry-after-ms` on the fault answer.
+    pub retry_after_ms: Option<u64>,
+    /// Delay before answering (a slow upstream).
+    pub delay_ms: Option<u64>,
+    /// How many requests it applies to (default 1).
+    pub times: Option<u32>,
+}
+
+/// One request the simulator received.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    pub kind: &'static str,
+    pub deployment: Option<String>,
+    pub key: Option<String>,
+    pub api_version: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    config: Mutex<SimConfig>,
+    faults: Mutex<VecDeque<(Fault, u32)>>,
+    log: Mutex<Vec<Recorded>>,
+}
+
+/// Shared simulator state (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Self {
+        let sim = Self::default();
+        if let Ok(mut c) = sim.inner.config.lock() {
+            *c = config;
+        }
+        sim
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        let times = fault.times.unwrap_or(1);
+        if let Ok(mut f) = self.inner.faults.lock() {
+            f.push_back((fault, times));
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut l) = self.inner.log.lock() {
+            l.clear();
+        }
+    }
+
+    fn config(&self) -> SimConfig {
+        self.inner
+            .config
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    fn take_fault(&self, deployment: Option<&str>) -> Option<Fault> {
+        let mut faults = self.inner.faults.lock().ok()?;
+        let index = faults.iter().position(|(f, _)| {
+            f.deployment
+                .as_deref()
+                .is_none_or(|d| Some(d) == deployment)
+        })?;
+        let (fault, left) = faults.get_mut(index)?;
+        let fault = fault.clone();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            faults.remove(index);
+        }
+        Some(fault)
+    }
+
+    fn record(&self, entry: Recorded) {
+        if let Ok(mut l) = self.inner.log.lock() {
+            if l.len() >= 10_000 {
+                l.remove(0);
+            }
+            l.push(entry);
+        }
+    }
+
+    /// The simulator's routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(azure_chat),
+            )
+            .route(
+                "/openai/deployments/{deployment}/embeddings",
+                post(azure_embeddings),
+            )
+            .route("/v1/chat/completions", post(openai_chat))
+            .route("/v1/embeddings", post(openai_embeddings))
+            .route("/_sim/requests", get(list_requests).delete(clear_requests))
+            .route("/_sim/faults", post(add_fault))
+            .route("/", get(|| async { "sophia azure openai simulator" }))
+            .with_state(self.clone())
+    }
+}
+
+fn azure_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The presented key: `api-key`, else a Bearer token.
+fn presented_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(k) = headers.get("api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.to_owned());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct ApiVersion {
+    #[serde(rename = "api-version")]
+    api_version: Option<String>,
+}
+
+struct Call {
+    kind: &'static str,
+    deployment: Option<String>,
+    api_version: Option<String>,
+    azure: bool,
+}
+
+/// Checks auth, deployment and faults; records the request. `Err` is the answer to send.
+async fn admit(
+    sim: &Simulator,
+    call: &Call,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Result<(), Response> {
+    let config = sim.config();
+    let key = presented_key(headers);
+    sim.record(Recorded {
+        kind: call.kind,
+        deployment: call.deployment.clone(),
+        key: key.clone(),
+        api_version: call.api_version.clone(),
+        body: body.clone(),
+    });
+    if call.azure && call.api_version.is_none() {
+        return Err(azure_error(
+            StatusCode::NOT_FOUND,
+            "404",
+            "Resource not found",
+        ));
+    }
+    let key_ok = match &key {
+        None => false,
+        Some(k) => !k.is_empty() && (config.keys.is_empty() || config.keys.iter().any(|c| c == k)),
+    };
+    if !key_ok {
+        return Err(azure_error(
+            StatusCode::UNAUTHORIZED,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+        ));
+    }
+    if let Some(d) = &call.deployment
+        && !config.deployments.is_empty()
+        && !config.deployments.contains(d)
+    {
+        return Err(azure_error(
+            StatusCode::NOT_FOUND,
+            "DeploymentNotFound",
+            "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
+        ));
+    }
+    if !config.latency.is_zero() {
+        tokio::time::sleep(config.latency).await;
+    }
+    if let Some(fault) = sim.take_fault(call.deployment.as_deref()) {
+        if let Some(ms) = fault.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if let Some(status) = fault.status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = if status == StatusCode::TOO_MANY_REQUESTS {
+                azure_error(
+                    status,
+                    "429",
+                    "Requests to the ChatCompletions_Create Operation have exceeded the token rate limit of your current tier. Please retry after the indicated time.",
+                )
+            } else {
+                azure_error(
+                    status,
+                    &status.as_u16().to_string(),
+                    "The server had an error while processing your request.",
+                )
+            };
+            if let Some(s) = fault.retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            if let Some(ms) = fault.retry_after_ms {
+                response
+                    .headers_mut()
+                    .insert("retry-after-ms", HeaderValue::from(ms));
+            }
+            return Err(response);
+        }
+    }
+    Ok(())
+}
+
+fn parse_body(bytes: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(bytes).map_err(|_| {
+        azure_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The request body is not valid JSON.",
+        )
+    })
+}
+
+async fn azure_chat(
+    State(sim): State<Simulator>,
+    Path(deployment): Path<String>,
+    Query(q): Query<ApiVersion>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        kind: "chat",
+        deployment: Some(deployment.clone()),
+        api_version: q.api_version,
+        azure: true,
+    };
+    chat(sim, call, headers, body, deployment).await
+}
+
+async fn openai_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "gpt-4o-mini".into());
+    let call = Call {
+        kind: "chat",
+        deployment: Some(model.clone()),
+        api_version: None,
+        azure: false,
+    };
+    chat(sim, call, headers, body, model).await
+}
+
+async fn chat(
+    sim: Simulator,
+    call: Call,
+    headers: HeaderMap,
+    body: Bytes,
+    model: String,
+) -> Response {
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = admit(&sim, &call, &headers, &body).await {
+        return r;
+    }
+    let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return azure_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "'messages' is a required property",
+        );
+    };
+    let answer = grounded_answer(messages);
+    let prompt_tokens: u64 = messages
+        .iter()
+        .map(|m| tokens(m["content"].as_str().unwrap_or("")))
+        .sum();
+    let completion_tokens = tokens(&answer);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    let id = format!("chatcmpl-sim{}", uuid::Uuid::new_v4().simple());
+    let created = chrono::Utc::now().timestamp();
+    if body["stream"].as_bool() != Some(true) {
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "usage": usage,
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]
+        }))
+        .into_response();
+    }
+    let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
+    let delay = sim.config().chunk_delay;
+    let mut events: Vec<Value> = vec![
+        json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}),
+    ];
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "content_filter_results": {}}], "usage": null})
+    };
+    events.push(chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ));
+    for piece in split_keep_spaces(&answer) {
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(json!({"choices": [{"index": 0, "finish_reason": null, "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": answer.len()}, "content_filter_results": {}}], "created": 0, "id": "", "model": "", "object": ""}));
+    if include_usage {
+        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}));
+    }
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), false, true),
+        move |(mut it, done, first)| async move {
+            if done {
+                return None;
+            }
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match it.next() {
+                Some(event) => Some((
+                    Ok::<_, Infallible>(Bytes::from(format!("data: {event}\n\n"))),
+                    (it, false, false),
+                )),
+                None => Some((
+                    Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+                    (it, true, false),
+                )),
+            }
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn azure_embeddings(
+    State(sim): State<Simulator>,
+    Path(deployment): Path<String>,
+    Query(q): Query<ApiVersion>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        kind: "embeddings",
+        deployment: Some(deployment.clone()),
+        api_version: q.api_version,
+        azure: true,
+    };
+    embeddings(sim, call, headers, body, deployment).await
+}
+
+async fn openai_embeddings(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "text-embedding-3-small".into());
+    let call = Call {
+        kind: "embeddings",
+        deployment: Some(model.clone()),
+        api_version: None,
+        azure: false,
+    };
+    embeddings(sim, call, headers, body, model).await
+}
+
+async fn embeddings(
+    sim: Simulator,
+    call: Call,
+    headers: HeaderMap,
+    body: Bytes,
+    model: String,
+) -> Response {
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = admit(&sim, &call, &headers, &body).await {
+        return r;
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return azure_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "'input' is a required property",
+            );
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embed(text)}))
+        .collect();
+    let total: u64 = inputs.iter().map(|t| tokens(t)).sum();
+    Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": total, "total_tokens": total}})).into_response()
+}
+
+async fn list_requests(State(sim): State<Simulator>) -> Json<Vec<Recorded>> {
+    Json(sim.requests())
+}
+
+async fn clear_requests(State(sim): State<Simulator>) -> StatusCode {
+    sim.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn add_fault(State(sim): State<Simulator>, Json(fault): Json<Fault>) -> StatusCode {
+    sim.push_fault(fault);
+    StatusCode::NO_CONTENT
+}
+
+/// A rough token count (≈ 4 characters a token), enough for usage accounting tests.
+pub fn tokens(text: &str) -> u64 {
+    (text.chars().count() as u64)
+        .div_ceil(4)
+        .max(u64::from(!text.is_empty()))
+}
+
+fn words(text: &str) -> HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Quotes the context sentence that best matches the last user message, or says it has none.
+pub fn grounded_answer(messages: &[Value]) -> String {
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let asked = words(question);
+    let context: String = messages
+        .iter()
+        .filter(|m| m["role"] == "system")
+        .filter_map(|m| m["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut best: Option<(usize, &str)> = None;
+    for sentence in context
+        .split(['.', '\n', '!', '?'])
+        .map(str::trim)
+        .filter(|s| s.len() > 3)
+    {
+        let score = words(sentence).intersection(&asked).count();
+        if score > 0 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, sentence));
+        }
+    }
+    match best {
+        Some((_, sentence)) => format!("According to the knowledge base: {sentence}."),
+        None => format!(
+            "I could not find that in the knowledge base. You asked: {}",
+            question.trim()
+        ),
+    }
+}
+
+fn split_keep_spaces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for ch in text.chars() {
+        current.push(ch);
+        if ch == ' ' {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// A deterministic bag-of-words vector: texts sharing words point the same way.
+pub fn embed(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIMS];
+    for word in words(text) {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in word.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        v[(h % EMBEDDING_DIMS as u64) as usize] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// Serves the simulator on `addr` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, sim.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_quote_the_best_matching_context_sentence() {
+        let messages = vec![
+            json!({"role": "system", "content": "Context:\nThe office opens at 9am. Parking is free on weekends. Lunch is served at noon."}),
+            json!({"role": "user", "content": "When is parking free?"}),
+        ];
+        assert_eq!(
+            grounded_answer(&messages),
+            "According to the knowledge base: Parking is free on weekends."
+        );
+        let none = vec![json!({"role": "user", "content": "Hello there"})];
+        assert!(grounded_answer(&none).starts_with("I could not find"));
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_and_normalised() {
+        let a = embed("refund policy for orders");
+        assert_eq!(a, embed("refund policy for orders"));
+        let norm: f32 = a.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-5);
+        let near: f32 = a
+            .iter()
+            .zip(embed("orders refund policy"))
+            .map(|(x, y)| x * y)
+            .sum();
+        let far: f32 = a
+            .iter()
+            .zip(embed("weather tomorrow sunny"))
+            .map(|(x, y)| x * y)
+            .sum();
+        assert!(near > far);
+    }
+}

@@ -1,0 +1,85 @@
+//! Calling tenants' upstream services: the shared HTTP client, whose DNS resolver refuses
+//! private, loopback, link-local and metadata addresses (an allowed host name may still
+//! resolve to one), and the errors upstream calls end in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::domain::UpstreamPolicy;
+
+/// Why an upstream call failed, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream throttled and the retry budget is spent.
+    #[error("the model endpoint is rate limiting (retry after {retry_after_secs} s)")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the upstream did not answer in time ({0})")]
+    Timeout(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
+    /// The upstream refused the request (credentials, deployment, parameters).
+    #[error("{detail}")]
+    Rejected { status: u16, detail: String },
+    #[error("the upstream answered something unexpected: {0}")]
+    Protocol(String),
+    /// The endpoint is not allowed by the upstream policy, or is misconfigured.
+    #[error("{0}")]
+    Configuration(String),
+}
+
+/// A DNS resolver that drops addresses the upstream policy forbids, and fails when none is
+/// left, so a tenant's host name cannot be pointed at an internal address.
+#[derive(Clone)]
+pub struct PolicyResolver {
+    policy: Arc<UpstreamPolicy>,
+}
+
+impl PolicyResolver {
+    pub fn new(policy: UpstreamPolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = Arc::clone(&self.policy);
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| policy.check_resolved(a.ip()).is_ok())
+                .collect();
+            if allowed.is_empty() {
+                let err: Box<dyn std::error::Error + Send + Sync> =
+                    format!("'{host}' resolves only to addresses SOPHIA may not call").into();
+                return Err(err);
+            }
+            let iter: Addrs = Box::new(allowed.into_iter());
+            Ok(iter)
+        })
+    }
+}
+
+/// The shared client for tenants' upstreams (connection pooling; policy-checked DNS).
+pub fn upstream_client(
+    policy: &UpstreamPolicy,
+    connect_timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
+        .user_agent(concat!("sophia/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
