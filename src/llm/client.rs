@@ -199,7 +199,7 @@ impl ModelClient {
         body: &impl serde::Serialize,
     ) -> Result<reqwest::Response, UpstreamError> {
         // The endpoint was checked when an admin set it; check again now (policy may have changed).
-        self.policy.check(url.as_str()).map_err(|e| {
+        self.policy.check(endpoint.base.as_str()).map_err(|e| {
             UpstreamError::Configuration(format!("the model endpoint is not allowed: {e}"))
         })?;
         let body = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
