@@ -15,12 +15,14 @@ use crate::auth::keys::KeyHasher;
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::service_token::ServiceTokens;
 use crate::config::{SecretsBackend, Settings, StoreBackend};
+use crate::llm::{ModelClient, UpstreamTimeouts};
 use crate::secrets::SecretStore;
 use crate::secrets::local::{LocalSecretStore, MasterKey, write_private_file};
 use crate::state::{App, AppState};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::tenant::SecurityCache;
+use crate::tenant::runtime::RuntimeCache;
 
 /// File in the data directory holding the generated local admin secret.
 pub const ADMIN_SECRET_FILE: &str = "admin-jwt.secret";
@@ -148,8 +150,26 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     .await
     .context("loading the service-token signing key")?;
     let admin = admin_verifier(&settings, http.clone())?;
+    let upstreams = settings.upstream_policy();
+    let models = ModelClient::new(
+        crate::upstream::upstream_client(&upstreams, settings.upstream_connect_timeout)?,
+        upstreams.clone(),
+        UpstreamTimeouts {
+            first_byte: settings.upstream_first_byte_timeout,
+            total: settings.upstream_total_timeout,
+            idle: settings.upstream_idle_timeout,
+            retry_budget: settings.upstream_retry_budget,
+            max_retries: 3,
+        },
+    );
     Ok(Arc::new(App {
-        upstreams: settings.upstream_policy(),
+        upstreams,
+        models,
+        runtimes: RuntimeCache::new(
+            settings.tenant_cache_ttl,
+            settings.tenant_cache_max_stale,
+            100_000,
+        ),
         hasher: KeyHasher::new(settings.bcrypt_cost),
         security: SecurityCache::new(settings.security_cache_ttl),
         limit_by_address: RateLimiter::new(settings.token_rate_limit_per_address),

@@ -9,9 +9,11 @@ use crate::auth::rate_limit::RateLimiter;
 use crate::auth::service_token::ServiceTokens;
 use crate::config::Settings;
 use crate::domain::UpstreamPolicy;
+use crate::llm::ModelClient;
 use crate::secrets::SecretStore;
 use crate::store::Store;
 use crate::tenant::SecurityCache;
+use crate::tenant::runtime::RuntimeCache;
 
 /// Everything a request may need: backends, keys, caches and settings.
 pub struct App {
@@ -24,6 +26,8 @@ pub struct App {
     pub hasher: KeyHasher,
     pub upstreams: UpstreamPolicy,
     pub security: SecurityCache,
+    pub runtimes: RuntimeCache,
+    pub models: ModelClient,
     pub limit_by_address: RateLimiter,
     pub limit_by_company: RateLimiter,
     pub started_at: Instant,

@@ -1,11 +1,13 @@
 //! Domain types, parsed once at the edge: an invalid value cannot be constructed.
 
 pub mod audit;
+pub mod conversation;
 pub mod endpoint;
 pub mod ids;
 pub mod instance;
 
 pub use audit::{AuditEntry, AuditOutcome};
+pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
 pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};

@@ -43,6 +43,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                 },
             },
             "checks": { "store": store_ok.is_ok() },
+            "tenantCache": app.runtimes.stats(),
             "uptimeSeconds": app.started_at.elapsed().as_secs(),
         })),
     )

@@ -6,7 +6,10 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{AgentInstance, AgentType, AuditEntry, InstanceId, InstanceStatus, TenantId};
+use crate::domain::{
+    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
+    StoredMessage, TenantId, UsageRecord,
+};
 
 /// Backend-neutral storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,41 @@ pub trait Store: Send + Sync + 'static {
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<AuditEntry>>;
+
+    /// One conversation of the tenant.
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Conversation>;
+
+    /// Appends messages to the tenant's conversation (creating it), keeping the newest
+    /// `keep_last` messages. Atomic: concurrent appends lose nothing.
+    async fn append_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        instance: &InstanceId,
+        messages: &[StoredMessage],
+        keep_last: usize,
+    ) -> StoreResult<()>;
+
+    /// Adds one request's tokens to the tenant's daily usage.
+    async fn add_usage(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) -> StoreResult<()>;
+
+    /// Daily usage in scope between `from` and `to` (inclusive), by tenant then day.
+    async fn list_usage(
+        &self,
+        scope: &TenantScope,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> StoreResult<Vec<UsageRecord>>;
 }
 
 /// Keyset cursor shared by the backends that page by (sort key, id).

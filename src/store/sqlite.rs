@@ -13,7 +13,10 @@ use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
     cursor,
 };
-use crate::domain::{AgentInstance, AgentType, AuditEntry, InstanceId, TenantId};
+use crate::domain::{
+    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, StoredMessage,
+    TenantId, UsageRecord,
+};
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
 /// Never edit a shipped migration: append a new one.
@@ -43,6 +46,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_logs_by_tenant ON audit_logs (tenant_id, time, id);
     CREATE INDEX audit_logs_by_time ON audit_logs (time, id);",
+    // 2: conversations and daily usage.
+    "CREATE TABLE conversations (
+        tenant_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, id)
+    );
+    CREATE TABLE usage (
+        tenant_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day)
+    );",
 ];
 
 /// Fixed-width UTC timestamps sort lexically in time order.
@@ -508,6 +528,155 @@ impl Store for SqliteStore {
                 items,
                 continuation_token,
             })
+        })
+        .await
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Conversation> {
+        let (tenant, id) = (tenant.clone(), id.to_string());
+        self.run(move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM conversations WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let doc = doc.ok_or(StoreError::NotFound)?;
+            serde_json::from_str(&doc)
+                .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt conversation: {e}")))
+        })
+        .await
+    }
+
+    async fn append_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        instance: &InstanceId,
+        messages: &[StoredMessage],
+        keep_last: usize,
+    ) -> StoreResult<()> {
+        let (tenant, id, instance, messages) = (tenant.clone(), *id, *instance, messages.to_vec());
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(map_err)?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM conversations WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let now = chrono::Utc::now();
+            let mut conversation = match existing {
+                Some(doc) => serde_json::from_str::<Conversation>(&doc)
+                    .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt conversation: {e}")))?,
+                None => Conversation {
+                    id,
+                    tenant_id: tenant.clone(),
+                    instance_id: instance,
+                    messages: Vec::new(),
+                    created_at: now,
+                    updated_at: now,
+                },
+            };
+            conversation.messages.extend(messages);
+            let excess = conversation.messages.len().saturating_sub(keep_last.max(1));
+            conversation.messages.drain(..excess);
+            conversation.updated_at = now;
+            tx.execute(
+                "INSERT INTO conversations (tenant_id, id, instance_id, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET updated_at = excluded.updated_at, doc = excluded.doc",
+                params![
+                    tenant.as_str(),
+                    id.to_string(),
+                    instance.to_string(),
+                    sort_key(&now),
+                    encode(&conversation)?
+                ],
+            )
+            .map_err(map_err)?;
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn add_usage(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) -> StoreResult<()> {
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO usage (tenant_id, day, prompt_tokens, completion_tokens, requests) VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (tenant_id, day) DO UPDATE SET
+                    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                    completion_tokens = completion_tokens + excluded.completion_tokens,
+                    requests = requests + 1",
+                params![tenant.as_str(), day.to_string(), prompt_tokens as i64, completion_tokens as i64],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_usage(
+        &self,
+        scope: &TenantScope,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        let scope = scope.clone();
+        self.run(move |conn| {
+            let mut q = Query::new(
+                "SELECT tenant_id, day, prompt_tokens, completion_tokens, requests FROM usage",
+            );
+            if let Some(tenant) = scope.tenant() {
+                q.and("tenant_id = ?", &[tenant.as_str()]);
+            }
+            let (from, to) = (from.to_string(), to.to_string());
+            q.and("day >= ? AND day <= ?", &[&from, &to]);
+            q.sql.push_str(" ORDER BY tenant_id, day LIMIT 10000");
+            let mut stmt = conn.prepare(&q.sql).map_err(map_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(&q.args), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            rows.into_iter()
+                .map(|(tenant, day, p, c, n)| {
+                    Ok(UsageRecord {
+                        tenant_id: TenantId::parse(&tenant).map_err(|e| {
+                            StoreError::Internal(anyhow::anyhow!("corrupt usage tenant: {e}"))
+                        })?,
+                        day: day.parse().map_err(|e| {
+                            StoreError::Internal(anyhow::anyhow!("corrupt usage day: {e}"))
+                        })?,
+                        prompt_tokens: p as u64,
+                        completion_tokens: c as u64,
+                        total_tokens: (p + c) as u64,
+                        requests: n as u64,
+                    })
+                })
+                .collect()
         })
         .await
     }

@@ -3,6 +3,8 @@
 //! within that bound on every instance of the service, and at once on the one that served the
 //! admin call (it invalidates its own entry).
 
+pub mod runtime;
+
 use std::time::Duration;
 
 use moka::future::Cache;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use sophia::domain::{
-    AgentInstance, AgentType, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash,
-    Provider, TenantId,
+    AgentInstance, AgentType, AuditEntry, AuditOutcome, ConversationId, InstanceId, InstanceStatus,
+    KeyHash, Provider, StoredMessage, TenantId,
 };
 use sophia::store::{AuditFilter, InstanceFilter, PageRequest, Store, StoreError, TenantScope};
 
@@ -418,12 +418,163 @@ pub async fn audit_queries(store: Arc<dyn Store>) {
     assert_eq!(only_b.items[0].tenant_id, b);
 }
 
+fn message(role: &str, content: &str) -> StoredMessage {
+    StoredMessage {
+        id: uuid::Uuid::new_v4(),
+        role: role.into(),
+        content: content.into(),
+        at: Utc::now(),
+        citations: vec![],
+    }
+}
+
+pub async fn conversations(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let id = ConversationId::new();
+    let instance = InstanceId::new();
+    assert!(matches!(
+        store.get_conversation(&a, &id).await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .append_conversation(
+            &a,
+            &id,
+            &instance,
+            &[message("user", "hi"), message("assistant", "hello")],
+            100,
+        )
+        .await
+        .unwrap();
+    store
+        .append_conversation(&a, &id, &instance, &[message("user", "again")], 100)
+        .await
+        .unwrap();
+    let conv = store.get_conversation(&a, &id).await.unwrap();
+    assert_eq!(conv.tenant_id, a);
+    assert_eq!(conv.instance_id, instance);
+    let contents: Vec<&str> = conv.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["hi", "hello", "again"]);
+    // Another tenant cannot read it, and its own conversation of the same id is separate.
+    assert!(matches!(
+        store.get_conversation(&b, &id).await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .append_conversation(&b, &id, &instance, &[message("user", "b's")], 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_conversation(&a, &id)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .get_conversation(&b, &id)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    // Only the newest messages are kept.
+    for i in 0..10 {
+        store
+            .append_conversation(&a, &id, &instance, &[message("user", &format!("m{i}"))], 4)
+            .await
+            .unwrap();
+    }
+    let kept: Vec<String> = store
+        .get_conversation(&a, &id)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(kept, ["m6", "m7", "m8", "m9"]);
+}
+
+pub async fn concurrent_appends_lose_nothing(store: Arc<dyn Store>) {
+    let t = tenant();
+    let id = ConversationId::new();
+    let instance = InstanceId::new();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, t) = (Arc::clone(&store), t.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_conversation(
+                    &t,
+                    &id,
+                    &instance,
+                    &[message("user", &format!("{i}"))],
+                    1000,
+                )
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .get_conversation(&t, &id)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        20
+    );
+}
+
+pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let d1 = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let d2 = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    store.add_usage(&a, d1, 10, 5).await.unwrap();
+    store.add_usage(&a, d1, 1, 2).await.unwrap();
+    store.add_usage(&a, d2, 7, 7).await.unwrap();
+    store.add_usage(&b, d1, 100, 100).await.unwrap();
+    let ua = store
+        .list_usage(&TenantScope::Tenant(a.clone()), d1, d2)
+        .await
+        .unwrap();
+    assert_eq!(ua.len(), 2);
+    assert_eq!(
+        (
+            ua[0].day,
+            ua[0].prompt_tokens,
+            ua[0].completion_tokens,
+            ua[0].total_tokens,
+            ua[0].requests
+        ),
+        (d1, 11, 7, 18, 2)
+    );
+    assert_eq!((ua[1].day, ua[1].total_tokens, ua[1].requests), (d2, 14, 1));
+    assert!(ua.iter().all(|u| u.tenant_id == a));
+    let only_d2 = store
+        .list_usage(&TenantScope::Tenant(a.clone()), d2, d2)
+        .await
+        .unwrap();
+    assert_eq!(only_d2.len(), 1);
+    let all = store.list_usage(&TenantScope::All, d1, d2).await.unwrap();
+    assert!(all.iter().any(|u| u.tenant_id == b) && all.iter().any(|u| u.tenant_id == a));
+}
+
 /// Generates one `#[tokio::test]` per contract case for a backend.
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
         $crate::store_contract_tests!(@case $make, crud_and_etags, tenant_scoping, one_live_instance_per_tenant,
-            touch_keeps_the_etag, pagination_and_filters, audit_queries);
+            touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
+            concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day);
     };
     (@case $make:expr, $($case:ident),*) => {
         $(

@@ -127,6 +127,7 @@ async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstan
             other => other.into(),
         })?;
     app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
     Ok(stored)
 }
 
@@ -324,6 +325,7 @@ pub async fn create_instance(
         }
     };
     app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
     let fields = credentials
         .as_ref()
         .map(CredentialBundle::present_fields)

@@ -1,0 +1,335 @@
+//! `TenantRuntime`: one company's instance document plus its credential bundle, turned into
+//! what a chat turn needs (model endpoint, credentials, prompt settings) and cached.
+//!
+//! The cache (`RuntimeCache`) is keyed by tenant and instance, with a jittered TTL (so a
+//! fleet does not reload every tenant at once), single-flight loading (concurrent misses for
+//! a cold tenant make one store read and one secret read), stale-if-error (when the store or
+//! secret store fails, the last good runtime keeps serving for a bounded time, logged as a
+//! warning) and explicit invalidation when an admin changes the instance.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
+use crate::llm::client::DEFAULT_API_VERSION;
+use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
+use crate::secrets::{CredentialBundle, SecretError, SecretStore};
+use crate::store::{Store, StoreError, TenantScope};
+
+/// Everything a chat turn needs about one tenant. Immutable; replaced on reload.
+#[derive(Debug)]
+pub struct TenantRuntime {
+    pub instance: AgentInstance,
+    /// The chat model, or why there is none.
+    pub chat: Result<ModelEndpoint, String>,
+    /// The embedding model, when the instance names an embedding deployment.
+    pub embeddings: Option<ModelEndpoint>,
+    pub search_key: Option<SecretString>,
+    pub system_prompt: Option<String>,
+    pub params: ChatParams,
+    /// How many earlier messages of a conversation go with each turn.
+    pub history_messages: usize,
+    /// How many knowledge passages go into the prompt.
+    pub top_k: usize,
+    /// Model names a `/v1` caller may ask for (empty: any; the deployment is used regardless).
+    pub allowed_models: Vec<String>,
+    pub loaded_at: Instant,
+}
+
+impl TenantRuntime {
+    /// Builds the runtime from the instance and its credentials.
+    pub fn build(instance: AgentInstance, credentials: CredentialBundle) -> Self {
+        let settings = &instance.settings;
+        let api_version = settings
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or(DEFAULT_API_VERSION)
+            .to_owned();
+        let managed_identity =
+            settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity");
+        let auth = match (&credentials.azure_openai_key, managed_identity) {
+            (_, true) => Err("settings.authMode=managedIdentity needs the Azure identity backend, which is not in this build; store an azureOpenaiKey instead".to_owned()),
+            (Some(key), false) => Ok(UpstreamAuth::Key(key.clone())),
+            (None, false) => Err("the instance has no azureOpenaiKey credential".to_owned()),
+        };
+        let base = instance
+            .azure_openai_endpoint
+            .as_deref()
+            .ok_or_else(|| "the instance has no azureOpenaiEndpoint".to_owned())
+            .and_then(|e| {
+                url::Url::parse(e).map_err(|e| format!("invalid azureOpenaiEndpoint: {e}"))
+            });
+        let deployment = instance
+            .azure_openai_deployment
+            .clone()
+            .or_else(|| instance.model.clone())
+            .ok_or_else(|| "the instance names neither azureOpenaiDeployment nor model".to_owned());
+        let endpoint = |deployment: String, auth: UpstreamAuth, base: url::Url| ModelEndpoint {
+            provider: instance.provider,
+            base,
+            deployment,
+            api_version: api_version.clone(),
+            auth,
+        };
+        let chat = match (base.clone(), deployment, auth.clone()) {
+            (Ok(base), Ok(deployment), Ok(auth)) => Ok(endpoint(deployment, auth, base)),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        let embeddings = match (&instance.azure_embedding_deployment, base, auth) {
+            (Some(d), Ok(base), Ok(auth)) => Some(endpoint(d.clone(), auth, base)),
+            _ => None,
+        };
+        let params = ChatParams {
+            temperature: settings.get("temperature").and_then(|v| v.as_f64()),
+            top_p: settings.get("topP").and_then(|v| v.as_f64()),
+            max_tokens: settings
+                .get("maxTokens")
+                .and_then(|v| v.as_u64())
+                .map(|n| n as u32),
+        };
+        let strings = |key: &str| -> Vec<String> {
+            settings
+                .get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| m.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self {
+            chat,
+            embeddings,
+            search_key: credentials.azure_search_key,
+            system_prompt: settings
+                .get("systemPrompt")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            params,
+            history_messages: settings
+                .get("historyMessages")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(20) as usize,
+            top_k: settings.get("topK").and_then(|v| v.as_u64()).unwrap_or(4) as usize,
+            allowed_models: strings("allowedModels"),
+            loaded_at: Instant::now(),
+            instance,
+        }
+    }
+
+    /// The model the answer is attributed to when the upstream does not say.
+    pub fn model_name(&self) -> String {
+        match &self.chat {
+            Ok(ep) => self
+                .instance
+                .model
+                .clone()
+                .unwrap_or_else(|| ep.deployment.clone()),
+            Err(_) => self.instance.model.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.instance.provider
+    }
+}
+
+/// Cache counters, exposed on `/health`.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub loads: AtomicU64,
+    pub store_reads: AtomicU64,
+    pub secret_reads: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub stale_served: AtomicU64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatsView {
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub loads: u64,
+    pub store_reads: u64,
+    pub secret_reads: u64,
+    pub load_errors: u64,
+    pub stale_served: u64,
+}
+
+/// Why a runtime could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("agent instance not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// A TTL of `base` ± 10 %, drawn per entry.
+struct JitteredTtl {
+    base: Duration,
+}
+
+impl<K, V> Expiry<K, V> for JitteredTtl {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        _value: &V,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let factor = 0.9 + rand::random::<f64>() * 0.2;
+        Some(self.base.mul_f64(factor))
+    }
+}
+
+type Key = (TenantId, InstanceId);
+
+/// Per-tenant runtime cache.
+pub struct RuntimeCache {
+    fresh: Cache<Key, Arc<TenantRuntime>>,
+    /// The last good runtime of each tenant, kept `ttl + max_stale` for stale-if-error.
+    last_good: moka::sync::Cache<Key, Arc<TenantRuntime>>,
+    stats: Arc<RuntimeStats>,
+}
+
+impl RuntimeCache {
+    pub fn new(ttl: Duration, max_stale: Duration, capacity: u64) -> Self {
+        Self {
+            fresh: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(JitteredTtl { base: ttl })
+                .build(),
+            last_good: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl.mul_f64(1.1) + max_stale)
+                .build(),
+            stats: Arc::new(RuntimeStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> RuntimeStatsView {
+        let s = &self.stats;
+        RuntimeStatsView {
+            entries: self.fresh.entry_count(),
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            loads: s.loads.load(Ordering::Relaxed),
+            store_reads: s.store_reads.load(Ordering::Relaxed),
+            secret_reads: s.secret_reads.load(Ordering::Relaxed),
+            load_errors: s.load_errors.load(Ordering::Relaxed),
+            stale_served: s.stale_served.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tenant's runtime: cached, loaded once for concurrent misses, or — if loading fails
+    /// — the last good one while it is at most `max_stale` past its TTL.
+    pub async fn get(
+        &self,
+        store: &Arc<dyn Store>,
+        secrets: &Arc<dyn SecretStore>,
+        tenant: &TenantId,
+        id: &InstanceId,
+    ) -> Result<Arc<TenantRuntime>, RuntimeError> {
+        let key = (tenant.clone(), *id);
+        if let Some(runtime) = self.fresh.get(&key).await {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(runtime);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::clone(&self.stats);
+        let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
+        let (t, i) = (tenant.clone(), *id);
+        let loaded = self
+            .fresh
+            .try_get_with(key.clone(), async move {
+                stats.loads.fetch_add(1, Ordering::Relaxed);
+                load(&store, &secrets, &t, &i, &stats).await.map(Arc::new)
+            })
+            .await;
+        match loaded {
+            Ok(runtime) => {
+                self.last_good.insert(key, Arc::clone(&runtime));
+                Ok(runtime)
+            }
+            Err(err) => {
+                self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                let transient = matches!(
+                    err.as_ref(),
+                    RuntimeError::Store(StoreError::Unavailable(_))
+                        | RuntimeError::Secret(SecretError::Unavailable(_))
+                );
+                // `last_good` entries live at most TTL + max_stale: that is the staleness bound.
+                if transient && let Some(stale) = self.last_good.get(&key) {
+                    let age = stale.loaded_at.elapsed();
+                    self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tenant.id = %tenant, instance.id = %id, runtime.age_ms = age.as_millis() as u64, error = %err, "serving a stale runtime for {tenant}: reload failed: {err}");
+                    return Ok(stale);
+                }
+                Err(match Arc::try_unwrap(err) {
+                    Ok(e) => e,
+                    Err(shared) => match shared.as_ref() {
+                        RuntimeError::NotFound => RuntimeError::NotFound,
+                        RuntimeError::Store(StoreError::Unavailable(e)) => {
+                            RuntimeError::Store(StoreError::Unavailable(anyhow::anyhow!("{e:#}")))
+                        }
+                        RuntimeError::Secret(SecretError::Unavailable(e)) => {
+                            RuntimeError::Secret(SecretError::Unavailable(anyhow::anyhow!("{e:#}")))
+                        }
+                        other => {
+                            RuntimeError::Store(StoreError::Internal(anyhow::anyhow!("{other}")))
+                        }
+                    },
+                })
+            }
+        }
+    }
+
+    /// Forgets a tenant's runtime (and its stale copy: an admin's change must not be masked).
+    pub async fn invalidate(&self, tenant: &TenantId, id: &InstanceId) {
+        let key = (tenant.clone(), *id);
+        self.fresh.invalidate(&key).await;
+        self.last_good.invalidate(&key);
+    }
+}
+
+async fn load(
+    store: &Arc<dyn Store>,
+    secrets: &Arc<dyn SecretStore>,
+    tenant: &TenantId,
+    id: &InstanceId,
+    stats: &RuntimeStats,
+) -> Result<TenantRuntime, RuntimeError> {
+    stats.store_reads.fetch_add(1, Ordering::Relaxed);
+    let instance = match store
+        .get_instance(&TenantScope::Tenant(tenant.clone()), id)
+        .await
+    {
+        Ok(i) => i,
+        Err(StoreError::NotFound) => return Err(RuntimeError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    let credentials = match &instance.keyvault_secret_id {
+        Some(secret_id) => {
+            stats.secret_reads.fetch_add(1, Ordering::Relaxed);
+            match secrets.get(secret_id).await {
+                Ok(secret) => CredentialBundle::from_secret(&secret),
+                Err(SecretError::NotFound) => CredentialBundle::default(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => CredentialBundle::default(),
+    };
+    Ok(TenantRuntime::build(instance, credentials))
+}
