@@ -4,11 +4,13 @@
 //! builds everything from [`config::Settings`] and serves [`router::router`].
 
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod knowledge;
 pub mod llm;
 pub mod request_id;
 pub mod router;

@@ -140,6 +140,10 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let store = open_store(&settings)?;
     let secrets = open_secrets(&settings)?;
+    ensure_data_dir(&settings.data_dir)?;
+    let knowledge: Arc<dyn crate::knowledge::KnowledgeIndex> = Arc::new(
+        crate::knowledge::sqlite::SqliteIndex::open(&settings.data_dir.join("knowledge.db"))?,
+    );
     let http = http_client()?;
     let tokens = ServiceTokens::load_or_create(
         secrets.as_ref(),
@@ -177,6 +181,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         started_at: Instant::now(),
         store,
         secrets,
+        knowledge,
         http,
         tokens,
         admin,

@@ -9,6 +9,7 @@ use crate::auth::rate_limit::RateLimiter;
 use crate::auth::service_token::ServiceTokens;
 use crate::config::Settings;
 use crate::domain::UpstreamPolicy;
+use crate::knowledge::KnowledgeIndex;
 use crate::llm::ModelClient;
 use crate::secrets::SecretStore;
 use crate::store::Store;
@@ -20,6 +21,7 @@ pub struct App {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub secrets: Arc<dyn SecretStore>,
+    pub knowledge: Arc<dyn KnowledgeIndex>,
     pub http: reqwest::Client,
     pub tokens: ServiceTokens,
     pub admin: AdminVerifier,

@@ -356,6 +356,54 @@ impl ModelClient {
         })
     }
 
+    /// Embeddings of `inputs`, in order.
+    pub async fn embed(
+        &self,
+        endpoint: &ModelEndpoint,
+        inputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, UpstreamError> {
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            input: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            model: Option<&'a str>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Response {
+            data: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            index: usize,
+            embedding: Vec<f32>,
+        }
+        let started = Instant::now();
+        let body = Request {
+            input: inputs,
+            model: matches!(endpoint.provider, Provider::Openai)
+                .then_some(endpoint.deployment.as_str()),
+        };
+        let response = self
+            .send(endpoint, endpoint.embeddings_url()?, &body)
+            .await?;
+        let remaining = self.timeouts.total.saturating_sub(started.elapsed());
+        let bytes = tokio::time::timeout(remaining, response.bytes())
+            .await
+            .map_err(|_| UpstreamError::Timeout("total"))?
+            .map_err(|e| transport_error(&e))?;
+        let mut parsed: Response = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Protocol(format!("embeddings are not valid JSON: {e}")))?;
+        if parsed.data.len() != inputs.len() {
+            return Err(UpstreamError::Protocol(format!(
+                "asked for {} embeddings, got {}",
+                inputs.len(),
+                parsed.data.len()
+            )));
+        }
+        parsed.data.sort_by_key(|d| d.index);
+        Ok(parsed.data.into_iter().map(|d| d.embedding).collect())
+    }
+
     /// A streamed answer. Returns once the first content (or the end) has arrived, so an
     /// upstream failure is still an HTTP error rather than a broken 200.
     pub async fn stream(
