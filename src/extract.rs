@@ -165,24 +165,43 @@ impl FromRequestParts<AppState> for ServiceAuth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
-        let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
-        let security = state
-            .security
-            .get(state.store.as_ref(), &claims.company_id, &claims.sub)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound => ApiError::InvalidToken("instance not found"),
-                other => ApiError::from(other),
-            })?
-            .ok_or(ApiError::InvalidToken("instance not found"))?;
-        if !security.status.can_authenticate() {
-            return Err(ApiError::InvalidToken("instance disabled"));
-        }
-        if security.key_version != claims.key_version {
-            return Err(ApiError::InvalidToken("access key rotated"));
-        }
-        Ok(Self(claims))
+        verify_service_token(state, token).await.map(Self)
     }
+}
+
+/// Verifies a service token and that its instance is still live with the same key version.
+pub async fn verify_service_token(
+    state: &AppState,
+    token: &str,
+) -> Result<ServiceClaims, ApiError> {
+    let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
+    check_live(state, &claims.company_id, &claims.sub, claims.key_version).await?;
+    Ok(claims)
+}
+
+/// Checks (through the short-TTL security cache) that an instance is live with `key_version`.
+pub async fn check_live(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    instance: &crate::domain::InstanceId,
+    key_version: u32,
+) -> Result<(), ApiError> {
+    let security = state
+        .security
+        .get(state.store.as_ref(), tenant, instance)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::InvalidToken("instance not found"),
+            other => ApiError::from(other),
+        })?
+        .ok_or(ApiError::InvalidToken("instance not found"))?;
+    if !security.status.can_authenticate() {
+        return Err(ApiError::InvalidToken("instance disabled"));
+    }
+    if security.key_version != key_version {
+        return Err(ApiError::InvalidToken("access key rotated"));
+    }
+    Ok(())
 }
 
 /// A verified admin token.

@@ -14,7 +14,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::error::ApiError;
 use crate::request_id;
 use crate::routes::admin::{audit, instances};
-use crate::routes::{agents, health, openapi, token, wellknown};
+use crate::routes::{agents, chat, health, openai, openapi, token, wellknown};
 use crate::state::AppState;
 
 /// Routes that need no credentials. Every other route authenticates through its extractors
@@ -95,6 +95,12 @@ fn table() -> RouteTable {
         Method::GET,
         "/admin/audit-logs",
         get(audit::list_audit_logs),
+    )
+    .add(Method::POST, "/chat", post(chat::chat))
+    .add(
+        Method::POST,
+        "/v1/chat/completions",
+        post(openai::chat_completions).layer(middleware::map_response(openai::openai_errors)),
     )
 }
 

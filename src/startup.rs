@@ -169,6 +169,10 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     Ok(Arc::new(App {
         upstreams,
         models,
+        verified_keys: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(60))
+            .build(),
         runtimes: RuntimeCache::new(
             settings.tenant_cache_ttl,
             settings.tenant_cache_max_stale,

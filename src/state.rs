@@ -30,6 +30,8 @@ pub struct App {
     pub security: SecurityCache,
     pub runtimes: RuntimeCache,
     pub models: ModelClient,
+    /// `/chat` body-key flow: (companyId, SHA-256 of the key) → verified instance, short TTL.
+    pub verified_keys: moka::future::Cache<(String, [u8; 32]), crate::routes::chat::VerifiedKey>,
     pub limit_by_address: RateLimiter,
     pub limit_by_company: RateLimiter,
     pub started_at: Instant,

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod agents;
+pub mod chat;
 pub mod health;
+pub mod openai;
 pub mod openapi;
 pub mod token;
 pub mod wellknown;

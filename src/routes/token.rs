@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
-use crate::domain::{AgentType, AuditEntry, AuditOutcome, TenantId};
+use crate::domain::{AgentInstance, AgentType, AuditEntry, AuditOutcome, TenantId};
 use crate::error::ApiError;
 use crate::extract::{ClientAddress, body_bytes, is_json, media_type, parse_json};
 use crate::state::{App, AppState};
@@ -147,75 +147,16 @@ pub async fn exchange_token(
         Some(raw) => AgentType::parse(raw)
             .ok_or_else(|| ApiError::validation("agentType", "must be SOPHIA"))?,
     };
-    let company_key: String = creds.company.chars().take(64).collect();
-    app.limit_by_company
-        .check(&company_key)
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-
-    let tenant = TenantId::parse(&creds.company).ok();
-    let instance = match &tenant {
-        Some(t) => app.store.find_live_instance(t, agent_type).await?,
-        None => None,
-    };
-    let key = AccessKey::parse(&creds.key);
-    let verified = app
-        .hasher
-        .verify(
-            key.as_ref(),
-            instance.as_ref().map(|i| i.access_key_hash.as_str()),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-
-    let instance = match instance {
-        Some(i) if verified && i.status.can_authenticate() => i,
-        other => {
-            let reason = match (&tenant, &other, &key) {
-                (None, _, _) => "malformed_company_id",
-                (Some(_), None, _) => "no_live_instance",
-                (Some(_), Some(_), None) => "malformed_key",
-                _ => "wrong_key",
-            };
-            if let Some(tenant) = tenant {
-                let mut entry = AuditEntry::new(
-                    tenant.clone(),
-                    action::AUTH_FAILURE,
-                    format!("client:{tenant}"),
-                    AuditOutcome::Failure,
-                )
-                .client(&client)
-                .details(json!({ "reason": reason }));
-                if let Some(i) = &other {
-                    entry = entry.instance(i.id);
-                }
-                record(&app, entry).await;
-            }
-            tracing::info!(auth.reason = reason, client.address = %client, "token exchange refused: {reason}");
-            return Err(ApiError::InvalidClient);
-        }
-    };
-
-    let (token, claims) = app.tokens.issue(&instance).map_err(ApiError::internal)?;
-    if let Err(e) = app
-        .store
-        .touch_instance(&instance.tenant_id, &instance.id, Utc::now())
-        .await
-    {
-        tracing::warn!(tenant.id = %instance.tenant_id, error = ?e, "lastUsedAt not updated: {e:#}");
-    }
-    record(
+    let instance = authenticate_key(
         &app,
-        AuditEntry::new(
-            instance.tenant_id.clone(),
-            action::AUTH_SUCCESS,
-            format!("client:{}", instance.tenant_id),
-            AuditOutcome::Success,
-        )
-        .instance(instance.id)
-        .client(&client)
-        .details(json!({ "keyVersion": instance.key_version, "jti": claims.jti })),
+        &client,
+        &creds.company,
+        agent_type,
+        &creds.key,
+        "token",
     )
-    .await;
+    .await?;
+    let (token, claims) = app.tokens.issue(&instance).map_err(ApiError::internal)?;
     tracing::info!(tenant.id = %instance.tenant_id, instance.id = %instance.id, "service token issued for {}", instance.tenant_id);
     let mut response = Json(TokenResponse {
         access_token: token,
@@ -237,4 +178,83 @@ async fn record(app: &App, entry: AuditEntry) {
     if let Err(e) = app.store.append_audit(&entry).await {
         tracing::error!(audit.action = %entry.action, error = ?e, "audit entry could not be written: {e:#}");
     }
+}
+
+/// Verifies a company's access key (rate-limited per company; bcrypt off the runtime; one
+/// generic failure; audited both ways; `lastUsedAt` updated). Shared by the token exchange and
+/// `/chat`'s body-key flow. The per-address limit is the caller's.
+pub async fn authenticate_key(
+    app: &App,
+    client: &str,
+    company: &str,
+    agent_type: AgentType,
+    key: &str,
+    via: &str,
+) -> Result<AgentInstance, ApiError> {
+    let company_key: String = company.chars().take(64).collect();
+    app.limit_by_company
+        .check(&company_key)
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    let tenant = TenantId::parse(company).ok();
+    let instance = match &tenant {
+        Some(t) => app.store.find_live_instance(t, agent_type).await?,
+        None => None,
+    };
+    let key = AccessKey::parse(key);
+    let verified = app
+        .hasher
+        .verify(
+            key.as_ref(),
+            instance.as_ref().map(|i| i.access_key_hash.as_str()),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let instance = match instance {
+        Some(i) if verified && i.status.can_authenticate() => i,
+        other => {
+            let reason = match (&tenant, &other, &key) {
+                (None, _, _) => "malformed_company_id",
+                (Some(_), None, _) => "no_live_instance",
+                (Some(_), Some(_), None) => "malformed_key",
+                _ => "wrong_key",
+            };
+            if let Some(tenant) = tenant {
+                let mut entry = AuditEntry::new(
+                    tenant.clone(),
+                    action::AUTH_FAILURE,
+                    format!("client:{tenant}"),
+                    AuditOutcome::Failure,
+                )
+                .client(client)
+                .details(json!({ "reason": reason, "via": via }));
+                if let Some(i) = &other {
+                    entry = entry.instance(i.id);
+                }
+                record(app, entry).await;
+            }
+            tracing::info!(auth.reason = reason, client.address = %client, auth.via = via, "token exchange refused: {reason}");
+            return Err(ApiError::InvalidClient);
+        }
+    };
+    if let Err(e) = app
+        .store
+        .touch_instance(&instance.tenant_id, &instance.id, Utc::now())
+        .await
+    {
+        tracing::warn!(tenant.id = %instance.tenant_id, error = ?e, "lastUsedAt not updated: {e:#}");
+    }
+    record(
+        app,
+        AuditEntry::new(
+            instance.tenant_id.clone(),
+            action::AUTH_SUCCESS,
+            format!("client:{}", instance.tenant_id),
+            AuditOutcome::Success,
+        )
+        .instance(instance.id)
+        .client(client)
+        .details(json!({ "keyVersion": instance.key_version, "via": via })),
+    )
+    .await;
+    Ok(instance)
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod admin_instances;
 mod audit;
+mod chat;
 mod errors;
 mod isolation;
 mod jwks_admin;
