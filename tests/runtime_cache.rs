@@ -1,0 +1,342 @@
+//! The per-tenant runtime cache: single-flight loading, stale-if-error, invalidation.
+//! Wrappers around the real SQLite store and local secret store count reads and can be made
+//! to fail like an unreachable Cosmos DB / Key Vault.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sophia::domain::*;
+use sophia::secrets::local::{LocalSecretStore, MasterKey};
+use sophia::secrets::{SecretError, SecretName, SecretRef, SecretResult, SecretStore};
+use sophia::store::sqlite::SqliteStore;
+use sophia::store::*;
+use sophia::tenant::runtime::RuntimeCache;
+
+#[derive(Default)]
+struct Switch {
+    failing: AtomicBool,
+    reads: AtomicUsize,
+}
+
+struct FlakyStore {
+    inner: SqliteStore,
+    switch: Arc<Switch>,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn insert_instance(&self, i: &AgentInstance) -> StoreResult<AgentInstance> {
+        self.inner.insert_instance(i).await
+    }
+    async fn get_instance(
+        &self,
+        scope: &TenantScope,
+        id: &InstanceId,
+    ) -> StoreResult<AgentInstance> {
+        self.switch.reads.fetch_add(1, Ordering::SeqCst);
+        // Slow enough that concurrent misses overlap.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.switch.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(anyhow::anyhow!("store is down")));
+        }
+        self.inner.get_instance(scope, id).await
+    }
+    async fn find_live_instance(
+        &self,
+        t: &TenantId,
+        a: AgentType,
+    ) -> StoreResult<Option<AgentInstance>> {
+        self.inner.find_live_instance(t, a).await
+    }
+    async fn list_instances(
+        &self,
+        s: &TenantScope,
+        f: &InstanceFilter,
+        p: &PageRequest,
+    ) -> StoreResult<Page<AgentInstance>> {
+        self.inner.list_instances(s, f, p).await
+    }
+    async fn replace_instance(&self, i: &AgentInstance, m: &str) -> StoreResult<AgentInstance> {
+        self.inner.replace_instance(i, m).await
+    }
+    async fn touch_instance(
+        &self,
+        t: &TenantId,
+        i: &InstanceId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner.touch_instance(t, i, at).await
+    }
+    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+        self.inner.append_audit(e).await
+    }
+    async fn list_audit(
+        &self,
+        s: &TenantScope,
+        f: &AuditFilter,
+        p: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>> {
+        self.inner.list_audit(s, f, p).await
+    }
+    async fn get_conversation(
+        &self,
+        t: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Conversation> {
+        self.inner.get_conversation(t, id).await
+    }
+    async fn append_conversation(
+        &self,
+        t: &TenantId,
+        id: &ConversationId,
+        i: &InstanceId,
+        m: &[StoredMessage],
+        k: usize,
+    ) -> StoreResult<()> {
+        self.inner.append_conversation(t, id, i, m, k).await
+    }
+    async fn add_usage(&self, t: &TenantId, d: NaiveDate, p: u64, c: u64) -> StoreResult<()> {
+        self.inner.add_usage(t, d, p, c).await
+    }
+    async fn list_usage(
+        &self,
+        s: &TenantScope,
+        f: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        self.inner.list_usage(s, f, to).await
+    }
+}
+
+struct FlakySecrets {
+    inner: LocalSecretStore,
+    switch: Arc<Switch>,
+}
+
+#[async_trait]
+impl SecretStore for FlakySecrets {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn set(&self, name: &SecretName, value: &SecretString) -> SecretResult<String> {
+        self.inner.set(name, value).await
+    }
+    async fn get(&self, id: &str) -> SecretResult<SecretString> {
+        self.switch.reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.switch.failing.load(Ordering::SeqCst) {
+            return Err(SecretError::Unavailable(anyhow::anyhow!("vault is down")));
+        }
+        self.inner.get(id).await
+    }
+    async fn get_latest(&self, name: &SecretName) -> SecretResult<Option<SecretString>> {
+        self.inner.get_latest(name).await
+    }
+    async fn delete(&self, name: &SecretName) -> SecretResult<()> {
+        self.inner.delete(name).await
+    }
+    fn parse_id(&self, id: &str) -> SecretResult<SecretRef> {
+        self.inner.parse_id(id)
+    }
+}
+
+struct Rig {
+    store: Arc<dyn Store>,
+    secrets: Arc<dyn SecretStore>,
+    store_switch: Arc<Switch>,
+    secret_switch: Arc<Switch>,
+    tenant: TenantId,
+    id: InstanceId,
+}
+
+async fn rig() -> Rig {
+    let (store_switch, secret_switch) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+    let store: Arc<dyn Store> = Arc::new(FlakyStore {
+        inner: SqliteStore::open_in_memory().unwrap(),
+        switch: store_switch.clone(),
+    });
+    let secrets: Arc<dyn SecretStore> = Arc::new(FlakySecrets {
+        inner: LocalSecretStore::open_in_memory(MasterKey::parse(&"42".repeat(32)).unwrap())
+            .unwrap(),
+        switch: secret_switch.clone(),
+    });
+    let tenant = support::store_contract::tenant();
+    let mut instance = support::store_contract::instance(&tenant, InstanceStatus::Active);
+    let bundle: sophia::secrets::CredentialBundle =
+        serde_json::from_str(r#"{"azureOpenaiKey":"k-1"}"#).unwrap();
+    instance.keyvault_secret_id = Some(
+        secrets
+            .set(&SecretName::for_instance(&instance.id), &bundle.to_secret())
+            .await
+            .unwrap(),
+    );
+    instance.azure_openai_deployment = Some("gpt-4o".into());
+    let id = store.insert_instance(&instance).await.unwrap().id;
+    Rig {
+        store,
+        secrets,
+        store_switch,
+        secret_switch,
+        tenant,
+        id,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_cold_requests_make_one_store_read_and_one_secret_read() {
+    let r = rig().await;
+    let cache = Arc::new(RuntimeCache::new(
+        Duration::from_secs(300),
+        Duration::from_secs(600),
+        1000,
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (cache, store, secrets, tenant, id) = (
+            cache.clone(),
+            r.store.clone(),
+            r.secrets.clone(),
+            r.tenant.clone(),
+            r.id,
+        );
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get(&store, &secrets, &tenant, &id)
+                .await
+                .map(|rt| rt.instance.id)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), r.id);
+    }
+    assert_eq!(
+        r.store_switch.reads.load(Ordering::SeqCst),
+        1,
+        "store reads"
+    );
+    assert_eq!(
+        r.secret_switch.reads.load(Ordering::SeqCst),
+        1,
+        "secret reads"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 1);
+    assert_eq!(stats.secret_reads, 1);
+    assert_eq!(stats.hits + stats.misses, 1000);
+    // The runtime carries the tenant's credentials and deployment.
+    let rt = cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    let endpoint = rt.chat.as_ref().unwrap();
+    assert_eq!(endpoint.deployment, "gpt-4o");
+    match &endpoint.auth {
+        sophia::llm::UpstreamAuth::Key(k) => assert_eq!(k.expose_secret(), "k-1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !format!("{rt:?}").contains("k-1"),
+        "runtime Debug redacts the key"
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_last_good_runtime_then_recovers() {
+    let r = rig().await;
+    let cache = RuntimeCache::new(Duration::from_millis(200), Duration::from_secs(60), 100);
+    let first = cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    // The vault goes down and the entry expires: the stale runtime keeps serving.
+    r.secret_switch.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stale = cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &stale));
+    assert_eq!(cache.stats().stale_served, 1);
+    // So does a store outage.
+    r.secret_switch.failing.store(false, Ordering::SeqCst);
+    r.store_switch.failing.store(true, Ordering::SeqCst);
+    assert!(
+        cache
+            .get(&r.store, &r.secrets, &r.tenant, &r.id)
+            .await
+            .is_ok()
+    );
+    // Back up: a fresh load.
+    r.store_switch.failing.store(false, Ordering::SeqCst);
+    let fresh = cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    assert!(!Arc::ptr_eq(&first, &fresh));
+}
+
+#[tokio::test]
+async fn without_a_good_copy_an_outage_is_an_error_and_staleness_is_bounded() {
+    let r = rig().await;
+    r.store_switch.failing.store(true, Ordering::SeqCst);
+    let cache = RuntimeCache::new(Duration::from_millis(100), Duration::from_millis(100), 100);
+    assert!(
+        cache
+            .get(&r.store, &r.secrets, &r.tenant, &r.id)
+            .await
+            .is_err()
+    );
+    r.store_switch.failing.store(false, Ordering::SeqCst);
+    cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    r.store_switch.failing.store(true, Ordering::SeqCst);
+    // Past TTL + max staleness, the stale copy is gone too.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        cache
+            .get(&r.store, &r.secrets, &r.tenant, &r.id)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn invalidation_drops_the_stale_copy_too() {
+    let r = rig().await;
+    let cache = RuntimeCache::new(Duration::from_secs(300), Duration::from_secs(600), 100);
+    cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .unwrap();
+    cache.invalidate(&r.tenant, &r.id).await;
+    r.store_switch.failing.store(true, Ordering::SeqCst);
+    assert!(
+        cache
+            .get(&r.store, &r.secrets, &r.tenant, &r.id)
+            .await
+            .is_err(),
+        "an admin change is never masked by a stale copy"
+    );
+    // Another tenant's id is never served from this tenant's entry.
+    r.store_switch.failing.store(false, Ordering::SeqCst);
+    let other = support::store_contract::tenant();
+    assert!(matches!(
+        cache.get(&r.store, &r.secrets, &other, &r.id).await,
+        Err(sophia::tenant::runtime::RuntimeError::NotFound)
+    ));
+}
