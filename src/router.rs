@@ -13,7 +13,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::request_id;
-use crate::routes::admin::{audit, instances};
+use crate::routes::admin::{audit, instances, usage};
 use crate::routes::{agents, chat, health, openai, openapi, token, wellknown};
 use crate::state::AppState;
 
@@ -96,6 +96,7 @@ fn table() -> RouteTable {
         "/admin/audit-logs",
         get(audit::list_audit_logs),
     )
+    .add(Method::GET, "/admin/usage", get(usage::list_usage))
     .add(Method::POST, "/chat", post(chat::chat))
     .add(
         Method::POST,

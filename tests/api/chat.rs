@@ -682,3 +682,76 @@ async fn openai_compatible_completions() {
     assert_eq!(body["error"]["type"], "invalid_request_error");
     assert_eq!(body["error"]["param"], "messages");
 }
+
+#[tokio::test]
+async fn admins_read_usage_within_their_companies() {
+    let (app, sim) = setup(&[]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o").await;
+    let beta = company(&app, &sim, "beta", "gpt-4o").await;
+    for (c, k) in [
+        ("acme", &acme.key),
+        ("beta", &beta.key),
+        ("beta", &beta.key),
+    ] {
+        let token = app.service_token(c, k).await;
+        chat(&app, &token, json!({"message": "hello"})).await;
+    }
+    let all: Value = app
+        .get("/admin/usage", &app.platform_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let requests: Vec<(String, u64)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["tenantId"].as_str().unwrap().to_owned(),
+                u["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(requests, [("acme".to_owned(), 1), ("beta".to_owned(), 2)]);
+    let own: Value = app
+        .get("/admin/usage", &app.admin_token("acme"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["items"].as_array().unwrap().len(), 1);
+    assert_eq!(own["items"][0]["tenantId"], "acme");
+    assert!(own["items"][0]["totalTokens"].as_u64().unwrap() > 0);
+    assert_problem(
+        app.get("/admin/usage?companyId=beta", &app.admin_token("acme"))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    for bad in [
+        "from=2026-13-01",
+        "from=2026-02-01&to=2026-01-01",
+        "from=2020-01-01&to=2026-01-01",
+        "day=1",
+    ] {
+        assert_eq!(
+            app.get(&format!("/admin/usage?{bad}"), &app.platform_token())
+                .await
+                .status(),
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let future: Value = app
+        .get(
+            "/admin/usage?from=2030-01-01&to=2030-01-02",
+            &app.platform_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(future["items"].as_array().unwrap().is_empty());
+}

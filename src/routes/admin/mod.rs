@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod instances;
 pub mod types;
+pub mod usage;
 pub mod validate;
