@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The official OpenAI Python SDK against a real SOPHIA and the Azure OpenAI simulator, both
+# started from the built binary the way a developer runs them. Installs openai + pytest into
+# .venv-ci (PyPI) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv-ci
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -c 'import openai, pytest' 2>/dev/null \
+  || "$VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'pytest>=8'
+
+cargo build --quiet --bin sophia
+BIN=target/debug/sophia
+DATA=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SIM_PORT=$(free_port)
+PORT=$(free_port)
+"$BIN" simulator --port "$SIM_PORT" --key sim-key-acme > "$DATA/sim.log" 2>&1 &
+SIM_PID=$!
+SOPHIA_DATA_DIR="$DATA" SOPHIA_PORT="$PORT" SOPHIA_BCRYPT_COST=4 SOPHIA_ALLOW_LOCAL_UPSTREAMS=true SOPHIA_LOG=warn \
+  "$BIN" > "$DATA/server.log" 2>&1 &
+PID=$!
+trap 'kill $PID $SIM_PID 2>/dev/null || true; wait $PID $SIM_PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
+for url in "http://127.0.0.1:$PORT/" "http://127.0.0.1:$SIM_PORT/"; do
+  for _ in $(seq 1 200); do curl -fsS "$url" >/dev/null 2>&1 && break; sleep 0.05; done
+done
+
+ADMIN=$(SOPHIA_DATA_DIR="$DATA" "$BIN" admin-token --role PLATFORM_ADMIN)
+KEY=$(curl -fsS -X POST "http://127.0.0.1:$PORT/admin/agent-instances" \
+  -H "authorization: Bearer $ADMIN" -H 'content-type: application/json' \
+  -d "{\"companyId\":\"acme\",\"agentType\":\"SOPHIA\",\"azureProjectId\":\"p\",
+       \"azureOpenaiEndpoint\":\"http://127.0.0.1:$SIM_PORT\",\"azureOpenaiDeployment\":\"gpt-4o\",
+       \"credentials\":{\"azureOpenaiKey\":\"sim-key-acme\"}}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["agentAccessKey"])')
+TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/agents/auth/token" \
+  -d grant_type=client_credentials -d client_id=acme --data-urlencode "client_secret=$KEY" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+SOPHIA_BASE_URL="http://127.0.0.1:$PORT" SOPHIA_TOKEN="$TOKEN" \
+  "$VENV/bin/python" -m pytest -q tests/python/test_openai_sdk.py

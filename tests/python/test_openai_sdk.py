@@ -1,0 +1,69 @@
+"""The official OpenAI Python SDK against SOPHIA's /v1/chat/completions.
+
+Run by scripts/sdk-test.sh, which starts the simulator and SOPHIA, creates a company whose
+model is the simulator, seeds nothing, and passes SOPHIA_BASE_URL and SOPHIA_TOKEN.
+"""
+
+import os
+
+import openai
+import pytest
+
+BASE = os.environ["SOPHIA_BASE_URL"]
+TOKEN = os.environ["SOPHIA_TOKEN"]
+
+
+def client(token=TOKEN):
+    return openai.OpenAI(base_url=f"{BASE}/v1", api_key=token, max_retries=0, timeout=30)
+
+
+def test_non_streaming_completion():
+    result = client().chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "system", "content": "Context: The warranty lasts two years."},
+            {"role": "user", "content": "How long does the warranty last?"},
+        ],
+    )
+    assert result.object == "chat.completion"
+    assert result.choices[0].message.role == "assistant"
+    assert "two years" in result.choices[0].message.content
+    assert result.choices[0].finish_reason == "stop"
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens > 0
+
+
+def test_streaming_completion_with_usage():
+    stream = client().chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "system", "content": "Context: Support is open on Saturdays."},
+            {"role": "user", "content": "Is support open on Saturdays?"},
+        ],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = ""
+    usage = None
+    finish = None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert "Saturdays" in text
+    assert finish == "stop"
+    assert usage is not None and usage.total_tokens > 0
+
+
+def test_bad_token_is_an_authentication_error():
+    with pytest.raises(openai.AuthenticationError) as err:
+        client("not-a-token").chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 401
+
+
+def test_invalid_request_is_a_bad_request_error():
+    with pytest.raises(openai.BadRequestError) as err:
+        client().chat.completions.create(model="gpt-4o", messages=[])
+    assert err.value.status_code == 400
