@@ -232,7 +232,7 @@ async fn a_thousand_concurrent_cold_requests_make_one_store_read_and_one_secret_
         1,
         "secret reads"
     );
-    let stats = cache.stats();
+    let stats = cache.stats().await;
     assert_eq!(stats.loads, 1);
     assert_eq!(stats.secret_reads, 1);
     assert_eq!(stats.hits + stats.misses, 1000);
@@ -269,7 +269,7 @@ async fn stale_if_error_serves_the_last_good_runtime_then_recovers() {
         .await
         .unwrap();
     assert!(Arc::ptr_eq(&first, &stale));
-    assert_eq!(cache.stats().stale_served, 1);
+    assert_eq!(cache.stats().await.stale_served, 1);
     // So does a store outage.
     r.secret_switch.failing.store(false, Ordering::SeqCst);
     r.store_switch.failing.store(true, Ordering::SeqCst);

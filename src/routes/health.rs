@@ -23,6 +23,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     if let Err(e) = &store_ok {
         tracing::warn!(error = ?e, "health: store did not answer: {e:#}");
     }
+    let tenant_cache = app.runtimes.stats().await;
     let telemetry = if app.settings.appinsights_connection_string.is_some() {
         "appinsights"
     } else {
@@ -43,7 +44,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                 },
             },
             "checks": { "store": store_ok.is_ok() },
-            "tenantCache": app.runtimes.stats(),
+            "tenantCache": tenant_cache,
             "uptimeSeconds": app.started_at.elapsed().as_secs(),
         })),
     )

@@ -219,7 +219,9 @@ impl RuntimeCache {
         }
     }
 
-    pub fn stats(&self) -> RuntimeStatsView {
+    pub async fn stats(&self) -> RuntimeStatsView {
+        // Entry counts are eventually consistent; settle pending maintenance first.
+        self.fresh.run_pending_tasks().await;
         let s = &self.stats;
         RuntimeStatsView {
             entries: self.fresh.entry_count(),
