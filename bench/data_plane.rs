@@ -15,13 +15,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_sophia");
 const SIM_KEY: &str = "bench-sim-key";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_ready(url: &str) {
     let started = Instant::now();
-    while reqwest::blocking::get(url).map(|r| !r.status().is_success()).unwrap_or(true) {
-        assert!(started.elapsed() < Duration::from_secs(30), "{url} did not start");
+    while reqwest::blocking::get(url)
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{url} did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -47,11 +57,25 @@ struct HeyResult {
 /// Runs `hey` for `secs` at concurrency `c`; parses requests/s and the latency distribution.
 fn hey(url: &str, headers: &[(&str, &str)], body: &str, c: usize, secs: u64) -> HeyResult {
     let mut cmd = Command::new("hey");
-    cmd.args(["-z", &format!("{secs}s"), "-c", &c.to_string(), "-m", "POST", "-T", "application/json", "-d", body]);
+    cmd.args([
+        "-z",
+        &format!("{secs}s"),
+        "-c",
+        &c.to_string(),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-d",
+        body,
+    ]);
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
-    let out = cmd.arg(url).output().expect("hey is installed (apt-get install hey)");
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("hey is installed (apt-get install hey)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let grab = |prefix: &str| -> f64 {
         text.lines()
@@ -67,12 +91,26 @@ fn hey(url: &str, headers: &[(&str, &str)], body: &str, c: usize, secs: u64) -> 
             .map(|s| s * 1000.0)
             .unwrap_or(f64::NAN)
     };
-    let status_ok = text.lines().filter(|l| l.contains("responses")).all(|l| l.trim_start().starts_with("[200]"));
-    HeyResult { rps: grab("Requests/sec:"), p50_ms: pct("50"), p99_ms: pct("99"), errors: !status_ok || text.contains("Error distribution") }
+    let status_ok = text
+        .lines()
+        .filter(|l| l.contains("responses"))
+        .all(|l| l.trim_start().starts_with("[200]"));
+    HeyResult {
+        rps: grab("Requests/sec:"),
+        p50_ms: pct("50"),
+        p99_ms: pct("99"),
+        errors: !status_ok || text.contains("Error distribution"),
+    }
 }
 
 /// Time to the first body byte of a streamed request, `n` times; (p50, p99) in ms.
-fn ttfb(client: &reqwest::blocking::Client, url: &str, headers: &[(&str, &str)], body: &Value, n: usize) -> (f64, f64) {
+fn ttfb(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    n: usize,
+) -> (f64, f64) {
     use std::io::Read;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -94,7 +132,10 @@ fn ttfb(client: &reqwest::blocking::Client, url: &str, headers: &[(&str, &str)],
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
 }
 
@@ -106,7 +147,13 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (sim_port, port) = (free_port(), free_port());
     let sim = Command::new(BIN)
-        .args(["simulator", "--port", &sim_port.to_string(), "--key", SIM_KEY])
+        .args([
+            "simulator",
+            "--port",
+            &sim_port.to_string(),
+            "--key",
+            SIM_KEY,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,14 +171,23 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (sim_base, base) = (format!("http://127.0.0.1:{sim_port}"), format!("http://127.0.0.1:{port}"));
+    let (sim_base, base) = (
+        format!("http://127.0.0.1:{sim_port}"),
+        format!("http://127.0.0.1:{port}"),
+    );
     wait_ready(&format!("{sim_base}/"));
     wait_ready(&format!("{base}/"));
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_mib(server.id());
 
     let admin = String::from_utf8(
-        Command::new(BIN).env_clear().env("SOPHIA_DATA_DIR", dir.path()).args(["admin-token", "--role", "PLATFORM_ADMIN", "--ttl", "36000"]).output().unwrap().stdout,
+        Command::new(BIN)
+            .env_clear()
+            .env("SOPHIA_DATA_DIR", dir.path())
+            .args(["admin-token", "--role", "PLATFORM_ADMIN", "--ttl", "36000"])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap()
     .trim()
@@ -141,9 +197,11 @@ fn main() {
         let created: Value = client
             .post(format!("{base}/admin/agent-instances"))
             .bearer_auth(&admin)
-            .json(&json!({"companyId": company, "agentType": "SOPHIA", "azureProjectId": "p",
+            .json(
+                &json!({"companyId": company, "agentType": "SOPHIA", "azureProjectId": "p",
                            "azureOpenaiEndpoint": sim_base, "azureOpenaiDeployment": "gpt-4o",
-                           "credentials": {"azureOpenaiKey": SIM_KEY}, "settings": {"topK": 1}}))
+                           "credentials": {"azureOpenaiKey": SIM_KEY}, "settings": {"topK": 1}}),
+            )
             .send()
             .unwrap()
             .json()
@@ -161,7 +219,8 @@ fn main() {
     let token = create("bench");
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you today?"}]});
     let body_text = body.to_string();
-    let direct_url = format!("{sim_base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
+    let direct_url =
+        format!("{sim_base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
     let sophia_url = format!("{base}/v1/chat/completions");
     let bearer = format!("Bearer {token}");
     let direct_headers = [("api-key", SIM_KEY)];
@@ -176,10 +235,21 @@ fn main() {
     for c in [1, 8, 32, 64] {
         let d = hey(&direct_url, &direct_headers, &body_text, c, 5);
         let s = hey(&sophia_url, &sophia_headers, &body_text, c, 5);
-        let flag = if d.errors || s.errors { " (non-200 seen)" } else { "" };
+        let flag = if d.errors || s.errors {
+            " (non-200 seen)"
+        } else {
+            ""
+        };
         rows.push(format!(
             "| {c} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2}{flag} |",
-            d.rps, d.p50_ms, d.p99_ms, s.rps, s.p50_ms, s.p99_ms, s.p50_ms - d.p50_ms, s.p99_ms - d.p99_ms
+            d.rps,
+            d.p50_ms,
+            d.p99_ms,
+            s.rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.p50_ms - d.p50_ms,
+            s.p99_ms - d.p99_ms
         ));
     }
 
@@ -196,7 +266,12 @@ fn main() {
         let t = create(&format!("cold-{i}"));
         let send = || {
             let started = Instant::now();
-            let r = client.post(&sophia_url).bearer_auth(&t).json(&body).send().unwrap();
+            let r = client
+                .post(&sophia_url)
+                .bearer_auth(&t)
+                .json(&body)
+                .send()
+                .unwrap();
             assert!(r.status().is_success());
             let _ = r.bytes();
             started.elapsed().as_secs_f64() * 1000.0
@@ -211,17 +286,29 @@ fn main() {
     let started = Instant::now();
     for i in 0..10_000 {
         let t = create(&format!("t{i:05}"));
-        let r = client.post(&sophia_url).bearer_auth(&t).json(&body).send().unwrap();
+        let r = client
+            .post(&sophia_url)
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .unwrap();
         assert!(r.status().is_success());
     }
     let fill_secs = started.elapsed().as_secs_f64();
-    let health: Value = client.get(format!("{base}/health")).send().unwrap().json().unwrap();
+    let health: Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let cached = health["tenantCache"]["entries"].as_u64().unwrap_or(0);
     let rss_10k = rss_mib(server.id());
     stop(server);
     stop(sim);
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mut table = format!(
         "\n## Data plane — {} ({cores} cores, release build; load generator `hey` on the same machine)\n\nNon-streamed chat completions, the same body straight to the simulator (zero latency) and through SOPHIA's `/v1/chat/completions` (service-token check, warm tenant runtime, knowledge lookup, usage recording):\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")

@@ -209,16 +209,9 @@ impl Turn {
     }
 }
 
-/// Adds a request's tokens to the tenant's usage for today.
+/// Adds a request's tokens to the tenant's usage for today (flushed in batches).
 pub async fn record_usage(app: &App, tenant: &TenantId, usage: Usage) {
-    let day = Utc::now().date_naive();
-    if let Err(e) = app
-        .store
-        .add_usage(tenant, day, usage.prompt_tokens, usage.completion_tokens)
-        .await
-    {
-        tracing::error!(tenant.id = %tenant, error = ?e, "usage not recorded: {e:#}");
-    }
+    app.usage.record(tenant, usage);
 }
 
 /// A whole answer for a prepared turn.

@@ -170,11 +170,27 @@ impl FromRequestParts<AppState> for ServiceAuth {
 }
 
 /// Verifies a service token and that its instance is still live with the same key version.
+///
+/// A token's signature is checked once: its claims are then cached under the token's SHA-256
+/// for up to a minute (never past `exp`). The live-instance check runs on every request.
 pub async fn verify_service_token(
     state: &AppState,
     token: &str,
 ) -> Result<ServiceClaims, ApiError> {
-    let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
+    use sha2::{Digest, Sha256};
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = chrono::Utc::now().timestamp();
+    let claims = match state.verified_tokens.get(&digest).await {
+        Some(claims) if claims.exp > now => (*claims).clone(),
+        _ => {
+            let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
+            state
+                .verified_tokens
+                .insert(digest, std::sync::Arc::new(claims.clone()))
+                .await;
+            claims
+        }
+    };
     check_live(state, &claims.company_id, &claims.sub, claims.key_version).await?;
     Ok(claims)
 }

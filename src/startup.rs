@@ -169,6 +169,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     Ok(Arc::new(App {
         upstreams,
         models,
+        usage: crate::usage::UsageRecorder::default(),
+        verified_tokens: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(60))
+            .build(),
         verified_keys: moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(60))
@@ -218,18 +223,39 @@ impl Application {
         Arc::clone(&self.state)
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves, then drains in-flight requests and flushes usage.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = crate::router::router(self.state);
-        axum::serve(
-            self.listener,
+        use axum::serve::ListenerExt;
+        let state = Arc::clone(&self.state);
+        let flusher = {
+            let state = Arc::clone(&state);
+            let every = state.settings.usage_flush_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    state.usage.flush(state.store.as_ref()).await;
+                }
+            })
+        };
+        let app = crate::router::router(Arc::clone(&state));
+        // Small SSE writes must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        flusher.abort();
+        state.usage.flush(state.store.as_ref()).await;
+        result
     }
 }
 

@@ -30,6 +30,10 @@ pub struct App {
     pub security: SecurityCache,
     pub runtimes: RuntimeCache,
     pub models: ModelClient,
+    pub usage: crate::usage::UsageRecorder,
+    /// SHA-256 of a service token → its verified claims (signature checked once per token).
+    pub verified_tokens:
+        moka::future::Cache<[u8; 32], std::sync::Arc<crate::auth::service_token::ServiceClaims>>,
     /// `/chat` body-key flow: (companyId, SHA-256 of the key) → verified instance, short TTL.
     pub verified_keys: moka::future::Cache<(String, [u8; 32]), crate::routes::chat::VerifiedKey>,
     pub limit_by_address: RateLimiter,

@@ -194,12 +194,33 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
 fn secrets_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let admin_secret = "log-test-admin-secret-0123456789abcdef";
+    // A real simulator process whose key is the tenant's Azure OpenAI credential.
+    let sim_port = free_port();
+    let mut sim = Command::new(BIN)
+        .args([
+            "simulator",
+            "--port",
+            &sim_port.to_string(),
+            "--key",
+            "CRED-OPENAI-1111",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::blocking::get(format!("{sim_url}/")).is_err() {
+        assert!(Instant::now() < deadline, "simulator did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
     let server = Server::start(
         dir.path(),
         &[
             ("SOPHIA_LOG", "trace"),
             ("SOPHIA_ADMIN_JWT_SECRET", admin_secret),
             ("RUST_BACKTRACE", "1"),
+            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
         ],
     );
     // The CLI mints with the same configured secret the server uses.
@@ -216,7 +237,8 @@ fn secrets_never_reach_the_logs() {
     let created: Value = client
         .post(server.url("/admin/agent-instances"))
         .bearer_auth(&admin)
-        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "credentials": {"azureOpenaiKey": "CRED-OPENAI-1111", "azureSearchKey": "CRED-SEARCH-2222"}}))
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url, "azureOpenaiDeployment": "gpt-4o",
+                      "credentials": {"azureOpenaiKey": "CRED-OPENAI-1111", "azureSearchKey": "CRED-SEARCH-2222"}}))
         .send()
         .unwrap()
         .json()
@@ -240,6 +262,31 @@ fn secrets_never_reach_the_logs() {
             .status(),
         200
     );
+    // Chat, whole and streamed, with the token and with the key in the body, and the
+    // OpenAI-compatible route: the upstream key travels on every call.
+    for stream in [false, true] {
+        let resp = client
+            .post(server.url("/chat"))
+            .bearer_auth(&service)
+            .json(&json!({"message": "PRIVATE-QUESTION-5555", "stream": stream}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.text();
+    }
+    let resp = client
+        .post(server.url("/chat"))
+        .json(&json!({"companyId": "acme", "agentAccessKey": key, "message": "hello"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&service)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // Failures log too: a wrong key, a forged token, a malformed body carrying a secret.
     let wrong_key = "sph_WRONGwrongWRONGwrongWRONGwrongWRONGab";
     client
@@ -275,6 +322,14 @@ fn secrets_never_reach_the_logs() {
         .send()
         .unwrap();
     assert_eq!(patched.status(), 200);
+    // The simulator refuses the new key: an upstream rejection, logged without the key.
+    let refused = client
+        .post(server.url("/chat"))
+        .bearer_auth(&service)
+        .json(&json!({"message": "hello again"}))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 502);
     let rotated: Value = client
         .post(server.url(&format!("/admin/agent-instances/{id}/rotate-key")))
         .bearer_auth(&admin)
@@ -285,6 +340,8 @@ fn secrets_never_reach_the_logs() {
     let new_key = rotated["agentAccessKey"].as_str().unwrap().to_owned();
 
     let (_, logs) = server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
     assert!(
         logs.lines().count() > 10,
         "expected trace logs, got: {logs}"
@@ -313,6 +370,10 @@ fn secrets_never_reach_the_logs() {
     ] {
         assert!(!logs.contains(secret), "{what} found in the logs");
     }
+    assert!(
+        !logs.contains("PRIVATE-QUESTION-5555"),
+        "message content in the logs"
+    );
     // The logs do say what happened.
     assert!(logs.contains("token exchange refused"));
     assert!(logs.contains(&format!("agent instance {id} created")));

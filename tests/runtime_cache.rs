@@ -108,8 +108,15 @@ impl Store for FlakyStore {
     ) -> StoreResult<()> {
         self.inner.append_conversation(t, id, i, m, k).await
     }
-    async fn add_usage(&self, t: &TenantId, d: NaiveDate, p: u64, c: u64) -> StoreResult<()> {
-        self.inner.add_usage(t, d, p, c).await
+    async fn add_usage(
+        &self,
+        t: &TenantId,
+        d: NaiveDate,
+        p: u64,
+        c: u64,
+        n: u64,
+    ) -> StoreResult<()> {
+        self.inner.add_usage(t, d, p, c, n).await
     }
     async fn list_usage(
         &self,

@@ -21,6 +21,9 @@ const MAX_VECTOR_SCAN: usize = 50_000;
 
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
+    /// Tenants that have at least one chunk: a search for any other tenant answers at once,
+    /// without a trip to the blocking pool.
+    populated: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl SqliteIndex {
@@ -54,8 +57,16 @@ impl SqliteIndex {
             );",
         )
         .context("creating the knowledge index schema (FTS5)")?;
+        let populated = {
+            let mut stmt = conn.prepare("SELECT DISTINCT tenant_id FROM chunks")?;
+            let tenants = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?;
+            tenants
+        };
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            populated: Arc::new(std::sync::RwLock::new(populated)),
         })
     }
 
@@ -121,6 +132,11 @@ impl KnowledgeIndex for SqliteIndex {
     }
 
     async fn upsert(&self, tenant: &TenantId, chunks: &[Chunk]) -> Result<(), IndexError> {
+        if !chunks.is_empty()
+            && let Ok(mut populated) = self.populated.write()
+        {
+            populated.insert(tenant.to_string());
+        }
         let (tenant, chunks) = (tenant.clone(), chunks.to_vec());
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -148,6 +164,7 @@ impl KnowledgeIndex for SqliteIndex {
         document_id: &str,
     ) -> Result<(), IndexError> {
         let (tenant, document_id) = (tenant.clone(), document_id.to_owned());
+        let populated = Arc::clone(&self.populated);
         self.run(move |conn| {
             let tx = conn.transaction()?;
             tx.execute(
@@ -155,7 +172,14 @@ impl KnowledgeIndex for SqliteIndex {
                 params![tenant.as_str(), document_id],
             )?;
             tx.execute("DELETE FROM chunks WHERE tenant_id = ?1 AND document_id = ?2", params![tenant.as_str(), document_id])?;
-            tx.commit()
+            let left: i64 = tx.query_row("SELECT COUNT(*) FROM chunks WHERE tenant_id = ?1", params![tenant.as_str()], |r| r.get(0))?;
+            tx.commit()?;
+            if left == 0
+                && let Ok(mut populated) = populated.write()
+            {
+                populated.remove(tenant.as_str());
+            }
+            Ok(())
         })
         .await
     }
@@ -167,6 +191,14 @@ impl KnowledgeIndex for SqliteIndex {
         vector: Option<&[f32]>,
         top_k: usize,
     ) -> Result<Vec<Passage>, IndexError> {
+        if !self
+            .populated
+            .read()
+            .map(|p| p.contains(tenant.as_str()))
+            .unwrap_or(true)
+        {
+            return Ok(Vec::new());
+        }
         let (tenant, fts, vector) = (
             tenant.clone(),
             fts_query(query),

@@ -162,13 +162,14 @@ pub trait Store: Send + Sync + 'static {
         keep_last: usize,
     ) -> StoreResult<()>;
 
-    /// Adds one request's tokens to the tenant's daily usage.
+    /// Adds tokens (of `requests` requests) to the tenant's daily usage.
     async fn add_usage(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         prompt_tokens: u64,
         completion_tokens: u64,
+        requests: u64,
     ) -> StoreResult<()>;
 
     /// Daily usage in scope between `from` and `to` (inclusive), by tenant then day.

@@ -613,16 +613,17 @@ impl Store for SqliteStore {
         day: chrono::NaiveDate,
         prompt_tokens: u64,
         completion_tokens: u64,
+        requests: u64,
     ) -> StoreResult<()> {
         let tenant = tenant.clone();
         self.run(move |conn| {
             conn.execute(
-                "INSERT INTO usage (tenant_id, day, prompt_tokens, completion_tokens, requests) VALUES (?1, ?2, ?3, ?4, 1)
+                "INSERT INTO usage (tenant_id, day, prompt_tokens, completion_tokens, requests) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant_id, day) DO UPDATE SET
                     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                     completion_tokens = completion_tokens + excluded.completion_tokens,
-                    requests = requests + 1",
-                params![tenant.as_str(), day.to_string(), prompt_tokens as i64, completion_tokens as i64],
+                    requests = requests + excluded.requests",
+                params![tenant.as_str(), day.to_string(), prompt_tokens as i64, completion_tokens as i64, requests as i64],
             )
             .map_err(map_err)?;
             Ok(())

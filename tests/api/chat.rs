@@ -574,6 +574,7 @@ async fn usage_is_recorded_per_company_and_day() {
         }
     }
     let today = chrono::Utc::now().date_naive();
+    app.state.usage.flush(app.state.store.as_ref()).await;
     let usage = app
         .state
         .store

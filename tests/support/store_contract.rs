@@ -538,10 +538,10 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     let (a, b) = (tenant(), tenant());
     let d1 = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     let d2 = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
-    store.add_usage(&a, d1, 10, 5).await.unwrap();
-    store.add_usage(&a, d1, 1, 2).await.unwrap();
-    store.add_usage(&a, d2, 7, 7).await.unwrap();
-    store.add_usage(&b, d1, 100, 100).await.unwrap();
+    store.add_usage(&a, d1, 10, 5, 1).await.unwrap();
+    store.add_usage(&a, d1, 1, 2, 1).await.unwrap();
+    store.add_usage(&a, d2, 7, 7, 1).await.unwrap();
+    store.add_usage(&b, d1, 100, 100, 3).await.unwrap();
     let ua = store
         .list_usage(&TenantScope::Tenant(a.clone()), d1, d2)
         .await
