@@ -57,13 +57,10 @@ impl SqliteIndex {
             );",
         )
         .context("creating the knowledge index schema (FTS5)")?;
-        let populated = {
-            let mut stmt = conn.prepare("SELECT DISTINCT tenant_id FROM chunks")?;
-            let tenants = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<_, _>>()?;
-            tenants
-        };
+        let populated = conn
+            .prepare("SELECT DISTINCT tenant_id FROM chunks")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             populated: Arc::new(std::sync::RwLock::new(populated)),
