@@ -98,40 +98,75 @@ struct SearchHit {
 }
 
 impl AzureSearchIndex {
-    pub fn new(http: reqwest::Client, endpoint: Url, index: impl Into<String>, auth: SearchAuth) -> Self {
-        Self { http, endpoint, index: index.into(), auth }
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: Url,
+        index: impl Into<String>,
+        auth: SearchAuth,
+    ) -> Self {
+        Self {
+            http,
+            endpoint,
+            index: index.into(),
+            auth,
+        }
     }
 
     fn url(&self, path: &str) -> Result<Url, IndexError> {
         let base = self.endpoint.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/indexes/{}/{path}?api-version={API_VERSION}", self.index))
-            .map_err(|e| IndexError::Internal(anyhow::anyhow!("invalid search endpoint: {e}")))
+        Url::parse(&format!(
+            "{base}/indexes/{}/{path}?api-version={API_VERSION}",
+            self.index
+        ))
+        .map_err(|e| IndexError::Internal(anyhow::anyhow!("invalid search endpoint: {e}")))
     }
 
     async fn post(&self, url: Url, body: &Value) -> Result<Value, IndexError> {
-        let request = self.http.post(url).json(body).timeout(std::time::Duration::from_secs(30));
+        let request = self
+            .http
+            .post(url)
+            .json(body)
+            .timeout(std::time::Duration::from_secs(30));
         let request = match &self.auth {
             SearchAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
             SearchAuth::Bearer(token) => request.bearer_auth(token.expose_secret()),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| IndexError::Unavailable(anyhow::anyhow!("search service unreachable: {}", e.without_url())))?;
+        let response = request.send().await.map_err(|e| {
+            IndexError::Unavailable(anyhow::anyhow!(
+                "search service unreachable: {}",
+                e.without_url()
+            ))
+        })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| IndexError::Unavailable(anyhow::anyhow!("search response failed: {}", e.without_url())))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            IndexError::Unavailable(anyhow::anyhow!(
+                "search response failed: {}",
+                e.without_url()
+            ))
+        })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).or_else(|_| Ok(Value::Null));
         }
         let detail: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        let err = anyhow::anyhow!("search service answered {status}: {detail}");
-        Err(if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            IndexError::Unavailable(err)
-        } else {
-            IndexError::Internal(err)
+        Err(match status.as_u16() {
+            429 | 500..=599 => IndexError::Unavailable(anyhow::anyhow!(
+                "search service answered {status}: {detail}"
+            )),
+            401 | 403 => IndexError::Rejected {
+                status: status.as_u16(),
+                detail: format!(
+                    "the search service rejected the credentials ({})",
+                    status.as_u16()
+                ),
+            },
+            404 => IndexError::Rejected {
+                status: 404,
+                detail: format!("search index '{}' not found (404)", self.index),
+            },
+            s => IndexError::Rejected {
+                status: s,
+                detail: format!("the search service refused the request ({s})"),
+            },
         })
     }
 
@@ -166,27 +201,51 @@ impl KnowledgeIndex for AzureSearchIndex {
                     doc
                 })
                 .collect();
-            self.post(self.url("docs/index")?, &json!({ "value": value })).await?;
+            self.post(self.url("docs/index")?, &json!({ "value": value }))
+                .await?;
         }
         Ok(())
     }
 
-    async fn delete_document(&self, tenant: &TenantId, document_id: &str) -> Result<(), IndexError> {
-        let filter = format!("{} and documentId eq {}", Self::tenant_filter(tenant), odata_string(document_id));
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<(), IndexError> {
+        let filter = format!(
+            "{} and documentId eq {}",
+            Self::tenant_filter(tenant),
+            odata_string(document_id)
+        );
         let found = self
-            .post(self.url("docs/search")?, &json!({"search": "*", "filter": filter, "select": "id", "top": 1000}))
+            .post(
+                self.url("docs/search")?,
+                &json!({"search": "*", "filter": filter, "select": "id", "top": 1000}),
+            )
             .await?;
         let keys: Vec<Value> = found["value"]
             .as_array()
-            .map(|hits| hits.iter().filter_map(|h| h["id"].as_str()).map(|id| json!({"@search.action": "delete", "id": id})).collect())
+            .map(|hits| {
+                hits.iter()
+                    .filter_map(|h| h["id"].as_str())
+                    .map(|id| json!({"@search.action": "delete", "id": id}))
+                    .collect()
+            })
             .unwrap_or_default();
         if !keys.is_empty() {
-            self.post(self.url("docs/index")?, &json!({ "value": keys })).await?;
+            self.post(self.url("docs/index")?, &json!({ "value": keys }))
+                .await?;
         }
         Ok(())
     }
 
-    async fn search(&self, tenant: &TenantId, query: &str, vector: Option<&[f32]>, top_k: usize) -> Result<Vec<Passage>, IndexError> {
+    async fn search(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        vector: Option<&[f32]>,
+        top_k: usize,
+    ) -> Result<Vec<Passage>, IndexError> {
         let mut body = json!({
             "search": if query.trim().is_empty() { "*" } else { query },
             "filter": Self::tenant_filter(tenant),
@@ -195,11 +254,13 @@ impl KnowledgeIndex for AzureSearchIndex {
             "queryType": "simple",
         });
         if let Some(v) = vector {
-            body["vectorQueries"] = json!([{"kind": "vector", "vector": v, "fields": VECTOR_FIELD, "k": top_k * 4}]);
+            body["vectorQueries"] =
+                json!([{"kind": "vector", "vector": v, "fields": VECTOR_FIELD, "k": top_k * 4}]);
         }
         let value = self.post(self.url("docs/search")?, &body).await?;
-        let parsed: SearchResponse = serde_json::from_value(value)
-            .map_err(|e| IndexError::Internal(anyhow::anyhow!("unexpected search response: {e}")))?;
+        let parsed: SearchResponse = serde_json::from_value(value).map_err(|e| {
+            IndexError::Internal(anyhow::anyhow!("unexpected search response: {e}"))
+        })?;
         Ok(parsed
             .value
             .into_iter()

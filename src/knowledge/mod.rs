@@ -2,6 +2,7 @@
 //! (FTS5 BM25 plus stored vectors, fused by reciprocal rank). Every query carries the tenant:
 //! an index never returns another tenant's passages.
 
+pub mod azure_search;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -35,6 +36,9 @@ pub struct Passage {
 pub enum IndexError {
     #[error("knowledge index unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
+    /// The search service refused the request (credentials, index name…).
+    #[error("{detail}")]
+    Rejected { status: u16, detail: String },
     #[error("knowledge index error: {0}")]
     Internal(#[source] anyhow::Error),
 }
@@ -62,6 +66,43 @@ pub trait KnowledgeIndex: Send + Sync + 'static {
     ) -> Result<Vec<Passage>, IndexError>;
 }
 
+/// The tenant's Azure AI Search index, when its instance names a search endpoint (else the
+/// embedded index serves it). The endpoint is re-checked against the upstream policy.
+pub fn search_index(
+    app: &App,
+    runtime: &TenantRuntime,
+) -> Result<Option<azure_search::AzureSearchIndex>, ApiError> {
+    let Some(endpoint) = &runtime.instance.azure_search_endpoint else {
+        return Ok(None);
+    };
+    let url = app
+        .upstreams
+        .check(endpoint)
+        .map_err(|e| ApiError::NotConfigured(format!("azureSearchEndpoint is not allowed: {e}")))?;
+    let settings = &runtime.instance.settings;
+    let index = settings
+        .get("searchIndex")
+        .and_then(|v| v.as_str())
+        .unwrap_or(azure_search::DEFAULT_INDEX)
+        .to_owned();
+    if settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity") {
+        return Err(ApiError::NotConfigured(
+            "settings.authMode=managedIdentity needs the Azure identity backend, which is not in this build; store an azureSearchKey instead".into(),
+        ));
+    }
+    let key = runtime.search_key.clone().ok_or_else(|| {
+        ApiError::NotConfigured(
+            "the instance has an azureSearchEndpoint but no azureSearchKey credential".into(),
+        )
+    })?;
+    Ok(Some(azure_search::AzureSearchIndex::new(
+        app.models.http().clone(),
+        url,
+        index,
+        azure_search::SearchAuth::ApiKey(key),
+    )))
+}
+
 /// Longest snippet quoted in a citation.
 const SNIPPET_CHARS: usize = 600;
 
@@ -86,17 +127,28 @@ pub async fn retrieve(
         },
         None => None,
     };
-    let passages = app
-        .knowledge
-        .search(tenant, query, vector.as_deref(), runtime.top_k)
-        .await
-        .map_err(|e| match e {
-            IndexError::Unavailable(cause) => {
-                tracing::warn!(tenant.id = %tenant, error = ?cause, "knowledge index unavailable");
-                ApiError::Unavailable("the knowledge index is unavailable; retry later".into())
-            }
-            IndexError::Internal(cause) => ApiError::Internal(cause),
-        })?;
+    let passages = match search_index(app, runtime)? {
+        Some(index) => {
+            index
+                .search(tenant, query, vector.as_deref(), runtime.top_k)
+                .await
+        }
+        None => {
+            app.knowledge
+                .search(tenant, query, vector.as_deref(), runtime.top_k)
+                .await
+        }
+    };
+    let passages = passages.map_err(|e| match e {
+        IndexError::Unavailable(cause) => {
+            tracing::warn!(tenant.id = %tenant, error = ?cause, "knowledge index unavailable");
+            ApiError::Unavailable("the knowledge index is unavailable; retry later".into())
+        }
+        IndexError::Rejected { status, detail } => {
+            ApiError::Upstream(crate::upstream::UpstreamError::Rejected { status, detail })
+        }
+        IndexError::Internal(cause) => ApiError::Internal(cause),
+    })?;
     Ok(passages
         .into_iter()
         .map(|p| Citation {

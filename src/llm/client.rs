@@ -187,6 +187,11 @@ impl ModelClient {
         }
     }
 
+    /// The shared, policy-checked upstream HTTP client (also used for tenants' search services).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn timeouts(&self) -> UpstreamTimeouts {
         self.timeouts
     }

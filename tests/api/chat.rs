@@ -756,3 +756,129 @@ async fn admins_read_usage_within_their_companies() {
         .unwrap();
     assert!(future["items"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn azure_ai_search_is_queried_with_the_tenant_filter() {
+    use crate::support::search_standin::SearchStandIn;
+    use sophia::knowledge::KnowledgeIndex;
+    use sophia::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
+    let (app, sim) = setup(&[]).await;
+    let search = SearchStandIn::start("search-key-1").await;
+    let mut tokens = Vec::new();
+    for name in ["acme", "beta"] {
+        let created = app
+            .create_instance_with(
+                name,
+                json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o", "azureSearchEndpoint": search.base,
+                       "credentials": {"azureOpenaiKey": format!("key-{name}"), "azureSearchKey": "search-key-1"}}),
+            )
+            .await;
+        tokens.push(app.service_token(name, &created.key).await);
+        // Both companies share one index, with identical text.
+        let index = AzureSearchIndex::new(
+            reqwest::Client::new(),
+            url::Url::parse(&search.base).unwrap(),
+            DEFAULT_INDEX,
+            SearchAuth::ApiKey("search-key-1".to_owned().into()),
+        );
+        let chunk = Chunk {
+            id: "handbook#0".into(),
+            document_id: format!("{name}-handbook"),
+            title: "Handbook".into(),
+            text: "The secret launch date is in March.".into(),
+            vector: None,
+        };
+        index
+            .upsert(&TenantId::parse(name).unwrap(), &[chunk])
+            .await
+            .unwrap();
+    }
+    for (name, token) in ["acme", "beta"].iter().zip(&tokens) {
+        let body: Value = chat(
+            &app,
+            token,
+            json!({"message": "When is the secret launch date?"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let cited: Vec<&str> = body["citations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["documentId"].as_str().unwrap())
+            .collect();
+        assert_eq!(cited, [format!("{name}-handbook")]);
+        assert!(body["answer"].as_str().unwrap().contains("March"));
+    }
+    assert_eq!(
+        search.filters(),
+        [
+            Some("tenantId eq 'acme'".to_owned()),
+            Some("tenantId eq 'beta'".to_owned())
+        ],
+        "every query carries the tenant filter"
+    );
+    // Deleting a document through the trait touches only that tenant.
+    let index = AzureSearchIndex::new(
+        reqwest::Client::new(),
+        url::Url::parse(&search.base).unwrap(),
+        DEFAULT_INDEX,
+        SearchAuth::ApiKey("search-key-1".to_owned().into()),
+    );
+    index
+        .delete_document(&TenantId::parse("acme").unwrap(), "beta-handbook")
+        .await
+        .unwrap();
+    let left = index
+        .search(&TenantId::parse("beta").unwrap(), "launch", None, 5)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "acme cannot delete beta's document");
+    index
+        .delete_document(&TenantId::parse("acme").unwrap(), "acme-handbook")
+        .await
+        .unwrap();
+    assert!(
+        index
+            .search(&TenantId::parse("acme").unwrap(), "launch", None, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A search key the service refuses is a clear 502, never echoed.
+    let wrong = app
+        .create_instance_with(
+            "gamma",
+            json!({"azureOpenaiEndpoint": sim.base, "azureSearchEndpoint": search.base,
+                   "credentials": {"azureOpenaiKey": "key-acme", "azureSearchKey": "WRONG-SEARCH-KEY"}}),
+        )
+        .await;
+    let token = app.service_token("gamma", &wrong.key).await;
+    let body = assert_problem(
+        chat(&app, &token, json!({"message": "launch?"})).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream_rejected",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("search service rejected the credentials")
+    );
+    assert!(!body.to_string().contains("WRONG-SEARCH-KEY"));
+    // A search endpoint without a key is a configuration error.
+    let keyless = app
+        .create_instance_with("delta", json!({"azureOpenaiEndpoint": sim.base, "azureSearchEndpoint": search.base, "credentials": {"azureOpenaiKey": "key-acme"}}))
+        .await;
+    let token = app.service_token("delta", &keyless.key).await;
+    assert_problem(
+        chat(&app, &token, json!({"message": "launch?"})).await,
+        StatusCode::CONFLICT,
+        "instance_not_configured",
+    )
+    .await;
+}

@@ -47,7 +47,13 @@ fn check(headers: &HeaderMap, key: &str, version: &Version) -> Option<Response> 
     None
 }
 
-async fn index_docs(State((inner, key)): State<Shared>, Path(index): Path<String>, Query(v): Query<Version>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn index_docs(
+    State((inner, key)): State<Shared>,
+    Path(index): Path<String>,
+    Query(v): Query<Version>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     if let Some(r) = check(&headers, &key, &v) {
         return r;
     }
@@ -60,7 +66,9 @@ async fn index_docs(State((inner, key)): State<Shared>, Path(index): Path<String
                 docs.remove(&(index.clone(), id.clone()));
             }
             _ => {
-                let entry = docs.entry((index.clone(), id.clone())).or_insert_with(|| json!({}));
+                let entry = docs
+                    .entry((index.clone(), id.clone()))
+                    .or_insert_with(|| json!({}));
                 for (k, val) in action.as_object().unwrap() {
                     if k != "@search.action" {
                         entry[k] = val.clone();
@@ -78,30 +86,49 @@ fn matches(filter: Option<&str>, doc: &Value) -> bool {
     let Some(filter) = filter else { return true };
     filter.split(" and ").all(|clause| {
         let mut parts = clause.splitn(3, ' ');
-        let (field, op, literal) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (field, op, literal) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let literal = literal.trim().trim_matches('\'').replace("''", "'");
         op == "eq" && doc[field].as_str() == Some(literal.as_str())
     })
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() >= 3).map(str::to_lowercase).collect()
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3)
+        .map(str::to_lowercase)
+        .collect()
 }
 
-async fn search_docs(State((inner, key)): State<Shared>, Path(index): Path<String>, Query(v): Query<Version>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn search_docs(
+    State((inner, key)): State<Shared>,
+    Path(index): Path<String>,
+    Query(v): Query<Version>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     if let Some(r) = check(&headers, &key, &v) {
         return r;
     }
     inner.searches.lock().unwrap().push(body.clone());
     let query = words(body["search"].as_str().unwrap_or("*"));
-    let vector: Option<Vec<f64>> = body["vectorQueries"][0]["vector"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect());
+    let vector: Option<Vec<f64>> = body["vectorQueries"][0]["vector"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect());
     let top = body["top"].as_u64().unwrap_or(50) as usize;
     let docs = inner.docs.lock().unwrap();
     let mut hits: Vec<(f64, Value)> = docs
         .iter()
         .filter(|((i, _), d)| *i == index && matches(body["filter"].as_str(), d))
         .map(|(_, d)| {
-            let text = format!("{} {}", d["title"].as_str().unwrap_or(""), d["content"].as_str().unwrap_or(""));
+            let text = format!(
+                "{} {}",
+                d["title"].as_str().unwrap_or(""),
+                d["content"].as_str().unwrap_or("")
+            );
             let doc_words = words(&text);
             let mut score = query.iter().filter(|w| doc_words.contains(w)).count() as f64;
             if let (Some(q), Some(dv)) = (&vector, d["contentVector"].as_array()) {
@@ -137,11 +164,21 @@ impl SearchStandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Self { base, key: key.to_owned(), inner }
+        Self {
+            base,
+            key: key.to_owned(),
+            inner,
+        }
     }
 
     /// The filters of every search received so far.
     pub fn filters(&self) -> Vec<Option<String>> {
-        self.inner.searches.lock().unwrap().iter().map(|b| b["filter"].as_str().map(str::to_owned)).collect()
+        self.inner
+            .searches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b["filter"].as_str().map(str::to_owned))
+            .collect()
     }
 }
