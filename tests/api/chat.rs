@@ -882,3 +882,92 @@ async fn azure_ai_search_is_queried_with_the_tenant_filter() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn usage_is_recorded_even_when_a_stream_client_disconnects() {
+    let sim = spawn_simulator(SimConfig {
+        keys: vec!["key-acme".into()],
+        chunk_delay: std::time::Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_app_with(&[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o").await;
+    let token = app.service_token("acme", &acme.key).await;
+    let mut resp = chat(
+        &app,
+        &token,
+        json!({"message": "tell me a long story about refunds and receipts", "stream": true}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("delta"));
+    drop(resp);
+    // The upstream is drained in the background and the tokens still counted (bounded wait).
+    let tenant = TenantId::parse("acme").unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let mut recorded = 0;
+    for _ in 0..100 {
+        app.state.usage.flush(app.state.store.as_ref()).await;
+        let usage = app
+            .state
+            .store
+            .list_usage(
+                &sophia::store::TenantScope::Tenant(tenant.clone()),
+                today,
+                today,
+            )
+            .await
+            .unwrap();
+        recorded = usage.first().map(|u| u.requests).unwrap_or(0);
+        if recorded == 1 {
+            assert!(usage[0].completion_tokens > 0);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded, 1, "usage of the abandoned stream was recorded");
+}
+
+#[tokio::test]
+async fn allowed_models_are_enforced_on_v1() {
+    let (app, sim) = setup(&[]).await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o", "credentials": {"azureOpenaiKey": "key-acme"},
+                   "settings": {"allowedModels": ["gpt-4o", "gpt-4o-mini"]}}),
+        )
+        .await;
+    let token = app.service_token("acme", &acme.key).await;
+    let ask =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        app.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&token),
+            Some(ask("gpt-4o-mini"))
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&token),
+            Some(ask("gpt-5")),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "model");
+    assert_eq!(
+        sim.sim.requests().len(),
+        1,
+        "a refused model never reaches the upstream"
+    );
+}
