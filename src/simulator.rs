@@ -302,17 +302,23 @@ async fn azure_chat(
     chat(sim, call, headers, body, deployment).await
 }
 
-async fn openai_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
-    let model = serde_json::from_slice::<Value>(&body)
+/// An OpenAI `/v1` call: the model named in the body (or `default`) plays the deployment.
+fn openai_call(kind: &'static str, body: &Bytes, default: &str) -> (Call, String) {
+    let model = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["model"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "gpt-4o-mini".into());
+        .unwrap_or_else(|| default.to_owned());
     let call = Call {
-        kind: "chat",
+        kind,
         deployment: Some(model.clone()),
         api_version: None,
         azure: false,
     };
+    (call, model)
+}
+
+async fn openai_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    let (call, model) = openai_call("chat", &body, "gpt-4o-mini");
     chat(sim, call, headers, body, model).await
 }
 
@@ -426,16 +432,7 @@ async fn openai_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let model = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["model"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "text-embedding-3-small".into());
-    let call = Call {
-        kind: "embeddings",
-        deployment: Some(model.clone()),
-        api_version: None,
-        azure: false,
-    };
+    let (call, model) = openai_call("embeddings", &body, "text-embedding-3-small");
     embeddings(sim, call, headers, body, model).await
 }
 

@@ -197,6 +197,27 @@ fn decode_cursor(page: &PageRequest) -> StoreResult<Option<cursor::Cursor>> {
     }
 }
 
+/// A page from up to `limit + 1` rows of (item, sort key, id): the extra row only says that
+/// more remain, and the last row kept is where the next page starts.
+fn into_page<T>(rows: Vec<(T, String, String)>, limit: u32) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last = None;
+    for (item, key, id) in rows.into_iter().take(limit as usize) {
+        items.push(item);
+        last = Some((key, id));
+    }
+    let continuation_token = if more {
+        last.map(|(k, i)| cursor::encode(&k, &i))
+    } else {
+        None
+    };
+    Page {
+        items,
+        continuation_token,
+    }
+}
+
 /// Dynamic SQL built from fixed fragments; every value is a bound parameter.
 struct Query {
     sql: String,
@@ -355,22 +376,13 @@ impl Store for SqliteStore {
                 .map_err(map_err)?
                 .collect::<Result<Vec<(String, String, Option<String>, String, String)>, _>>()
                 .map_err(map_err)?;
-            let more = rows.len() > limit as usize;
-            let mut items = Vec::with_capacity(limit as usize);
-            let mut last = None;
-            for (doc, etag, last_used, created, id) in rows.into_iter().take(limit as usize) {
-                items.push(decode_instance(doc, etag, last_used)?);
-                last = Some((created, id));
-            }
-            let continuation_token = if more {
-                last.map(|(k, i)| cursor::encode(&k, &i))
-            } else {
-                None
-            };
-            Ok(Page {
-                items,
-                continuation_token,
-            })
+            let rows = rows
+                .into_iter()
+                .map(|(doc, etag, last_used, created, id)| {
+                    Ok((decode_instance(doc, etag, last_used)?, created, id))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(into_page(rows, limit))
         })
         .await
     }
@@ -509,25 +521,16 @@ impl Store for SqliteStore {
                 .map_err(map_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(map_err)?;
-            let more = rows.len() > limit as usize;
-            let mut items = Vec::with_capacity(limit as usize);
-            let mut last = None;
-            for (doc, time, id) in rows.into_iter().take(limit as usize) {
-                let entry: AuditEntry = serde_json::from_str(&doc).map_err(|e| {
-                    StoreError::Internal(anyhow::anyhow!("corrupt audit document: {e}"))
-                })?;
-                items.push(entry);
-                last = Some((time, id));
-            }
-            let continuation_token = if more {
-                last.map(|(k, i)| cursor::encode(&k, &i))
-            } else {
-                None
-            };
-            Ok(Page {
-                items,
-                continuation_token,
-            })
+            let rows = rows
+                .into_iter()
+                .map(|(doc, time, id)| {
+                    let entry: AuditEntry = serde_json::from_str(&doc).map_err(|e| {
+                        StoreError::Internal(anyhow::anyhow!("corrupt audit document: {e}"))
+                    })?;
+                    Ok((entry, time, id))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(into_page(rows, limit))
         })
         .await
     }
