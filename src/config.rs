@@ -101,7 +101,7 @@ pub struct Settings {
     pub cosmos_key: Option<SecretString>,
     pub cosmos_create_containers: bool,
     pub keyvault_url: Option<String>,
-    pub azure_credential: Option<String>,
+    pub azure_credential: Option<crate::azure_auth::CredentialKind>,
     pub azure_client_id: Option<String>,
     pub appinsights_connection_string: Option<SecretString>,
 }
@@ -384,7 +384,15 @@ impl Settings {
             cosmos_key: env.get("SOPHIA_COSMOS_KEY").map(SecretString::from),
             cosmos_create_containers: env.flag("SOPHIA_COSMOS_CREATE_CONTAINERS")?,
             keyvault_url: env.get("SOPHIA_KEYVAULT_URL"),
-            azure_credential: env.get("SOPHIA_AZURE_CREDENTIAL"),
+            azure_credential: match env.get("SOPHIA_AZURE_CREDENTIAL") {
+                None => None,
+                Some(raw) => Some(crate::azure_auth::CredentialKind::parse(&raw).ok_or_else(|| {
+                    err(
+                        "SOPHIA_AZURE_CREDENTIAL",
+                        format!("'{raw}' is not managed_identity, workload_identity, developer_tools or client_secret"),
+                    )
+                })?),
+            },
             azure_client_id: env.get("SOPHIA_AZURE_CLIENT_ID"),
             appinsights_connection_string: env
                 .get("APPLICATIONINSIGHTS_CONNECTION_STRING")
@@ -452,6 +460,7 @@ mod tests {
             ("SOPHIA_UPSTREAM_ALLOWED_HOSTS", "a*b"),
             ("SOPHIA_MASTER_KEY", "nope"),
             ("SOPHIA_TOKEN_TTL_SECS", "5"),
+            ("SOPHIA_AZURE_CREDENTIAL", "default"),
         ] {
             let e = settings(&[(var, value)])
                 .err()

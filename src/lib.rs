@@ -4,6 +4,7 @@
 //! builds everything from [`config::Settings`] and serves [`router::router`].
 
 pub mod auth;
+pub mod azure_auth;
 pub mod chat;
 pub mod cli;
 pub mod config;

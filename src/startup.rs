@@ -155,6 +155,18 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     .context("loading the service-token signing key")?;
     let admin = admin_verifier(&settings, http.clone())?;
     let upstreams = settings.upstream_policy();
+    let entra = match settings.azure_credential {
+        None => None,
+        Some(kind) => Some(Arc::new(
+            crate::azure_auth::EntraTokens::new(kind, settings.azure_client_id.as_deref())
+                .with_context(|| {
+                    format!(
+                        "SOPHIA_AZURE_CREDENTIAL={}: the credential could not be created",
+                        kind.as_str()
+                    )
+                })?,
+        )),
+    };
     let models = ModelClient::new(
         crate::upstream::upstream_client(&upstreams, settings.upstream_connect_timeout)?,
         upstreams.clone(),
@@ -182,7 +194,9 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             settings.tenant_cache_ttl,
             settings.tenant_cache_max_stale,
             100_000,
-        ),
+        )
+        .with_entra(entra.clone()),
+        entra,
         hasher: KeyHasher::new(settings.bcrypt_cost),
         security: SecurityCache::new(settings.security_cache_ttl),
         limit_by_address: RateLimiter::new(settings.token_rate_limit_per_address),

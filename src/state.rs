@@ -30,6 +30,8 @@ pub struct App {
     pub security: SecurityCache,
     pub runtimes: RuntimeCache,
     pub models: ModelClient,
+    /// The Azure credential for instances with `settings.authMode = managedIdentity`.
+    pub entra: Option<Arc<crate::azure_auth::EntraTokens>>,
     pub usage: crate::usage::UsageRecorder,
     /// SHA-256 of a service token → its verified claims (signature checked once per token).
     pub verified_tokens:

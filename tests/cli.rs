@@ -378,3 +378,166 @@ fn secrets_never_reach_the_logs() {
     assert!(logs.contains("token exchange refused"));
     assert!(logs.contains(&format!("agent instance {id} created")));
 }
+
+/// `settings.authMode = managedIdentity`: SOPHIA gets an Entra token for Azure OpenAI from the
+/// App Service / Functions managed-identity endpoint (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`)
+/// through `azure_identity`, sends it as a Bearer token, and reuses it while it is valid.
+#[test]
+fn managed_identity_tokens_reach_the_model() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let resources = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let msi_port = {
+        let (hits, resources) = (hits.clone(), resources.clone());
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/msi/token",
+                axum::routing::get(
+                    move |headers: axum::http::HeaderMap,
+                          axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
+                        let (hits, resources) = (hits.clone(), resources.clone());
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some("test-identity-header")
+                                || q.get("api-version").map(String::as_str) != Some("2019-08-01")
+                            {
+                                return (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "bad request"})));
+                            }
+                            let resource = q.get("resource").cloned().unwrap_or_default();
+                            resources.lock().unwrap().push(resource.clone());
+                            let expires = (chrono::Utc::now().timestamp() + 3600).to_string();
+                            (
+                                axum::http::StatusCode::OK,
+                                axum::Json(json!({"access_token": "ENTRA-TOKEN-7777", "expires_on": expires,
+                                                  "resource": resource, "token_type": "Bearer", "client_id": "00000000-0000-0000-0000-000000000001"})),
+                            )
+                        }
+                    },
+                ),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            port
+        })
+    };
+
+    let sim_port = free_port();
+    let mut sim = Command::new(BIN)
+        .args([
+            "simulator",
+            "--port",
+            &sim_port.to_string(),
+            "--key",
+            "ENTRA-TOKEN-7777",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::blocking::get(format!("{sim_url}/")).is_err() {
+        assert!(Instant::now() < deadline, "simulator did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let identity_endpoint = format!("http://127.0.0.1:{msi_port}/msi/token");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+            ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
+            ("IDENTITY_ENDPOINT", &identity_endpoint),
+            ("IDENTITY_HEADER", "test-identity-header"),
+            ("SOPHIA_LOG", "debug"),
+        ],
+    );
+    let admin = admin_token(dir.path(), &["--role", "PLATFORM_ADMIN"]);
+    let client = reqwest::blocking::Client::new();
+    let created: Value = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&admin)
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url,
+                      "azureOpenaiDeployment": "gpt-4o", "settings": {"authMode": "managedIdentity"}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token: Value = client
+        .post(server.url("/agents/auth/token"))
+        .json(&json!({"companyId": "acme", "agentAccessKey": created["agentAccessKey"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let service = token["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let resp = client
+            .post(server.url("/chat"))
+            .bearer_auth(&service)
+            .json(&json!({"message": "hello"}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().unwrap_or_default());
+    }
+    let seen: Vec<Value> = client
+        .get(format!("{sim_url}/_sim/requests"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|r| r["key"] == "ENTRA-TOKEN-7777"),
+        "the model got the Entra token"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the token is reused while valid"
+    );
+    assert_eq!(
+        resources.lock().unwrap().as_slice(),
+        ["https://cognitiveservices.azure.com"]
+    );
+    let (_, logs) = server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(
+        !logs.contains("ENTRA-TOKEN-7777"),
+        "the Entra token is not logged"
+    );
+    assert!(
+        !logs.contains("test-identity-header"),
+        "the identity header is not logged"
+    );
+    drop(rt);
+}
+
+#[test]
+fn managed_identity_without_a_credential_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), free_port())
+        .env("SOPHIA_AZURE_CREDENTIAL", "magic")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SOPHIA_AZURE_CREDENTIAL"));
+    let out = command(dir.path(), free_port())
+        .env("SOPHIA_AZURE_CREDENTIAL", "client_secret")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "client_secret without AZURE_TENANT_ID must not start"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SOPHIA_AZURE_CREDENTIAL") && stderr.contains("AZURE_TENANT_ID"),
+        "{stderr}"
+    );
+}

@@ -23,14 +23,15 @@ pub const VECTOR_FIELD: &str = "contentVector";
 #[derive(Clone)]
 pub enum SearchAuth {
     ApiKey(SecretString),
-    Bearer(SecretString),
+    /// An Entra token fetched (and cached) by the process's Azure credential.
+    Entra(std::sync::Arc<crate::azure_auth::EntraTokens>),
 }
 
 impl std::fmt::Debug for SearchAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::ApiKey(_) => "ApiKey([REDACTED])",
-            Self::Bearer(_) => "Bearer([REDACTED])",
+            Self::Entra(_) => "Entra([token on demand])",
         })
     }
 }
@@ -129,7 +130,16 @@ impl AzureSearchIndex {
             .timeout(std::time::Duration::from_secs(30));
         let request = match &self.auth {
             SearchAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
-            SearchAuth::Bearer(token) => request.bearer_auth(token.expose_secret()),
+            SearchAuth::Entra(tokens) => {
+                let token = tokens
+                    .token(crate::azure_auth::SEARCH_SCOPE)
+                    .await
+                    .map_err(|e| IndexError::Rejected {
+                        status: 401,
+                        detail: e.to_string(),
+                    })?;
+                request.bearer_auth(token.expose_secret())
+            }
         };
         let response = request.send().await.map_err(|e| {
             IndexError::Unavailable(anyhow::anyhow!(

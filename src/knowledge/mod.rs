@@ -85,21 +85,26 @@ pub fn search_index(
         .and_then(|v| v.as_str())
         .unwrap_or(azure_search::DEFAULT_INDEX)
         .to_owned();
-    if settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity") {
-        return Err(ApiError::NotConfigured(
-            "settings.authMode=managedIdentity needs the Azure identity backend, which is not in this build; store an azureSearchKey instead".into(),
-        ));
-    }
-    let key = runtime.search_key.clone().ok_or_else(|| {
-        ApiError::NotConfigured(
-            "the instance has an azureSearchEndpoint but no azureSearchKey credential".into(),
-        )
-    })?;
+    let auth = if settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity") {
+        let tokens = app.entra.clone().ok_or_else(|| {
+            ApiError::NotConfigured(
+                "settings.authMode=managedIdentity needs an Azure credential: set SOPHIA_AZURE_CREDENTIAL (e.g. managed_identity)".into(),
+            )
+        })?;
+        azure_search::SearchAuth::Entra(tokens)
+    } else {
+        let key = runtime.search_key.clone().ok_or_else(|| {
+            ApiError::NotConfigured(
+                "the instance has an azureSearchEndpoint but no azureSearchKey credential".into(),
+            )
+        })?;
+        azure_search::SearchAuth::ApiKey(key)
+    };
     Ok(Some(azure_search::AzureSearchIndex::new(
         app.models.http().clone(),
         url,
         index,
-        azure_search::SearchAuth::ApiKey(key),
+        auth,
     )))
 }
 

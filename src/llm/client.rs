@@ -34,8 +34,13 @@ pub const DEFAULT_API_VERSION: &str = "2024-10-21";
 pub enum UpstreamAuth {
     /// Azure `api-key` header, or `Authorization: Bearer` for the `openai` provider.
     Key(SecretString),
-    /// An Entra access token (managed identity).
+    /// A fixed bearer token.
     Bearer(SecretString),
+    /// An Entra token for `scope`, fetched (and cached) by the process's Azure credential.
+    Entra {
+        tokens: std::sync::Arc<crate::azure_auth::EntraTokens>,
+        scope: &'static str,
+    },
     None,
 }
 
@@ -44,6 +49,7 @@ impl std::fmt::Debug for UpstreamAuth {
         f.write_str(match self {
             Self::Key(_) => "Key([REDACTED])",
             Self::Bearer(_) => "Bearer([REDACTED])",
+            Self::Entra { .. } => "Entra([token on demand])",
             Self::None => "None",
         })
     }
@@ -222,6 +228,9 @@ impl ModelClient {
                 }
                 (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
                     request.bearer_auth(key.expose_secret())
+                }
+                (UpstreamAuth::Entra { tokens, scope }, _) => {
+                    request.bearer_auth(tokens.token(scope).await?.expose_secret())
                 }
                 (UpstreamAuth::None, _) => request,
             };

@@ -44,7 +44,11 @@ pub struct TenantRuntime {
 
 impl TenantRuntime {
     /// Builds the runtime from the instance and its credentials.
-    pub fn build(instance: AgentInstance, credentials: CredentialBundle) -> Self {
+    pub fn build(
+        instance: AgentInstance,
+        credentials: CredentialBundle,
+        entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+    ) -> Self {
         let settings = &instance.settings;
         let api_version = settings
             .get("apiVersion")
@@ -53,10 +57,17 @@ impl TenantRuntime {
             .to_owned();
         let managed_identity =
             settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity");
-        let auth = match (&credentials.azure_openai_key, managed_identity) {
-            (_, true) => Err("settings.authMode=managedIdentity needs the Azure identity backend, which is not in this build; store an azureOpenaiKey instead".to_owned()),
-            (Some(key), false) => Ok(UpstreamAuth::Key(key.clone())),
-            (None, false) => Err("the instance has no azureOpenaiKey credential".to_owned()),
+        let auth = match (&credentials.azure_openai_key, managed_identity, entra) {
+            (_, true, Some(tokens)) => Ok(UpstreamAuth::Entra {
+                tokens: Arc::clone(tokens),
+                scope: crate::azure_auth::COGNITIVE_SERVICES_SCOPE,
+            }),
+            (_, true, None) => Err(
+                "settings.authMode=managedIdentity needs an Azure credential: set SOPHIA_AZURE_CREDENTIAL (e.g. managed_identity)"
+                    .to_owned(),
+            ),
+            (Some(key), false, _) => Ok(UpstreamAuth::Key(key.clone())),
+            (None, false, _) => Err("the instance has no azureOpenaiKey credential".to_owned()),
         };
         let base = instance
             .azure_openai_endpoint
@@ -198,6 +209,7 @@ type Key = (TenantId, InstanceId);
 
 /// Per-tenant runtime cache.
 pub struct RuntimeCache {
+    entra: Option<Arc<crate::azure_auth::EntraTokens>>,
     fresh: Cache<Key, Arc<TenantRuntime>>,
     /// The last good runtime of each tenant, kept `ttl + max_stale` for stale-if-error.
     last_good: moka::sync::Cache<Key, Arc<TenantRuntime>>,
@@ -207,6 +219,7 @@ pub struct RuntimeCache {
 impl RuntimeCache {
     pub fn new(ttl: Duration, max_stale: Duration, capacity: u64) -> Self {
         Self {
+            entra: None,
             fresh: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(JitteredTtl { base: ttl })
@@ -217,6 +230,12 @@ impl RuntimeCache {
                 .build(),
             stats: Arc::new(RuntimeStats::default()),
         }
+    }
+
+    /// The Azure credential runtimes use for `settings.authMode = managedIdentity`.
+    pub fn with_entra(mut self, entra: Option<Arc<crate::azure_auth::EntraTokens>>) -> Self {
+        self.entra = entra;
+        self
     }
 
     pub async fn stats(&self) -> RuntimeStatsView {
@@ -252,12 +271,15 @@ impl RuntimeCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::clone(&self.stats);
         let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
+        let entra = self.entra.clone();
         let (t, i) = (tenant.clone(), *id);
         let loaded = self
             .fresh
             .try_get_with(key.clone(), async move {
                 stats.loads.fetch_add(1, Ordering::Relaxed);
-                load(&store, &secrets, &t, &i, &stats).await.map(Arc::new)
+                load(&store, &secrets, &t, &i, &stats, entra.as_ref())
+                    .await
+                    .map(Arc::new)
             })
             .await;
         match loaded {
@@ -312,6 +334,7 @@ async fn load(
     tenant: &TenantId,
     id: &InstanceId,
     stats: &RuntimeStats,
+    entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
 ) -> Result<TenantRuntime, RuntimeError> {
     stats.store_reads.fetch_add(1, Ordering::Relaxed);
     let instance = match store
@@ -333,5 +356,5 @@ async fn load(
         }
         None => CredentialBundle::default(),
     };
-    Ok(TenantRuntime::build(instance, credentials))
+    Ok(TenantRuntime::build(instance, credentials, entra))
 }

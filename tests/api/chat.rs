@@ -531,6 +531,26 @@ async fn misconfigured_instances_get_clear_errors() {
             .contains("rejected the credentials")
     );
     assert!(!body.to_string().contains("nope"), "the key is not echoed");
+    // Managed identity asked for, but no Azure credential configured.
+    let mi = app
+        .create_instance_with(
+            "mi",
+            json!({"azureOpenaiEndpoint": sim.base, "settings": {"authMode": "managedIdentity"}}),
+        )
+        .await;
+    let token = app.service_token("mi", &mi.key).await;
+    let body = assert_problem(
+        chat(&app, &token, json!({"message": "hi"})).await,
+        StatusCode::CONFLICT,
+        "instance_not_configured",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SOPHIA_AZURE_CREDENTIAL")
+    );
     // Bad input.
     let acme = company(&app, &sim, "acme", "gpt-4o").await;
     let token = app.service_token("acme", &acme.key).await;

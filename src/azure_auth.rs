@@ -1,0 +1,114 @@
+//! Entra ID tokens for tenants' Azure resources when an instance uses
+//! `settings.authMode = managedIdentity`: one process-wide credential chosen by
+//! `SOPHIA_AZURE_CREDENTIAL` (managed identity — system- or user-assigned via
+//! `SOPHIA_AZURE_CLIENT_ID` —, workload identity, developer tools, or a client secret),
+//! built at start-up. `azure_identity` caches and refreshes the tokens.
+
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use secrecy::SecretString;
+
+use crate::upstream::UpstreamError;
+
+/// Scope of Azure OpenAI / AI Services data-plane tokens.
+pub const COGNITIVE_SERVICES_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// Scope of Azure AI Search data-plane tokens.
+pub const SEARCH_SCOPE: &str = "https://search.azure.com/.default";
+
+/// Which credential `SOPHIA_AZURE_CREDENTIAL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    ManagedIdentity,
+    WorkloadIdentity,
+    DeveloperTools,
+    ClientSecret,
+}
+
+impl CredentialKind {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "managed_identity" => Some(Self::ManagedIdentity),
+            "workload_identity" => Some(Self::WorkloadIdentity),
+            "developer_tools" => Some(Self::DeveloperTools),
+            "client_secret" => Some(Self::ClientSecret),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ManagedIdentity => "managed_identity",
+            Self::WorkloadIdentity => "workload_identity",
+            Self::DeveloperTools => "developer_tools",
+            Self::ClientSecret => "client_secret",
+        }
+    }
+}
+
+/// The process's Entra credential.
+pub struct EntraTokens {
+    kind: CredentialKind,
+    credential: Arc<dyn TokenCredential>,
+}
+
+impl std::fmt::Debug for EntraTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntraTokens({})", self.kind.as_str())
+    }
+}
+
+impl EntraTokens {
+    /// Builds the credential. `client_id` selects a user-assigned managed identity (or the
+    /// app for `client_secret`); `client_secret` reads `AZURE_TENANT_ID` and `AZURE_CLIENT_SECRET`.
+    pub fn new(kind: CredentialKind, client_id: Option<&str>) -> anyhow::Result<Self> {
+        use azure_identity::{
+            ClientSecretCredential, DeveloperToolsCredential, ManagedIdentityCredential,
+            ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+        };
+        let credential: Arc<dyn TokenCredential> = match kind {
+            CredentialKind::ManagedIdentity => {
+                let options = ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
+                    ..Default::default()
+                };
+                ManagedIdentityCredential::new(Some(options))?
+            }
+            CredentialKind::WorkloadIdentity => WorkloadIdentityCredential::new(None)?,
+            CredentialKind::DeveloperTools => DeveloperToolsCredential::new(None)?,
+            CredentialKind::ClientSecret => {
+                let var = |name: &str| {
+                    std::env::var(name)
+                        .ok()
+                        .filter(|v| !v.trim().is_empty())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("SOPHIA_AZURE_CREDENTIAL=client_secret needs {name}")
+                        })
+                };
+                let tenant = var("AZURE_TENANT_ID")?;
+                let app = match client_id {
+                    Some(id) => id.to_owned(),
+                    None => var("AZURE_CLIENT_ID")?,
+                };
+                let secret = var("AZURE_CLIENT_SECRET")?;
+                ClientSecretCredential::new(&tenant, app, secret.into(), None)?
+            }
+        };
+        Ok(Self { kind, credential })
+    }
+
+    pub fn kind(&self) -> CredentialKind {
+        self.kind
+    }
+
+    /// A bearer token for `scope` (cached and refreshed by the credential).
+    pub async fn token(&self, scope: &str) -> Result<SecretString, UpstreamError> {
+        match self.credential.get_token(&[scope], None).await {
+            Ok(token) => Ok(SecretString::from(token.token.secret().to_owned())),
+            Err(e) => Err(UpstreamError::Configuration(format!(
+                "no Entra token from the {} credential: {e}",
+                self.kind.as_str()
+            ))),
+        }
+    }
+}
