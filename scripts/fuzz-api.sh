@@ -37,7 +37,7 @@ curl -fsS -X POST "http://127.0.0.1:$PORT/admin/agent-instances" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
   --max-time "${FUZZ_SECONDS:-90}" \
-  --workers 2 \
+  --workers 1 \
   --no-color \
   --suppress-health-check all
 
