@@ -991,3 +991,69 @@ async fn allowed_models_are_enforced_on_v1() {
         "a refused model never reaches the upstream"
     );
 }
+
+#[tokio::test]
+async fn hybrid_retrieval_embeds_the_question_with_the_tenants_own_deployment() {
+    let (app, sim) = setup(&[]).await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o", "azureEmbeddingDeployment": "text-embedding-3-small",
+                   "credentials": {"azureOpenaiKey": "key-acme"}}),
+        )
+        .await;
+    let tenant = TenantId::parse("acme").unwrap();
+    let texts = [
+        (
+            "returns",
+            "Items can be returned within 30 days with the receipt.",
+        ),
+        ("shipping", "Shipping takes five business days."),
+    ];
+    let chunks: Vec<Chunk> = texts
+        .iter()
+        .map(|(doc, text)| Chunk {
+            id: format!("{doc}#0"),
+            document_id: (*doc).into(),
+            title: format!("{doc}.md"),
+            text: (*text).into(),
+            vector: Some(sophia::simulator::embed(text)),
+        })
+        .collect();
+    app.state.knowledge.upsert(&tenant, &chunks).await.unwrap();
+    let token = app.service_token("acme", &acme.key).await;
+    let body: Value = chat(
+        &app,
+        &token,
+        json!({"message": "How many days to return items with a receipt?"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["citations"][0]["documentId"], "returns");
+    let requests = sim.sim.requests();
+    let embedding = requests
+        .iter()
+        .find(|r| r.kind == "embeddings")
+        .expect("the question was embedded");
+    assert_eq!(
+        embedding.deployment.as_deref(),
+        Some("text-embedding-3-small")
+    );
+    assert_eq!(embedding.key.as_deref(), Some("key-acme"));
+    assert_eq!(
+        embedding.body["input"][0],
+        "How many days to return items with a receipt?"
+    );
+    // An embedding failure degrades to keyword search rather than failing the turn.
+    sim.sim.push_fault(Fault {
+        deployment: Some("text-embedding-3-small".into()),
+        status: Some(400),
+        ..Default::default()
+    });
+    let resp = chat(&app, &token, json!({"message": "shipping business days?"})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["citations"][0]["documentId"], "shipping");
+}
