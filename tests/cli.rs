@@ -98,6 +98,25 @@ fn sigterm(pid: u32) {
         .unwrap();
 }
 
+/// Starts `sophia simulator` accepting `key`; returns the process and its base URL once it
+/// answers (bounded wait).
+fn start_simulator(key: &str) -> (Child, String) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["simulator", "--port", &port.to_string(), "--key", key])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::blocking::get(format!("{url}/")).is_err() {
+        assert!(Instant::now() < deadline, "simulator did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (child, url)
+}
+
 fn admin_token(dir: &std::path::Path, args: &[&str]) -> String {
     let out = command(dir, 0)
         .arg("admin-token")
@@ -195,25 +214,7 @@ fn secrets_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let admin_secret = "log-test-admin-secret-0123456789abcdef";
     // A real simulator process whose key is the tenant's Azure OpenAI credential.
-    let sim_port = free_port();
-    let mut sim = Command::new(BIN)
-        .args([
-            "simulator",
-            "--port",
-            &sim_port.to_string(),
-            "--key",
-            "CRED-OPENAI-1111",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let sim_url = format!("http://127.0.0.1:{sim_port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{sim_url}/")).is_err() {
-        assert!(Instant::now() < deadline, "simulator did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let (mut sim, sim_url) = start_simulator("CRED-OPENAI-1111");
     let server = Server::start(
         dir.path(),
         &[
@@ -425,25 +426,7 @@ fn managed_identity_tokens_reach_the_model() {
         })
     };
 
-    let sim_port = free_port();
-    let mut sim = Command::new(BIN)
-        .args([
-            "simulator",
-            "--port",
-            &sim_port.to_string(),
-            "--key",
-            "ENTRA-TOKEN-7777",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let sim_url = format!("http://127.0.0.1:{sim_port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{sim_url}/")).is_err() {
-        assert!(Instant::now() < deadline, "simulator did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let (mut sim, sim_url) = start_simulator("ENTRA-TOKEN-7777");
     let dir = tempfile::tempdir().unwrap();
     let identity_endpoint = format!("http://127.0.0.1:{msi_port}/msi/token");
     let server = Server::start(
