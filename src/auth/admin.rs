@@ -143,6 +143,14 @@ impl AdminVerifier {
         }
     }
 
+    /// Whether HS256 (a configured or generated secret) and JWKS verification are enabled.
+    pub fn modes(&self) -> (bool, bool) {
+        (
+            self.config.hs256_secret.is_some(),
+            self.config.jwks_url.is_some(),
+        )
+    }
+
     /// Verifies `token` and extracts the admin it names.
     pub async fn verify(&self, token: &str) -> Result<AdminPrincipal, AdminAuthError> {
         let header = jsonwebtoken::decode_header(token)

@@ -24,6 +24,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         tracing::warn!(error = ?e, "health: store did not answer: {e:#}");
     }
     let tenant_cache = app.runtimes.stats().await;
+    let (hs256, jwks) = app.admin.modes();
     let telemetry = if app.settings.appinsights_connection_string.is_some() {
         "appinsights"
     } else {
@@ -38,10 +39,8 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                 "store": app.store.backend(),
                 "secrets": app.secrets.backend(),
                 "telemetry": telemetry,
-                "adminAuth": {
-                    "hs256": app.settings.admin_jwt_secret.is_some() || app.settings.admin_jwks_url.is_none(),
-                    "jwks": app.settings.admin_jwks_url.is_some(),
-                },
+                "adminAuth": { "hs256": hs256, "jwks": jwks },
+                "azureCredential": app.entra.as_ref().map(|e| e.kind().as_str()),
             },
             "checks": { "store": store_ok.is_ok() },
             "tenantCache": tenant_cache,

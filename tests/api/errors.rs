@@ -286,6 +286,10 @@ async fn health_reports_version_and_backends() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["backends"]["store"], "sqlite");
     assert_eq!(body["backends"]["secrets"], "local");
+    assert_eq!(body["backends"]["adminAuth"]["hs256"], true);
+    assert_eq!(body["backends"]["adminAuth"]["jwks"], false);
+    assert!(body["backends"]["azureCredential"].is_null());
+    assert!(body["tenantCache"]["hits"].is_u64());
     let root = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(root.status(), StatusCode::OK);
 }
