@@ -276,6 +276,18 @@ async fn admit(
     Ok(())
 }
 
+/// Parses the JSON body, then records, authenticates and applies faults (`admit`).
+async fn accept(
+    sim: &Simulator,
+    call: &Call,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Value, Response> {
+    let body = parse_body(bytes)?;
+    admit(sim, call, headers, &body).await?;
+    Ok(body)
+}
+
 fn parse_body(bytes: &Bytes) -> Result<Value, Response> {
     serde_json::from_slice(bytes).map_err(|_| {
         azure_error(
@@ -329,13 +341,10 @@ async fn chat(
     body: Bytes,
     model: String,
 ) -> Response {
-    let body = match parse_body(&body) {
+    let body = match accept(&sim, &call, &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(r) = admit(&sim, &call, &headers, &body).await {
-        return r;
-    }
     let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
         return azure_error(
             StatusCode::BAD_REQUEST,
@@ -443,13 +452,10 @@ async fn embeddings(
     body: Bytes,
     model: String,
 ) -> Response {
-    let body = match parse_body(&body) {
+    let body = match accept(&sim, &call, &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(r) = admit(&sim, &call, &headers, &body).await {
-        return r;
-    }
     let inputs: Vec<String> = match &body["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items

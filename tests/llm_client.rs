@@ -20,9 +20,13 @@ fn policy() -> UpstreamPolicy {
 }
 
 fn client(timeouts: UpstreamTimeouts) -> ModelClient {
+    client_for(policy(), timeouts)
+}
+
+fn client_for(policy: UpstreamPolicy, timeouts: UpstreamTimeouts) -> ModelClient {
     ModelClient::new(
-        upstream_client(&policy(), Duration::from_secs(2)).unwrap(),
-        policy(),
+        upstream_client(&policy, Duration::from_secs(1)).unwrap(),
+        policy,
         timeouts,
     )
 }
@@ -349,11 +353,7 @@ async fn unreachable_endpoints_and_policy_violations() {
     ));
     // Without local upstreams allowed, loopback is refused before any connection.
     let strict = UpstreamPolicy::new("*.openai.azure.com", false).unwrap();
-    let strict_client = ModelClient::new(
-        upstream_client(&strict, Duration::from_secs(1)).unwrap(),
-        strict,
-        fast(),
-    );
+    let strict_client = client_for(strict, fast());
     assert!(matches!(
         strict_client
             .complete(
@@ -366,11 +366,7 @@ async fn unreachable_endpoints_and_policy_violations() {
     ));
     // An allowed name that resolves to loopback is refused by the resolver.
     let any = UpstreamPolicy::new("*", false).unwrap();
-    let any_client = ModelClient::new(
-        upstream_client(&any, Duration::from_secs(1)).unwrap(),
-        any,
-        fast(),
-    );
+    let any_client = client_for(any, fast());
     assert!(matches!(
         any_client
             .complete(

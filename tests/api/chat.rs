@@ -53,6 +53,16 @@ async fn chat(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
         .await
 }
 
+/// The document ids a chat answer cites, in order.
+fn cited(answer: &Value) -> Vec<String> {
+    answer["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["documentId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Reads an SSE body into (event, data) pairs.
 fn sse_events(text: &str) -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -279,13 +289,7 @@ async fn conversations_and_knowledge_never_cross_companies() {
     .json()
     .await
     .unwrap();
-    let cited: Vec<&str> = a["citations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["documentId"].as_str().unwrap())
-        .collect();
-    assert_eq!(cited, ["acme-handbook"]);
+    assert_eq!(cited(&a), ["acme-handbook"]);
     let b: Value = chat(
         &app,
         &tb,
@@ -295,13 +299,7 @@ async fn conversations_and_knowledge_never_cross_companies() {
     .json()
     .await
     .unwrap();
-    let cited: Vec<&str> = b["citations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["documentId"].as_str().unwrap())
-        .collect();
-    assert_eq!(cited, ["beta-handbook"]);
+    assert_eq!(cited(&b), ["beta-handbook"]);
     // B cannot continue (or read) A's conversation.
     let resp = chat(
         &app,
@@ -823,13 +821,7 @@ async fn azure_ai_search_is_queried_with_the_tenant_filter() {
         .json()
         .await
         .unwrap();
-        let cited: Vec<&str> = body["citations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["documentId"].as_str().unwrap())
-            .collect();
-        assert_eq!(cited, [format!("{name}-handbook")]);
+        assert_eq!(cited(&body), [format!("{name}-handbook")]);
         assert!(body["answer"].as_str().unwrap().contains("March"));
     }
     assert_eq!(
