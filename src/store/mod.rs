@@ -1,10 +1,11 @@
 //! Document storage behind one trait. Every tenant-scoped method takes the tenant scope
 //! first; a `TenantScope::All` read is only ever issued for a `PLATFORM_ADMIN`.
 
+pub mod cosmos;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
@@ -179,6 +180,59 @@ pub trait Store: Send + Sync + 'static {
         from: chrono::NaiveDate,
         to: chrono::NaiveDate,
     ) -> StoreResult<Vec<UsageRecord>>;
+}
+
+// Helpers shared by the backends.
+
+/// Fixed-width UTC timestamps sort lexically in time order.
+pub(crate) fn sort_key(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn new_etag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub(crate) fn live_conflict(instance: &AgentInstance) -> StoreError {
+    StoreError::AlreadyExists(format!(
+        "company '{}' already has a {} agent instance that is not DISABLED",
+        instance.tenant_id,
+        instance.agent_type.as_str()
+    ))
+}
+
+pub(crate) fn page_limit(page: &PageRequest) -> u32 {
+    page.limit.clamp(1, 1000)
+}
+
+pub(crate) fn decode_cursor(page: &PageRequest) -> StoreResult<Option<cursor::Cursor>> {
+    match page.continuation_token.as_deref() {
+        None => Ok(None),
+        Some(token) => cursor::decode(token)
+            .map(Some)
+            .ok_or(StoreError::InvalidContinuationToken),
+    }
+}
+
+/// A page from up to `limit + 1` rows of (item, sort key, id): the extra row only says that
+/// more remain, and the last row kept is where the next page starts.
+pub(crate) fn into_page<T>(rows: Vec<(T, String, String)>, limit: u32) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last = None;
+    for (item, key, id) in rows.into_iter().take(limit as usize) {
+        items.push(item);
+        last = Some((key, id));
+    }
+    let continuation_token = if more {
+        last.map(|(k, i)| cursor::encode(&k, &i))
+    } else {
+        None
+    };
+    Page {
+        items,
+        continuation_token,
+    }
 }
 
 /// Keyset cursor shared by the backends that page by (sort key, id).

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
-    cursor,
+    decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
 };
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, StoredMessage,
@@ -64,15 +64,6 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, day)
     );",
 ];
-
-/// Fixed-width UTC timestamps sort lexically in time order.
-fn sort_key(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn new_etag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
 
 /// SQLite-backed store. Cheap to clone.
 #[derive(Clone)]
@@ -157,14 +148,6 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
     )
 }
 
-fn live_conflict(instance: &AgentInstance) -> StoreError {
-    StoreError::AlreadyExists(format!(
-        "company '{}' already has a {} agent instance that is not DISABLED",
-        instance.tenant_id,
-        instance.agent_type.as_str()
-    ))
-}
-
 fn decode_instance(
     doc: String,
     etag: String,
@@ -182,40 +165,6 @@ fn decode_instance(
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.into()))
-}
-
-fn page_limit(page: &PageRequest) -> u32 {
-    page.limit.clamp(1, 1000)
-}
-
-fn decode_cursor(page: &PageRequest) -> StoreResult<Option<cursor::Cursor>> {
-    match page.continuation_token.as_deref() {
-        None => Ok(None),
-        Some(token) => cursor::decode(token)
-            .map(Some)
-            .ok_or(StoreError::InvalidContinuationToken),
-    }
-}
-
-/// A page from up to `limit + 1` rows of (item, sort key, id): the extra row only says that
-/// more remain, and the last row kept is where the next page starts.
-fn into_page<T>(rows: Vec<(T, String, String)>, limit: u32) -> Page<T> {
-    let more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last = None;
-    for (item, key, id) in rows.into_iter().take(limit as usize) {
-        items.push(item);
-        last = Some((key, id));
-    }
-    let continuation_token = if more {
-        last.map(|(k, i)| cursor::encode(&k, &i))
-    } else {
-        None
-    };
-    Page {
-        items,
-        continuation_token,
-    }
 }
 
 /// Dynamic SQL built from fixed fragments; every value is a bound parameter.
