@@ -11,6 +11,9 @@
 //      its own `http://HOST:PORT/`.
 //   2. Partition key range ids come back as numbers; the service (and the SDK) use strings.
 //   3. Reading a missing document makes the server throw (HTTP 500); the service answers 404.
+// Test hook: `POST /_rig/faults {"status":429,"count":3,"retryAfterMs":5}` makes the next
+// `count` document requests (paths under /docs) answer `status` the way the service does
+// (429 with `x-ms-retry-after-ms` and substatus 3200, 503 with substatus 21008).
 // Requests and all other answers pass through unchanged (the server ignores auth headers and
 // does not enforce partition scoping on queries: SOPHIA's own code must, and its tests check).
 "use strict";
@@ -30,6 +33,30 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const DOC_PATH = /^\/dbs\/[^/]+\/colls\/[^/]+\/docs\/[^/]+$/;
 const PKRANGES_PATH = /^\/dbs\/[^/]+\/colls\/[^/]+\/pkranges\/?$/;
 
+let faults = { status: 0, count: 0, retryAfterMs: 5 };
+
+function injectFault(req, res) {
+  const path = (req.url || "/").split("?")[0];
+  if (faults.count <= 0 || !/\/docs(\/|$)/.test(path)) return false;
+  faults.count -= 1;
+  const status = faults.status;
+  const headers = { "content-type": "application/json", "x-ms-activity-id": "rig-fault" };
+  if (status === 429) {
+    headers["x-ms-retry-after-ms"] = String(faults.retryAfterMs);
+    headers["x-ms-substatus"] = "3200";
+  } else if (status === 503) {
+    headers["x-ms-substatus"] = "21008";
+  }
+  const code = status === 429 ? "TooManyRequests" : "ServiceUnavailable";
+  res.writeHead(status, headers);
+  res.end(JSON.stringify({ code, message: `injected by the test rig (${status})` }));
+  return true;
+}
+
+// The emulator logs every handler exception; the one it throws for a missing document is
+// expected (see 3. above).
+if (!process.env.SOPHIA_RIG_VERBOSE) console.error = () => {};
+
 const inner = createHttpServer({ keepAlive: true });
 inner.listen(0, "127.0.0.1", () => {
   const innerPort = inner.address().port;
@@ -38,6 +65,14 @@ inner.listen(0, "127.0.0.1", () => {
     req.on("data", c => chunks.push(c));
     req.on("end", () => {
       const body = Buffer.concat(chunks);
+      if (req.url === "/_rig/faults" && req.method === "POST") {
+        const f = JSON.parse(body.toString("utf8") || "{}");
+        faults = { status: f.status || 429, count: f.count || 0, retryAfterMs: f.retryAfterMs || 5 };
+        res.writeHead(204);
+        res.end();
+        return;
+      }
+      if (injectFault(req, res)) return;
       const headers = { ...req.headers, host: `127.0.0.1:${innerPort}` };
       const upstream = http.request(
         { host: "127.0.0.1", port: innerPort, method: req.method, path: req.url, headers, agent },

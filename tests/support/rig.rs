@@ -56,9 +56,17 @@ fn ensure_installed() {
     });
 }
 
-struct Running {
-    _child: Child,
-    url: String,
+/// A rig process; it is killed when dropped (and exits by itself with the test process).
+pub struct Running {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `node rig/<script>` and waits for its `READY <url>` line.
@@ -83,7 +91,7 @@ fn start(script: &str) -> Running {
         .unwrap_or_else(|| panic!("{script} did not start: {line:?}"))
         .trim_end_matches('/')
         .to_owned();
-    Running { _child: child, url }
+    Running { child, url }
 }
 
 /// The Cosmos DB emulator's endpoint (`http://127.0.0.1:PORT`), shared by the process's tests.
@@ -95,6 +103,11 @@ pub fn cosmos_endpoint() -> String {
         .lock()
         .map(|r| r.url.clone())
         .unwrap_or_else(|e| e.into_inner().url.clone())
+}
+
+/// A Cosmos DB emulator of the caller's own (for tests that inject faults).
+pub fn private_cosmos() -> Running {
+    start("cosmos.js")
 }
 
 /// A database name no other test uses.
