@@ -101,6 +101,11 @@ impl EntraTokens {
         self.kind
     }
 
+    /// The credential itself, for Azure SDK clients (Cosmos DB, Key Vault).
+    pub fn credential(&self) -> Arc<dyn TokenCredential> {
+        Arc::clone(&self.credential)
+    }
+
     /// A bearer token for `scope` (cached and refreshed by the credential).
     pub async fn token(&self, scope: &str) -> Result<SecretString, UpstreamError> {
         match self.credential.get_token(&[scope], None).await {

@@ -57,6 +57,7 @@ pub enum LogFormat {
 /// `SOPHIA_UPSTREAM_TIMEOUT_MS`, `SOPHIA_UPSTREAM_IDLE_TIMEOUT_MS`,
 /// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
 /// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
+/// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`,
 /// `SOPHIA_KEYVAULT_URL`, `SOPHIA_AZURE_CREDENTIAL`, `SOPHIA_AZURE_CLIENT_ID`,
 /// `APPLICATIONINSIGHTS_CONNECTION_STRING`.
 #[derive(Clone)]
@@ -100,6 +101,11 @@ pub struct Settings {
     pub cosmos_database: String,
     pub cosmos_key: Option<SecretString>,
     pub cosmos_create_containers: bool,
+    /// The region SOPHIA runs in, for Cosmos DB routing (`SOPHIA_COSMOS_REGION`, else the
+    /// host's `REGION_NAME`).
+    pub cosmos_region: String,
+    /// Default TTL of audit documents in Cosmos DB, in days (0: forever).
+    pub audit_ttl_days: u32,
     pub keyvault_url: Option<String>,
     pub azure_credential: Option<crate::azure_auth::CredentialKind>,
     pub azure_client_id: Option<String>,
@@ -217,6 +223,50 @@ impl Settings {
                 ));
             }
         };
+        if store == StoreBackend::Cosmos {
+            match env.get("SOPHIA_COSMOS_ENDPOINT") {
+                None => {
+                    return Err(err(
+                        "SOPHIA_COSMOS_ENDPOINT",
+                        "is required with SOPHIA_STORE=cosmos (https://<account>.documents.azure.com:443/)",
+                    ));
+                }
+                Some(raw) => match url::Url::parse(&raw) {
+                    Ok(u)
+                        if u.scheme() == "https"
+                            || (u.scheme() == "http" && is_loopback_url(&u)) => {}
+                    _ => {
+                        return Err(err(
+                            "SOPHIA_COSMOS_ENDPOINT",
+                            "must be an https URL (http only for a loopback emulator)",
+                        ));
+                    }
+                },
+            }
+        }
+        if secrets == SecretsBackend::KeyVault {
+            match env.get("SOPHIA_KEYVAULT_URL") {
+                None => {
+                    return Err(err(
+                        "SOPHIA_KEYVAULT_URL",
+                        "is required with SOPHIA_SECRETS=keyvault (https://<vault>.vault.azure.net)",
+                    ));
+                }
+                Some(raw) => match url::Url::parse(&raw) {
+                    Ok(u)
+                        if (u.scheme() == "https"
+                            || (u.scheme() == "http" && is_loopback_url(&u)))
+                            && u.path() == "/"
+                            && u.query().is_none() => {}
+                    _ => {
+                        return Err(err(
+                            "SOPHIA_KEYVAULT_URL",
+                            "must be the vault's https base URL, e.g. https://<vault>.vault.azure.net (http only for a loopback stand-in)",
+                        ));
+                    }
+                },
+            }
+        }
         let admin_jwt_secret = env.get("SOPHIA_ADMIN_JWT_SECRET");
         if let Some(s) = &admin_jwt_secret
             && s.len() < 32
@@ -383,6 +433,11 @@ impl Settings {
                 .unwrap_or_else(|| "sophia".into()),
             cosmos_key: env.get("SOPHIA_COSMOS_KEY").map(SecretString::from),
             cosmos_create_containers: env.flag("SOPHIA_COSMOS_CREATE_CONTAINERS")?,
+            cosmos_region: env
+                .get("SOPHIA_COSMOS_REGION")
+                .or_else(|| env.get("REGION_NAME"))
+                .unwrap_or_else(|| DEFAULT_COSMOS_REGION.into()),
+            audit_ttl_days: env.range("SOPHIA_AUDIT_TTL_DAYS", 365u32, 0, 36_500)?,
             keyvault_url: env.get("SOPHIA_KEYVAULT_URL"),
             azure_credential: match env.get("SOPHIA_AZURE_CREDENTIAL") {
                 None => None,
@@ -411,6 +466,13 @@ impl Settings {
     }
 }
 
+/// Routing preference when neither `SOPHIA_COSMOS_REGION` nor `REGION_NAME` is set.
+pub const DEFAULT_COSMOS_REGION: &str = "West Europe";
+
+fn is_loopback_url(u: &url::Url) -> bool {
+    matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +496,49 @@ mod tests {
         assert_eq!(s.token_ttl_secs, 3600);
         assert_eq!(s.data_dir, PathBuf::from("./.sophia"));
         assert!(!s.allow_local_upstreams);
+    }
+
+    #[test]
+    fn azure_backends_need_their_endpoints() {
+        let e = settings(&[("SOPHIA_STORE", "cosmos")]).err().unwrap();
+        assert_eq!(e.var, "SOPHIA_COSMOS_ENDPOINT");
+        let e = settings(&[
+            ("SOPHIA_STORE", "cosmos"),
+            ("SOPHIA_COSMOS_ENDPOINT", "http://acct.documents.azure.com/"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.var, "SOPHIA_COSMOS_ENDPOINT",
+            "plain http only for loopback"
+        );
+        assert!(
+            settings(&[
+                ("SOPHIA_STORE", "cosmos"),
+                ("SOPHIA_COSMOS_ENDPOINT", "http://127.0.0.1:8081/"),
+            ])
+            .is_ok()
+        );
+        let e = settings(&[("SOPHIA_SECRETS", "keyvault")]).err().unwrap();
+        assert_eq!(e.var, "SOPHIA_KEYVAULT_URL");
+        for bad in [
+            "http://v.vault.azure.net",
+            "https://v.vault.azure.net/secrets/x",
+            "vault",
+        ] {
+            let e = settings(&[("SOPHIA_SECRETS", "keyvault"), ("SOPHIA_KEYVAULT_URL", bad)])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(e.var, "SOPHIA_KEYVAULT_URL");
+        }
+        let s = settings(&[
+            ("SOPHIA_SECRETS", "keyvault"),
+            ("SOPHIA_KEYVAULT_URL", "https://v.vault.azure.net"),
+            ("REGION_NAME", "North Europe"),
+        ])
+        .unwrap();
+        assert_eq!(s.cosmos_region, "North Europe");
+        assert_eq!(s.audit_ttl_days, 365);
     }
 
     #[test]
@@ -461,6 +566,7 @@ mod tests {
             ("SOPHIA_MASTER_KEY", "nope"),
             ("SOPHIA_TOKEN_TTL_SECS", "5"),
             ("SOPHIA_AZURE_CREDENTIAL", "default"),
+            ("SOPHIA_AUDIT_TTL_DAYS", "-1"),
         ] {
             let e = settings(&[(var, value)])
                 .err()

@@ -92,7 +92,10 @@ pub fn admin_verifier(settings: &Settings, http: reqwest::Client) -> anyhow::Res
     ))
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    settings: &Settings,
+    entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match settings.store {
         StoreBackend::Sqlite => {
             ensure_data_dir(&settings.data_dir)?;
@@ -100,13 +103,38 @@ fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 &settings.data_dir.join("sophia.db"),
             )?))
         }
-        StoreBackend::Cosmos => anyhow::bail!(
-            "SOPHIA_STORE=cosmos: the Cosmos DB store is not part of this build yet; use SOPHIA_STORE=sqlite"
-        ),
+        StoreBackend::Cosmos => {
+            use crate::store::cosmos::{CosmosAuth, CosmosConfig, CosmosStore};
+            let auth = match (&settings.cosmos_key, entra) {
+                (Some(key), _) => CosmosAuth::Key(key.clone()),
+                (None, Some(entra)) => CosmosAuth::Entra(entra.credential()),
+                (None, None) => anyhow::bail!(
+                    "SOPHIA_STORE=cosmos needs SOPHIA_COSMOS_KEY or an Entra credential (SOPHIA_AZURE_CREDENTIAL)"
+                ),
+            };
+            let endpoint = settings
+                .cosmos_endpoint
+                .clone()
+                .context("SOPHIA_COSMOS_ENDPOINT is required with SOPHIA_STORE=cosmos")?;
+            let store = CosmosStore::connect(CosmosConfig {
+                endpoint,
+                database: settings.cosmos_database.clone(),
+                auth,
+                create_containers: settings.cosmos_create_containers,
+                audit_ttl_days: settings.audit_ttl_days,
+                region: settings.cosmos_region.clone(),
+            })
+            .await
+            .context("SOPHIA_STORE=cosmos")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
-fn open_secrets(settings: &Settings) -> anyhow::Result<Arc<dyn SecretStore>> {
+fn open_secrets(
+    settings: &Settings,
+    entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+) -> anyhow::Result<Arc<dyn SecretStore>> {
     match settings.secrets {
         SecretsBackend::Local => {
             ensure_data_dir(&settings.data_dir)?;
@@ -120,10 +148,48 @@ fn open_secrets(settings: &Settings) -> anyhow::Result<Arc<dyn SecretStore>> {
                 key,
             )?))
         }
-        SecretsBackend::KeyVault => anyhow::bail!(
-            "SOPHIA_SECRETS=keyvault: the Key Vault secret store is not part of this build yet; use SOPHIA_SECRETS=local"
-        ),
+        SecretsBackend::KeyVault => {
+            let url = settings
+                .keyvault_url
+                .as_deref()
+                .context("SOPHIA_KEYVAULT_URL is required with SOPHIA_SECRETS=keyvault")?;
+            let entra = entra.context(
+                "SOPHIA_SECRETS=keyvault needs an Entra credential (SOPHIA_AZURE_CREDENTIAL)",
+            )?;
+            Ok(Arc::new(
+                crate::secrets::keyvault::KeyVaultSecretStore::new(url, entra.credential())
+                    .context("SOPHIA_SECRETS=keyvault")?,
+            ))
+        }
     }
+}
+
+/// The process's Entra credential: the one `SOPHIA_AZURE_CREDENTIAL` names, or managed
+/// identity when an Azure backend needs a token and none is named.
+fn entra_credential(
+    settings: &Settings,
+) -> anyhow::Result<Option<Arc<crate::azure_auth::EntraTokens>>> {
+    use crate::azure_auth::{CredentialKind, EntraTokens};
+    let needs_token = settings.secrets == SecretsBackend::KeyVault
+        || (settings.store == StoreBackend::Cosmos && settings.cosmos_key.is_none());
+    let kind = match settings.azure_credential {
+        Some(kind) => kind,
+        None if needs_token => {
+            tracing::info!(
+                "SOPHIA_AZURE_CREDENTIAL is not set; using managed_identity for Azure backends"
+            );
+            CredentialKind::ManagedIdentity
+        }
+        None => return Ok(None),
+    };
+    let tokens =
+        EntraTokens::new(kind, settings.azure_client_id.as_deref()).with_context(|| {
+            format!(
+                "SOPHIA_AZURE_CREDENTIAL={}: the credential could not be created",
+                kind.as_str()
+            )
+        })?;
+    Ok(Some(Arc::new(tokens)))
 }
 
 /// The shared HTTP client (connection pooling for every upstream call).
@@ -138,8 +204,9 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 /// Builds the application state from settings.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
-    let store = open_store(&settings)?;
-    let secrets = open_secrets(&settings)?;
+    let entra = entra_credential(&settings)?;
+    let secrets = open_secrets(&settings, entra.as_ref())?;
+    let store = open_store(&settings, entra.as_ref()).await?;
     ensure_data_dir(&settings.data_dir)?;
     let knowledge: Arc<dyn crate::knowledge::KnowledgeIndex> = Arc::new(
         crate::knowledge::sqlite::SqliteIndex::open(&settings.data_dir.join("knowledge.db"))?,
@@ -155,18 +222,6 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     .context("loading the service-token signing key")?;
     let admin = admin_verifier(&settings, http.clone())?;
     let upstreams = settings.upstream_policy();
-    let entra = match settings.azure_credential {
-        None => None,
-        Some(kind) => Some(Arc::new(
-            crate::azure_auth::EntraTokens::new(kind, settings.azure_client_id.as_deref())
-                .with_context(|| {
-                    format!(
-                        "SOPHIA_AZURE_CREDENTIAL={}: the credential could not be created",
-                        kind.as_str()
-                    )
-                })?,
-        )),
-    };
     let models = ModelClient::new(
         crate::upstream::upstream_client(&upstreams, settings.upstream_connect_timeout)?,
         upstreams.clone(),

@@ -2,6 +2,7 @@
 //! locally. Values are `SecretString`s, which never print.
 
 pub mod bundle;
+pub mod keyvault;
 pub mod local;
 
 use std::fmt;

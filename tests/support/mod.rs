@@ -2,6 +2,7 @@
 //! and the store contract suite.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod azure;
 pub mod rig;
 pub mod search_standin;
 pub mod store_contract;
