@@ -2,134 +2,11 @@
 //! against a running server, graceful shutdown, and logs that never carry a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod support;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sophia");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn command(dir: &std::path::Path, port: u16) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SOPHIA_DATA_DIR", dir)
-        .env("SOPHIA_PORT", port.to_string())
-        .env("SOPHIA_BCRYPT_COST", "4");
-    cmd
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Server {
-    fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = dir.join(format!("stdout-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = command(dir, port);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let err = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
-        let child = cmd.stdout(file).stderr(err).spawn().unwrap();
-        let server = Self { child, port, log };
-        server.wait_ready();
-        server
-    }
-
-    /// Polls `GET /` (bounded) until the server answers.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(resp) = reqwest::blocking::get(self.url("/"))
-                && resp.status().is_success()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("server did not become ready");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a clean exit.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        #[cfg(unix)]
-        sigterm(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stderr =
-            std::fs::read_to_string(self.log.with_file_name(format!("stderr-{}.log", self.port)))
-                .unwrap_or_default();
-        (
-            status,
-            std::fs::read_to_string(&self.log).unwrap() + &stderr,
-        )
-    }
-}
-
-#[cfg(unix)]
-fn sigterm(pid: u32) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-}
-
-/// Starts `sophia simulator` accepting `key`; returns the process and its base URL once it
-/// answers (bounded wait).
-fn start_simulator(key: &str) -> (Child, String) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["simulator", "--port", &port.to_string(), "--key", key])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{url}/")).is_err() {
-        assert!(Instant::now() < deadline, "simulator did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (child, url)
-}
-
-fn admin_token(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = command(dir, 0)
-        .arg("admin-token")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use support::binary::*;
 
 #[test]
 fn admin_token_command_works_against_a_server_on_the_same_data_dir() {
@@ -385,57 +262,16 @@ fn secrets_never_reach_the_logs() {
 /// through `azure_identity`, sends it as a Bearer token, and reuses it while it is valid.
 #[test]
 fn managed_identity_tokens_reach_the_model() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let resources = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let msi_port = {
-        let (hits, resources) = (hits.clone(), resources.clone());
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/msi/token",
-                axum::routing::get(
-                    move |headers: axum::http::HeaderMap,
-                          axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
-                        let (hits, resources) = (hits.clone(), resources.clone());
-                        async move {
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some("test-identity-header")
-                                || q.get("api-version").map(String::as_str) != Some("2019-08-01")
-                            {
-                                return (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "bad request"})));
-                            }
-                            let resource = q.get("resource").cloned().unwrap_or_default();
-                            resources.lock().unwrap().push(resource.clone());
-                            let expires = (chrono::Utc::now().timestamp() + 3600).to_string();
-                            (
-                                axum::http::StatusCode::OK,
-                                axum::Json(json!({"access_token": "ENTRA-TOKEN-7777", "expires_on": expires,
-                                                  "resource": resource, "token_type": "Bearer", "client_id": "00000000-0000-0000-0000-000000000001"})),
-                            )
-                        }
-                    },
-                ),
-            );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-            port
-        })
-    };
-
+    let msi = support::azure::ManagedIdentity::start("ENTRA-TOKEN-7777");
     let (mut sim, sim_url) = start_simulator("ENTRA-TOKEN-7777");
     let dir = tempfile::tempdir().unwrap();
-    let identity_endpoint = format!("http://127.0.0.1:{msi_port}/msi/token");
     let server = Server::start(
         dir.path(),
         &[
             ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
             ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
-            ("IDENTITY_ENDPOINT", &identity_endpoint),
-            ("IDENTITY_HEADER", "test-identity-header"),
+            ("IDENTITY_ENDPOINT", &msi.endpoint),
+            ("IDENTITY_HEADER", &msi.header),
             ("SOPHIA_LOG", "debug"),
         ],
     );
@@ -479,13 +315,9 @@ fn managed_identity_tokens_reach_the_model() {
         "the model got the Entra token"
     );
     assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "the token is reused while valid"
-    );
-    assert_eq!(
-        resources.lock().unwrap().as_slice(),
-        ["https://cognitiveservices.azure.com"]
+        msi.resources(),
+        ["https://cognitiveservices.azure.com"],
+        "one token, reused while valid"
     );
     let (_, logs) = server.stop();
     let _ = sim.kill();
@@ -498,7 +330,6 @@ fn managed_identity_tokens_reach_the_model() {
         !logs.contains("test-identity-header"),
         "the identity header is not logged"
     );
-    drop(rt);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod azure;
+pub mod binary;
 pub mod rig;
 pub mod search_standin;
 pub mod store_contract;

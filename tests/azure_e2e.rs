@@ -1,0 +1,262 @@
+//! The real binary on the Azure backends: `SOPHIA_STORE=cosmos` against the Cosmos DB emulator
+//! rig and `SOPHIA_SECRETS=keyvault` against the Key Vault stand-in, authenticated with a
+//! managed-identity token from the App Service identity endpoint stand-in — admin create →
+//! token exchange → `/agents/me` → chat, a restart on an empty data dir, and logs without a
+//! secret. Also the mixed pairs (Cosmos + local secrets, SQLite + Key Vault).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+use support::azure::{KeyVault, ManagedIdentity};
+use support::binary::*;
+
+const MSI_TOKEN: &str = "MSI-TOKEN-e2e-31337";
+const OPENAI_KEY: &str = "acme-openai-key-e2e-0042";
+const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789-abcdefghijklmnopqrstuv";
+const EMULATOR_KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+struct Flow {
+    instance_id: String,
+    secret_id: String,
+    service_token: String,
+    access_key: String,
+}
+
+/// Admin create → exchange → /agents/me → chat, against a running server.
+fn client_flow(server: &Server, dir: &std::path::Path, sim_url: &str, company: &str) -> Flow {
+    let admin = admin_token_with(
+        dir,
+        &[("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)],
+        &["--role", "PLATFORM_ADMIN"],
+    );
+    let client = Client::new();
+    let res = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"companyId": company, "agentType": "SOPHIA", "model": "gpt-4o",
+                      "azureOpenaiEndpoint": sim_url, "azureOpenaiDeployment": "gpt-4o",
+                      "credentials": {"azureOpenaiKey": OPENAI_KEY}}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().unwrap_or_default());
+    let created: Value = res.json().unwrap();
+    let access_key = created["agentAccessKey"].as_str().unwrap().to_owned();
+    let res = client
+        .post(server.url("/agents/auth/token"))
+        .json(&json!({"companyId": company, "agentType": "SOPHIA", "agentAccessKey": access_key}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    let service_token = res.json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = client
+        .get(server.url("/agents/me"))
+        .bearer_auth(&service_token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["companyId"], company, "{me}");
+    let res = client
+        .post(server.url("/chat"))
+        .bearer_auth(&service_token)
+        .json(&json!({"message": "hello from the e2e test"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    Flow {
+        instance_id: created["id"].as_str().unwrap().to_owned(),
+        secret_id: created["keyvaultSecretId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        service_token,
+        access_key,
+    }
+}
+
+fn health(server: &Server) -> Value {
+    Client::new()
+        .get(server.url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn cosmos_and_keyvault_with_managed_identity() {
+    let msi = ManagedIdentity::start(MSI_TOKEN);
+    let vault = KeyVault::start(MSI_TOKEN);
+    let cosmos = support::rig::cosmos_endpoint();
+    let database = support::rig::fresh_database();
+    let (mut sim, sim_url) = start_simulator(OPENAI_KEY);
+    let env = [
+        ("SOPHIA_STORE", "cosmos"),
+        ("SOPHIA_COSMOS_ENDPOINT", cosmos.as_str()),
+        ("SOPHIA_COSMOS_DATABASE", database.as_str()),
+        ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+        ("SOPHIA_SECRETS", "keyvault"),
+        ("SOPHIA_KEYVAULT_URL", vault.url.as_str()),
+        ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
+        ("IDENTITY_ENDPOINT", msi.endpoint.as_str()),
+        ("IDENTITY_HEADER", msi.header.as_str()),
+        ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ("SOPHIA_LOG", "debug"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &env);
+    let h = health(&server);
+    assert_eq!(h["backends"]["store"], "cosmos", "{h}");
+    assert_eq!(h["backends"]["secrets"], "keyvault", "{h}");
+
+    let flow = client_flow(&server, dir.path(), &sim_url, "acme");
+    // The credential bundle is one Key Vault secret named after the instance, and the
+    // instance keeps its full identifier (with the version).
+    let secret_name = format!("sophia-instance-{}", flow.instance_id);
+    assert!(
+        flow.secret_id.starts_with(&format!(
+            "https://{}/secrets/{secret_name}/",
+            vault.url.trim_start_matches("http://")
+        )),
+        "{}",
+        flow.secret_id
+    );
+    assert!(vault.value(&secret_name).unwrap().contains(OPENAI_KEY));
+    // The service-token signing key lives in the vault too, as PEM.
+    let pem = vault.value("sophia-token-signing-key").unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
+    // The model got the company's key from the vault.
+    let seen: Vec<Value> = Client::new()
+        .get(format!("{sim_url}/_sim/requests"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(seen.last().unwrap()["key"], OPENAI_KEY);
+    // Tokens came from the managed identity, for the vault and for Cosmos DB (no account
+    // key is configured: the Entra path is the production default).
+    let resources = msi.resources();
+    assert!(
+        resources.iter().any(|r| r.contains("vault.azure.net")),
+        "{resources:?}"
+    );
+    assert!(
+        resources.iter().any(|r| r.contains("cosmos")),
+        "{resources:?}"
+    );
+    let (status, logs) = server.stop();
+    assert!(status.success());
+
+    // A second process on an empty data dir: nothing SOPHIA needs was local. The service
+    // token minted by the first process still verifies (same signing key, from the vault),
+    // and the instance and its key are found in Cosmos DB.
+    let dir2 = tempfile::tempdir().unwrap();
+    let server = Server::start(dir2.path(), &env);
+    let client = Client::new();
+    let me = client
+        .get(server.url("/agents/me"))
+        .bearer_auth(&flow.service_token)
+        .send()
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let res = client
+        .post(server.url("/agents/auth/token"))
+        .json(
+            &json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": flow.access_key}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, logs2) = server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    for text in [&logs, &logs2] {
+        for secret in [
+            MSI_TOKEN,
+            OPENAI_KEY,
+            flow.access_key.as_str(),
+            "BEGIN PRIVATE KEY",
+        ] {
+            assert!(!text.contains(secret), "a secret reached the logs");
+        }
+    }
+}
+
+#[test]
+fn cosmos_with_local_secrets_and_sqlite_with_keyvault() {
+    let (mut sim, sim_url) = start_simulator(OPENAI_KEY);
+    // Cosmos DB (account key) beside the local encrypted secret store.
+    let cosmos = support::rig::cosmos_endpoint();
+    let database = support::rig::fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("SOPHIA_STORE", "cosmos"),
+            ("SOPHIA_COSMOS_ENDPOINT", cosmos.as_str()),
+            ("SOPHIA_COSMOS_DATABASE", database.as_str()),
+            ("SOPHIA_COSMOS_KEY", EMULATOR_KEY),
+            ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+            ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
+            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ],
+    );
+    assert_eq!(health(&server)["backends"]["secrets"], "local");
+    let flow = client_flow(&server, dir.path(), &sim_url, "globex");
+    assert!(flow.secret_id.starts_with("sophia-local:/secrets/"));
+    let (_, logs) = server.stop();
+    assert!(
+        !logs.contains(EMULATOR_KEY),
+        "the account key is not logged"
+    );
+
+    // SQLite beside Key Vault.
+    let msi = ManagedIdentity::start(MSI_TOKEN);
+    let vault = KeyVault::start(MSI_TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("SOPHIA_SECRETS", "keyvault"),
+            ("SOPHIA_KEYVAULT_URL", vault.url.as_str()),
+            ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
+            ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
+            ("IDENTITY_ENDPOINT", msi.endpoint.as_str()),
+            ("IDENTITY_HEADER", msi.header.as_str()),
+            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ],
+    );
+    assert_eq!(health(&server)["backends"]["store"], "sqlite");
+    let flow = client_flow(&server, dir.path(), &sim_url, "initech");
+    assert!(flow.secret_id.contains("/secrets/sophia-instance-"));
+    server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+/// A wrong credential choice fails at start-up, naming the variable.
+#[test]
+fn a_wrong_credential_fails_at_start_up() {
+    let vault = KeyVault::start(MSI_TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), free_port())
+        .env("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)
+        .env("SOPHIA_SECRETS", "keyvault")
+        .env("SOPHIA_KEYVAULT_URL", &vault.url)
+        .env("SOPHIA_AZURE_CREDENTIAL", "workload_identity")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("workload_identity"), "{stderr}");
+    assert!(stderr.contains("SOPHIA_AZURE_CREDENTIAL"), "{stderr}");
+}
