@@ -57,7 +57,7 @@ use crate::domain::{
     StoredMessage, TenantId, UsageRecord,
 };
 
-/// Container names (infrastructure creates them with these names; see `infra/`).
+/// Container names (infrastructure creates them with these names).
 pub const INSTANCES: &str = "agentInstances";
 pub const AUDIT_LOGS: &str = "auditLogs";
 pub const CONVERSATIONS: &str = "conversations";
@@ -225,11 +225,19 @@ impl CosmosStore {
             let db_name = config.database.clone();
             async move {
                 database.container_client(name, None).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "Cosmos DB container '{name}' in database '{db_name}' is not usable ({}); \
-                         create it (infra/main.bicep does) or set SOPHIA_COSMOS_CREATE_CONTAINERS=true",
-                        short(&e)
-                    )
+                    if e.status().is_unauthorized() || e.status().is_forbidden() {
+                        anyhow::anyhow!(
+                            "Cosmos DB refused SOPHIA's identity ({}): it needs the 'Cosmos DB \
+                             Built-in Data Contributor' role on the account (or a correct SOPHIA_COSMOS_KEY)",
+                            short(&e)
+                        )
+                    } else {
+                        anyhow::anyhow!(
+                            "Cosmos DB container '{name}' in database '{db_name}' is not usable ({}); \
+                             create it (as infrastructure does) or set SOPHIA_COSMOS_CREATE_CONTAINERS=true",
+                            short(&e)
+                        )
+                    }
                 })
             }
         };
@@ -270,7 +278,7 @@ impl CosmosStore {
             anyhow::bail!(
                 "Cosmos DB container '{INSTANCES}' has no unique key on {LIVE_KEY_PATH}; SOPHIA relies \
                  on it for one live instance per company and agent type (unique keys can only be set \
-                 when a container is created: recreate it as infra/main.bicep does)"
+                 when a container is created: recreate it with the key)"
             );
         }
         Ok(())
