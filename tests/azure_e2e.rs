@@ -15,8 +15,7 @@ use support::binary::*;
 const MSI_TOKEN: &str = "MSI-TOKEN-e2e-31337";
 const OPENAI_KEY: &str = "acme-openai-key-e2e-0042";
 const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789-abcdefghijklmnopqrstuv";
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+const EMULATOR_KEY: &str = support::COSMOS_EMULATOR_KEY;
 
 struct Flow {
     instance_id: String,

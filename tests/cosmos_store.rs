@@ -11,9 +11,7 @@ use secrecy::SecretString;
 use sophia::store::Store;
 use sophia::store::cosmos::{CosmosAuth, CosmosConfig, CosmosStore};
 
-/// The emulator's well-known key (it ignores auth, but the SDK signs every request).
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+const EMULATOR_KEY: &str = support::COSMOS_EMULATOR_KEY;
 
 fn config(database: &str) -> CosmosConfig {
     CosmosConfig {

@@ -1,9 +1,11 @@
-//! The cross-company matrix: company A's credentials against every company-B resource.
+//! The cross-company matrix: company A's credentials against every company-B resource, on
+//! the embedded store and on Cosmos DB (the emulator rig), whose partitions the emulator does
+//! not enforce.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_SECRET, TestApp, assert_problem, spawn_app};
+use crate::support::{ADMIN_SECRET, TestApp, assert_problem, spawn_app, spawn_cosmos_app};
 
 /// Every admin route, for instance `id` (of company `company`).
 fn admin_routes(id: &str, company: &str) -> Vec<(Method, String, Option<Value>)> {
@@ -57,9 +59,7 @@ async fn unchanged(app: &TestApp, id: &str, etag: &Value) {
     assert_eq!(now["status"], "ACTIVE");
 }
 
-#[tokio::test]
-async fn company_admin_cannot_touch_another_company() {
-    let app = spawn_app().await;
+async fn company_admin_cannot_touch_another_company(app: TestApp) {
     app.create_instance("acme").await;
     let b = app.create_instance("beta").await;
     let a_admin = app.admin_token("acme");
@@ -100,9 +100,7 @@ async fn company_admin_cannot_touch_another_company() {
     assert_eq!(companies, ["acme"]);
 }
 
-#[tokio::test]
-async fn platform_admin_may_touch_every_company() {
-    let app = spawn_app().await;
+async fn platform_admin_may_touch_every_company(app: TestApp) {
     let b = app.create_instance("beta").await;
     let platform = app.platform_token();
     for (method, path, body) in admin_routes(&b.id, "beta") {
@@ -116,9 +114,7 @@ async fn platform_admin_may_touch_every_company() {
     }
 }
 
-#[tokio::test]
-async fn no_role_wrong_role_and_no_token() {
-    let app = spawn_app().await;
+async fn no_role_wrong_role_and_no_token(app: TestApp) {
     let b = app.create_instance("beta").await;
     let secret = jsonwebtoken::EncodingKey::from_secret(ADMIN_SECRET.as_bytes());
     let exp = chrono::Utc::now().timestamp() + 600;
@@ -147,9 +143,7 @@ async fn no_role_wrong_role_and_no_token() {
     unchanged(&app, &b.id, &b.body["etag"]).await;
 }
 
-#[tokio::test]
-async fn service_tokens_are_not_admin_tokens_and_stay_in_their_company() {
-    let app = spawn_app().await;
+async fn service_tokens_are_not_admin_tokens_and_stay_in_their_company(app: TestApp) {
     let a = app.create_instance("acme").await;
     let b = app.create_instance("beta").await;
     let a_service = app.service_token("acme", &a.key).await;
@@ -176,9 +170,7 @@ async fn service_tokens_are_not_admin_tokens_and_stay_in_their_company() {
     unchanged(&app, &b.id, &b.body["etag"]).await;
 }
 
-#[tokio::test]
-async fn company_admin_manages_its_own_company() {
-    let app = spawn_app().await;
+async fn company_admin_manages_its_own_company(app: TestApp) {
     let a_admin = app.admin_token("acme");
     let resp = app
         .request(
@@ -202,3 +194,33 @@ async fn company_admin_manages_its_own_company() {
         );
     }
 }
+
+/// One test per case and store backend.
+macro_rules! matrix {
+    ($($case:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::spawn_app().await).await;
+                }
+            )*
+        }
+        mod cosmos {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::spawn_cosmos_app().await).await;
+                }
+            )*
+        }
+    };
+}
+
+matrix!(
+    company_admin_cannot_touch_another_company,
+    platform_admin_may_touch_every_company,
+    no_role_wrong_role_and_no_token,
+    service_tokens_are_not_admin_tokens_and_stay_in_their_company,
+    company_admin_manages_its_own_company
+);

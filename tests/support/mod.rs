@@ -60,6 +60,24 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// The emulator's well-known account key (it ignores auth; the SDK signs with it).
+pub const COSMOS_EMULATOR_KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+/// An app on the Cosmos DB emulator rig (a fresh database), local secrets.
+pub async fn spawn_cosmos_app() -> TestApp {
+    let endpoint = format!("{}/", rig::cosmos_endpoint());
+    let database = rig::fresh_database();
+    spawn_app_with(&[
+        ("SOPHIA_STORE", "cosmos"),
+        ("SOPHIA_COSMOS_ENDPOINT", &endpoint),
+        ("SOPHIA_COSMOS_DATABASE", &database),
+        ("SOPHIA_COSMOS_KEY", COSMOS_EMULATOR_KEY),
+        ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+    ])
+    .await
+}
+
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     spawn_app_in(dir, overrides).await
