@@ -5,9 +5,11 @@ pub mod conversation;
 pub mod endpoint;
 pub mod ids;
 pub mod instance;
+pub mod refresh;
 
 pub use audit::{AuditEntry, AuditOutcome};
 pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
 pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
+pub use refresh::{JobState, KnowledgeDocument, RefreshJob};

@@ -50,11 +50,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
-    decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
+    abandoned, decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
 };
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
-    StoredMessage, TenantId, UsageRecord,
+    KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
 /// Container names (infrastructure creates them with these names).
@@ -115,6 +115,7 @@ pub struct CosmosStore {
     audit: ContainerClient,
     conversations: ContainerClient,
     usage: ContainerClient,
+    refresh_jobs: ContainerClient,
 }
 
 impl std::fmt::Debug for CosmosStore {
@@ -246,8 +247,8 @@ impl CosmosStore {
             audit: open(AUDIT_LOGS).await?,
             conversations: open(CONVERSATIONS).await?,
             usage: open(USAGE).await?,
+            refresh_jobs: open(REFRESH_JOBS).await?,
         };
-        open(REFRESH_JOBS).await?;
         store.verify_instances_container().await?;
         Ok(store)
     }
@@ -408,6 +409,48 @@ struct UsageDoc {
     prompt_tokens: u64,
     completion_tokens: u64,
     requests: u64,
+}
+
+/// `refreshJobs` holds three kinds of document per tenant partition: jobs (`kind: "job"`, id =
+/// the job id), the tenant's refresh slot (`kind: "slot"`, id [`SLOT_ID`], naming the job that
+/// holds it) and the knowledge manifest (`kind: "document"`, id `doc-<sha256 of the path>`).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobDoc {
+    #[serde(flatten)]
+    job: RefreshJob,
+    kind: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlotDoc {
+    id: String,
+    tenant_id: TenantId,
+    kind: String,
+    job_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    id: String,
+    #[serde(flatten)]
+    entry: KnowledgeDocument,
+    kind: String,
+}
+
+const SLOT_ID: &str = "refresh-slot";
+const JOB_KIND: &str = "job";
+const SLOT_KIND: &str = "slot";
+const DOCUMENT_KIND: &str = "document";
+
+/// A manifest entry's document id: paths may hold characters Cosmos ids may not (`/`, `#`, `?`).
+fn manifest_id(document_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(document_id.as_bytes());
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("doc-{hex}")
 }
 
 fn if_match_opts(etag: &str) -> Option<ItemWriteOptions> {
@@ -973,6 +1016,155 @@ impl Store for CosmosStore {
                 requests: d.requests,
             })
             .collect())
+    }
+
+    async fn begin_refresh_job(
+        &self,
+        job: &RefreshJob,
+        stale_before: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        let tenant = &job.tenant_id;
+        let pk = || tenant.as_str().to_owned();
+        // The job is written first, then the slot is claimed: whoever reads the slot finds
+        // the job it names. A loser deletes its own job and returns the winner's.
+        let doc = JobDoc {
+            job: job.clone(),
+            kind: JOB_KIND.into(),
+        };
+        self.refresh_jobs
+            .create_item(pk(), &job.id, &doc, None)
+            .await
+            .map_err(map_err)?;
+        let slot = SlotDoc {
+            id: SLOT_ID.into(),
+            tenant_id: tenant.clone(),
+            kind: SLOT_KIND.into(),
+            job_id: job.id.clone(),
+        };
+        let lose = |winner: RefreshJob| async move {
+            if let Err(e) = self.refresh_jobs.delete_item(pk(), &job.id, None).await {
+                tracing::warn!(tenant.id = %tenant, error = %short(&e), "removing a refresh job that lost the slot");
+            }
+            Ok((winner, false))
+        };
+        for _ in 0..RMW_ATTEMPTS {
+            let current = read_doc(
+                &self.refresh_jobs,
+                tenant,
+                SLOT_ID,
+                |d: &SlotDoc| &d.tenant_id,
+                "refresh slot",
+            )
+            .await?;
+            let claimed = match current {
+                None => {
+                    self.refresh_jobs
+                        .create_item(pk(), SLOT_ID, &slot, None)
+                        .await
+                }
+                Some(read) => {
+                    let holder = read_doc(
+                        &self.refresh_jobs,
+                        tenant,
+                        &read.doc.job_id,
+                        |d: &JobDoc| &d.job.tenant_id,
+                        "refresh job",
+                    )
+                    .await?
+                    .map(|r| r.doc.job);
+                    if let Some(holder) = holder.filter(|h| h.state.is_active()) {
+                        if holder.updated_at >= stale_before {
+                            return lose(holder).await;
+                        }
+                        self.save_refresh_job(&abandoned(holder, Utc::now()))
+                            .await?;
+                    }
+                    self.refresh_jobs
+                        .replace_item(pk(), SLOT_ID, &slot, if_match_opts(&read.cosmos_etag))
+                        .await
+                }
+            };
+            match claimed {
+                Ok(_) => return Ok((job.clone(), true)),
+                Err(e) if e.status().is_precondition_failed() || e.status().is_conflict() => {
+                    continue;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(contended("refresh slot"))
+    }
+
+    async fn get_refresh_job(&self, tenant: &TenantId, id: &str) -> StoreResult<RefreshJob> {
+        read_doc(
+            &self.refresh_jobs,
+            tenant,
+            id,
+            |d: &JobDoc| &d.job.tenant_id,
+            "refresh job",
+        )
+        .await?
+        .filter(|r| r.doc.kind == JOB_KIND)
+        .map(|r| r.doc.job)
+        .ok_or(StoreError::NotFound)
+    }
+
+    async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
+        let doc = JobDoc {
+            job: job.clone(),
+            kind: JOB_KIND.into(),
+        };
+        self.refresh_jobs
+            .upsert_item(job.tenant_id.as_str().to_owned(), &job.id, &doc, None)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn list_knowledge_documents(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<KnowledgeDocument>> {
+        let scope = TenantScope::Tenant(tenant.clone());
+        let mut sql = Sql::new("SELECT * FROM c");
+        let feed = sql.scope(&scope);
+        sql.and("c.kind = @kind", &[("@kind", DOCUMENT_KIND.into())]);
+        let docs: Vec<ManifestDoc> =
+            collect(&self.refresh_jobs, sql.build()?, feed, usize::MAX).await?;
+        let entries = docs.into_iter().map(|d| d.entry).collect();
+        Ok(within(&scope, entries, |e: &KnowledgeDocument| {
+            &e.tenant_id
+        }))
+    }
+
+    async fn put_knowledge_document(&self, doc: &KnowledgeDocument) -> StoreResult<()> {
+        let id = manifest_id(&doc.document_id);
+        let item = ManifestDoc {
+            id: id.clone(),
+            entry: doc.clone(),
+            kind: DOCUMENT_KIND.into(),
+        };
+        self.refresh_jobs
+            .upsert_item(doc.tenant_id.as_str().to_owned(), &id, &item, None)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn delete_knowledge_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> StoreResult<()> {
+        match self
+            .refresh_jobs
+            .delete_item(tenant.as_str().to_owned(), &manifest_id(document_id), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status().is_not_found() => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
-    StoredMessage, TenantId, UsageRecord,
+    KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
 /// Backend-neutral storage errors.
@@ -180,6 +180,51 @@ pub trait Store: Send + Sync + 'static {
         from: chrono::NaiveDate,
         to: chrono::NaiveDate,
     ) -> StoreResult<Vec<UsageRecord>>;
+
+    /// Records `job` as the tenant's refresh unless another job of the tenant is active
+    /// (queued or running) and has made progress since `stale_before`: then that job is
+    /// returned instead, with `false`. An active job without progress since `stale_before` is
+    /// abandoned (saved as failed) and `job` takes its place. Atomic: concurrent calls for one
+    /// tenant record one job.
+    async fn begin_refresh_job(
+        &self,
+        job: &RefreshJob,
+        stale_before: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)>;
+
+    /// One refresh job of the tenant.
+    async fn get_refresh_job(&self, tenant: &TenantId, id: &str) -> StoreResult<RefreshJob>;
+
+    /// Saves a job's progress or outcome; a finished job frees the tenant's refresh slot.
+    async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()>;
+
+    /// The tenant's knowledge manifest: one entry per indexed source document.
+    async fn list_knowledge_documents(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<KnowledgeDocument>>;
+
+    /// Inserts or replaces a manifest entry.
+    async fn put_knowledge_document(&self, doc: &KnowledgeDocument) -> StoreResult<()>;
+
+    /// Removes a manifest entry (absent is fine).
+    async fn delete_knowledge_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> StoreResult<()>;
+}
+
+/// The failed form of an active job nobody has advanced since before the stale cut-off.
+pub(crate) fn abandoned(mut job: RefreshJob, now: DateTime<Utc>) -> RefreshJob {
+    job.state = crate::domain::JobState::Failed;
+    job.error = Some(format!(
+        "abandoned: no progress since {} (the worker stopped); a new refresh replaced it",
+        job.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    ));
+    job.finished_at = Some(now);
+    job.updated_at = now;
+    job
 }
 
 // Helpers shared by the backends.

@@ -11,11 +11,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
-    decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
+    abandoned, decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
 };
 use crate::domain::{
-    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, StoredMessage,
-    TenantId, UsageRecord,
+    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId,
+    KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
 /// Schema migrations, applied in order; index + 1 is the `user_version` after each.
@@ -62,6 +62,22 @@ const MIGRATIONS: &[&str] = &[
         completion_tokens INTEGER NOT NULL,
         requests INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, day)
+    );",
+    // 3: knowledge refresh jobs and the per-document knowledge manifest.
+    "CREATE TABLE refresh_jobs (
+        tenant_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, id)
+    );
+    CREATE INDEX refresh_jobs_active ON refresh_jobs (tenant_id) WHERE state IN ('queued', 'running');
+    CREATE TABLE knowledge_documents (
+        tenant_id TEXT NOT NULL,
+        document_id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, document_id)
     );",
 ];
 
@@ -161,6 +177,28 @@ fn decode_instance(
         .transpose()
         .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt lastUsedAt: {e}")))?;
     Ok(instance)
+}
+
+fn decode_job(doc: &str) -> StoreResult<RefreshJob> {
+    serde_json::from_str(doc)
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt refresh job: {e}")))
+}
+
+fn write_job(conn: &Connection, job: &RefreshJob) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO refresh_jobs (tenant_id, id, state, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tenant_id, id) DO UPDATE SET
+            state = excluded.state, updated_at = excluded.updated_at, doc = excluded.doc",
+        params![
+            job.tenant_id.as_str(),
+            job.id,
+            job.state.as_str(),
+            sort_key(&job.updated_at),
+            encode(job)?
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(())
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
@@ -630,6 +668,119 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn begin_refresh_job(
+        &self,
+        job: &RefreshJob,
+        stale_before: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        let job = job.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(map_err)?;
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND state IN ('queued', 'running')
+                     ORDER BY updated_at DESC LIMIT 1",
+                    params![job.tenant_id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if let Some(doc) = active {
+                let current = decode_job(&doc)?;
+                if current.updated_at >= stale_before {
+                    return Ok((current, false));
+                }
+                let failed = abandoned(current, Utc::now());
+                write_job(&tx, &failed)?;
+            }
+            write_job(&tx, &job)?;
+            tx.commit().map_err(map_err)?;
+            Ok((job, true))
+        })
+        .await
+    }
+
+    async fn get_refresh_job(&self, tenant: &TenantId, id: &str) -> StoreResult<RefreshJob> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.run(move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            decode_job(&doc.ok_or(StoreError::NotFound)?)
+        })
+        .await
+    }
+
+    async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
+        let job = job.clone();
+        self.run(move |conn| write_job(conn, &job)).await
+    }
+
+    async fn list_knowledge_documents(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<KnowledgeDocument>> {
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT doc FROM knowledge_documents WHERE tenant_id = ?1 ORDER BY document_id",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![tenant.as_str()], |r| r.get::<_, String>(0))
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let doc = row.map_err(map_err)?;
+                let entry: KnowledgeDocument = serde_json::from_str(&doc).map_err(|e| {
+                    StoreError::Internal(anyhow::anyhow!("corrupt knowledge document: {e}"))
+                })?;
+                if entry.tenant_id == tenant {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_knowledge_document(&self, doc: &KnowledgeDocument) -> StoreResult<()> {
+        let doc = doc.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO knowledge_documents (tenant_id, document_id, doc) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id, document_id) DO UPDATE SET doc = excluded.doc",
+                params![doc.tenant_id.as_str(), doc.document_id, encode(&doc)?],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_knowledge_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> StoreResult<()> {
+        let (tenant, document_id) = (tenant.clone(), document_id.to_owned());
+        self.run(move |conn| {
+            conn.execute(
+                "DELETE FROM knowledge_documents WHERE tenant_id = ?1 AND document_id = ?2",
+                params![tenant.as_str(), document_id],
+            )
+            .map_err(map_err)?;
+            Ok(())
         })
         .await
     }

@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 use sophia::domain::{
     AgentInstance, AgentType, AuditEntry, AuditOutcome, ConversationId, InstanceId, InstanceStatus,
-    KeyHash, Provider, StoredMessage, TenantId,
+    JobState, KeyHash, KnowledgeDocument, Provider, RefreshJob, StoredMessage, TenantId,
 };
 use sophia::store::{AuditFilter, InstanceFilter, PageRequest, Store, StoreError, TenantScope};
 
@@ -568,13 +568,190 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     assert!(all.iter().any(|u| u.tenant_id == b) && all.iter().any(|u| u.tenant_id == a));
 }
 
+pub fn job(tenant: &TenantId) -> RefreshJob {
+    let now = Utc::now();
+    RefreshJob {
+        id: RefreshJob::new_id(),
+        tenant_id: tenant.clone(),
+        instance_id: InstanceId::new(),
+        state: JobState::Queued,
+        source: format!("folder:{tenant}"),
+        full: false,
+        counts: Default::default(),
+        errors: Vec::new(),
+        error: None,
+        timings: Default::default(),
+        requested_by: "contract".into(),
+        request_id: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+    }
+}
+
+pub async fn one_active_refresh_per_tenant(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let stale_before = Utc::now() - Duration::minutes(10);
+    let first = job(&a);
+    let (got, created) = store.begin_refresh_job(&first, stale_before).await.unwrap();
+    assert!(created);
+    assert_eq!(got.id, first.id);
+    // A second request while the first is active gets the first.
+    let (got, created) = store
+        .begin_refresh_job(&job(&a), stale_before)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(got.id, first.id);
+    // Another tenant is not blocked, and cannot read A's job.
+    let other = job(&b);
+    assert!(
+        store
+            .begin_refresh_job(&other, stale_before)
+            .await
+            .unwrap()
+            .1
+    );
+    assert!(matches!(
+        store.get_refresh_job(&b, &first.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_refresh_job(&a, &RefreshJob::new_id()).await,
+        Err(StoreError::NotFound)
+    ));
+    // Progress is saved; a finished job frees the slot.
+    let mut running = first.clone();
+    running.state = JobState::Running;
+    running.counts.seen = 3;
+    store.save_refresh_job(&running).await.unwrap();
+    let read = store.get_refresh_job(&a, &first.id).await.unwrap();
+    assert_eq!((read.state, read.counts.seen), (JobState::Running, 3));
+    running.state = JobState::Succeeded;
+    running.finished_at = Some(Utc::now());
+    store.save_refresh_job(&running).await.unwrap();
+    let next = job(&a);
+    let (got, created) = store.begin_refresh_job(&next, stale_before).await.unwrap();
+    assert!(created);
+    assert_eq!(got.id, next.id);
+    assert_eq!(
+        store.get_refresh_job(&a, &first.id).await.unwrap().state,
+        JobState::Succeeded
+    );
+}
+
+pub async fn a_stale_refresh_is_abandoned(store: Arc<dyn Store>) {
+    let a = tenant();
+    let mut old = job(&a);
+    old.state = JobState::Running;
+    old.updated_at = Utc::now() - Duration::hours(1);
+    assert!(
+        store
+            .begin_refresh_job(&old, Utc::now() - Duration::days(1))
+            .await
+            .unwrap()
+            .1
+    );
+    let fresh = job(&a);
+    let (got, created) = store
+        .begin_refresh_job(&fresh, Utc::now() - Duration::minutes(10))
+        .await
+        .unwrap();
+    assert!(created, "a job without progress for an hour is abandoned");
+    assert_eq!(got.id, fresh.id);
+    let old = store.get_refresh_job(&a, &old.id).await.unwrap();
+    assert_eq!(old.state, JobState::Failed);
+    assert!(old.error.unwrap().contains("abandoned"));
+}
+
+pub async fn concurrent_refreshes_record_one_job(store: Arc<dyn Store>) {
+    let a = tenant();
+    let stale_before = Utc::now() - Duration::minutes(10);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, a) = (Arc::clone(&store), a.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .begin_refresh_job(&job(&a), stale_before)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        let (job, new) = task.await.unwrap();
+        ids.insert(job.id);
+        created += usize::from(new);
+    }
+    assert_eq!(created, 1, "exactly one request recorded a job");
+    assert_eq!(ids.len(), 1, "every request got the same job: {ids:?}");
+}
+
+pub async fn knowledge_manifest_per_tenant(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let entry = |t: &TenantId, path: &str, hash: &str| KnowledgeDocument {
+        tenant_id: t.clone(),
+        document_id: path.into(),
+        content_hash: hash.into(),
+        chunks: 2,
+        size: 10,
+        indexed_at: Utc::now(),
+    };
+    store
+        .put_knowledge_document(&entry(&a, "policies/leave #2?.md", "sha256:1"))
+        .await
+        .unwrap();
+    store
+        .put_knowledge_document(&entry(&a, "faq.txt", "sha256:2"))
+        .await
+        .unwrap();
+    store
+        .put_knowledge_document(&entry(&b, "faq.txt", "sha256:b"))
+        .await
+        .unwrap();
+    // Replacing keeps one entry per path.
+    store
+        .put_knowledge_document(&entry(&a, "faq.txt", "sha256:3"))
+        .await
+        .unwrap();
+    let mut docs = store.list_knowledge_documents(&a).await.unwrap();
+    docs.sort_by(|x, y| x.document_id.cmp(&y.document_id));
+    let seen: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| (d.document_id.as_str(), d.content_hash.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("faq.txt", "sha256:3"),
+            ("policies/leave #2?.md", "sha256:1")
+        ]
+    );
+    store
+        .delete_knowledge_document(&a, "faq.txt")
+        .await
+        .unwrap();
+    store
+        .delete_knowledge_document(&a, "absent.md")
+        .await
+        .unwrap();
+    assert_eq!(store.list_knowledge_documents(&a).await.unwrap().len(), 1);
+    let bs = store.list_knowledge_documents(&b).await.unwrap();
+    assert_eq!(bs.len(), 1);
+    assert_eq!(bs[0].content_hash, "sha256:b");
+}
+
 /// Generates one `#[tokio::test]` per contract case for a backend.
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
         $crate::store_contract_tests!(@case $make, crud_and_etags, tenant_scoping, one_live_instance_per_tenant,
             touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
-            concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day);
+            concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
+            one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
+            concurrent_refreshes_record_one_job, knowledge_manifest_per_tenant);
     };
     (@case $make:expr, $($case:ident),*) => {
         $(
