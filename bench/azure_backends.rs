@@ -242,7 +242,7 @@ fn main() {
     let mut table = format!(
         "\n## Azure backends — {} ({cores} cores, release build; Cosmos DB emulator rig and Key Vault stand-in on loopback)\n\n\
          {TENANTS} tenants each: a cold tenant's first `/chat` (runtime loaded from the store and the vault) and its second (warm):\n\n\
-         | backends | start-up ms | cold first chat p50 / p99 ms | warm chat p50 / p99 ms | load cost p50 ms |\n\
+         | backends | start-up ms (readiness polled every 25 ms) | cold first chat p50 / p99 ms | warm chat p50 / p99 ms | load cost p50 ms |\n\
          |---|---|---|---|---|\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
