@@ -57,7 +57,7 @@ pub enum LogFormat {
 /// `SOPHIA_UPSTREAM_TIMEOUT_MS`, `SOPHIA_UPSTREAM_IDLE_TIMEOUT_MS`,
 /// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
 /// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
-/// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`,
+/// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`, `SOPHIA_REFRESH_WORKERS`, `SOPHIA_REFRESH_STALE_SECS`,
 /// `SOPHIA_KEYVAULT_URL`, `SOPHIA_AZURE_CREDENTIAL`, `SOPHIA_AZURE_CLIENT_ID`,
 /// `APPLICATIONINSIGHTS_CONNECTION_STRING`.
 #[derive(Clone)]
@@ -106,6 +106,11 @@ pub struct Settings {
     pub cosmos_region: String,
     /// Default TTL of audit documents in Cosmos DB, in days (0: forever).
     pub audit_ttl_days: u32,
+    /// Refresh jobs run at once by this process (`SOPHIA_REFRESH_WORKERS`, default 2).
+    pub refresh_workers: usize,
+    /// An active refresh job without progress for this long is abandoned
+    /// (`SOPHIA_REFRESH_STALE_SECS`, default 600).
+    pub refresh_stale_after: Duration,
     pub keyvault_url: Option<String>,
     pub azure_credential: Option<crate::azure_auth::CredentialKind>,
     pub azure_client_id: Option<String>,
@@ -438,6 +443,13 @@ impl Settings {
                 .or_else(|| env.get("REGION_NAME"))
                 .unwrap_or_else(|| DEFAULT_COSMOS_REGION.into()),
             audit_ttl_days: env.range("SOPHIA_AUDIT_TTL_DAYS", 365u32, 0, 36_500)?,
+            refresh_workers: env.range("SOPHIA_REFRESH_WORKERS", 2usize, 1, 64)?,
+            refresh_stale_after: Duration::from_secs(env.range(
+                "SOPHIA_REFRESH_STALE_SECS",
+                600u64,
+                30,
+                86_400,
+            )?),
             keyvault_url: env.get("SOPHIA_KEYVAULT_URL"),
             azure_credential: match env.get("SOPHIA_AZURE_CREDENTIAL") {
                 None => None,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod knowledge;
 pub mod llm;
 pub mod request_id;

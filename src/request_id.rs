@@ -19,6 +19,12 @@ pub fn current() -> String {
         .unwrap_or_else(|_| "-".to_owned())
 }
 
+/// Runs `future` with `id` as its request id (background work started by a request, so its
+/// logs and audit entries carry the request's id).
+pub async fn scope<F: std::future::Future>(id: String, future: F) -> F::Output {
+    REQUEST_ID.scope(id, future).await
+}
+
 /// The request id a client sent, if it is safe to reuse (1–128 visible ASCII characters of a
 /// conservative set); anything else is replaced so logs cannot be forged.
 fn accepted(value: &HeaderValue) -> Option<String> {

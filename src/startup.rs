@@ -260,6 +260,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         store,
         secrets,
         knowledge,
+        jobs: crate::jobs::JobQueue::local(settings.refresh_workers),
         http,
         tokens,
         admin,

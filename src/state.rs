@@ -22,6 +22,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub secrets: Arc<dyn SecretStore>,
     pub knowledge: Arc<dyn KnowledgeIndex>,
+    /// Where refresh jobs go to be run.
+    pub jobs: crate::jobs::JobQueue,
     pub http: reqwest::Client,
     pub tokens: ServiceTokens,
     pub admin: AdminVerifier,

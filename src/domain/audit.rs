@@ -13,6 +13,9 @@ pub mod action {
     pub const INSTANCE_DISABLE: &str = "agent_instance.disable";
     pub const AUTH_SUCCESS: &str = "agent.auth.success";
     pub const AUTH_FAILURE: &str = "agent.auth.failure";
+    pub const REFRESH_START: &str = "refresh.start";
+    pub const REFRESH_FINISH: &str = "refresh.finish";
+    pub const CONFIG_TEST: &str = "config.test";
 }
 
 /// One audit record. `details` never holds a secret: field names, not values.

@@ -18,6 +18,9 @@ pub const API_VERSION: &str = "2024-07-01";
 pub const DEFAULT_INDEX: &str = "sophia-knowledge";
 /// Field names of the index (see `index_definition`).
 pub const VECTOR_FIELD: &str = "contentVector";
+/// Vector dimensions of a new index when no embedding has been seen (text-embedding-3-small,
+/// ada-002).
+pub const DEFAULT_DIMENSIONS: usize = 1536;
 
 /// How to authenticate to the search service.
 #[derive(Clone)]
@@ -123,11 +126,44 @@ impl AzureSearchIndex {
     }
 
     async fn post(&self, url: Url, body: &Value) -> Result<Value, IndexError> {
-        let request = self
+        self.send(reqwest::Method::POST, url, Some(body)).await
+    }
+
+    /// The index's own URL (`/indexes/<name>`), for its definition.
+    fn index_url(&self) -> Result<Url, IndexError> {
+        let base = self.endpoint.as_str().trim_end_matches('/');
+        Url::parse(&format!(
+            "{base}/indexes/{}?api-version={API_VERSION}",
+            self.index
+        ))
+        .map_err(|e| IndexError::Internal(anyhow::anyhow!("invalid search endpoint: {e}")))
+    }
+
+    /// Reads the index definition; `None` when the index does not exist.
+    pub async fn definition(&self) -> Result<Option<Value>, IndexError> {
+        match self
+            .send(reqwest::Method::GET, self.index_url()?, None)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(IndexError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, IndexError> {
+        let mut request = self
             .http
-            .post(url)
-            .json(body)
+            .request(method, url)
             .timeout(std::time::Duration::from_secs(30));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         let request = match &self.auth {
             SearchAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
             SearchAuth::Entra(tokens) => {
@@ -189,6 +225,17 @@ impl AzureSearchIndex {
 impl KnowledgeIndex for AzureSearchIndex {
     fn backend(&self) -> &'static str {
         "azure_search"
+    }
+
+    async fn prepare(&self, dimensions: Option<usize>) -> Result<(), IndexError> {
+        if self.definition().await?.is_some() {
+            return Ok(());
+        }
+        let definition = index_definition(&self.index, dimensions.unwrap_or(DEFAULT_DIMENSIONS));
+        tracing::info!(index = %self.index, "creating the Azure AI Search index");
+        self.send(reqwest::Method::PUT, self.index_url()?, Some(&definition))
+            .await
+            .map(|_| ())
     }
 
     async fn upsert(&self, tenant: &TenantId, chunks: &[Chunk]) -> Result<(), IndexError> {

@@ -3,6 +3,10 @@
 //! an index never returns another tenant's passages.
 
 pub mod azure_search;
+pub mod chunk;
+pub mod extract;
+pub mod ingest;
+pub mod source;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -47,6 +51,13 @@ pub enum IndexError {
 #[async_trait]
 pub trait KnowledgeIndex: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
+
+    /// Makes the index ready for writes (an Azure AI Search index is created when missing,
+    /// with a vector field of `dimensions`). Called once per refresh before the first write.
+    async fn prepare(&self, dimensions: Option<usize>) -> Result<(), IndexError> {
+        let _ = dimensions;
+        Ok(())
+    }
 
     /// Inserts or replaces chunks (by id) for the tenant.
     async fn upsert(&self, tenant: &TenantId, chunks: &[Chunk]) -> Result<(), IndexError>;

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod health;
 pub mod openai;
 pub mod openapi;
+pub mod refresh;
 pub mod token;
 pub mod wellknown;
 

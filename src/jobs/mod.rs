@@ -1,0 +1,162 @@
+//! Knowledge refresh jobs: starting one (one per company at a time), handing it to a worker,
+//! and running it.
+//!
+//! Locally an in-process worker pool runs jobs (`SOPHIA_REFRESH_WORKERS` at once). Whatever
+//! delivers a job — the local pool or a queue message — `run_job` is idempotent: it runs a job
+//! only while it is `queued`, so a redelivered message does nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+
+use crate::domain::audit::action;
+use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
+use crate::knowledge::ingest::Pipeline;
+use crate::knowledge::source::{FolderSource, KnowledgeSource};
+use crate::state::{App, AppState};
+use crate::store::StoreError;
+use crate::tenant::runtime::RuntimeError;
+
+/// How jobs reach a worker.
+pub enum JobQueue {
+    /// Tokio tasks in this process, at most `permits` jobs at once.
+    Local { permits: Arc<Semaphore> },
+}
+
+impl JobQueue {
+    pub fn local(workers: usize) -> Self {
+        Self::Local {
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Local { .. } => "local",
+        }
+    }
+}
+
+/// Hands a recorded job to a worker.
+pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
+    match &app.jobs {
+        JobQueue::Local { permits } => {
+            let (app, permits) = (Arc::clone(app), Arc::clone(permits));
+            let (tenant, id) = (job.tenant_id.clone(), job.id.clone());
+            let request_id = job.request_id.clone().unwrap_or_default();
+            tokio::spawn(crate::request_id::scope(request_id, async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = run_job(&app, &tenant, &id).await {
+                    tracing::error!(tenant.id = %tenant, job.id = %id, error = ?e, "refresh job could not run: {e:#}");
+                }
+            }));
+            Ok(())
+        }
+    }
+}
+
+/// Runs the tenant's job `id` if it is still queued; returns the job as it ended (or as found).
+pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<RefreshJob> {
+    let mut job = match app.store.get_refresh_job(tenant, id).await {
+        Ok(job) => job,
+        Err(StoreError::NotFound) => anyhow::bail!("refresh job {id} of '{tenant}' not found"),
+        Err(e) => return Err(e.into()),
+    };
+    if job.state != JobState::Queued {
+        tracing::info!(tenant.id = %tenant, job.id = %id, state = job.state.as_str(), "refresh job already taken; nothing to do");
+        return Ok(job);
+    }
+    let started = Instant::now();
+    let now = Utc::now();
+    job.state = JobState::Running;
+    job.started_at = Some(now);
+    job.updated_at = now;
+    app.store.save_refresh_job(&job).await?;
+    tracing::info!(tenant.id = %tenant, job.id = %id, source = %job.source, "refresh started");
+
+    let outcome = execute(app, &mut job).await;
+    let now = Utc::now();
+    job.timings.total_ms = started.elapsed().as_millis() as u64;
+    job.finished_at = Some(now);
+    job.updated_at = now;
+    match outcome {
+        Ok(()) => job.state = JobState::Succeeded,
+        Err(error) => {
+            job.state = JobState::Failed;
+            job.error = Some(error);
+        }
+    }
+    app.store.save_refresh_job(&job).await?;
+    tracing::info!(
+        tenant.id = %tenant, job.id = %id, state = job.state.as_str(),
+        seen = job.counts.seen, indexed = job.counts.indexed, unchanged = job.counts.unchanged,
+        deleted = job.counts.deleted, failed = job.counts.failed, chunks = job.counts.chunks,
+        total_ms = job.timings.total_ms, "refresh finished"
+    );
+    let outcome = if job.state == JobState::Succeeded {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::Failure
+    };
+    let entry = AuditEntry::new(
+        tenant.clone(),
+        action::REFRESH_FINISH,
+        job.requested_by.clone(),
+        outcome,
+    )
+    .instance(job.instance_id)
+    .details(serde_json::json!({
+        "jobId": job.id, "state": job.state, "counts": job.counts, "error": job.error,
+        "totalMs": job.timings.total_ms,
+    }));
+    if let Err(e) = app.store.append_audit(&entry).await {
+        tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
+    }
+    Ok(job)
+}
+
+/// The company's knowledge source.
+pub fn source_for(app: &App, tenant: &TenantId) -> Box<dyn KnowledgeSource> {
+    Box::new(FolderSource::for_tenant(&app.settings.data_dir, tenant))
+}
+
+/// The refresh proper; `Err` is why the job failed as a whole.
+async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), String> {
+    let tenant = job.tenant_id.clone();
+    let runtime = load_runtime(app, &tenant, &job.instance_id).await?;
+    let search = crate::knowledge::search_index(app, &runtime).map_err(|e| e.to_string())?;
+    let index: &dyn crate::knowledge::KnowledgeIndex = match &search {
+        Some(index) => index,
+        None => app.knowledge.as_ref(),
+    };
+    let source = source_for(app, &tenant);
+    Pipeline {
+        tenant: &tenant,
+        store: app.store.as_ref(),
+        index,
+        source: source.as_ref(),
+        models: &app.models,
+        embeddings: runtime.embeddings.as_ref(),
+    }
+    .run(job)
+    .await
+}
+
+async fn load_runtime(
+    app: &App,
+    tenant: &TenantId,
+    instance: &InstanceId,
+) -> Result<Arc<crate::tenant::runtime::TenantRuntime>, String> {
+    app.runtimes
+        .get(&app.store, &app.secrets, tenant, instance)
+        .await
+        .map_err(|e| match e {
+            RuntimeError::NotFound => "the agent instance no longer exists or is disabled".into(),
+            RuntimeError::Store(e) => format!("the instance could not be read: {e}"),
+            RuntimeError::Secret(e) => format!("the instance's credentials could not be read: {e}"),
+        })
+}

@@ -1,0 +1,182 @@
+//! `POST /refresh` and `GET /refresh/{jobId}`: a company rebuilds its own knowledge from its
+//! source and follows the job. One refresh at a time per company: a request while one is
+//! queued or running answers that job.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::audit::action;
+use crate::domain::refresh::{FileError, JobCounts, JobTimings};
+use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
+use crate::error::ApiError;
+use crate::extract::{ClientAddress, ServiceAuth, body_bytes, is_json, parse_json};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RefreshBody {
+    /// Re-index every document, even unchanged ones.
+    #[serde(default)]
+    full: bool,
+}
+
+/// A job as clients see it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: String,
+    pub status: JobState,
+    pub company_id: TenantId,
+    pub instance_id: InstanceId,
+    pub source: String,
+    pub full: bool,
+    pub counts: JobCounts,
+    pub errors: Vec<FileError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub timings: JobTimings,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<RefreshJob> for JobView {
+    fn from(job: RefreshJob) -> Self {
+        Self {
+            job_id: job.id,
+            status: job.state,
+            company_id: job.tenant_id,
+            instance_id: job.instance_id,
+            source: job.source,
+            full: job.full,
+            counts: job.counts,
+            errors: job.errors,
+            error: job.error,
+            timings: job.timings,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            updated_at: job.updated_at,
+        }
+    }
+}
+
+fn accepted(job: RefreshJob) -> Response {
+    let location = format!("/refresh/{}", job.id);
+    (
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Json(JobView::from(job)),
+    )
+        .into_response()
+}
+
+/// `POST /refresh`
+pub async fn start_refresh(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    ClientAddress(client): ClientAddress,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let has_type = parts.headers.contains_key(header::CONTENT_TYPE);
+    let json = is_json(&parts.headers);
+    let bytes = body_bytes(Request::from_parts(parts, body), &app).await?;
+    let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RefreshBody::default()
+    } else if has_type && !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body, when given, is JSON: Content-Type: application/json".into(),
+        ));
+    } else {
+        parse_json(&bytes)?
+    };
+    let tenant = claims.company_id.clone();
+    let now = Utc::now();
+    let job = RefreshJob {
+        id: RefreshJob::new_id(),
+        tenant_id: tenant.clone(),
+        instance_id: claims.sub,
+        state: JobState::Queued,
+        source: crate::jobs::source_for(&app, &tenant).describe(),
+        full: body.full,
+        counts: JobCounts::default(),
+        errors: Vec::new(),
+        error: None,
+        timings: JobTimings::default(),
+        requested_by: format!("client:{tenant}"),
+        request_id: Some(crate::request_id::current()),
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+    };
+    let stale_before = now
+        - chrono::Duration::from_std(app.settings.refresh_stale_after)
+            .unwrap_or(chrono::Duration::minutes(10));
+    let (job, created) = app.store.begin_refresh_job(&job, stale_before).await?;
+    if !created {
+        return Ok(accepted(job));
+    }
+    let entry = AuditEntry::new(
+        tenant.clone(),
+        action::REFRESH_START,
+        job.requested_by.clone(),
+        AuditOutcome::Success,
+    )
+    .instance(job.instance_id)
+    .client(&client)
+    .details(serde_json::json!({"jobId": job.id, "source": job.source, "full": job.full}));
+    if let Err(e) = app.store.append_audit(&entry).await {
+        tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
+    }
+    if let Err(e) = crate::jobs::dispatch(&app, &job).await {
+        tracing::error!(tenant.id = %tenant, job.id = %job.id, error = ?e, "refresh job could not be queued: {e:#}");
+        let mut failed = job;
+        failed.state = JobState::Failed;
+        failed.error = Some("the job could not be queued".into());
+        failed.finished_at = Some(Utc::now());
+        failed.updated_at = Utc::now();
+        app.store.save_refresh_job(&failed).await?;
+        return Err(ApiError::Unavailable(
+            "the refresh could not be queued; retry later".into(),
+        ));
+    }
+    tracing::info!(tenant.id = %tenant, job.id = %job.id, "refresh queued");
+    Ok(accepted(job))
+}
+
+/// `GET /refresh/{jobId}`
+pub async fn get_refresh(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !RefreshJob::valid_id(&job_id) {
+        return Err(ApiError::NotFound("refresh job"));
+    }
+    let job = app
+        .store
+        .get_refresh_job(&claims.company_id, &job_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound("refresh job"),
+            other => other.into(),
+        })?;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(JobView::from(job)),
+    )
+        .into_response())
+}
