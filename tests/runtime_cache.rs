@@ -126,6 +126,28 @@ impl Store for FlakyStore {
     ) -> StoreResult<Vec<UsageRecord>> {
         self.inner.list_usage(s, f, to).await
     }
+    async fn begin_refresh_job(
+        &self,
+        job: &RefreshJob,
+        stale_before: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        self.inner.begin_refresh_job(job, stale_before).await
+    }
+    async fn get_refresh_job(&self, t: &TenantId, id: &str) -> StoreResult<RefreshJob> {
+        self.inner.get_refresh_job(t, id).await
+    }
+    async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
+        self.inner.save_refresh_job(job).await
+    }
+    async fn list_knowledge_documents(&self, t: &TenantId) -> StoreResult<Vec<KnowledgeDocument>> {
+        self.inner.list_knowledge_documents(t).await
+    }
+    async fn put_knowledge_document(&self, d: &KnowledgeDocument) -> StoreResult<()> {
+        self.inner.put_knowledge_document(d).await
+    }
+    async fn delete_knowledge_document(&self, t: &TenantId, id: &str) -> StoreResult<()> {
+        self.inner.delete_knowledge_document(t, id).await
+    }
 }
 
 struct FlakySecrets {

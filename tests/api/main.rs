@@ -13,5 +13,6 @@ mod isolation;
 mod jwks_admin;
 mod jwt_attacks;
 mod packaging;
+mod refresh;
 mod restart;
 mod token_exchange;

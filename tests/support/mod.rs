@@ -4,6 +4,7 @@
 
 pub mod azure;
 pub mod binary;
+pub mod pdf;
 pub mod rig;
 pub mod search_standin;
 pub mod store_contract;
