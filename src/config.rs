@@ -58,6 +58,7 @@ pub enum LogFormat {
 /// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
 /// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
 /// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`, `SOPHIA_REFRESH_WORKERS`, `SOPHIA_REFRESH_STALE_SECS`,
+/// `SOPHIA_CONFIG_TEST_TIMEOUT_MS`,
 /// `SOPHIA_KEYVAULT_URL`, `SOPHIA_AZURE_CREDENTIAL`, `SOPHIA_AZURE_CLIENT_ID`,
 /// `APPLICATIONINSIGHTS_CONNECTION_STRING`.
 #[derive(Clone)]
@@ -111,6 +112,8 @@ pub struct Settings {
     /// An active refresh job without progress for this long is abandoned
     /// (`SOPHIA_REFRESH_STALE_SECS`, default 600).
     pub refresh_stale_after: Duration,
+    /// Longest wait per diagnostics check (`SOPHIA_CONFIG_TEST_TIMEOUT_MS`, default 5000).
+    pub config_test_timeout: Duration,
     pub keyvault_url: Option<String>,
     pub azure_credential: Option<crate::azure_auth::CredentialKind>,
     pub azure_client_id: Option<String>,
@@ -449,6 +452,12 @@ impl Settings {
                 600u64,
                 30,
                 86_400,
+            )?),
+            config_test_timeout: Duration::from_millis(env.range(
+                "SOPHIA_CONFIG_TEST_TIMEOUT_MS",
+                5_000u64,
+                100,
+                60_000,
             )?),
             keyvault_url: env.get("SOPHIA_KEYVAULT_URL"),
             azure_credential: match env.get("SOPHIA_AZURE_CREDENTIAL") {

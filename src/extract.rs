@@ -54,6 +54,26 @@ pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErro
 }
 
 /// Parses JSON, reporting the path of the failing field.
+/// An optional JSON body: empty (or whitespace) gives `T::default()`; a body with a
+/// non-JSON `Content-Type` is a 415; anything else parses strictly.
+pub async fn optional_json<T: DeserializeOwned + Default>(
+    req: Request,
+    state: &AppState,
+) -> Result<T, ApiError> {
+    let has_type = req.headers().contains_key(CONTENT_TYPE);
+    let json = is_json(req.headers());
+    let bytes = body_bytes(req, state).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else if has_type && !json {
+        Err(ApiError::UnsupportedMediaType(
+            "the body, when given, is JSON: Content-Type: application/json".into(),
+        ))
+    } else {
+        parse_json(&bytes)
+    }
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("a JSON body is required"));

@@ -8,6 +8,7 @@ pub mod azure_auth;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod diagnostics;
 pub mod domain;
 pub mod error;
 pub mod extract;

@@ -14,7 +14,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::error::ApiError;
 use crate::request_id;
 use crate::routes::admin::{audit, instances, usage};
-use crate::routes::{agents, chat, health, openai, openapi, refresh, token, wellknown};
+use crate::routes::{
+    agents, chat, config_test, health, openai, openapi, refresh, token, wellknown,
+};
 use crate::state::AppState;
 
 /// Routes that need no credentials. Every other route authenticates through its extractors
@@ -98,6 +100,12 @@ fn table() -> RouteTable {
     )
     .add(Method::GET, "/admin/usage", get(usage::list_usage))
     .add(Method::POST, "/chat", post(chat::chat))
+    .add(
+        Method::POST,
+        "/admin/agent-instances/{id}/config-test",
+        post(config_test::admin_config_test),
+    )
+    .add(Method::POST, "/config/test", post(config_test::config_test))
     .add(Method::POST, "/refresh", post(refresh::start_refresh))
     .add(Method::GET, "/refresh/{jobId}", get(refresh::get_refresh))
     .add(

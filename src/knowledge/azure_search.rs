@@ -129,6 +129,11 @@ impl AzureSearchIndex {
         self.send(reqwest::Method::POST, url, Some(body)).await
     }
 
+    /// The index's name.
+    pub fn name(&self) -> &str {
+        &self.index
+    }
+
     /// The index's own URL (`/indexes/<name>`), for its definition.
     fn index_url(&self) -> Result<Url, IndexError> {
         let base = self.endpoint.as_str().trim_end_matches('/');

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agents;
 pub mod chat;
+pub mod config_test;
 pub mod health;
 pub mod openai;
 pub mod openapi;

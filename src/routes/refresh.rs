@@ -13,7 +13,7 @@ use crate::domain::audit::action;
 use crate::domain::refresh::{FileError, JobCounts, JobTimings};
 use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
 use crate::error::ApiError;
-use crate::extract::{ClientAddress, ServiceAuth, body_bytes, is_json, parse_json};
+use crate::extract::{ClientAddress, ServiceAuth, optional_json};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -89,19 +89,7 @@ pub async fn start_refresh(
     ClientAddress(client): ClientAddress,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let has_type = parts.headers.contains_key(header::CONTENT_TYPE);
-    let json = is_json(&parts.headers);
-    let bytes = body_bytes(Request::from_parts(parts, body), &app).await?;
-    let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RefreshBody::default()
-    } else if has_type && !json {
-        return Err(ApiError::UnsupportedMediaType(
-            "the body, when given, is JSON: Content-Type: application/json".into(),
-        ));
-    } else {
-        parse_json(&bytes)?
-    };
+    let body: RefreshBody = optional_json(req, &app).await?;
     let tenant = claims.company_id.clone();
     let now = Utc::now();
     let job = RefreshJob {

@@ -8,6 +8,7 @@ mod support;
 mod admin_instances;
 mod audit;
 mod chat;
+mod config_test;
 mod errors;
 mod isolation;
 mod jwks_admin;

@@ -1,7 +1,7 @@
 //! An in-process Azure AI Search stand-in speaking the REST protocol SOPHIA uses:
 //! `POST /indexes/{index}/docs/index` (mergeOrUpload, delete) and
 //! `POST /indexes/{index}/docs/search` (search text, OData `filter` with `eq` / `and`,
-//! `top`, `select`, `vectorQueries`), `api-version` required, `api-key` checked (403 like the
+//! `top`, `select`, `vectorQueries`), `GET`/`PUT /indexes/{index}` (definitions), `api-version` required, `api-key` checked (403 like the
 //! service). Like a shared real index, it returns every tenant's documents unless the request
 //! filters: tests use the recorded filters to prove SOPHIA always sends the tenant filter.
 
@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 pub struct Inner {
     docs: Mutex<HashMap<(String, String), Value>>,
     pub searches: Mutex<Vec<Value>>,
+    /// Index definitions (`PUT /indexes/{index}`).
+    pub definitions: Mutex<HashMap<String, Value>>,
 }
 
 #[derive(Clone)]
@@ -154,10 +156,64 @@ async fn search_docs(
     Json(json!({"value": value})).into_response()
 }
 
+async fn get_index(
+    State((inner, key)): State<Shared>,
+    Path(index): Path<String>,
+    Query(v): Query<Version>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = check(&headers, &key, &v) {
+        return r;
+    }
+    match inner.definitions.lock().unwrap().get(&index) {
+        Some(definition) => Json(definition.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "", "message": format!("No index with the name '{index}' was found in the service.")}})),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_index(
+    State((inner, key)): State<Shared>,
+    Path(index): Path<String>,
+    Query(v): Query<Version>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = check(&headers, &key, &v) {
+        return r;
+    }
+    if body["name"] != index.as_str() || !body["fields"].is_array() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"code": "", "message": "The index name in the body must match the URL, and fields are required."}})),
+        )
+            .into_response();
+    }
+    let created = inner
+        .definitions
+        .lock()
+        .unwrap()
+        .insert(index, body.clone())
+        .is_none();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
 impl SearchStandIn {
     pub async fn start(key: &str) -> Self {
         let inner = Arc::new(Inner::default());
         let router = Router::new()
+            .route(
+                "/indexes/{index}",
+                axum::routing::get(get_index).put(put_index),
+            )
             .route("/indexes/{index}/docs/index", post(index_docs))
             .route("/indexes/{index}/docs/search", post(search_docs))
             .with_state((inner.clone(), key.to_owned()));
@@ -169,6 +225,11 @@ impl SearchStandIn {
             key: key.to_owned(),
             inner,
         }
+    }
+
+    /// The definition of `index`, when it was created.
+    pub fn definition(&self, index: &str) -> Option<Value> {
+        self.inner.definitions.lock().unwrap().get(index).cloned()
     }
 
     /// The filters of every search received so far.
