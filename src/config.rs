@@ -58,7 +58,7 @@ pub enum LogFormat {
 /// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
 /// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
 /// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`, `SOPHIA_REFRESH_WORKERS`, `SOPHIA_REFRESH_STALE_SECS`,
-/// `SOPHIA_CONFIG_TEST_TIMEOUT_MS`,
+/// `SOPHIA_CONFIG_TEST_TIMEOUT_MS`, `SOPHIA_REFRESH_QUEUE`, `SOPHIA_REFRESH_QUEUE_URL`,
 /// `SOPHIA_KEYVAULT_URL`, `SOPHIA_AZURE_CREDENTIAL`, `SOPHIA_AZURE_CLIENT_ID`,
 /// `APPLICATIONINSIGHTS_CONNECTION_STRING`.
 #[derive(Clone)]
@@ -112,6 +112,9 @@ pub struct Settings {
     /// An active refresh job without progress for this long is abandoned
     /// (`SOPHIA_REFRESH_STALE_SECS`, default 600).
     pub refresh_stale_after: Duration,
+    /// Where refresh jobs go: the in-process workers, or an Azure Storage queue read by the
+    /// queue-triggered `refresh-worker` function (`SOPHIA_REFRESH_QUEUE=local|storage`).
+    pub refresh_queue_url: Option<SecretString>,
     /// Longest wait per diagnostics check (`SOPHIA_CONFIG_TEST_TIMEOUT_MS`, default 5000).
     pub config_test_timeout: Duration,
     pub keyvault_url: Option<String>,
@@ -275,6 +278,35 @@ impl Settings {
                 },
             }
         }
+        let refresh_queue_url = match env.get("SOPHIA_REFRESH_QUEUE").as_deref() {
+            None | Some("local") => None,
+            Some("storage") => match env.get("SOPHIA_REFRESH_QUEUE_URL") {
+                None => {
+                    return Err(err(
+                        "SOPHIA_REFRESH_QUEUE_URL",
+                        "is required with SOPHIA_REFRESH_QUEUE=storage (https://<account>.queue.core.windows.net/<queue>, optionally ?<SAS>)",
+                    ));
+                }
+                Some(raw) => match url::Url::parse(&raw) {
+                    Ok(u)
+                        if (u.scheme() == "https"
+                            || (u.scheme() == "http" && is_loopback_url(&u)))
+                            && u.path().trim_matches('/').len() >= 3 =>
+                    {
+                        Some(SecretString::from(raw))
+                    }
+                    _ => {
+                        return Err(err(
+                            "SOPHIA_REFRESH_QUEUE_URL",
+                            "must be the queue's https URL, e.g. https://<account>.queue.core.windows.net/sophia-refresh (http only on loopback)",
+                        ));
+                    }
+                },
+            },
+            Some(_) => {
+                return Err(err("SOPHIA_REFRESH_QUEUE", "must be local or storage"));
+            }
+        };
         let admin_jwt_secret = env.get("SOPHIA_ADMIN_JWT_SECRET");
         if let Some(s) = &admin_jwt_secret
             && s.len() < 32
@@ -446,6 +478,7 @@ impl Settings {
                 .or_else(|| env.get("REGION_NAME"))
                 .unwrap_or_else(|| DEFAULT_COSMOS_REGION.into()),
             audit_ttl_days: env.range("SOPHIA_AUDIT_TTL_DAYS", 365u32, 0, 36_500)?,
+            refresh_queue_url,
             refresh_workers: env.range("SOPHIA_REFRESH_WORKERS", 2usize, 1, 64)?,
             refresh_stale_after: Duration::from_secs(env.range(
                 "SOPHIA_REFRESH_STALE_SECS",

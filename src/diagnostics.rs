@@ -219,12 +219,16 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
             }
         }
     };
-    let secrets: Vec<String> = [&bundle.azure_openai_key, &bundle.azure_search_key]
-        .into_iter()
-        .flatten()
-        .map(|s| s.expose_secret().to_owned())
-        .filter(|s| s.len() >= 4)
-        .collect();
+    let secrets: Vec<String> = [
+        &bundle.azure_openai_key,
+        &bundle.azure_search_key,
+        &bundle.knowledge_sas,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.expose_secret().to_owned())
+    .filter(|s| s.len() >= 4)
+    .collect();
     let runtime = TenantRuntime::build(instance.clone(), bundle, app.entra.as_ref());
 
     // 2. The chat deployment.
@@ -296,19 +300,20 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
 
     // 5. The knowledge source.
     let started = Instant::now();
-    let source = crate::jobs::source_for(app, &instance.tenant_id);
-    let listed = bounded(limit, "the knowledge source", async {
-        source.list().await.map_err(|e| match e {
-            SourceError::Missing(m) | SourceError::Denied(m) => m,
-            other => format!("the knowledge source could not be listed: {other}"),
-        })
-    })
-    .await;
-    checks.push(check(
-        "knowledgeSource",
-        started,
-        listed.map(|docs| format!("{} documents in {}", docs.len(), source.describe())),
-    ));
+    let listed = match crate::jobs::source_for(app, &runtime) {
+        Err(reason) => Err(reason),
+        Ok(source) => {
+            bounded(limit, "the knowledge source", async {
+                match source.list().await {
+                    Ok(docs) => Ok(format!("{} documents in {}", docs.len(), source.describe())),
+                    Err(SourceError::Missing(m) | SourceError::Denied(m)) => Err(m),
+                    Err(other) => Err(format!("the knowledge source could not be listed: {other}")),
+                }
+            })
+            .await
+        }
+    };
+    checks.push(check("knowledgeSource", started, listed));
 
     for c in &mut checks {
         for secret in &secrets {

@@ -28,6 +28,8 @@ pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/openid-configuration"),
     ("POST", "/agents/auth/token"),
+    // Loopback only: the Functions host's queue-trigger invocation.
+    ("POST", "/refresh-worker"),
 ];
 
 struct RouteTable {
@@ -108,6 +110,11 @@ fn table() -> RouteTable {
     .add(Method::POST, "/config/test", post(config_test::config_test))
     .add(Method::POST, "/refresh", post(refresh::start_refresh))
     .add(Method::GET, "/refresh/{jobId}", get(refresh::get_refresh))
+    .add(
+        Method::POST,
+        "/refresh-worker",
+        post(refresh::refresh_worker),
+    )
     .add(
         Method::POST,
         "/v1/chat/completions",

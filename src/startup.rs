@@ -171,7 +171,11 @@ fn entra_credential(
 ) -> anyhow::Result<Option<Arc<crate::azure_auth::EntraTokens>>> {
     use crate::azure_auth::{CredentialKind, EntraTokens};
     let needs_token = settings.secrets == SecretsBackend::KeyVault
-        || (settings.store == StoreBackend::Cosmos && settings.cosmos_key.is_none());
+        || (settings.store == StoreBackend::Cosmos && settings.cosmos_key.is_none())
+        || settings
+            .refresh_queue_url
+            .as_ref()
+            .is_some_and(|u| !u.expose_secret().contains('?'));
     let kind = match settings.azure_credential {
         Some(kind) => kind,
         None if needs_token => {
@@ -233,6 +237,10 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             max_retries: 3,
         },
     );
+    let jobs = match &settings.refresh_queue_url {
+        None => crate::jobs::JobQueue::local(settings.refresh_workers),
+        Some(url) => crate::jobs::JobQueue::storage(url, entra.as_ref())?,
+    };
     Ok(Arc::new(App {
         upstreams,
         models,
@@ -260,7 +268,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         store,
         secrets,
         knowledge,
-        jobs: crate::jobs::JobQueue::local(settings.refresh_workers),
+        jobs,
         http,
         tokens,
         admin,

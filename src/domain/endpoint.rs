@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use url::{Host, Url};
 
 /// The hosts an admin may point an instance at, by default.
-pub const DEFAULT_ALLOWED_HOSTS: &str =
-    "*.openai.azure.com,*.cognitiveservices.azure.com,*.services.ai.azure.com,*.search.windows.net";
+pub const DEFAULT_ALLOWED_HOSTS: &str = "*.openai.azure.com,*.cognitiveservices.azure.com,*.services.ai.azure.com,*.search.windows.net,*.blob.core.windows.net";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
@@ -190,6 +189,7 @@ mod tests {
         assert!(p.check("https://acme.openai.azure.com").is_ok());
         assert!(p.check("https://acme.openai.azure.com/").is_ok());
         assert!(p.check("https://x.search.windows.net").is_ok());
+        assert!(p.check("https://acct.blob.core.windows.net/docs").is_ok());
         assert!(p.check("https://ACME.OpenAI.Azure.com.").is_ok());
     }
 

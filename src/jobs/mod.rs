@@ -14,15 +14,30 @@ use tokio::sync::Semaphore;
 use crate::domain::audit::action;
 use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
 use crate::knowledge::ingest::Pipeline;
-use crate::knowledge::source::{FolderSource, KnowledgeSource};
+use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
 use crate::state::{App, AppState};
 use crate::store::StoreError;
 use crate::tenant::runtime::RuntimeError;
+use crate::tenant::runtime::TenantRuntime;
 
 /// How jobs reach a worker.
 pub enum JobQueue {
     /// Tokio tasks in this process, at most `permits` jobs at once.
     Local { permits: Arc<Semaphore> },
+    /// An Azure Storage queue; the `refresh-worker` function's queue trigger delivers each
+    /// message back to this binary (`POST /refresh-worker`).
+    Storage {
+        client: azure_storage_queue::QueueClient,
+    },
+}
+
+/// The queue message of a refresh job (base64 of this JSON, the Functions host's default
+/// queue message encoding).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobMessage {
+    pub tenant_id: TenantId,
+    pub job_id: String,
 }
 
 impl JobQueue {
@@ -32,9 +47,34 @@ impl JobQueue {
         }
     }
 
+    /// A Storage queue at `url`: a SAS in its query string authenticates, else SOPHIA's
+    /// identity (role 'Storage Queue Data Message Sender').
+    pub fn storage(
+        url: &secrecy::SecretString,
+        entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+    ) -> anyhow::Result<Self> {
+        use secrecy::ExposeSecret;
+        let parsed = url::Url::parse(url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("SOPHIA_REFRESH_QUEUE_URL is not a URL"))?;
+        let credential = if parsed.query().is_some() {
+            None
+        } else {
+            Some(entra.map(|e| e.credential()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "SOPHIA_REFRESH_QUEUE_URL has no SAS: SOPHIA's identity is needed (SOPHIA_AZURE_CREDENTIAL)"
+                )
+            })?)
+        };
+        let client = azure_storage_queue::QueueClient::new(parsed, credential, None).map_err(|e| {
+            anyhow::anyhow!("SOPHIA_REFRESH_QUEUE_URL is not usable ({}): https is required with SOPHIA's identity", e.kind())
+        })?;
+        Ok(Self::Storage { client })
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Local { .. } => "local",
+            Self::Storage { .. } => "storage_queue",
         }
     }
 }
@@ -56,19 +96,42 @@ pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
             }));
             Ok(())
         }
+        JobQueue::Storage { client } => {
+            use base64::Engine;
+            let message = serde_json::to_vec(&JobMessage {
+                tenant_id: job.tenant_id.clone(),
+                job_id: job.id.clone(),
+            })?;
+            let text = base64::engine::general_purpose::STANDARD.encode(message);
+            let content = azure_storage_queue::models::QueueMessage {
+                message_text: Some(text),
+            };
+            client
+                .send_message(content.try_into()?, None)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the refresh queue refused the message (status {:?}, {})",
+                        e.http_status(),
+                        e.kind()
+                    )
+                })?;
+            Ok(())
+        }
     }
 }
 
-/// Runs the tenant's job `id` if it is still queued; returns the job as it ended (or as found).
-pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<RefreshJob> {
+/// Runs the tenant's job `id` if it is still queued; returns the job as it ended (or as
+/// found), or `None` when the tenant has no such job.
+pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<Option<RefreshJob>> {
     let mut job = match app.store.get_refresh_job(tenant, id).await {
         Ok(job) => job,
-        Err(StoreError::NotFound) => anyhow::bail!("refresh job {id} of '{tenant}' not found"),
+        Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     if job.state != JobState::Queued {
         tracing::info!(tenant.id = %tenant, job.id = %id, state = job.state.as_str(), "refresh job already taken; nothing to do");
-        return Ok(job);
+        return Ok(Some(job));
     }
     let started = Instant::now();
     let now = Utc::now();
@@ -116,12 +179,51 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<R
     if let Err(e) = app.store.append_audit(&entry).await {
         tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
     }
-    Ok(job)
+    Ok(Some(job))
 }
 
-/// The company's knowledge source.
-pub fn source_for(app: &App, tenant: &TenantId) -> Box<dyn KnowledgeSource> {
-    Box::new(FolderSource::for_tenant(&app.settings.data_dir, tenant))
+/// The company's knowledge source: the Blob container named by
+/// `settings.knowledgeContainerUrl` (SAS from `credentials.knowledgeSas`, else SOPHIA's
+/// identity), or the folder `<SOPHIA_DATA_DIR>/knowledge/<companyId>/`. `Err` says why the
+/// configured source cannot be used.
+pub fn source_for(app: &App, runtime: &TenantRuntime) -> Result<Box<dyn KnowledgeSource>, String> {
+    let settings = &runtime.instance.settings;
+    let Some(raw) = settings
+        .get("knowledgeContainerUrl")
+        .and_then(|v| v.as_str())
+    else {
+        return Ok(Box::new(FolderSource::for_tenant(
+            &app.settings.data_dir,
+            &runtime.instance.tenant_id,
+        )));
+    };
+    let url = app
+        .upstreams
+        .check(raw)
+        .map_err(|e| format!("settings.knowledgeContainerUrl is not allowed: {e}"))?;
+    let prefix = settings.get("knowledgePrefix").and_then(|v| v.as_str());
+    let auth = match (&runtime.knowledge_sas, &app.entra) {
+        (Some(sas), _) => BlobAuth::Sas(sas.clone()),
+        (None, Some(entra)) => BlobAuth::Entra(entra.credential()),
+        (None, None) => {
+            return Err(
+                "the knowledge container needs credentials.knowledgeSas, or SOPHIA_AZURE_CREDENTIAL \
+                 for SOPHIA's own identity"
+                    .into(),
+            );
+        }
+    };
+    BlobSource::new(&url, prefix, auth)
+        .map(|s| Box::new(s) as Box<dyn KnowledgeSource>)
+        .map_err(|e| e.to_string())
+}
+
+/// The source's description for a job record (no credentials).
+pub fn describe_source(app: &App, runtime: &TenantRuntime) -> String {
+    match source_for(app, runtime) {
+        Ok(source) => source.describe(),
+        Err(_) => "unusable source".into(),
+    }
 }
 
 /// The refresh proper; `Err` is why the job failed as a whole.
@@ -133,7 +235,7 @@ async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), String> {
         Some(index) => index,
         None => app.knowledge.as_ref(),
     };
-    let source = source_for(app, &tenant);
+    let source = source_for(app, &runtime)?;
     Pipeline {
         tenant: &tenant,
         store: app.store.as_ref(),

@@ -168,6 +168,164 @@ impl KnowledgeSource for FolderSource {
     }
 }
 
+/// How SOPHIA authenticates to a company's Blob container.
+pub enum BlobAuth {
+    /// A SAS token from the company's credential bundle (`credentials.knowledgeSas`), with
+    /// read and list permissions.
+    Sas(secrecy::SecretString),
+    /// SOPHIA's own identity (role 'Storage Blob Data Reader' on the container).
+    Entra(std::sync::Arc<dyn azure_core::credentials::TokenCredential>),
+}
+
+/// A company's documents in an Azure Blob Storage container (`azure_storage_blob`),
+/// optionally below a prefix. Errors never carry the SAS: they are built from status codes.
+pub struct BlobSource {
+    client: azure_storage_blob::BlobContainerClient,
+    prefix: String,
+    label: String,
+}
+
+impl BlobSource {
+    /// `container_url` has no query string (the SAS, if any, comes separately).
+    pub fn new(
+        container_url: &url::Url,
+        prefix: Option<&str>,
+        auth: BlobAuth,
+    ) -> Result<Self, SourceError> {
+        use secrecy::ExposeSecret;
+        let mut url = container_url.clone();
+        url.set_query(None);
+        let label = format!(
+            "blob:{}{}",
+            url.host_str().unwrap_or("?"),
+            url.path().trim_end_matches('/')
+        );
+        let (url, credential) = match auth {
+            BlobAuth::Sas(sas) => {
+                let mut with_sas = url.clone();
+                with_sas.set_query(Some(sas.expose_secret().trim_start_matches('?')));
+                (with_sas, None)
+            }
+            BlobAuth::Entra(credential) => (url, Some(credential)),
+        };
+        let client = azure_storage_blob::BlobContainerClient::new(url, credential, None)
+            .map_err(|e| SourceError::Missing(format!(
+                "the knowledge container URL is not usable ({}): it must be https when SOPHIA's identity is used",
+                e.kind()
+            )))?;
+        let prefix = prefix
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        let label = if prefix.is_empty() {
+            label
+        } else {
+            format!("{label}/{}", prefix.trim_end_matches('/'))
+        };
+        Ok(Self {
+            client,
+            prefix,
+            label,
+        })
+    }
+
+    fn failure(&self, e: &azure_core::Error, doing: &str) -> SourceError {
+        match e.http_status().map(u16::from) {
+            Some(404) => SourceError::Missing(format!(
+                "the knowledge container '{}' was not found (404)",
+                self.label
+            )),
+            Some(status @ (401 | 403)) => SourceError::Denied(format!(
+                "the storage account refused SOPHIA's credentials ({status}) {doing} '{}': the SAS \
+                 (credentials.knowledgeSas) needs read and list permissions, or SOPHIA's identity \
+                 the 'Storage Blob Data Reader' role",
+                self.label
+            )),
+            Some(status) => SourceError::Unavailable(format!(
+                "the storage account answered {status} {doing} '{}'",
+                self.label
+            )),
+            None => SourceError::Unavailable(format!(
+                "the storage account could not be reached {doing} '{}' ({})",
+                self.label,
+                e.kind()
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl KnowledgeSource for BlobSource {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn list(&self) -> Result<Vec<SourceEntry>, SourceError> {
+        use futures_util::TryStreamExt;
+        let options = azure_storage_blob::models::BlobContainerClientListBlobsOptions {
+            prefix: (!self.prefix.is_empty()).then(|| self.prefix.clone()),
+            ..Default::default()
+        };
+        let mut pager = self
+            .client
+            .list_blobs(Some(options))
+            .map_err(|e| self.failure(&e, "listing"))?;
+        let mut out = Vec::new();
+        while let Some(item) = pager
+            .try_next()
+            .await
+            .map_err(|e| self.failure(&e, "listing"))?
+        {
+            let Some(name) = item.name else { continue };
+            let Some(path) = name.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if path.is_empty() || path.ends_with('/') {
+                continue;
+            }
+            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+            out.push(SourceEntry {
+                path: path.to_owned(),
+                size,
+            });
+            if out.len() > MAX_DOCUMENTS {
+                return Err(SourceError::Unavailable(format!(
+                    "the container holds more than {MAX_DOCUMENTS} documents"
+                )));
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn fetch(&self, path: &str) -> Result<Vec<u8>, SourceError> {
+        let blob = self.client.blob_client(&format!("{}{path}", self.prefix));
+        let download = blob.download(None).await.map_err(|e| {
+            SourceError::Document(
+                self.failure(&e, &format!("reading '{path}' from"))
+                    .to_string(),
+            )
+        })?;
+        if download.properties.content_length.unwrap_or(0) > MAX_DOCUMENT_BYTES {
+            return Err(SourceError::Document(format!(
+                "'{path}' is larger than the limit of {MAX_DOCUMENT_BYTES} bytes"
+            )));
+        }
+        download
+            .body
+            .collect()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| {
+                SourceError::Document(
+                    self.failure(&e, &format!("reading '{path}' from"))
+                        .to_string(),
+                )
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

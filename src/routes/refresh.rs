@@ -91,13 +91,18 @@ pub async fn start_refresh(
 ) -> Result<Response, ApiError> {
     let body: RefreshBody = optional_json(req, &app).await?;
     let tenant = claims.company_id.clone();
+    let caller = crate::chat::Caller {
+        tenant: tenant.clone(),
+        instance: claims.sub,
+    };
+    let runtime = crate::chat::runtime(&app, &caller).await?;
     let now = Utc::now();
     let job = RefreshJob {
         id: RefreshJob::new_id(),
         tenant_id: tenant.clone(),
         instance_id: claims.sub,
         state: JobState::Queued,
-        source: crate::jobs::source_for(&app, &tenant).describe(),
+        source: crate::jobs::describe_source(&app, &runtime),
         full: body.full,
         counts: JobCounts::default(),
         errors: Vec::new(),
@@ -167,4 +172,95 @@ pub async fn get_refresh(
         Json(JobView::from(job)),
     )
         .into_response())
+}
+
+/// The Functions host's invocation of a non-HTTP trigger (custom handler protocol).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HostInvocation {
+    data: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: serde_json::Value,
+}
+
+/// The custom handler's answer to the host.
+fn host_answer(status: StatusCode, logs: Vec<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"Outputs": {}, "Logs": logs, "ReturnValue": null})),
+    )
+        .into_response()
+}
+
+/// The job message in a queue trigger's `Data.msg`: the host hands it over as a JSON object,
+/// as a JSON string (once or twice encoded), or as base64 text when the queue's encoding
+/// was not decoded.
+fn job_message(value: &serde_json::Value) -> Option<crate::jobs::JobMessage> {
+    use base64::Engine;
+    match value {
+        serde_json::Value::Object(_) => serde_json::from_value(value.clone()).ok(),
+        serde_json::Value::String(text) => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|inner| job_message(&inner))
+            .or_else(|| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .ok()?;
+                serde_json::from_slice(&bytes).ok()
+            }),
+        _ => None,
+    }
+}
+
+/// `POST /refresh-worker`: the queue-triggered `refresh-worker` function, called by the
+/// Functions host on loopback with `{"Data": {"msg": …}, "Metadata": …}`. Runs the job
+/// (idempotently) and answers in the host's shape: 200 when done (or when there is nothing
+/// to do), 500 when a retry may help (the host redelivers, then moves the message to the
+/// poison queue).
+pub async fn refresh_worker(
+    State(app): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !peer.ip().is_loopback() {
+        // Only the Functions host, on the same machine, invokes triggers.
+        return Err(ApiError::NotFound("route"));
+    }
+    let bytes = crate::extract::body_bytes(req, &app).await?;
+    let invocation: HostInvocation = crate::extract::parse_json(&bytes)?;
+    let Some(message) = invocation.data.values().find_map(job_message) else {
+        return Err(ApiError::validation(
+            "Data",
+            "expected the queue message {\"tenantId\", \"jobId\"} in Data.<binding>",
+        ));
+    };
+    match crate::jobs::run_job(&app, &message.tenant_id, &message.job_id).await {
+        Ok(Some(job)) => Ok(host_answer(
+            StatusCode::OK,
+            vec![format!(
+                "refresh job {} of {}: {}",
+                job.id,
+                job.tenant_id,
+                job.state.as_str()
+            )],
+        )),
+        Ok(None) => {
+            tracing::warn!(tenant.id = %message.tenant_id, job.id = %message.job_id, "queue message for an unknown refresh job; dropped");
+            Ok(host_answer(
+                StatusCode::OK,
+                vec![format!(
+                    "refresh job {} not found; message dropped",
+                    message.job_id
+                )],
+            ))
+        }
+        Err(e) => {
+            tracing::error!(tenant.id = %message.tenant_id, job.id = %message.job_id, error = ?e, "refresh job failed to run: {e:#}");
+            Ok(host_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec!["the refresh job could not run; the host will retry".into()],
+            ))
+        }
+    }
 }

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct CredentialBundle {
     pub azure_openai_key: Option<SecretString>,
     pub azure_search_key: Option<SecretString>,
+    /// A SAS token (`sv=…&sig=…`) for the company's knowledge Blob container, when it does not
+    /// use SOPHIA's managed identity.
+    pub knowledge_sas: Option<SecretString>,
 }
 
 #[derive(Serialize)]
@@ -22,11 +25,15 @@ struct Exposed<'a> {
     azure_openai_key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     azure_search_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    knowledge_sas: Option<&'a str>,
 }
 
 impl CredentialBundle {
     pub fn is_empty(&self) -> bool {
-        self.azure_openai_key.is_none() && self.azure_search_key.is_none()
+        self.azure_openai_key.is_none()
+            && self.azure_search_key.is_none()
+            && self.knowledge_sas.is_none()
     }
 
     /// Names of the credentials present (for audit details; never values).
@@ -38,6 +45,9 @@ impl CredentialBundle {
         if self.azure_search_key.is_some() {
             out.push("azureSearchKey");
         }
+        if self.knowledge_sas.is_some() {
+            out.push("knowledgeSas");
+        }
         out
     }
 
@@ -46,6 +56,7 @@ impl CredentialBundle {
         let exposed = Exposed {
             azure_openai_key: self.azure_openai_key.as_ref().map(|s| s.expose_secret()),
             azure_search_key: self.azure_search_key.as_ref().map(|s| s.expose_secret()),
+            knowledge_sas: self.knowledge_sas.as_ref().map(|s| s.expose_secret()),
         };
         SecretString::from(serde_json::to_string(&exposed).unwrap_or_default())
     }
@@ -56,6 +67,7 @@ impl CredentialBundle {
         serde_json::from_str(secret.expose_secret()).unwrap_or_else(|_| Self {
             azure_openai_key: Some(secret.clone()),
             azure_search_key: None,
+            knowledge_sas: None,
         })
     }
 
@@ -66,6 +78,9 @@ impl CredentialBundle {
         }
         if patch.azure_search_key.is_some() {
             self.azure_search_key = patch.azure_search_key;
+        }
+        if patch.knowledge_sas.is_some() {
+            self.knowledge_sas = patch.knowledge_sas;
         }
         self
     }
@@ -81,6 +96,10 @@ impl fmt::Debug for CredentialBundle {
             .field(
                 "azure_search_key",
                 &self.azure_search_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "knowledge_sas",
+                &self.knowledge_sas.as_ref().map(|_| "[REDACTED]"),
             )
             .finish()
     }
@@ -114,10 +133,12 @@ mod tests {
         let old = CredentialBundle {
             azure_openai_key: Some("a".into()),
             azure_search_key: Some("b".into()),
+            knowledge_sas: None,
         };
         let merged = old.merged(CredentialBundle {
             azure_openai_key: Some("c".into()),
             azure_search_key: None,
+            knowledge_sas: Some("sv=1&sig=x".into()),
         });
         assert_eq!(merged.azure_openai_key.unwrap().expose_secret(), "c");
         assert_eq!(merged.azure_search_key.unwrap().expose_secret(), "b");

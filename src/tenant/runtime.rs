@@ -31,6 +31,8 @@ pub struct TenantRuntime {
     /// The embedding model, when the instance names an embedding deployment.
     pub embeddings: Option<ModelEndpoint>,
     pub search_key: Option<SecretString>,
+    /// SAS for the knowledge Blob container (`credentials.knowledgeSas`).
+    pub knowledge_sas: Option<SecretString>,
     pub system_prompt: Option<String>,
     pub params: ChatParams,
     /// How many earlier messages of a conversation go with each turn.
@@ -119,6 +121,7 @@ impl TenantRuntime {
             chat,
             embeddings,
             search_key: credentials.azure_search_key,
+            knowledge_sas: credentials.knowledge_sas,
             system_prompt: settings
                 .get("systemPrompt")
                 .and_then(|v| v.as_str())

@@ -7,6 +7,7 @@ mod support;
 
 mod admin_instances;
 mod audit;
+mod azure_storage;
 mod chat;
 mod config_test;
 mod errors;

@@ -10,7 +10,8 @@ use crate::support::spawn_app;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Routes the host itself uses and that need no function: `GET /` is its readiness probe.
-const HOST_ONLY: &[(&str, &str)] = &[("GET", "/")];
+/// `POST /refresh-worker` is how the host invokes the queue-triggered `refresh-worker`.
+const HOST_ONLY: &[(&str, &str)] = &[("GET", "/"), ("POST", "/refresh-worker")];
 
 fn router_routes() -> BTreeSet<(String, String)> {
     sophia::router::routes()
@@ -98,6 +99,22 @@ fn every_router_route_has_a_function_and_vice_versa() {
         extra.is_empty(),
         "function.json routes the router does not serve: {extra:?}"
     );
+}
+
+#[test]
+fn the_refresh_worker_is_a_queue_trigger() {
+    let text =
+        std::fs::read_to_string(format!("{ROOT}/functions/refresh-worker/function.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let binding = &json["bindings"][0];
+    assert_eq!(binding["type"], "queueTrigger");
+    assert_eq!(binding["direction"], "in");
+    assert_eq!(binding["name"], "msg");
+    assert!(binding["queueName"].is_string() && binding["connection"].is_string());
+    let host: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{ROOT}/host.json")).unwrap())
+            .unwrap();
+    assert_eq!(host["extensions"]["queues"]["messageEncoding"], "base64");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod azure;
+pub mod azurite;
 pub mod binary;
 pub mod pdf;
 pub mod rig;

@@ -18,8 +18,12 @@ fn ensure_installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = rig_dir();
-        let marker = dir.join("node_modules/@vercel/cosmosdb-server/package.json");
-        if marker.exists() {
+        let markers = [
+            dir.join("node_modules/@vercel/cosmosdb-server/package.json"),
+            dir.join("node_modules/azurite/package.json"),
+        ];
+        let installed = || markers.iter().all(|m| m.exists());
+        if installed() {
             return;
         }
         let lock = dir.join(".install.lock");
@@ -33,7 +37,7 @@ fn ensure_installed() {
             {
                 Ok(_) => break,
                 Err(_) if std::time::Instant::now() < deadline => {
-                    if marker.exists() {
+                    if installed() {
                         return;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -108,6 +112,21 @@ pub fn cosmos_endpoint() -> String {
 /// A Cosmos DB emulator of the caller's own (for tests that inject faults).
 pub fn private_cosmos() -> Running {
     start("cosmos.js")
+}
+
+/// Azurite's Blob and Queue endpoints (`http://127.0.0.1:PORT`), shared by the process's
+/// tests (account `devstoreaccount1`).
+pub fn azurite() -> (String, String) {
+    static AZURITE: OnceLock<Mutex<Running>> = OnceLock::new();
+    let url = AZURITE
+        .get_or_init(|| Mutex::new(start("azurite.js")))
+        .lock()
+        .map(|r| r.url.clone())
+        .unwrap_or_else(|e| e.into_inner().url.clone());
+    let mut parts = url.split_whitespace();
+    let blob = parts.next().unwrap_or_default().to_owned();
+    let queue = parts.next().unwrap_or_default().to_owned();
+    (blob, queue)
 }
 
 /// A database name no other test uses.

@@ -250,7 +250,7 @@ pub async fn create_instance(
         validate::token_text("azureVectorStoreId", v, 256)
     })?;
     let settings = body.settings.unwrap_or_default();
-    validate::settings(&settings)?;
+    validate::settings(&settings, &app.upstreams)?;
     let credentials = body.credentials.filter(|c| !c.is_empty());
     if credentials.is_some() && body.keyvault_secret_id.is_some() {
         return Err(ApiError::validation(
@@ -506,7 +506,7 @@ pub async fn patch_instance(
                     next.settings.insert(key, value);
                 }
             }
-            validate::settings(&next.settings)?;
+            validate::settings(&next.settings, &app.upstreams)?;
             changed.push("settings");
         }
     }

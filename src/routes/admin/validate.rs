@@ -50,7 +50,7 @@ const MAX_SETTINGS_BYTES: usize = 64 * 1024;
 
 /// Known instance settings and their types. Unknown keys are rejected so that a typo does not
 /// silently do nothing.
-pub fn settings(map: &Map<String, Value>) -> Result<(), ApiError> {
+pub fn settings(map: &Map<String, Value>, policy: &UpstreamPolicy) -> Result<(), ApiError> {
     let size = serde_json::to_vec(map)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
@@ -81,6 +81,24 @@ pub fn settings(map: &Map<String, Value>) -> Result<(), ApiError> {
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             }),
             "topK" => value.as_u64().is_some_and(|n| (1..=50).contains(&n)),
+            "knowledgeContainerUrl" => {
+                let url = value.as_str().ok_or_else(|| {
+                    ApiError::validation(field.clone(), "must be the container's URL")
+                })?;
+                if url.contains('?') {
+                    return Err(ApiError::validation(
+                        field,
+                        "must not carry a query string: put a SAS token in credentials.knowledgeSas",
+                    ));
+                }
+                endpoint(policy, &field, url)?;
+                url::Url::parse(url)
+                    .ok()
+                    .is_some_and(|u| u.path().trim_matches('/').len() >= 3)
+            }
+            "knowledgePrefix" => value.as_str().is_some_and(|s| {
+                s.len() <= 512 && !s.starts_with('/') && !s.split('/').any(|p| p == "..")
+            }),
             "allowedModels" => value.as_array().is_some_and(|a| {
                 a.len() <= 32
                     && a.iter()
@@ -89,7 +107,7 @@ pub fn settings(map: &Map<String, Value>) -> Result<(), ApiError> {
             _ => {
                 return Err(ApiError::validation(
                     field,
-                    "unknown setting; known: systemPrompt, temperature, topP, maxTokens, historyMessages, authMode, apiVersion, searchIndex, topK, allowedModels",
+                    "unknown setting; known: systemPrompt, temperature, topP, maxTokens, historyMessages, authMode, apiVersion, searchIndex, topK, allowedModels, knowledgeContainerUrl, knowledgePrefix",
                 ));
             }
         };
@@ -116,18 +134,27 @@ pub fn settings(map: &Map<String, Value>) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
+    fn default_policy() -> UpstreamPolicy {
+        UpstreamPolicy::new(crate::domain::endpoint::DEFAULT_ALLOWED_HOSTS, false)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn settings_are_typed() {
         let ok: Map<String, Value> = serde_json::from_str(r#"{"systemPrompt":"hi","temperature":0.2,"maxTokens":500,"authMode":"managedIdentity"}"#).unwrap();
-        assert!(settings(&ok).is_ok());
+        assert!(settings(&ok, &default_policy()).is_ok());
         for bad in [
             r#"{"temperature":3}"#,
             r#"{"maxTokens":0}"#,
             r#"{"authMode":"password"}"#,
             r#"{"colour":"red"}"#,
+            r#"{"knowledgeContainerUrl":"https://acct.blob.core.windows.net/docs?sv=1&sig=x"}"#,
+            r#"{"knowledgeContainerUrl":"https://evil.example.com/docs"}"#,
+            r#"{"knowledgeContainerUrl":"https://acct.blob.core.windows.net/"}"#,
+            r#"{"knowledgePrefix":"../x"}"#,
         ] {
             let map: Map<String, Value> = serde_json::from_str(bad).unwrap();
-            assert!(settings(&map).is_err(), "{bad}");
+            assert!(settings(&map, &default_policy()).is_err(), "{bad}");
         }
     }
 
