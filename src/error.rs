@@ -208,7 +208,9 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let (field, oauth_error) = match &self {
-            Self::Validation { field, .. } => (Some(field.as_str()), None),
+            Self::Validation { field, .. } => {
+                (Some(field.as_str()).filter(|f| !f.is_empty()), None)
+            }
             Self::InvalidClient => (None, Some("invalid_client")),
             _ => (None, None),
         };

@@ -53,7 +53,6 @@ pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErro
     })
 }
 
-/// Parses JSON, reporting the path of the failing field.
 /// An optional JSON body: empty (or whitespace) gives `T::default()`; a body with a
 /// non-JSON `Content-Type` is a 415; anything else parses strictly.
 pub async fn optional_json<T: DeserializeOwned + Default>(
@@ -74,6 +73,7 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
     }
 }
 
+/// Parses JSON, reporting the path of the failing field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("a JSON body is required"));

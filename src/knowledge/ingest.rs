@@ -43,6 +43,26 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
+/// Time spent per phase, summed over documents at full precision (a document's phases are
+/// often well under a millisecond) and written to the job's whole-millisecond timings.
+#[derive(Default)]
+struct Phases {
+    fetch: Duration,
+    extract: Duration,
+    embed: Duration,
+    index: Duration,
+}
+
+impl Phases {
+    fn write(&self, job: &mut RefreshJob) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        job.timings.fetch_ms = ms(self.fetch);
+        job.timings.extract_ms = ms(self.extract);
+        job.timings.embed_ms = ms(self.embed);
+        job.timings.index_ms = ms(self.index);
+    }
+}
+
 /// `sha256:<hex>` of a document's bytes.
 pub fn content_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -70,6 +90,7 @@ impl Pipeline<'_> {
             .collect();
         let mut last_save = Instant::now();
         let mut index_ready = false;
+        let mut phases = Phases::default();
         for entry in &listed {
             job.counts.seen += 1;
             if let Err(error) = self
@@ -78,6 +99,7 @@ impl Pipeline<'_> {
                     &entry.path,
                     manifest.get(&entry.path),
                     &mut index_ready,
+                    &mut phases,
                 )
                 .await
             {
@@ -85,6 +107,7 @@ impl Pipeline<'_> {
                 job.fail_document(&entry.path, error);
             }
             if last_save.elapsed() >= PROGRESS_EVERY {
+                phases.write(job);
                 self.save_progress(job).await;
                 last_save = Instant::now();
             }
@@ -102,12 +125,13 @@ impl Pipeline<'_> {
                     .map_err(|e| format!("manifest: {e}")),
                 Err(e) => Err(format!("the index did not remove its chunks: {e}")),
             };
-            job.timings.index_ms += ms(t);
+            phases.index += t.elapsed();
             match removed {
                 Ok(()) => job.counts.deleted += 1,
                 Err(error) => job.fail_document(gone, error),
             }
         }
+        phases.write(job);
         Ok(())
     }
 
@@ -125,10 +149,12 @@ impl Pipeline<'_> {
         path: &str,
         known: Option<&KnowledgeDocument>,
         index_ready: &mut bool,
+        phases: &mut Phases,
     ) -> Result<(), String> {
         let t = Instant::now();
-        let bytes = self.source.fetch(path).await.map_err(|e| e.to_string())?;
-        job.timings.fetch_ms += ms(t);
+        let fetched = self.source.fetch(path).await;
+        phases.fetch += t.elapsed();
+        let bytes = fetched.map_err(|e| e.to_string())?;
         let hash = content_hash(&bytes);
         if !job.full && known.is_some_and(|k| k.content_hash == hash) {
             job.counts.unchanged += 1;
@@ -138,12 +164,12 @@ impl Pipeline<'_> {
         let t = Instant::now();
         let owned_path = path.to_owned();
         let size = bytes.len() as u64;
-        let pieces = tokio::task::spawn_blocking(move || {
+        let extracted = tokio::task::spawn_blocking(move || {
             extract(&owned_path, &bytes).map(|doc| chunk(&doc.title, &doc.text))
         })
-        .await
-        .map_err(|e| format!("extraction failed: {e}"))??;
-        job.timings.extract_ms += ms(t);
+        .await;
+        phases.extract += t.elapsed();
+        let pieces = extracted.map_err(|e| format!("extraction failed: {e}"))??;
 
         let t = Instant::now();
         let vectors = match self.embeddings {
@@ -161,7 +187,7 @@ impl Pipeline<'_> {
             }
             None => None,
         };
-        job.timings.embed_ms += ms(t);
+        phases.embed += t.elapsed();
 
         let chunks: Vec<Chunk> = pieces
             .into_iter()
@@ -204,7 +230,7 @@ impl Pipeline<'_> {
             })
             .await
             .map_err(|e| format!("the manifest was not updated: {e}"))?;
-        job.timings.index_ms += ms(t);
+        phases.index += t.elapsed();
         job.counts.indexed += 1;
         job.counts.chunks += chunks.len() as u64;
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Chunk, IndexError, KnowledgeIndex, Passage};
 use crate::domain::TenantId;
@@ -37,26 +37,13 @@ impl SqliteIndex {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> anyhow::Result<Self> {
+    fn init(mut conn: Connection) -> anyhow::Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The index is rebuilt by a refresh; durability of the last transaction on power loss
+        // is not worth an fsync per document.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS chunks (
-                tenant_id TEXT NOT NULL,
-                id TEXT NOT NULL,
-                document_id TEXT NOT NULL,
-                title TEXT NOT NULL,
-                text TEXT NOT NULL,
-                vector BLOB,
-                PRIMARY KEY (tenant_id, id)
-            );
-            CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (tenant_id, document_id);
-            CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-                text, title, tenant_id UNINDEXED, chunk_id UNINDEXED,
-                tokenize = 'unicode61 remove_diacritics 2'
-            );",
-        )
-        .context("creating the knowledge index schema (FTS5)")?;
+        migrate(&mut conn).context("creating the knowledge index schema (FTS5)")?;
         let populated = conn
             .prepare("SELECT DISTINCT tenant_id FROM chunks")?
             .query_map([], |r| r.get::<_, String>(0))?
@@ -82,6 +69,59 @@ impl SqliteIndex {
         .await
         .map_err(|e| IndexError::Internal(anyhow::anyhow!("index task failed: {e}")))?
     }
+}
+
+/// Schema version 1: `chunks.seq` is an explicit rowid (stable under `VACUUM`) and each
+/// chunk's FTS5 row has that rowid, so replacing or deleting a chunk's text is a rowid lookup
+/// rather than a scan of the FTS table. Version 0 (FTS rows keyed only by an unindexed
+/// `chunk_id` column) is rebuilt from `chunks`; nothing is lost.
+const SCHEMA_VERSION: i64 = 1;
+
+const CREATE_FTS: &str = "CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, title, tenant_id UNINDEXED, chunk_id UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2'
+)";
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "CREATE TABLE chunks_v1 (
+            seq INTEGER PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            document_id TEXT NOT NULL,
+            title TEXT NOT NULL,
+            text TEXT NOT NULL,
+            vector BLOB,
+            UNIQUE (tenant_id, id)
+        );",
+    )?;
+    let existing: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks')",
+        [],
+        |r| r.get(0),
+    )?;
+    if existing {
+        tx.execute_batch(
+            "INSERT INTO chunks_v1 (tenant_id, id, document_id, title, text, vector)
+                SELECT tenant_id, id, document_id, title, text, vector FROM chunks;
+             DROP TABLE chunks;",
+        )?;
+    }
+    tx.execute_batch(&format!(
+        "ALTER TABLE chunks_v1 RENAME TO chunks;
+         CREATE INDEX chunks_by_document ON chunks (tenant_id, document_id);
+         DROP TABLE IF EXISTS chunks_fts;
+         {CREATE_FTS};
+         INSERT INTO chunks_fts (rowid, text, title, tenant_id, chunk_id)
+            SELECT seq, text, title, tenant_id, id FROM chunks;
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))?;
+    tx.commit()
 }
 
 fn to_blob(v: &[f32]) -> Vec<u8> {
@@ -137,18 +177,31 @@ impl KnowledgeIndex for SqliteIndex {
         let (tenant, chunks) = (tenant.clone(), chunks.to_vec());
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            for c in &chunks {
-                tx.execute("DELETE FROM chunks_fts WHERE tenant_id = ?1 AND chunk_id = ?2", params![tenant.as_str(), c.id])?;
-                tx.execute(
+            {
+                let mut existing = tx.prepare_cached("SELECT seq FROM chunks WHERE tenant_id = ?1 AND id = ?2")?;
+                let mut drop_text = tx.prepare_cached("DELETE FROM chunks_fts WHERE rowid = ?1")?;
+                let mut put = tx.prepare_cached(
                     "INSERT INTO chunks (tenant_id, id, document_id, title, text, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (tenant_id, id) DO UPDATE SET document_id = excluded.document_id, title = excluded.title,
-                        text = excluded.text, vector = excluded.vector",
-                    params![tenant.as_str(), c.id, c.document_id, c.title, c.text, c.vector.as_deref().map(to_blob)],
+                        text = excluded.text, vector = excluded.vector
+                     RETURNING seq",
                 )?;
-                tx.execute(
-                    "INSERT INTO chunks_fts (text, title, tenant_id, chunk_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![c.text, c.title, tenant.as_str(), c.id],
+                let mut put_text = tx.prepare_cached(
+                    "INSERT INTO chunks_fts (rowid, text, title, tenant_id, chunk_id) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
+                for c in &chunks {
+                    let old: Option<i64> = existing
+                        .query_row(params![tenant.as_str(), c.id], |r| r.get(0))
+                        .optional()?;
+                    if let Some(seq) = old {
+                        drop_text.execute(params![seq])?;
+                    }
+                    let seq: i64 = put.query_row(
+                        params![tenant.as_str(), c.id, c.document_id, c.title, c.text, c.vector.as_deref().map(to_blob)],
+                        |r| r.get(0),
+                    )?;
+                    put_text.execute(params![seq, c.text, c.title, tenant.as_str(), c.id])?;
+                }
             }
             tx.commit()
         })
@@ -165,13 +218,17 @@ impl KnowledgeIndex for SqliteIndex {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             tx.execute(
-                "DELETE FROM chunks_fts WHERE tenant_id = ?1 AND chunk_id IN (SELECT id FROM chunks WHERE tenant_id = ?1 AND document_id = ?2)",
+                "DELETE FROM chunks_fts WHERE rowid IN (SELECT seq FROM chunks WHERE tenant_id = ?1 AND document_id = ?2)",
                 params![tenant.as_str(), document_id],
             )?;
             tx.execute("DELETE FROM chunks WHERE tenant_id = ?1 AND document_id = ?2", params![tenant.as_str(), document_id])?;
-            let left: i64 = tx.query_row("SELECT COUNT(*) FROM chunks WHERE tenant_id = ?1", params![tenant.as_str()], |r| r.get(0))?;
+            let any_left: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM chunks WHERE tenant_id = ?1)",
+                params![tenant.as_str()],
+                |r| r.get(0),
+            )?;
             tx.commit()?;
-            if left == 0
+            if !any_left
                 && let Ok(mut populated) = populated.write()
             {
                 populated.remove(tenant.as_str());
@@ -310,6 +367,72 @@ mod tests {
         assert_eq!(index.search(&t, "gamma", None, 5).await.unwrap().len(), 1);
         index.delete_document(&t, "d").await.unwrap();
         assert!(index.search(&t, "gamma", None, 5).await.unwrap().is_empty());
+    }
+
+    fn fts_rows(index: &SqliteIndex) -> Vec<(String, String)> {
+        let conn = index.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT tenant_id, text FROM chunks_fts ORDER BY tenant_id, text")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn replacing_and_deleting_touch_only_that_tenants_text() {
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        // The same chunk id in two tenants, and a second document in tenant a.
+        index
+            .upsert(&a, &[chunk("d", 0, "alpha"), chunk("e", 0, "epsilon")])
+            .await
+            .unwrap();
+        index.upsert(&b, &[chunk("d", 0, "alpha")]).await.unwrap();
+        index.upsert(&a, &[chunk("d", 0, "gamma")]).await.unwrap();
+        let rows = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(t, x)| (t.to_string(), x.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            fts_rows(&index),
+            rows(&[("a", "epsilon"), ("a", "gamma"), ("b", "alpha")])
+        );
+        index.delete_document(&a, "d").await.unwrap();
+        assert_eq!(fts_rows(&index), rows(&[("a", "epsilon"), ("b", "alpha")]));
+        assert_eq!(index.search(&a, "epsilon", None, 5).await.unwrap().len(), 1);
+        assert_eq!(index.search(&b, "alpha", None, 5).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_version_0_index_is_migrated_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("knowledge.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE chunks (tenant_id TEXT NOT NULL, id TEXT NOT NULL, document_id TEXT NOT NULL,
+                    title TEXT NOT NULL, text TEXT NOT NULL, vector BLOB, PRIMARY KEY (tenant_id, id));
+                 CREATE INDEX chunks_by_document ON chunks (tenant_id, document_id);
+                 CREATE VIRTUAL TABLE chunks_fts USING fts5(text, title, tenant_id UNINDEXED, chunk_id UNINDEXED);
+                 INSERT INTO chunks VALUES ('a', 'd#0', 'd', 'D', 'refunds within thirty days', NULL);
+                 INSERT INTO chunks_fts VALUES ('refunds within thirty days', 'D', 'a', 'd#0');",
+            )
+            .unwrap();
+        }
+        let index = SqliteIndex::open(&path).unwrap();
+        let a = TenantId::parse("a").unwrap();
+        let hits = index.search(&a, "refunds", None, 5).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].document_id, "d");
+        index.upsert(&a, &[chunk("d", 0, "gamma")]).await.unwrap();
+        assert_eq!(fts_rows(&index), vec![("a".into(), "gamma".into())]);
+        drop(index);
+        // Opening again finds version 1 and changes nothing.
+        let index = SqliteIndex::open(&path).unwrap();
+        assert_eq!(index.search(&a, "gamma", None, 5).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
