@@ -1,7 +1,8 @@
 //! The ingestion pipeline of a refresh: list the company's source, and for each document
-//! fetch → hash → (unchanged: skip) → extract → chunk → embed (batched, 429 back-off) →
-//! replace its chunks in the company's index → record it in the manifest; then remove what
-//! is gone from the source. A document that fails is reported on the job and the others go
+//! fetch → hash → (unchanged: skip) → extract → chunk; passages of several documents are
+//! gathered and embedded in full batches (429 back-off), then each document's chunks replace
+//! its old ones in the company's index and it is recorded in the manifest; last, what is gone
+//! from the source is removed. A document that fails is reported on the job and the others go
 //! on; only a source or manifest that cannot be read fails the whole job.
 
 use std::collections::HashMap;
@@ -70,6 +71,29 @@ pub fn content_hash(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// Passages gathered from several documents before they are embedded, so that small
+/// documents share full embedding calls instead of each making a part-empty one.
+pub const EMBED_GATHER: usize = 4 * EMBED_BATCH;
+
+/// A document read, extracted and cut into passages, waiting for its embeddings.
+struct Prepared {
+    path: String,
+    /// It was in the manifest: its old chunks go before the new ones are written.
+    replaces: bool,
+    hash: String,
+    size: u64,
+    chunks: Vec<Chunk>,
+}
+
+/// What one run keeps between documents.
+struct Run {
+    phases: Phases,
+    last_save: Instant,
+    index_ready: bool,
+    pending: Vec<Prepared>,
+    pending_chunks: usize,
+}
+
 impl Pipeline<'_> {
     /// Runs the refresh, updating `job` (counts, per-file errors, timings) as it goes and
     /// saving it every few seconds. `Err` is a job-level failure.
@@ -88,30 +112,32 @@ impl Pipeline<'_> {
             .into_iter()
             .map(|d| (d.document_id.clone(), d))
             .collect();
-        let mut last_save = Instant::now();
-        let mut index_ready = false;
-        let mut phases = Phases::default();
+        let mut run = Run {
+            phases: Phases::default(),
+            last_save: Instant::now(),
+            index_ready: false,
+            pending: Vec::new(),
+            pending_chunks: 0,
+        };
         for entry in &listed {
             job.counts.seen += 1;
-            if let Err(error) = self
-                .document(
-                    job,
-                    &entry.path,
-                    manifest.get(&entry.path),
-                    &mut index_ready,
-                    &mut phases,
-                )
+            match self
+                .prepare(job, &entry.path, manifest.get(&entry.path), &mut run.phases)
                 .await
             {
-                tracing::info!(tenant.id = %self.tenant, document = %entry.path, %error, "document not indexed");
-                job.fail_document(&entry.path, error);
+                Ok(Some(doc)) => {
+                    run.pending_chunks += doc.chunks.len();
+                    run.pending.push(doc);
+                }
+                Ok(None) => {}
+                Err(error) => self.fail(job, &entry.path, error),
             }
-            if last_save.elapsed() >= PROGRESS_EVERY {
-                phases.write(job);
-                self.save_progress(job).await;
-                last_save = Instant::now();
+            if run.pending_chunks >= EMBED_GATHER {
+                self.flush(job, &mut run).await;
             }
+            self.heartbeat(job, &mut run).await;
         }
+        self.flush(job, &mut run).await;
         // Documents gone from the source: their chunks and manifest entries go too.
         let present: std::collections::HashSet<&str> =
             listed.iter().map(|e| e.path.as_str()).collect();
@@ -125,32 +151,43 @@ impl Pipeline<'_> {
                     .map_err(|e| format!("manifest: {e}")),
                 Err(e) => Err(format!("the index did not remove its chunks: {e}")),
             };
-            phases.index += t.elapsed();
+            run.phases.index += t.elapsed();
             match removed {
                 Ok(()) => job.counts.deleted += 1,
                 Err(error) => job.fail_document(gone, error),
             }
         }
-        phases.write(job);
+        run.phases.write(job);
         Ok(())
     }
 
-    async fn save_progress(&self, job: &mut RefreshJob) {
+    fn fail(&self, job: &mut RefreshJob, path: &str, error: String) {
+        tracing::info!(tenant.id = %self.tenant, document = %path, %error, "document not indexed");
+        job.fail_document(path, error);
+    }
+
+    /// Saves the job's progress when the last save is a few seconds old.
+    async fn heartbeat(&self, job: &mut RefreshJob, run: &mut Run) {
+        if run.last_save.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        run.phases.write(job);
         job.updated_at = chrono::Utc::now();
         if let Err(e) = self.store.save_refresh_job(job).await {
             tracing::warn!(tenant.id = %self.tenant, job.id = %job.id, error = %e, "refresh progress not saved");
         }
+        run.last_save = Instant::now();
     }
 
-    /// One document; `Err` is the reason it is reported as failed.
-    async fn document(
+    /// Reads one document and cuts it into passages; `None` when its content is unchanged,
+    /// `Err` the reason it is reported as failed.
+    async fn prepare(
         &self,
         job: &mut RefreshJob,
         path: &str,
         known: Option<&KnowledgeDocument>,
-        index_ready: &mut bool,
         phases: &mut Phases,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Prepared>, String> {
         let t = Instant::now();
         let fetched = self.source.fetch(path).await;
         phases.fetch += t.elapsed();
@@ -158,7 +195,7 @@ impl Pipeline<'_> {
         let hash = content_hash(&bytes);
         if !job.full && known.is_some_and(|k| k.content_hash == hash) {
             job.counts.unchanged += 1;
-            return Ok(());
+            return Ok(None);
         }
 
         let t = Instant::now();
@@ -170,26 +207,7 @@ impl Pipeline<'_> {
         .await;
         phases.extract += t.elapsed();
         let pieces = extracted.map_err(|e| format!("extraction failed: {e}"))??;
-
-        let t = Instant::now();
-        let vectors = match self.embeddings {
-            Some(endpoint) => {
-                let texts: Vec<String> = pieces
-                    .iter()
-                    .map(|p| format!("{}\n{}", p.title, p.text))
-                    .collect();
-                let mut vectors = Vec::with_capacity(texts.len());
-                for batch in texts.chunks(EMBED_BATCH) {
-                    vectors.extend(self.embed(endpoint, batch).await?);
-                    job.counts.embedding_calls += 1;
-                }
-                Some(vectors)
-            }
-            None => None,
-        };
-        phases.embed += t.elapsed();
-
-        let chunks: Vec<Chunk> = pieces
+        let chunks = pieces
             .into_iter()
             .enumerate()
             .map(|(n, piece)| Chunk {
@@ -197,43 +215,128 @@ impl Pipeline<'_> {
                 document_id: path.to_owned(),
                 title: piece.title,
                 text: piece.text,
-                vector: vectors.as_ref().and_then(|v| v.get(n).cloned()),
+                vector: None,
             })
             .collect();
-        let t = Instant::now();
+        Ok(Some(Prepared {
+            path: path.to_owned(),
+            replaces: known.is_some(),
+            hash,
+            size,
+            chunks,
+        }))
+    }
+
+    /// Embeds the pending documents' passages in full batches, then writes each document
+    /// whose passages all have their vectors; a failed batch fails only the documents it
+    /// carried.
+    async fn flush(&self, job: &mut RefreshJob, run: &mut Run) {
+        let mut docs = std::mem::take(&mut run.pending);
+        run.pending_chunks = 0;
+        let mut failed: Vec<Option<String>> = vec![None; docs.len()];
+        if let Some(endpoint) = self.embeddings {
+            // (document, passage) of every passage, in order.
+            let slots: Vec<(usize, usize)> = docs
+                .iter()
+                .enumerate()
+                .flat_map(|(d, doc)| (0..doc.chunks.len()).map(move |c| (d, c)))
+                .collect();
+            for batch in slots.chunks(EMBED_BATCH) {
+                let batch: Vec<(usize, usize)> = batch
+                    .iter()
+                    .copied()
+                    .filter(|(d, _)| failed[*d].is_none())
+                    .collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                let texts: Vec<String> = batch
+                    .iter()
+                    .map(|&(d, c)| {
+                        format!("{}\n{}", docs[d].chunks[c].title, docs[d].chunks[c].text)
+                    })
+                    .collect();
+                let t = Instant::now();
+                let embedded = self.embed(endpoint, &texts).await;
+                run.phases.embed += t.elapsed();
+                match embedded {
+                    Ok(vectors) if vectors.len() == batch.len() => {
+                        job.counts.embedding_calls += 1;
+                        for (&(d, c), vector) in batch.iter().zip(vectors) {
+                            docs[d].chunks[c].vector = Some(vector);
+                        }
+                    }
+                    other => {
+                        let error = match other {
+                            Err(e) => e,
+                            Ok(vectors) => format!(
+                                "embedding failed: the deployment returned {} vectors for {} passages",
+                                vectors.len(),
+                                batch.len()
+                            ),
+                        };
+                        for &(d, _) in &batch {
+                            failed[d].get_or_insert_with(|| error.clone());
+                        }
+                    }
+                }
+                self.heartbeat(job, run).await;
+            }
+        }
+        for (doc, failure) in docs.into_iter().zip(failed) {
+            let outcome = match failure {
+                Some(error) => Err(error),
+                None => {
+                    let t = Instant::now();
+                    let written = self.write(&doc, &mut run.index_ready).await;
+                    run.phases.index += t.elapsed();
+                    written
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    job.counts.indexed += 1;
+                    job.counts.chunks += doc.chunks.len() as u64;
+                }
+                Err(error) => self.fail(job, &doc.path, error),
+            }
+        }
+    }
+
+    /// Replaces a document's chunks in the index and records it in the manifest.
+    async fn write(&self, doc: &Prepared, index_ready: &mut bool) -> Result<(), String> {
         if !*index_ready {
-            let dimensions = chunks.iter().find_map(|c| c.vector.as_ref().map(Vec::len));
+            let dimensions = doc
+                .chunks
+                .iter()
+                .find_map(|c| c.vector.as_ref().map(Vec::len));
             self.index
                 .prepare(dimensions)
                 .await
                 .map_err(|e| format!("the index is not usable: {e}"))?;
             *index_ready = true;
         }
-        if known.is_some() {
+        if doc.replaces {
             self.index
-                .delete_document(self.tenant, path)
+                .delete_document(self.tenant, &doc.path)
                 .await
                 .map_err(|e| format!("the index did not remove the old chunks: {e}"))?;
         }
         self.index
-            .upsert(self.tenant, &chunks)
+            .upsert(self.tenant, &doc.chunks)
             .await
             .map_err(|e| format!("the index refused the chunks: {e}"))?;
         self.store
             .put_knowledge_document(&KnowledgeDocument {
                 tenant_id: self.tenant.clone(),
-                document_id: path.to_owned(),
-                content_hash: hash,
-                chunks: chunks.len() as u64,
-                size,
+                document_id: doc.path.clone(),
+                content_hash: doc.hash.clone(),
+                chunks: doc.chunks.len() as u64,
+                size: doc.size,
                 indexed_at: chrono::Utc::now(),
             })
             .await
-            .map_err(|e| format!("the manifest was not updated: {e}"))?;
-        phases.index += t.elapsed();
-        job.counts.indexed += 1;
-        job.counts.chunks += chunks.len() as u64;
-        Ok(())
+            .map_err(|e| format!("the manifest was not updated: {e}"))
     }
 
     /// One embedding batch, waiting out 429s (the deployment's `retry-after`, doubled

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sophia::domain::TenantId;
+use sophia::knowledge::ingest::EMBED_BATCH;
 use sophia::simulator::{Fault, SimConfig};
 
 use crate::support::pdf::pdf;
@@ -179,7 +180,13 @@ async fn two_companies_index_their_own_folders_and_chat_cites_only_their_own() {
     assert_eq!(counts["failed"], 2, "{job}");
     assert_eq!(counts["unchanged"], 0);
     assert!(counts["chunks"].as_u64().unwrap() >= 5, "{job}");
-    assert!(counts["embeddingCalls"].as_u64().unwrap() >= 4, "{job}");
+    // Passages of several documents share calls: full batches, not one call per document.
+    let chunks = counts["chunks"].as_u64().unwrap();
+    assert_eq!(
+        counts["embeddingCalls"].as_u64(),
+        Some(chunks.div_ceil(EMBED_BATCH as u64)),
+        "{job}"
+    );
     let errors = job["errors"].as_array().unwrap();
     let failed: Vec<&str> = errors
         .iter()
@@ -477,4 +484,107 @@ async fn embedding_throttling_is_backed_off_not_failed() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["counts"]["indexed"], 1, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
+}
+
+#[tokio::test]
+async fn small_documents_share_embedding_calls() {
+    let (app, sim) = setup().await;
+    let acme = company(&app, &sim, "acme").await;
+    let cities = [
+        "Lisbon", "Porto", "Madrid", "Seville", "Valencia", "Bilbao", "Faro", "Braga", "Malaga",
+        "Zaragoza",
+    ];
+    for (n, city) in cities.iter().enumerate() {
+        write(
+            &acme.folder,
+            &format!("depots/{}.txt", city.to_lowercase()),
+            format!("The Acme depot in {city} opens at {} o'clock.", n + 6),
+        );
+    }
+    let job = refresh(&app, &acme.token).await;
+    assert_eq!(job["counts"]["indexed"], 10, "{job}");
+    assert_eq!(job["counts"]["chunks"], 10, "{job}");
+    // Ten one-passage documents: one call, not ten.
+    assert_eq!(job["counts"]["embeddingCalls"], 1, "{job}");
+    let calls = sim
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == "embeddings")
+        .count();
+    assert_eq!(calls, 1);
+    assert_eq!(embedded_inputs(&sim, "key-acme").len(), 10);
+    let answer = ask(&app, &acme.token, "When does the Braga depot open?").await;
+    assert_eq!(cited(&answer)[0], "depots/braga.txt", "{answer}");
+}
+
+#[tokio::test]
+async fn a_failed_embedding_batch_fails_only_the_documents_it_carried() {
+    let (app, sim) = setup().await;
+    let acme = company(&app, &sim, "acme").await;
+    // Sorted first, and long enough that the first batch holds only its passages.
+    let long: String = (0..24)
+        .map(|p| {
+            format!(
+                "Paragraph {p} of the Acme handbook. {}\n\n",
+                "The handbook explains procedures in detail. ".repeat(20)
+            )
+        })
+        .collect();
+    write(&acme.folder, "a-handbook.md", &long);
+    write(&acme.folder, "b-hours.txt", "Acme opening hours: 9 to 17.");
+    sim.sim.push_fault(Fault {
+        deployment: Some(EMBEDDING.into()),
+        status: Some(400),
+        ..Default::default()
+    });
+    let job = refresh(&app, &acme.token).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        (
+            job["counts"]["indexed"].as_u64(),
+            job["counts"]["failed"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{job}"
+    );
+    assert_eq!(job["errors"][0]["documentId"], "a-handbook.md", "{job}");
+    assert!(
+        job["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("embedding failed"),
+        "{job}"
+    );
+    // The failed document's later passages were not sent; the short one's were.
+    let inputs = embedded_inputs(&sim, "key-acme");
+    assert_eq!(
+        inputs
+            .iter()
+            .filter(|t| t.contains("opening hours"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        inputs.iter().filter(|t| t.contains("handbook")).count(),
+        EMBED_BATCH
+    );
+    let answer = ask(&app, &acme.token, "What are the opening hours?").await;
+    assert_eq!(cited(&answer)[0], "b-hours.txt", "{answer}");
+
+    // It is not in the manifest, so the next refresh indexes it.
+    let job = refresh(&app, &acme.token).await;
+    assert_eq!(
+        (
+            job["counts"]["indexed"].as_u64(),
+            job["counts"]["unchanged"].as_u64(),
+            job["counts"]["failed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{job}"
+    );
+    assert!(
+        job["counts"]["chunks"].as_u64().unwrap() > EMBED_BATCH as u64,
+        "{job}"
+    );
 }
