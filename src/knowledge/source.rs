@@ -150,22 +150,43 @@ impl KnowledgeSource for FolderSource {
 
     async fn fetch(&self, path: &str) -> Result<Vec<u8>, SourceError> {
         let file = self.resolve(path)?;
-        let meta = tokio::fs::symlink_metadata(&file)
+        let path = path.to_owned();
+        // One trip to the blocking pool per document: check, open, read.
+        tokio::task::spawn_blocking(move || read_document(&file, &path))
             .await
-            .map_err(|e| SourceError::Document(format!("cannot read '{path}': {e}")))?;
-        if !meta.is_file() {
-            return Err(SourceError::Document(format!("'{path}' is not a file")));
-        }
-        if meta.len() > MAX_DOCUMENT_BYTES {
-            return Err(SourceError::Document(format!(
-                "'{path}' is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
-                meta.len()
-            )));
-        }
-        tokio::fs::read(&file)
-            .await
-            .map_err(|e| SourceError::Document(format!("cannot read '{path}': {e}")))
+            .map_err(|e| SourceError::Unavailable(format!("reading task failed: {e}")))?
     }
+}
+
+/// Reads a listed file: not a link (the listing skipped them; one put there since is
+/// refused), a regular file, at most [`MAX_DOCUMENT_BYTES`].
+fn read_document(file: &Path, path: &str) -> Result<Vec<u8>, SourceError> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| SourceError::Document(format!("cannot read '{path}': {e}"));
+    let meta = std::fs::symlink_metadata(file).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(SourceError::Document(format!("'{path}' is not a file")));
+    }
+    if meta.len() > MAX_DOCUMENT_BYTES {
+        return Err(SourceError::Document(format!(
+            "'{path}' is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(file)
+        .map_err(unreadable)?
+        // A file that grew since: never more than the limit.
+        .take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(SourceError::Document(format!(
+            "'{path}' is over the limit of {MAX_DOCUMENT_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// How SOPHIA authenticates to a company's Blob container.
