@@ -136,6 +136,14 @@ impl Store for FlakyStore {
     async fn get_refresh_job(&self, t: &TenantId, id: &str) -> StoreResult<RefreshJob> {
         self.inner.get_refresh_job(t, id).await
     }
+    async fn claim_refresh_job(
+        &self,
+        t: &TenantId,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        self.inner.claim_refresh_job(t, id, at).await
+    }
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         self.inner.save_refresh_job(job).await
     }

@@ -121,24 +121,29 @@ pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the tenant's job `id` if it is still queued; returns the job as it ended (or as
-/// found), or `None` when the tenant has no such job.
-pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<Option<RefreshJob>> {
-    let mut job = match app.store.get_refresh_job(tenant, id).await {
-        Ok(job) => job,
-        Err(StoreError::NotFound) => return Ok(None),
+/// What one delivery of a job did.
+pub enum Delivery {
+    /// This delivery ran the job; it is as it ended.
+    Ran(RefreshJob),
+    /// The job was no longer queued (another delivery took it); it is as found.
+    AlreadyTaken(RefreshJob),
+    /// The tenant has no such job.
+    Unknown,
+}
+
+/// Runs the tenant's job `id` if it is still queued (claimed atomically).
+pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<Delivery> {
+    let started = Instant::now();
+    // The claim is atomic: of two deliveries of one message, one runs the job.
+    let mut job = match app.store.claim_refresh_job(tenant, id, Utc::now()).await {
+        Ok((job, true)) => job,
+        Ok((job, false)) => {
+            tracing::info!(tenant.id = %tenant, job.id = %id, state = job.state.as_str(), "refresh job already taken; nothing to do");
+            return Ok(Delivery::AlreadyTaken(job));
+        }
+        Err(StoreError::NotFound) => return Ok(Delivery::Unknown),
         Err(e) => return Err(e.into()),
     };
-    if job.state != JobState::Queued {
-        tracing::info!(tenant.id = %tenant, job.id = %id, state = job.state.as_str(), "refresh job already taken; nothing to do");
-        return Ok(Some(job));
-    }
-    let started = Instant::now();
-    let now = Utc::now();
-    job.state = JobState::Running;
-    job.started_at = Some(now);
-    job.updated_at = now;
-    app.store.save_refresh_job(&job).await?;
     tracing::info!(tenant.id = %tenant, job.id = %id, source = %job.source, "refresh started");
 
     let outcome = execute(app, &mut job).await;
@@ -179,7 +184,7 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<O
     if let Err(e) = app.store.append_audit(&entry).await {
         tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
     }
-    Ok(Some(job))
+    Ok(Delivery::Ran(job))
 }
 
 /// The company's knowledge source: the Blob container named by

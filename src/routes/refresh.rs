@@ -235,8 +235,9 @@ pub async fn refresh_worker(
             "expected the queue message {\"tenantId\", \"jobId\"} in Data.<binding>",
         ));
     };
+    use crate::jobs::Delivery;
     match crate::jobs::run_job(&app, &message.tenant_id, &message.job_id).await {
-        Ok(Some(job)) => Ok(host_answer(
+        Ok(Delivery::Ran(job)) => Ok(host_answer(
             StatusCode::OK,
             vec![format!(
                 "refresh job {} of {}: {}",
@@ -245,7 +246,16 @@ pub async fn refresh_worker(
                 job.state.as_str()
             )],
         )),
-        Ok(None) => {
+        Ok(Delivery::AlreadyTaken(job)) => Ok(host_answer(
+            StatusCode::OK,
+            vec![format!(
+                "refresh job {} of {} was already taken ({}); nothing to do",
+                job.id,
+                job.tenant_id,
+                job.state.as_str()
+            )],
+        )),
+        Ok(Delivery::Unknown) => {
             tracing::warn!(tenant.id = %message.tenant_id, job.id = %message.job_id, "queue message for an unknown refresh job; dropped");
             Ok(host_answer(
                 StatusCode::OK,

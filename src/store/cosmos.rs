@@ -54,7 +54,7 @@ use super::{
 };
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
-    KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
+    JobState, KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
 /// Container names (infrastructure creates them with these names).
@@ -1107,6 +1107,53 @@ impl Store for CosmosStore {
         .filter(|r| r.doc.kind == JOB_KIND)
         .map(|r| r.doc.job)
         .ok_or(StoreError::NotFound)
+    }
+
+    async fn claim_refresh_job(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        for _ in 0..RMW_ATTEMPTS {
+            let read = read_doc(
+                &self.refresh_jobs,
+                tenant,
+                id,
+                |d: &JobDoc| &d.job.tenant_id,
+                "refresh job",
+            )
+            .await?
+            .filter(|r| r.doc.kind == JOB_KIND)
+            .ok_or(StoreError::NotFound)?;
+            let mut job = read.doc.job;
+            if job.state != JobState::Queued {
+                return Ok((job, false));
+            }
+            job.state = JobState::Running;
+            job.started_at = Some(at);
+            job.updated_at = at;
+            let doc = JobDoc {
+                job: job.clone(),
+                kind: JOB_KIND.into(),
+            };
+            match self
+                .refresh_jobs
+                .replace_item(
+                    tenant.as_str().to_owned(),
+                    id,
+                    &doc,
+                    if_match_opts(&read.cosmos_etag),
+                )
+                .await
+            {
+                Ok(_) => return Ok((job, true)),
+                // Someone else changed it since the read: read again and decide again.
+                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(contended("refresh job"))
     }
 
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {

@@ -195,6 +195,17 @@ pub trait Store: Send + Sync + 'static {
     /// One refresh job of the tenant.
     async fn get_refresh_job(&self, tenant: &TenantId, id: &str) -> StoreResult<RefreshJob>;
 
+    /// Takes a queued job to `running` (started and updated at `at`) for the caller alone:
+    /// of concurrent claims, one gets `(job, true)`; the others, and any claim of a job that
+    /// is no longer queued, get the job as it is with `false`. `NotFound` when the tenant has
+    /// no such job.
+    async fn claim_refresh_job(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)>;
+
     /// Saves a job's progress or outcome; a finished job frees the tenant's refresh slot.
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()>;
 

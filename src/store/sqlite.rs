@@ -14,7 +14,7 @@ use super::{
     abandoned, decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
 };
 use crate::domain::{
-    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId,
+    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, JobState,
     KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
@@ -716,6 +716,37 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(map_err)?;
             decode_job(&doc.ok_or(StoreError::NotFound)?)
+        })
+        .await
+    }
+
+    async fn claim_refresh_job(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<(RefreshJob, bool)> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(map_err)?;
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let mut job = decode_job(&doc.ok_or(StoreError::NotFound)?)?;
+            if job.state != JobState::Queued {
+                return Ok((job, false));
+            }
+            job.state = JobState::Running;
+            job.started_at = Some(at);
+            job.updated_at = at;
+            write_job(&tx, &job)?;
+            tx.commit().map_err(map_err)?;
+            Ok((job, true))
         })
         .await
     }

@@ -590,6 +590,54 @@ pub fn job(tenant: &TenantId) -> RefreshJob {
     }
 }
 
+pub async fn a_queued_job_is_claimed_once(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    let queued = job(&a);
+    let stale_before = Utc::now() - Duration::minutes(10);
+    assert!(
+        store
+            .begin_refresh_job(&queued, stale_before)
+            .await
+            .unwrap()
+            .1
+    );
+    // Another tenant cannot claim it, nor can anyone claim a job that does not exist.
+    assert!(matches!(
+        store.claim_refresh_job(&b, &queued.id, Utc::now()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .claim_refresh_job(&a, &RefreshJob::new_id(), Utc::now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // Eight deliveries at once: one runs it.
+    let at = Utc::now();
+    let claims = (0..8).map(|_| {
+        let (store, a, id) = (Arc::clone(&store), a.clone(), queued.id.clone());
+        async move { store.claim_refresh_job(&a, &id, at).await.unwrap() }
+    });
+    let results = futures_util::future::join_all(claims).await;
+    assert_eq!(results.iter().filter(|(_, won)| *won).count(), 1);
+    for (job, _) in &results {
+        assert_eq!(job.state, JobState::Running);
+    }
+    let read = store.get_refresh_job(&a, &queued.id).await.unwrap();
+    assert_eq!(read.state, JobState::Running);
+    assert!(read.started_at.is_some());
+    // A finished job is not claimed again.
+    let mut done = read;
+    done.state = JobState::Succeeded;
+    store.save_refresh_job(&done).await.unwrap();
+    let (again, won) = store
+        .claim_refresh_job(&a, &queued.id, Utc::now())
+        .await
+        .unwrap();
+    assert!(!won);
+    assert_eq!(again.state, JobState::Succeeded);
+}
+
 pub async fn one_active_refresh_per_tenant(store: Arc<dyn Store>) {
     let (a, b) = (tenant(), tenant());
     let stale_before = Utc::now() - Duration::minutes(10);
@@ -751,7 +799,8 @@ macro_rules! store_contract_tests {
             touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
             concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
             one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
-            concurrent_refreshes_record_one_job, knowledge_manifest_per_tenant);
+            concurrent_refreshes_record_one_job, a_queued_job_is_claimed_once,
+            knowledge_manifest_per_tenant);
     };
     (@case $make:expr, $($case:ident),*) => {
         $(
