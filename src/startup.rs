@@ -320,6 +320,10 @@ impl Application {
                 }
             })
         };
+        tokio::spawn({
+            let state = Arc::clone(&state);
+            async move { crate::jobs::resume_queued(&state).await }
+        });
         let app = crate::router::router(Arc::clone(&state));
         // Small SSE writes must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
         let listener = self.listener.tap_io(|tcp| {

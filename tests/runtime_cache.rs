@@ -144,6 +144,9 @@ impl Store for FlakyStore {
     ) -> StoreResult<(RefreshJob, bool)> {
         self.inner.claim_refresh_job(t, id, at).await
     }
+    async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
+        self.inner.queued_refresh_jobs(limit).await
+    }
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         self.inner.save_refresh_job(job).await
     }

@@ -121,6 +121,33 @@ pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
     }
 }
 
+/// Most queued jobs picked up at start-up.
+const RESUME_LIMIT: usize = 1_000;
+
+/// With the in-process workers, jobs recorded but not run before a restart (they were
+/// queued in memory) are handed to the workers again; the atomic claim makes that safe even
+/// if another process runs them. A Storage queue keeps its messages, so it needs nothing.
+pub async fn resume_queued(app: &AppState) {
+    if !matches!(app.jobs, JobQueue::Local { .. }) {
+        return;
+    }
+    match app.store.queued_refresh_jobs(RESUME_LIMIT).await {
+        Ok(jobs) => {
+            if !jobs.is_empty() {
+                tracing::info!(jobs = jobs.len(), "resuming queued refresh jobs");
+            }
+            for job in &jobs {
+                if let Err(e) = dispatch(app, job).await {
+                    tracing::warn!(tenant.id = %job.tenant_id, job.id = %job.id, error = %e, "queued refresh job not resumed");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "queued refresh jobs could not be read; they will be abandoned when stale");
+        }
+    }
+}
+
 /// What one delivery of a job did.
 pub enum Delivery {
     /// This delivery ran the job; it is as it ended.

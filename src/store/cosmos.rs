@@ -1156,6 +1156,24 @@ impl Store for CosmosStore {
         Err(contended("refresh job"))
     }
 
+    async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
+        let mut sql = Sql::new("SELECT * FROM c");
+        let feed = sql.scope(&TenantScope::All);
+        sql.and("c.kind = @kind", &[("@kind", JOB_KIND.into())]);
+        sql.and(
+            "c.state = @state",
+            &[("@state", JobState::Queued.as_str().into())],
+        );
+        let docs: Vec<JobDoc> = collect(&self.refresh_jobs, sql.build()?, feed, limit).await?;
+        let mut jobs: Vec<RefreshJob> = docs
+            .into_iter()
+            .map(|d| d.job)
+            .filter(|j| j.state == JobState::Queued)
+            .collect();
+        jobs.sort_by_key(|j| j.updated_at);
+        Ok(jobs)
+    }
+
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         let doc = JobDoc {
             job: job.clone(),

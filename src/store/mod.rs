@@ -206,6 +206,11 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<(RefreshJob, bool)>;
 
+    /// Queued refresh jobs of every tenant, oldest first, at most `limit`: read once at
+    /// start-up by the in-process workers to pick up jobs recorded before a restart. The one
+    /// cross-tenant read not made for a `PLATFORM_ADMIN`; it serves no request.
+    async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>>;
+
     /// Saves a job's progress or outcome; a finished job frees the tenant's refresh slot.
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()>;
 

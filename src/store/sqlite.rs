@@ -751,6 +751,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT doc FROM refresh_jobs WHERE state = 'queued' ORDER BY updated_at LIMIT ?1",
+                )
+                .map_err(map_err)?;
+            let docs = stmt
+                .query_map(params![limit as i64], |r| r.get::<_, String>(0))
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            docs.iter().map(|d| decode_job(d)).collect()
+        })
+        .await
+    }
+
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         let job = job.clone();
         self.run(move |conn| write_job(conn, &job)).await

@@ -588,3 +588,51 @@ async fn a_failed_embedding_batch_fails_only_the_documents_it_carried() {
         "{job}"
     );
 }
+
+#[tokio::test]
+async fn a_job_queued_before_a_restart_runs_after_it() {
+    use sophia::domain::{JobCounts, JobState, JobTimings, RefreshJob};
+    let (app, sim) = setup().await;
+    let acme = company(&app, &sim, "acme").await;
+    acme_documents(&acme.folder);
+    let me: Value = app
+        .get("/agents/me", &acme.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // A job recorded but never handed to a worker (the process stopped in between).
+    let now = chrono::Utc::now();
+    let job = RefreshJob {
+        id: RefreshJob::new_id(),
+        tenant_id: TenantId::parse("acme").unwrap(),
+        instance_id: me["instanceId"].as_str().unwrap().parse().unwrap(),
+        state: JobState::Queued,
+        source: "folder:acme".into(),
+        full: false,
+        counts: JobCounts::default(),
+        errors: Vec::new(),
+        error: None,
+        timings: JobTimings::default(),
+        requested_by: "client:acme".into(),
+        request_id: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+    };
+    let (job, created) = app
+        .state
+        .store
+        .begin_refresh_job(&job, now - chrono::Duration::minutes(10))
+        .await
+        .unwrap();
+    assert!(created);
+    let dir = std::sync::Arc::clone(&app.dir);
+    app.stop().await;
+
+    let app = crate::support::spawn_app_in(dir, &[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
+    let done = wait(&app, &acme.token, &job.id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["indexed"], 4, "{done}");
+}

@@ -612,6 +612,10 @@ pub async fn a_queued_job_is_claimed_once(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::NotFound)
     ));
+    // Listed among the queued jobs (read at start-up), until claimed.
+    let queued_ids =
+        |jobs: Vec<RefreshJob>| -> Vec<String> { jobs.into_iter().map(|j| j.id).collect() };
+    assert!(queued_ids(store.queued_refresh_jobs(1_000).await.unwrap()).contains(&queued.id));
     // Eight deliveries at once: one runs it.
     let at = Utc::now();
     let claims = (0..8).map(|_| {
@@ -625,6 +629,7 @@ pub async fn a_queued_job_is_claimed_once(store: Arc<dyn Store>) {
     }
     let read = store.get_refresh_job(&a, &queued.id).await.unwrap();
     assert_eq!(read.state, JobState::Running);
+    assert!(!queued_ids(store.queued_refresh_jobs(1_000).await.unwrap()).contains(&queued.id));
     assert!(read.started_at.is_some());
     // A finished job is not claimed again.
     let mut done = read;
