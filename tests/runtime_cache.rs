@@ -147,6 +147,9 @@ impl Store for FlakyStore {
     async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
         self.inner.queued_refresh_jobs(limit).await
     }
+    async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
+        self.inner.save_refresh_progress(job).await
+    }
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         self.inner.save_refresh_job(job).await
     }

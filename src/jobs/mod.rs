@@ -185,7 +185,12 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
             job.error = Some(error);
         }
     }
-    app.store.save_refresh_job(&job).await?;
+    if !app.store.save_refresh_progress(&job).await? {
+        // Taken for dead and replaced while it ran: the stored job stays failed.
+        tracing::warn!(tenant.id = %tenant, job.id = %id, "refresh job was abandoned while it ran; its outcome is not recorded");
+        job.state = JobState::Failed;
+        job.error = Some(crate::knowledge::ingest::ABANDONED.into());
+    }
     tracing::info!(
         tenant.id = %tenant, job.id = %id, state = job.state.as_str(),
         seen = job.counts.seen, indexed = job.counts.indexed, unchanged = job.counts.unchanged,

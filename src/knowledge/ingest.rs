@@ -26,6 +26,9 @@ pub const EMBED_BATCH: usize = 16;
 const EMBED_TRIES: u32 = 6;
 /// Longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Why a run stops when its job was abandoned under it.
+pub const ABANDONED: &str =
+    "abandoned while running: no progress was saved for too long and a newer refresh replaced it";
 /// How often progress is saved (the job's heartbeat).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -133,11 +136,11 @@ impl Pipeline<'_> {
                 Err(error) => self.fail(job, &entry.path, error),
             }
             if run.pending_chunks >= EMBED_GATHER {
-                self.flush(job, &mut run).await;
+                self.flush(job, &mut run).await?;
             }
-            self.heartbeat(job, &mut run).await;
+            self.heartbeat(job, &mut run).await?;
         }
-        self.flush(job, &mut run).await;
+        self.flush(job, &mut run).await?;
         // Documents gone from the source: their chunks and manifest entries go too.
         let present: std::collections::HashSet<&str> =
             listed.iter().map(|e| e.path.as_str()).collect();
@@ -166,17 +169,23 @@ impl Pipeline<'_> {
         job.fail_document(path, error);
     }
 
-    /// Saves the job's progress when the last save is a few seconds old.
-    async fn heartbeat(&self, job: &mut RefreshJob, run: &mut Run) {
+    /// Saves the job's progress when the last save is a few seconds old. `Err` when the job
+    /// was abandoned meanwhile (taken for dead and replaced): the run stops.
+    async fn heartbeat(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), String> {
         if run.last_save.elapsed() < PROGRESS_EVERY {
-            return;
+            return Ok(());
         }
         run.phases.write(job);
         job.updated_at = chrono::Utc::now();
-        if let Err(e) = self.store.save_refresh_job(job).await {
-            tracing::warn!(tenant.id = %self.tenant, job.id = %job.id, error = %e, "refresh progress not saved");
-        }
         run.last_save = Instant::now();
+        match self.store.save_refresh_progress(job).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ABANDONED.into()),
+            Err(e) => {
+                tracing::warn!(tenant.id = %self.tenant, job.id = %job.id, error = %e, "refresh progress not saved");
+                Ok(())
+            }
+        }
     }
 
     /// Reads one document and cuts it into passages; `None` when its content is unchanged,
@@ -230,7 +239,7 @@ impl Pipeline<'_> {
     /// Embeds the pending documents' passages in full batches, then writes each document
     /// whose passages all have their vectors; a failed batch fails only the documents it
     /// carried.
-    async fn flush(&self, job: &mut RefreshJob, run: &mut Run) {
+    async fn flush(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), String> {
         let mut docs = std::mem::take(&mut run.pending);
         run.pending_chunks = 0;
         let mut failed: Vec<Option<String>> = vec![None; docs.len()];
@@ -280,7 +289,7 @@ impl Pipeline<'_> {
                         }
                     }
                 }
-                self.heartbeat(job, run).await;
+                self.heartbeat(job, run).await?;
             }
         }
         for (doc, failure) in docs.into_iter().zip(failed) {
@@ -301,6 +310,7 @@ impl Pipeline<'_> {
                 Err(error) => self.fail(job, &doc.path, error),
             }
         }
+        Ok(())
     }
 
     /// Replaces a document's chunks in the index and records it in the manifest.

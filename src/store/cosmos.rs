@@ -1174,6 +1174,45 @@ impl Store for CosmosStore {
         Ok(jobs)
     }
 
+    async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
+        let tenant = &job.tenant_id;
+        let doc = JobDoc {
+            job: job.clone(),
+            kind: JOB_KIND.into(),
+        };
+        for _ in 0..RMW_ATTEMPTS {
+            let Some(read) = read_doc(
+                &self.refresh_jobs,
+                tenant,
+                &job.id,
+                |d: &JobDoc| &d.job.tenant_id,
+                "refresh job",
+            )
+            .await?
+            .filter(|r| r.doc.kind == JOB_KIND) else {
+                return Ok(false);
+            };
+            if read.doc.job.state != JobState::Running {
+                return Ok(false);
+            }
+            match self
+                .refresh_jobs
+                .replace_item(
+                    tenant.as_str().to_owned(),
+                    &job.id,
+                    &doc,
+                    if_match_opts(&read.cosmos_etag),
+                )
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(contended("refresh job"))
+    }
+
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         let doc = JobDoc {
             job: job.clone(),

@@ -211,6 +211,11 @@ pub trait Store: Send + Sync + 'static {
     /// cross-tenant read not made for a `PLATFORM_ADMIN`; it serves no request.
     async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>>;
 
+    /// The worker's save of a job it claimed: written only while the stored job is still
+    /// `running`. `false` (nothing written) when the job was abandoned meanwhile — marked
+    /// failed and replaced by a newer one — so the worker stops instead of resurrecting it.
+    async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool>;
+
     /// Saves a job's progress or outcome; a finished job frees the tenant's refresh slot.
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()>;
 

@@ -768,6 +768,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
+        let job = job.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(map_err)?;
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
+                    params![job.tenant_id.as_str(), job.id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if state.as_deref() != Some(JobState::Running.as_str()) {
+                return Ok(false);
+            }
+            write_job(&tx, &job)?;
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         let job = job.clone();
         self.run(move |conn| write_job(conn, &job)).await

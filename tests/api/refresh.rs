@@ -591,21 +591,30 @@ async fn a_failed_embedding_batch_fails_only_the_documents_it_carried() {
 
 #[tokio::test]
 async fn a_job_queued_before_a_restart_runs_after_it() {
-    use sophia::domain::{JobCounts, JobState, JobTimings, RefreshJob};
     let (app, sim) = setup().await;
     let acme = company(&app, &sim, "acme").await;
     acme_documents(&acme.folder);
-    let me: Value = app
-        .get("/agents/me", &acme.token)
-        .await
-        .json()
-        .await
-        .unwrap();
     // A job recorded but never handed to a worker (the process stopped in between).
+    let job = recorded_job(&app, &acme.token).await;
+    let dir = std::sync::Arc::clone(&app.dir);
+    app.stop().await;
+
+    let app = crate::support::spawn_app_in(dir, &[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
+    let done = wait(&app, &acme.token, &job.id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["indexed"], 4, "{done}");
+}
+
+/// Records a queued job for the token's company straight in the store, as `POST /refresh`
+/// does, without handing it to a worker; any active job older than a minute from now is
+/// abandoned for it.
+async fn recorded_job(app: &TestApp, token: &str) -> sophia::domain::RefreshJob {
+    use sophia::domain::{JobCounts, JobState, JobTimings, RefreshJob};
+    let me: Value = app.get("/agents/me", token).await.json().await.unwrap();
     let now = chrono::Utc::now();
     let job = RefreshJob {
         id: RefreshJob::new_id(),
-        tenant_id: TenantId::parse("acme").unwrap(),
+        tenant_id: TenantId::parse(me["companyId"].as_str().unwrap()).unwrap(),
         instance_id: me["instanceId"].as_str().unwrap().parse().unwrap(),
         state: JobState::Queued,
         source: "folder:acme".into(),
@@ -624,15 +633,73 @@ async fn a_job_queued_before_a_restart_runs_after_it() {
     let (job, created) = app
         .state
         .store
-        .begin_refresh_job(&job, now - chrono::Duration::minutes(10))
+        .begin_refresh_job(&job, now + chrono::Duration::minutes(1))
         .await
         .unwrap();
     assert!(created);
-    let dir = std::sync::Arc::clone(&app.dir);
-    app.stop().await;
+    job
+}
 
-    let app = crate::support::spawn_app_in(dir, &[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
-    let done = wait(&app, &acme.token, &job.id).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["counts"]["indexed"], 4, "{done}");
+#[tokio::test]
+async fn a_job_abandoned_while_it_runs_stops_and_stays_failed() {
+    let (app, sim) = setup().await;
+    let acme = company(&app, &sim, "acme").await;
+    acme_documents(&acme.folder);
+    // The job's first embedding call takes 3 s, past its first heartbeat (2 s).
+    sim.sim.push_fault(Fault {
+        deployment: Some(EMBEDDING.into()),
+        delay_ms: Some(3_000),
+        ..Default::default()
+    });
+    let resp = start(&app, &acme.token, None).await;
+    let first: Value = resp.json().await.unwrap();
+    let first_id = first["jobId"].as_str().unwrap().to_owned();
+    for _ in 0..100 {
+        let job: Value = app
+            .get(&format!("/refresh/{first_id}"), &acme.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile it is taken for dead and replaced (as a stale job is).
+    let newer = recorded_job(&app, &acme.token).await;
+    assert_ne!(newer.id, first_id);
+
+    // At its next heartbeat the old run learns it and stops, without writing over the record.
+    let mut ended = Value::Null;
+    for _ in 0..200 {
+        let finish = app.audit("companyId=acme&action=refresh.finish").await;
+        if let Some(entry) = finish.first() {
+            ended = entry.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ended["outcome"], "failure", "{ended}");
+    let old: Value = app
+        .get(&format!("/refresh/{first_id}"), &acme.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old["status"], "failed", "{old}");
+    assert!(
+        old["error"].as_str().unwrap().starts_with("abandoned"),
+        "{old}"
+    );
+    assert_eq!(old["counts"]["indexed"], 0, "{old}");
+    // The newer job is the company's active one.
+    let (active, created) = app
+        .state
+        .store
+        .begin_refresh_job(&newer, chrono::Utc::now() - chrono::Duration::minutes(10))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(active.id, newer.id);
 }

@@ -643,6 +643,51 @@ pub async fn a_queued_job_is_claimed_once(store: Arc<dyn Store>) {
     assert_eq!(again.state, JobState::Succeeded);
 }
 
+pub async fn progress_is_saved_only_while_running(store: Arc<dyn Store>) {
+    let a = tenant();
+    let queued = job(&a);
+    let long_ago = Utc::now() - Duration::minutes(10);
+    assert!(store.begin_refresh_job(&queued, long_ago).await.unwrap().1);
+    // Not claimed yet: the worker's save is refused.
+    assert!(!store.save_refresh_progress(&queued).await.unwrap());
+    let (mut running, won) = store
+        .claim_refresh_job(&a, &queued.id, Utc::now())
+        .await
+        .unwrap();
+    assert!(won);
+    running.counts.seen = 5;
+    assert!(store.save_refresh_progress(&running).await.unwrap());
+    assert_eq!(
+        store
+            .get_refresh_job(&a, &queued.id)
+            .await
+            .unwrap()
+            .counts
+            .seen,
+        5
+    );
+    // Taken for dead (every job is stale against a cutoff in the future) and replaced.
+    let newer = job(&a);
+    let (_, created) = store
+        .begin_refresh_job(&newer, Utc::now() + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(created);
+    running.counts.seen = 9;
+    running.state = JobState::Succeeded;
+    assert!(!store.save_refresh_progress(&running).await.unwrap());
+    let stored = store.get_refresh_job(&a, &queued.id).await.unwrap();
+    assert_eq!((stored.state, stored.counts.seen), (JobState::Failed, 5));
+    // A job that does not exist is not written either.
+    let mut ghost = job(&a);
+    ghost.state = JobState::Running;
+    assert!(!store.save_refresh_progress(&ghost).await.unwrap());
+    assert!(matches!(
+        store.get_refresh_job(&a, &ghost.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 pub async fn one_active_refresh_per_tenant(store: Arc<dyn Store>) {
     let (a, b) = (tenant(), tenant());
     let stale_before = Utc::now() - Duration::minutes(10);
@@ -805,6 +850,7 @@ macro_rules! store_contract_tests {
             concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
             one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
             concurrent_refreshes_record_one_job, a_queued_job_is_claimed_once,
+            progress_is_saved_only_while_running,
             knowledge_manifest_per_tenant);
     };
     (@case $make:expr, $($case:ident),*) => {
