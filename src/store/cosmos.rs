@@ -50,7 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
-    abandoned, decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
+    abandoned, claim, decode_cursor, into_page, live_conflict, new_etag, page_limit, save_over,
+    sort_key,
 };
 use crate::domain::{
     AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, InstanceStatus,
@@ -168,6 +169,49 @@ pub fn container_definitions(audit_ttl_days: u32) -> Vec<ContainerProperties> {
 }
 
 impl CosmosStore {
+    /// Reads the job and, if `change` changed it (`true`), replaces it `If-Match` its ETag; a
+    /// concurrent change (412) means read and decide again. `None` when the tenant has no
+    /// such job.
+    async fn update_job_if(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        change: impl Fn(&mut RefreshJob) -> bool,
+    ) -> StoreResult<Option<(RefreshJob, bool)>> {
+        for _ in 0..RMW_ATTEMPTS {
+            let Some(read) = read_doc(
+                &self.refresh_jobs,
+                tenant,
+                id,
+                |d: &JobDoc| &d.job.tenant_id,
+                "refresh job",
+            )
+            .await?
+            .filter(|r| r.doc.kind == JOB_KIND) else {
+                return Ok(None);
+            };
+            let mut doc = read.doc;
+            if !change(&mut doc.job) {
+                return Ok(Some((doc.job, false)));
+            }
+            match self
+                .refresh_jobs
+                .replace_item(
+                    tenant.as_str().to_owned(),
+                    id,
+                    &doc,
+                    if_match_opts(&read.cosmos_etag),
+                )
+                .await
+            {
+                Ok(_) => return Ok(Some((doc.job, true))),
+                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(contended("refresh job"))
+    }
+
     /// Connects, creates the containers when `create_containers` is set, and checks that the
     /// ones it finds are partitioned by `/tenantId` (and that `agentInstances` has the
     /// `/liveKey` unique key): a misdeployed account fails at start-up, not at the first write.
@@ -1115,45 +1159,9 @@ impl Store for CosmosStore {
         id: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<(RefreshJob, bool)> {
-        for _ in 0..RMW_ATTEMPTS {
-            let read = read_doc(
-                &self.refresh_jobs,
-                tenant,
-                id,
-                |d: &JobDoc| &d.job.tenant_id,
-                "refresh job",
-            )
+        self.update_job_if(tenant, id, |job| claim(job, at))
             .await?
-            .filter(|r| r.doc.kind == JOB_KIND)
-            .ok_or(StoreError::NotFound)?;
-            let mut job = read.doc.job;
-            if job.state != JobState::Queued {
-                return Ok((job, false));
-            }
-            job.state = JobState::Running;
-            job.started_at = Some(at);
-            job.updated_at = at;
-            let doc = JobDoc {
-                job: job.clone(),
-                kind: JOB_KIND.into(),
-            };
-            match self
-                .refresh_jobs
-                .replace_item(
-                    tenant.as_str().to_owned(),
-                    id,
-                    &doc,
-                    if_match_opts(&read.cosmos_etag),
-                )
-                .await
-            {
-                Ok(_) => return Ok((job, true)),
-                // Someone else changed it since the read: read again and decide again.
-                Err(e) if e.status().is_precondition_failed() => continue,
-                Err(e) => return Err(map_err(e)),
-            }
-        }
-        Err(contended("refresh job"))
+            .ok_or(StoreError::NotFound)
     }
 
     async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
@@ -1175,42 +1183,10 @@ impl Store for CosmosStore {
     }
 
     async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
-        let tenant = &job.tenant_id;
-        let doc = JobDoc {
-            job: job.clone(),
-            kind: JOB_KIND.into(),
-        };
-        for _ in 0..RMW_ATTEMPTS {
-            let Some(read) = read_doc(
-                &self.refresh_jobs,
-                tenant,
-                &job.id,
-                |d: &JobDoc| &d.job.tenant_id,
-                "refresh job",
-            )
-            .await?
-            .filter(|r| r.doc.kind == JOB_KIND) else {
-                return Ok(false);
-            };
-            if read.doc.job.state != JobState::Running {
-                return Ok(false);
-            }
-            match self
-                .refresh_jobs
-                .replace_item(
-                    tenant.as_str().to_owned(),
-                    &job.id,
-                    &doc,
-                    if_match_opts(&read.cosmos_etag),
-                )
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(e) if e.status().is_precondition_failed() => continue,
-                Err(e) => return Err(map_err(e)),
-            }
-        }
-        Err(contended("refresh job"))
+        let saved = self
+            .update_job_if(&job.tenant_id, &job.id, |stored| save_over(stored, job))
+            .await?;
+        Ok(saved.is_some_and(|(_, written)| written))
     }
 
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {

@@ -237,6 +237,28 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The failed form of an active job nobody has advanced since before the stale cut-off.
+/// The claim of a stored job: taken to `running` (`true`, to be written) while it is still
+/// queued; left as it is otherwise.
+pub(crate) fn claim(job: &mut RefreshJob, at: DateTime<Utc>) -> bool {
+    if job.state != crate::domain::JobState::Queued {
+        return false;
+    }
+    job.state = crate::domain::JobState::Running;
+    job.started_at = Some(at);
+    job.updated_at = at;
+    true
+}
+
+/// A worker's save over the stored job: replaces it (`true`, to be written) while the stored
+/// one is still running; once it was abandoned, leaves it as it is.
+pub(crate) fn save_over(stored: &mut RefreshJob, saved: &RefreshJob) -> bool {
+    if stored.state != crate::domain::JobState::Running {
+        return false;
+    }
+    *stored = saved.clone();
+    true
+}
+
 pub(crate) fn abandoned(mut job: RefreshJob, now: DateTime<Utc>) -> RefreshJob {
     job.state = crate::domain::JobState::Failed;
     job.error = Some(format!(

@@ -11,10 +11,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{
     AuditFilter, InstanceFilter, Page, PageRequest, Store, StoreError, StoreResult, TenantScope,
-    abandoned, decode_cursor, into_page, live_conflict, new_etag, page_limit, sort_key,
+    abandoned, claim, decode_cursor, into_page, live_conflict, new_etag, page_limit, save_over,
+    sort_key,
 };
 use crate::domain::{
-    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId, JobState,
+    AgentInstance, AgentType, AuditEntry, Conversation, ConversationId, InstanceId,
     KnowledgeDocument, RefreshJob, StoredMessage, TenantId, UsageRecord,
 };
 
@@ -199,6 +200,38 @@ fn write_job(conn: &Connection, job: &RefreshJob) -> StoreResult<()> {
     )
     .map_err(map_err)?;
     Ok(())
+}
+
+fn read_job(conn: &Connection, tenant: &TenantId, id: &str) -> StoreResult<Option<RefreshJob>> {
+    let doc: Option<String> = conn
+        .query_row(
+            "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
+            params![tenant.as_str(), id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    doc.as_deref().map(decode_job).transpose()
+}
+
+/// Reads the job and, in the same transaction, writes it if `change` changed it (`true`).
+/// `None` when the tenant has no such job.
+fn update_job_if(
+    conn: &mut Connection,
+    tenant: &TenantId,
+    id: &str,
+    change: impl FnOnce(&mut RefreshJob) -> bool,
+) -> StoreResult<Option<(RefreshJob, bool)>> {
+    let tx = conn.transaction().map_err(map_err)?;
+    let Some(mut job) = read_job(&tx, tenant, id)? else {
+        return Ok(None);
+    };
+    let changed = change(&mut job);
+    if changed {
+        write_job(&tx, &job)?;
+        tx.commit().map_err(map_err)?;
+    }
+    Ok(Some((job, changed)))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
@@ -706,18 +739,8 @@ impl Store for SqliteStore {
 
     async fn get_refresh_job(&self, tenant: &TenantId, id: &str) -> StoreResult<RefreshJob> {
         let (tenant, id) = (tenant.clone(), id.to_owned());
-        self.run(move |conn| {
-            let doc: Option<String> = conn
-                .query_row(
-                    "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
-                    params![tenant.as_str(), id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(map_err)?;
-            decode_job(&doc.ok_or(StoreError::NotFound)?)
-        })
-        .await
+        self.run(move |conn| read_job(conn, &tenant, &id)?.ok_or(StoreError::NotFound))
+            .await
     }
 
     async fn claim_refresh_job(
@@ -728,25 +751,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<(RefreshJob, bool)> {
         let (tenant, id) = (tenant.clone(), id.to_owned());
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(map_err)?;
-            let doc: Option<String> = tx
-                .query_row(
-                    "SELECT doc FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
-                    params![tenant.as_str(), id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(map_err)?;
-            let mut job = decode_job(&doc.ok_or(StoreError::NotFound)?)?;
-            if job.state != JobState::Queued {
-                return Ok((job, false));
-            }
-            job.state = JobState::Running;
-            job.started_at = Some(at);
-            job.updated_at = at;
-            write_job(&tx, &job)?;
-            tx.commit().map_err(map_err)?;
-            Ok((job, true))
+            update_job_if(conn, &tenant, &id, |job| claim(job, at))?.ok_or(StoreError::NotFound)
         })
         .await
     }
@@ -771,21 +776,9 @@ impl Store for SqliteStore {
     async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
         let job = job.clone();
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(map_err)?;
-            let state: Option<String> = tx
-                .query_row(
-                    "SELECT state FROM refresh_jobs WHERE tenant_id = ?1 AND id = ?2",
-                    params![job.tenant_id.as_str(), job.id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(map_err)?;
-            if state.as_deref() != Some(JobState::Running.as_str()) {
-                return Ok(false);
-            }
-            write_job(&tx, &job)?;
-            tx.commit().map_err(map_err)?;
-            Ok(true)
+            let (tenant, id) = (job.tenant_id.clone(), job.id.clone());
+            let saved = update_job_if(conn, &tenant, &id, |stored| save_over(stored, &job))?;
+            Ok(saved.is_some_and(|(_, written)| written))
         })
         .await
     }
