@@ -74,6 +74,15 @@ pub const THROTTLE_RETRIES: u32 = 6;
 pub const THROTTLE_WAIT: Duration = Duration::from_secs(10);
 /// Read-modify-write attempts before a contended document is reported unavailable.
 const RMW_ATTEMPTS: usize = 16;
+
+/// Before another read-modify-write attempt: a random pause of up to 2^attempt ms (at most
+/// 64 ms), so writers that collided do not collide again in lockstep.
+async fn contention_pause(attempt: usize) {
+    use rand::Rng;
+    let ceiling = 1u64 << attempt.min(6);
+    let pause = rand::thread_rng().gen_range(0..=ceiling);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
 /// Cross-partition scans (platform listings of usage) stop here.
 const MAX_SCAN: usize = 10_000;
 
@@ -178,7 +187,7 @@ impl CosmosStore {
         id: &str,
         change: impl Fn(&mut RefreshJob) -> bool,
     ) -> StoreResult<Option<(RefreshJob, bool)>> {
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let Some(read) = read_doc(
                 &self.refresh_jobs,
                 tenant,
@@ -205,7 +214,7 @@ impl CosmosStore {
                 .await
             {
                 Ok(_) => return Ok(Some((doc.job, true))),
-                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) if e.status().is_precondition_failed() => contention_pause(attempt).await,
                 Err(e) => return Err(map_err(e)),
             }
         }
@@ -782,7 +791,7 @@ impl Store for CosmosStore {
         instance: &AgentInstance,
         if_match: &str,
     ) -> StoreResult<AgentInstance> {
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let current = self
                 .read_instance(&instance.tenant_id, &instance.id)
                 .await?
@@ -806,7 +815,7 @@ impl Store for CosmosStore {
             {
                 Ok(_) => return Ok(next),
                 // Someone wrote in between (a touch, or another admin): look again.
-                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) if e.status().is_precondition_failed() => contention_pause(attempt).await,
                 Err(e) if e.status().is_conflict() => return Err(live_conflict(&next)),
                 Err(e) => return Err(map_err(e)),
             }
@@ -820,7 +829,7 @@ impl Store for CosmosStore {
         id: &InstanceId,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let Some(current) = self.read_instance(tenant, id).await? else {
                 return Ok(());
             };
@@ -837,7 +846,7 @@ impl Store for CosmosStore {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if e.status().is_precondition_failed() => continue,
+                Err(e) if e.status().is_precondition_failed() => contention_pause(attempt).await,
                 Err(e) if e.status().is_not_found() => return Ok(()),
                 Err(e) => return Err(map_err(e)),
             }
@@ -930,7 +939,7 @@ impl Store for CosmosStore {
         keep_last: usize,
     ) -> StoreResult<()> {
         let key = id.to_string();
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let now = Utc::now();
             let current = read_doc(
                 &self.conversations,
@@ -971,7 +980,7 @@ impl Store for CosmosStore {
             match result {
                 Ok(_) => return Ok(()),
                 Err(e) if e.status().is_precondition_failed() || e.status().is_conflict() => {
-                    continue;
+                    contention_pause(attempt).await;
                 }
                 Err(e) => return Err(map_err(e)),
             }
@@ -988,7 +997,7 @@ impl Store for CosmosStore {
         requests: u64,
     ) -> StoreResult<()> {
         let key = day.to_string();
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let current = read_doc(
                 &self.usage,
                 tenant,
@@ -1023,7 +1032,7 @@ impl Store for CosmosStore {
             match result {
                 Ok(_) => return Ok(()),
                 Err(e) if e.status().is_precondition_failed() || e.status().is_conflict() => {
-                    continue;
+                    contention_pause(attempt).await;
                 }
                 Err(e) => return Err(map_err(e)),
             }
@@ -1091,7 +1100,7 @@ impl Store for CosmosStore {
             }
             Ok((winner, false))
         };
-        for _ in 0..RMW_ATTEMPTS {
+        for attempt in 0..RMW_ATTEMPTS {
             let current = read_doc(
                 &self.refresh_jobs,
                 tenant,
@@ -1131,7 +1140,7 @@ impl Store for CosmosStore {
             match claimed {
                 Ok(_) => return Ok((job.clone(), true)),
                 Err(e) if e.status().is_precondition_failed() || e.status().is_conflict() => {
-                    continue;
+                    contention_pause(attempt).await;
                 }
                 Err(e) => return Err(map_err(e)),
             }
