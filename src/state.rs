@@ -46,3 +46,13 @@ pub struct App {
 }
 
 pub type AppState = Arc<App>;
+
+impl App {
+    /// Appends an audit entry. The action it records has already happened, so a store that
+    /// refuses the entry is logged, not turned into an error for the caller.
+    pub async fn audit(&self, entry: crate::domain::AuditEntry) {
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(audit.action = %entry.action, tenant.id = %entry.tenant_id, error = ?e, "audit entry could not be written: {e:#}");
+        }
+    }
+}

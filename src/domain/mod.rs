@@ -12,4 +12,4 @@ pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, Us
 pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
-pub use refresh::{FileError, JobCounts, JobState, JobTimings, KnowledgeDocument, RefreshJob};
+pub use refresh::{JobState, KnowledgeDocument, RefreshJob};

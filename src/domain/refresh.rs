@@ -107,6 +107,35 @@ pub struct RefreshJob {
 }
 
 impl RefreshJob {
+    /// A new job, queued now, with a fresh id, for `instance` of `tenant`.
+    pub fn queued(
+        tenant: TenantId,
+        instance: InstanceId,
+        source: String,
+        full: bool,
+        requested_by: String,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            id: Self::new_id(),
+            tenant_id: tenant,
+            instance_id: instance,
+            state: JobState::Queued,
+            source,
+            full,
+            counts: JobCounts::default(),
+            errors: Vec::new(),
+            error: None,
+            timings: JobTimings::default(),
+            requested_by,
+            request_id: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
     pub fn new_id() -> String {
         format!("job_{}", uuid::Uuid::new_v4().simple())
     }
@@ -162,24 +191,13 @@ mod tests {
 
     #[test]
     fn errors_are_bounded_but_counted() {
-        let mut job = RefreshJob {
-            id: RefreshJob::new_id(),
-            tenant_id: TenantId::parse("acme").unwrap_or_else(|_| unreachable!()),
-            instance_id: InstanceId::new(),
-            state: JobState::Running,
-            source: "folder:acme".into(),
-            full: false,
-            counts: JobCounts::default(),
-            errors: Vec::new(),
-            error: None,
-            timings: JobTimings::default(),
-            requested_by: "test".into(),
-            request_id: None,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            updated_at: Utc::now(),
-        };
+        let mut job = RefreshJob::queued(
+            TenantId::parse("acme").unwrap_or_else(|_| unreachable!()),
+            InstanceId::new(),
+            "folder:acme".into(),
+            false,
+            "test".into(),
+        );
         for i in 0..(MAX_JOB_ERRORS + 5) {
             job.fail_document(&format!("d{i}"), "bad");
         }

@@ -213,9 +213,7 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
         "jobId": job.id, "state": job.state, "counts": job.counts, "error": job.error,
         "totalMs": job.timings.total_ms,
     }));
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
-    }
+    app.audit(entry).await;
     Ok(Delivery::Ran(job))
 }
 

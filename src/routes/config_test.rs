@@ -43,9 +43,7 @@ async fn run_and_audit(
     .instance(instance.id)
     .client(client)
     .details(serde_json::json!({"ok": report.ok, "failed": report.failed()}));
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(tenant.id = %instance.tenant_id, error = ?e, "audit entry could not be written: {e:#}");
-    }
+    app.audit(entry).await;
     tracing::info!(tenant.id = %instance.tenant_id, instance.id = %instance.id, ok = report.ok, failed = ?report.failed(), "configuration tested");
     ([(header::CACHE_CONTROL, "no-store")], Json(report)).into_response()
 }

@@ -96,26 +96,15 @@ pub async fn start_refresh(
         instance: claims.sub,
     };
     let runtime = crate::chat::runtime(&app, &caller).await?;
-    let now = Utc::now();
-    let job = RefreshJob {
-        id: RefreshJob::new_id(),
-        tenant_id: tenant.clone(),
-        instance_id: claims.sub,
-        state: JobState::Queued,
-        source: crate::jobs::describe_source(&app, &runtime),
-        full: body.full,
-        counts: JobCounts::default(),
-        errors: Vec::new(),
-        error: None,
-        timings: JobTimings::default(),
-        requested_by: format!("client:{tenant}"),
-        request_id: Some(crate::request_id::current()),
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-    };
-    let stale_before = now
+    let mut job = RefreshJob::queued(
+        tenant.clone(),
+        claims.sub,
+        crate::jobs::describe_source(&app, &runtime),
+        body.full,
+        format!("client:{tenant}"),
+    );
+    job.request_id = Some(crate::request_id::current());
+    let stale_before = job.created_at
         - chrono::Duration::from_std(app.settings.refresh_stale_after)
             .unwrap_or(chrono::Duration::minutes(10));
     let (job, created) = app.store.begin_refresh_job(&job, stale_before).await?;
@@ -131,9 +120,7 @@ pub async fn start_refresh(
     .instance(job.instance_id)
     .client(&client)
     .details(serde_json::json!({"jobId": job.id, "source": job.source, "full": job.full}));
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(tenant.id = %tenant, error = ?e, "audit entry could not be written: {e:#}");
-    }
+    app.audit(entry).await;
     if let Err(e) = crate::jobs::dispatch(&app, &job).await {
         tracing::error!(tenant.id = %tenant, job.id = %job.id, error = ?e, "refresh job could not be queued: {e:#}");
         let mut failed = job;

@@ -174,12 +174,6 @@ pub async fn exchange_token(
     Ok(response)
 }
 
-async fn record(app: &App, entry: AuditEntry) {
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(audit.action = %entry.action, error = ?e, "audit entry could not be written: {e:#}");
-    }
-}
-
 /// Verifies a company's access key (rate-limited per company; bcrypt off the runtime; one
 /// generic failure; audited both ways; `lastUsedAt` updated). Shared by the token exchange and
 /// `/chat`'s body-key flow. The per-address limit is the caller's.
@@ -230,7 +224,7 @@ pub async fn authenticate_key(
                 if let Some(i) = &other {
                     entry = entry.instance(i.id);
                 }
-                record(app, entry).await;
+                app.audit(entry).await;
             }
             tracing::info!(auth.reason = reason, client.address = %client, auth.via = via, "token exchange refused: {reason}");
             return Err(ApiError::InvalidClient);
@@ -243,8 +237,7 @@ pub async fn authenticate_key(
     {
         tracing::warn!(tenant.id = %instance.tenant_id, error = ?e, "lastUsedAt not updated: {e:#}");
     }
-    record(
-        app,
+    app.audit(
         AuditEntry::new(
             instance.tenant_id.clone(),
             action::AUTH_SUCCESS,

@@ -609,27 +609,15 @@ async fn a_job_queued_before_a_restart_runs_after_it() {
 /// does, without handing it to a worker; any active job older than a minute from now is
 /// abandoned for it.
 async fn recorded_job(app: &TestApp, token: &str) -> sophia::domain::RefreshJob {
-    use sophia::domain::{JobCounts, JobState, JobTimings, RefreshJob};
     let me: Value = app.get("/agents/me", token).await.json().await.unwrap();
-    let now = chrono::Utc::now();
-    let job = RefreshJob {
-        id: RefreshJob::new_id(),
-        tenant_id: TenantId::parse(me["companyId"].as_str().unwrap()).unwrap(),
-        instance_id: me["instanceId"].as_str().unwrap().parse().unwrap(),
-        state: JobState::Queued,
-        source: "folder:acme".into(),
-        full: false,
-        counts: JobCounts::default(),
-        errors: Vec::new(),
-        error: None,
-        timings: JobTimings::default(),
-        requested_by: "client:acme".into(),
-        request_id: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-    };
+    let job = sophia::domain::RefreshJob::queued(
+        TenantId::parse(me["companyId"].as_str().unwrap()).unwrap(),
+        me["instanceId"].as_str().unwrap().parse().unwrap(),
+        "folder:acme".into(),
+        false,
+        "client:acme".into(),
+    );
+    let now = job.created_at;
     let (job, created) = app
         .state
         .store

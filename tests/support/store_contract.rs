@@ -569,25 +569,13 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
 }
 
 pub fn job(tenant: &TenantId) -> RefreshJob {
-    let now = Utc::now();
-    RefreshJob {
-        id: RefreshJob::new_id(),
-        tenant_id: tenant.clone(),
-        instance_id: InstanceId::new(),
-        state: JobState::Queued,
-        source: format!("folder:{tenant}"),
-        full: false,
-        counts: Default::default(),
-        errors: Vec::new(),
-        error: None,
-        timings: Default::default(),
-        requested_by: "contract".into(),
-        request_id: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-    }
+    RefreshJob::queued(
+        tenant.clone(),
+        InstanceId::new(),
+        format!("folder:{tenant}"),
+        false,
+        "contract".into(),
+    )
 }
 
 pub async fn a_queued_job_is_claimed_once(store: Arc<dyn Store>) {

@@ -109,12 +109,6 @@ fn with_instance_headers(
     response
 }
 
-async fn audit(app: &App, entry: AuditEntry) {
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(audit.action = %entry.action, tenant.id = %entry.tenant_id, error = ?e, "audit entry could not be written: {e:#}");
-    }
-}
-
 /// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
 /// the change bites at once on this instance of the service.
 async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, ApiError> {
@@ -140,8 +134,7 @@ async fn audit_admin(
     action: &str,
     details: serde_json::Value,
 ) {
-    audit(
-        app,
+    app.audit(
         AuditEntry::new(
             instance.tenant_id.clone(),
             action,
