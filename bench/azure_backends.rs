@@ -212,6 +212,7 @@ fn main() {
         ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
         ("IDENTITY_ENDPOINT", msi.endpoint.as_str()),
         ("IDENTITY_HEADER", msi.header.as_str()),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
     ]);
 
     // The Azure pair first creates the containers; measure its start-up on the second run.

@@ -11,6 +11,8 @@
 //      its own `http://HOST:PORT/`.
 //   2. Partition key range ids come back as numbers; the service (and the SDK) use strings.
 //   3. Reading a missing document makes the server throw (HTTP 500); the service answers 404.
+//   4. The server stores documents of any size; the service refuses an item over 2 MB with
+//      413 RequestEntityTooLarge. The front does the same for document writes.
 // Test hook: `POST /_rig/faults {"status":429,"count":3,"retryAfterMs":5}` makes the next
 // `count` document requests (paths under /docs) answer `status` the way the service does
 // (429 with `x-ms-retry-after-ms` and substatus 3200, 503 with substatus 21008).
@@ -73,6 +75,14 @@ inner.listen(0, "127.0.0.1", () => {
         return;
       }
       if (injectFault(req, res)) return;
+      const path = (req.url || "/").split("?")[0];
+      if ((req.method === "POST" || req.method === "PUT") && /\/docs(\/|$)/.test(path)
+          && body.length > 2 * 1024 * 1024) {
+        res.writeHead(413, { "content-type": "application/json", "x-ms-activity-id": "rig-size" });
+        res.end(JSON.stringify({ code: "RequestEntityTooLarge",
+          message: "Message: {\"Errors\":[\"Request size is too large\"]}" }));
+        return;
+      }
       const headers = { ...req.headers, host: `127.0.0.1:${innerPort}` };
       const upstream = http.request(
         { host: "127.0.0.1", port: innerPort, method: req.method, path: req.url, headers, agent },

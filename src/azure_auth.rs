@@ -1,8 +1,14 @@
-//! Entra ID tokens for tenants' Azure resources when an instance uses
-//! `settings.authMode = managedIdentity`: one process-wide credential chosen by
-//! `SOPHIA_AZURE_CREDENTIAL` (managed identity — system- or user-assigned via
-//! `SOPHIA_AZURE_CLIENT_ID` —, workload identity, developer tools, or a client secret),
-//! built at start-up. `azure_identity` caches and refreshes the tokens.
+//! Entra ID tokens.
+//!
+//! * SOPHIA's own identity ([`EntraTokens`], chosen by `SOPHIA_AZURE_CREDENTIAL`: managed
+//!   identity — system- or user-assigned via `SOPHIA_AZURE_CLIENT_ID` —, workload identity,
+//!   developer tools, or a client secret) reaches SOPHIA's own resources only: Cosmos DB, Key
+//!   Vault, the refresh queue.
+//! * A company's resources are reached with that company's own user-assigned identity
+//!   ([`CompanyIdentities`], selected by `settings.managedIdentityClientId`), never with
+//!   SOPHIA's: Azure RBAC on the company's identity is what keeps it to its own resources.
+//!
+//! `azure_identity` caches and refreshes the tokens.
 
 use std::sync::Arc;
 
@@ -115,5 +121,71 @@ impl EntraTokens {
                 self.kind.as_str()
             ))),
         }
+    }
+}
+
+/// The per-company user-assigned identities, one credential per client id, built on first
+/// use and kept. Only credential kinds that can select an identity by client id qualify:
+/// managed identity (App Service / Functions / IMDS `client_id`) and workload identity.
+pub struct CompanyIdentities {
+    kind: CredentialKind,
+    tokens: std::sync::Mutex<std::collections::HashMap<String, Arc<EntraTokens>>>,
+}
+
+impl std::fmt::Debug for CompanyIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CompanyIdentities({})", self.kind.as_str())
+    }
+}
+
+/// How many company identities a process keeps credentials for.
+const MAX_COMPANY_IDENTITIES: usize = 100_000;
+
+impl CompanyIdentities {
+    /// Company identities of `kind`; `None` for kinds that cannot select one.
+    pub fn new(kind: CredentialKind) -> Option<Self> {
+        matches!(
+            kind,
+            CredentialKind::ManagedIdentity | CredentialKind::WorkloadIdentity
+        )
+        .then(|| Self {
+            kind,
+            tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// The credential of the identity with this client id (a GUID, checked when it was set).
+    pub fn for_client(&self, client_id: &str) -> Result<Arc<EntraTokens>, String> {
+        let mut tokens = self
+            .tokens
+            .lock()
+            .map_err(|_| "company identities unavailable".to_owned())?;
+        if let Some(found) = tokens.get(client_id) {
+            return Ok(Arc::clone(found));
+        }
+        let built = match self.kind {
+            CredentialKind::WorkloadIdentity => {
+                let options = azure_identity::WorkloadIdentityCredentialOptions {
+                    client_id: Some(client_id.to_owned()),
+                    ..Default::default()
+                };
+                azure_identity::WorkloadIdentityCredential::new(Some(options))
+                    .map(|c| c as Arc<dyn TokenCredential>)
+                    .map_err(|e| e.to_string())
+            }
+            _ => EntraTokens::new(CredentialKind::ManagedIdentity, Some(client_id))
+                .map(|t| t.credential)
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("the company's identity {client_id} is unusable: {e}"))?;
+        if tokens.len() >= MAX_COMPANY_IDENTITIES {
+            tokens.clear();
+        }
+        let entry = Arc::new(EntraTokens {
+            kind: self.kind,
+            credential: built,
+        });
+        tokens.insert(client_id.to_owned(), Arc::clone(&entry));
+        Ok(entry)
     }
 }

@@ -92,6 +92,14 @@ pub fn system_message(runtime: &TenantRuntime, citations: &[Citation]) -> Option
     })
 }
 
+/// What recording a turn did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    pub message_id: uuid::Uuid,
+    /// Oldest messages the stored conversation dropped to stay within its bounds.
+    pub history_trimmed: usize,
+}
+
 /// A `/chat` turn, prepared and ready to send.
 pub struct Turn {
     pub caller: Caller,
@@ -181,7 +189,9 @@ impl Turn {
 
     /// Records the turn: both messages in the conversation, the tokens in the daily usage.
     /// Failures are logged, not returned: the caller already has (or is getting) its answer.
-    pub async fn record(self, app: &App, answer: String, usage: Usage) -> uuid::Uuid {
+    /// Says how many of the oldest messages the stored conversation dropped to stay within
+    /// its bounds, so the client can be told.
+    pub async fn record(self, app: &App, answer: String, usage: Usage) -> Recorded {
         let message_id = uuid::Uuid::new_v4();
         let assistant = StoredMessage {
             id: message_id,
@@ -191,7 +201,7 @@ impl Turn {
             citations: self.citations,
         };
         let tenant = &self.caller.tenant;
-        if let Err(e) = app
+        let history_trimmed = match app
             .store
             .append_conversation(
                 tenant,
@@ -202,10 +212,22 @@ impl Turn {
             )
             .await
         {
-            tracing::error!(tenant.id = %tenant, error = ?e, "conversation not saved: {e:#}");
-        }
+            Ok(dropped) => {
+                if dropped > 0 {
+                    tracing::info!(tenant.id = %tenant, conversation.id = %self.conversation_id, conversation.dropped = dropped, "conversation {} reached its bound: {dropped} oldest message(s) dropped", self.conversation_id);
+                }
+                dropped
+            }
+            Err(e) => {
+                tracing::error!(tenant.id = %tenant, error = ?e, "conversation not saved: {e:#}");
+                0
+            }
+        };
         record_usage(app, tenant, usage).await;
-        message_id
+        Recorded {
+            message_id,
+            history_trimmed,
+        }
     }
 }
 

@@ -49,9 +49,11 @@ pub enum LogFormat {
 /// `SOPHIA_ADMIN_JWKS_URL`, `SOPHIA_ADMIN_ISSUER`, `SOPHIA_ADMIN_AUDIENCE`,
 /// `SOPHIA_ADMIN_ROLE_CLAIM`, `SOPHIA_ADMIN_COMPANY_CLAIM`, `SOPHIA_ADMIN_JWKS_MIN_REFRESH_SECS`,
 /// `SOPHIA_ALLOW_LOCAL_UPSTREAMS`, `SOPHIA_UPSTREAM_ALLOWED_HOSTS`, `SOPHIA_BCRYPT_COST`,
-/// `SOPHIA_TRUST_FORWARDED`, `SOPHIA_TOKEN_ISSUER`, `SOPHIA_TOKEN_AUDIENCE`,
+/// `SOPHIA_TRUST_FORWARDED`, `SOPHIA_TRUSTED_PROXY_HOPS`, `SOPHIA_TOKEN_ISSUER`, `SOPHIA_TOKEN_AUDIENCE`,
 /// `SOPHIA_TOKEN_TTL_SECS`, `SOPHIA_PUBLIC_URL`, `SOPHIA_SECURITY_CACHE_TTL_SECS`,
 /// `SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS`, `SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY`,
+/// `SOPHIA_TOKEN_FAILURES_PER_SOURCE`, `SOPHIA_EXTRACTOR`, `SOPHIA_EXTRACT_MEMORY_MB`,
+/// `SOPHIA_EXTRACT_TIMEOUT_SECS`, `SOPHIA_EXTRACT_MAX_CHARS`,
 /// `SOPHIA_MAX_BODY_BYTES`, `SOPHIA_TENANT_CACHE_TTL_SECS`, `SOPHIA_TENANT_CACHE_MAX_STALE_SECS`,
 /// `SOPHIA_UPSTREAM_CONNECT_TIMEOUT_MS`, `SOPHIA_UPSTREAM_FIRST_BYTE_TIMEOUT_MS`,
 /// `SOPHIA_UPSTREAM_TIMEOUT_MS`, `SOPHIA_UPSTREAM_IDLE_TIMEOUT_MS`,
@@ -80,13 +82,26 @@ pub struct Settings {
     pub upstream_allowed_hosts: String,
     pub bcrypt_cost: u32,
     pub trust_forwarded: bool,
+    /// How many proxies in front of SOPHIA append to `X-Forwarded-For` (the client address
+    /// is the entry that many places from the right).
+    pub trusted_proxy_hops: usize,
     pub token_issuer: String,
     pub token_audience: String,
     pub token_ttl_secs: u64,
     pub public_url: Option<url::Url>,
     pub security_cache_ttl: Duration,
     pub token_rate_limit_per_address: u32,
+    /// The executable that serves `extract-text` (`SOPHIA_EXTRACTOR`; default this one).
+    pub extractor: Option<PathBuf>,
+    pub extract_memory_mb: u64,
+    pub extract_timeout: Duration,
+    pub extract_max_chars: usize,
+    /// Failed key checks per company per minute (all addresses) past which that company's
+    /// checks are slowed down (run one at a time), never refused.
     pub token_rate_limit_per_company: u32,
+    /// Failed key checks per (company, client address) per minute past which that source is
+    /// refused (429) for that company.
+    pub token_failures_per_source: u32,
     pub max_body_bytes: usize,
     pub tenant_cache_ttl: Duration,
     pub tenant_cache_max_stale: Duration,
@@ -202,6 +217,23 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 }
 
 impl Settings {
+    /// The base URL clients reach SOPHIA at: `SOPHIA_PUBLIC_URL` (required outside local
+    /// development), else the local listener. Never derived from a request's headers.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => {
+                let host = match self.bind_address {
+                    IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_owned(),
+                    IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_owned(),
+                    IpAddr::V6(a) => format!("[{a}]"),
+                    a => a.to_string(),
+                };
+                format!("http://{host}:{}", self.port)
+            }
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -326,6 +358,28 @@ impl Settings {
                 ));
             }
         }
+        let admin_issuer = env.get("SOPHIA_ADMIN_ISSUER");
+        let admin_audience = env.get("SOPHIA_ADMIN_AUDIENCE");
+        if admin_jwks_url.is_some() {
+            // An identity provider's keys sign the tokens of every one of its tenants and apps
+            // (Entra ID signs all of them with the same keys): without a pinned issuer and
+            // audience, anyone with an account there could mint a PLATFORM_ADMIN token.
+            if admin_issuer.is_none() {
+                return Err(err(
+                    "SOPHIA_ADMIN_ISSUER",
+                    "is required with SOPHIA_ADMIN_JWKS_URL: the identity provider's issuer \
+                     (e.g. https://login.microsoftonline.com/<tenant id>/v2.0), or any account \
+                     of that provider could mint admin tokens",
+                ));
+            }
+            if admin_audience.is_none() {
+                return Err(err(
+                    "SOPHIA_ADMIN_AUDIENCE",
+                    "is required with SOPHIA_ADMIN_JWKS_URL: the application id URI or client id \
+                     admin tokens are issued for (e.g. api://sophia-admin)",
+                ));
+            }
+        }
         let upstream_allowed_hosts = env
             .get("SOPHIA_UPSTREAM_ALLOWED_HOSTS")
             .unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.to_owned());
@@ -343,6 +397,41 @@ impl Settings {
             }
         };
         let public_url = env.url("SOPHIA_PUBLIC_URL")?;
+        let under_functions_host = env.get("FUNCTIONS_CUSTOMHANDLER_PORT").is_some();
+        let on_azure = under_functions_host
+            || store == StoreBackend::Cosmos
+            || secrets == SecretsBackend::KeyVault
+            || refresh_queue_url.is_some();
+        match &public_url {
+            None if on_azure => {
+                return Err(err(
+                    "SOPHIA_PUBLIC_URL",
+                    "is required outside local development (under the Functions host or on an \
+                     Azure backend): the https base URL clients reach SOPHIA at; the token issuer \
+                     and the discovery document are built from it, never from request headers",
+                ));
+            }
+            Some(u)
+                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() =>
+            {
+                return Err(err(
+                    "SOPHIA_PUBLIC_URL",
+                    "must be a base URL without query, fragment or user info",
+                ));
+            }
+            Some(u)
+                if u.scheme() != "https"
+                    && on_azure
+                    && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) =>
+            {
+                return Err(err(
+                    "SOPHIA_PUBLIC_URL",
+                    "must be https outside local development (http only for localhost)",
+                ));
+            }
+            _ => {}
+        }
+        let trusted_proxy_hops = env.range("SOPHIA_TRUSTED_PROXY_HOPS", 1usize, 1, 8)?;
         let token_issuer = env
             .get("SOPHIA_TOKEN_ISSUER")
             .or_else(|| {
@@ -371,8 +460,8 @@ impl Settings {
             master_key: master_key.map(SecretString::from),
             admin_jwt_secret: admin_jwt_secret.map(SecretString::from),
             admin_jwks_url,
-            admin_issuer: env.get("SOPHIA_ADMIN_ISSUER"),
-            admin_audience: env.get("SOPHIA_ADMIN_AUDIENCE"),
+            admin_issuer,
+            admin_audience,
             admin_role_claim: env.get("SOPHIA_ADMIN_ROLE_CLAIM"),
             admin_company_claim: env
                 .get("SOPHIA_ADMIN_COMPANY_CLAIM")
@@ -387,6 +476,7 @@ impl Settings {
             upstream_allowed_hosts,
             bcrypt_cost: env.range("SOPHIA_BCRYPT_COST", 12u32, 4, 31)?,
             trust_forwarded: env.flag("SOPHIA_TRUST_FORWARDED")?,
+            trusted_proxy_hops,
             token_issuer,
             token_audience: env
                 .get("SOPHIA_TOKEN_AUDIENCE")
@@ -402,6 +492,26 @@ impl Settings {
             token_rate_limit_per_address: env.range(
                 "SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS",
                 30u32,
+                0,
+                1_000_000,
+            )?,
+            extractor: env.get("SOPHIA_EXTRACTOR").map(PathBuf::from),
+            extract_memory_mb: env.range("SOPHIA_EXTRACT_MEMORY_MB", 512u64, 64, 16_384)?,
+            extract_timeout: Duration::from_secs(env.range(
+                "SOPHIA_EXTRACT_TIMEOUT_SECS",
+                60u64,
+                1,
+                3_600,
+            )?),
+            extract_max_chars: env.range(
+                "SOPHIA_EXTRACT_MAX_CHARS",
+                2_000_000usize,
+                1_000,
+                100_000_000,
+            )?,
+            token_failures_per_source: env.range(
+                "SOPHIA_TOKEN_FAILURES_PER_SOURCE",
+                10u32,
                 0,
                 1_000_000,
             )?,
@@ -570,6 +680,7 @@ mod tests {
             settings(&[
                 ("SOPHIA_STORE", "cosmos"),
                 ("SOPHIA_COSMOS_ENDPOINT", "http://127.0.0.1:8081/"),
+                ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
             ])
             .is_ok()
         );
@@ -588,6 +699,7 @@ mod tests {
         let s = settings(&[
             ("SOPHIA_SECRETS", "keyvault"),
             ("SOPHIA_KEYVAULT_URL", "https://v.vault.azure.net"),
+            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
             ("REGION_NAME", "North Europe"),
         ])
         .unwrap();
@@ -600,10 +712,49 @@ mod tests {
         let s = settings(&[
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "7071"),
             ("SOPHIA_PORT", "9000"),
+            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
         ])
         .unwrap();
         assert_eq!(s.port, 7071);
         assert_eq!(settings(&[("SOPHIA_PORT", "9000")]).unwrap().port, 9000);
+    }
+
+    /// Outside local development the public URL is configured, never guessed from requests.
+    #[test]
+    fn the_public_url_is_required_outside_local_development() {
+        for azure in [
+            vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "7071")],
+            vec![
+                ("SOPHIA_SECRETS", "keyvault"),
+                ("SOPHIA_KEYVAULT_URL", "https://v.vault.azure.net"),
+            ],
+        ] {
+            assert_eq!(settings(&azure).err().unwrap().var, "SOPHIA_PUBLIC_URL");
+            let mut http = azure.clone();
+            http.push(("SOPHIA_PUBLIC_URL", "http://sophia.example.com"));
+            assert_eq!(settings(&http).err().unwrap().var, "SOPHIA_PUBLIC_URL");
+            let mut ok = azure.clone();
+            ok.push(("SOPHIA_PUBLIC_URL", "https://sophia.example.com/"));
+            assert_eq!(
+                settings(&ok).unwrap().public_base(),
+                "https://sophia.example.com"
+            );
+        }
+        for bad in ["https://x.example.com/?a=1", "https://u:p@x.example.com"] {
+            assert_eq!(
+                settings(&[("SOPHIA_PUBLIC_URL", bad)]).err().unwrap().var,
+                "SOPHIA_PUBLIC_URL"
+            );
+        }
+        let local = settings(&[("SOPHIA_PORT", "9000")]).unwrap();
+        assert_eq!(local.public_base(), "http://127.0.0.1:9000");
+        assert_eq!(
+            settings(&[("SOPHIA_TRUSTED_PROXY_HOPS", "0")])
+                .err()
+                .unwrap()
+                .var,
+            "SOPHIA_TRUSTED_PROXY_HOPS"
+        );
     }
 
     #[test]

@@ -163,8 +163,8 @@ fn throttled(endpoint: &ModelEndpoint) -> String {
 /// Runs every check for `instance`.
 pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     let limit = app.settings.config_test_timeout;
-    let managed_identity =
-        instance.settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity");
+    let managed_identity = crate::domain::authority::AuthMode::of(instance)
+        == crate::domain::authority::AuthMode::ManagedIdentity;
     let mut checks = Vec::with_capacity(5);
 
     // 1. The credential bundle.
@@ -175,22 +175,27 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
                 "secret",
                 started,
                 if managed_identity {
-                    Ok("no keyvaultSecretId: the instance uses SOPHIA's managed identity".into())
+                    Ok("no keyvaultSecretId: the instance uses its company's managed identity".into())
                 } else {
-                    Err("no keyvaultSecretId: the instance has no credentials; PATCH credentials or set settings.authMode=managedIdentity".into())
+                    Err("no keyvaultSecretId: the instance has no credentials; PATCH credentials (or have a platform admin bind the company's managed identity)".into())
                 },
             ));
             CredentialBundle::default()
         }
         Some(id) => {
             let read = bounded(limit, "the secret store", async {
-                app.secrets.get(id).await.map_err(|e| match e {
-                    SecretError::NotFound => format!(
+                match app.secrets.get_owned(id).await {
+                    Ok((_, Some(owner))) if owner != instance.tenant_id.as_str() => Err(format!(
+                        "the secret '{}' is bound to another company; it is not used",
+                        secret_name(id)
+                    )),
+                    Ok((secret, _)) => Ok(secret),
+                    Err(SecretError::NotFound) => Err(format!(
                         "the secret '{}' was not found in the secret store (404)",
                         secret_name(id)
-                    ),
-                    other => format!("the credential bundle could not be read: {other}"),
-                })
+                    )),
+                    Err(other) => Err(format!("the credential bundle could not be read: {other}")),
+                }
             })
             .await;
             match read {
@@ -229,7 +234,7 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     .map(|s| s.expose_secret().to_owned())
     .filter(|s| s.len() >= 4)
     .collect();
-    let runtime = TenantRuntime::build(instance.clone(), bundle, app.entra.as_ref());
+    let runtime = TenantRuntime::build(instance.clone(), bundle, app.identities.as_ref());
 
     // 2. The chat deployment.
     checks.push(match &runtime.chat {

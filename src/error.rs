@@ -29,6 +29,9 @@ pub enum ApiError {
     InvalidClient,
     #[error("{0}")]
     Forbidden(String),
+    /// A change this admin may not make to one field (the problem names it).
+    #[error("{detail}")]
+    ForbiddenField { field: String, detail: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("method not allowed")]
@@ -100,7 +103,7 @@ impl ApiError {
             Self::Unauthenticated | Self::InvalidToken(_) | Self::InvalidClient => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ForbiddenField { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) | Self::NotConfigured(_) => StatusCode::CONFLICT,
@@ -124,7 +127,7 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken(_) => "invalid_token",
             Self::InvalidClient => "invalid_client",
-            Self::Forbidden(_) => "forbidden",
+            Self::Forbidden(_) | Self::ForbiddenField { .. } => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
@@ -153,7 +156,7 @@ impl ApiError {
             Self::Unauthenticated => "Authentication required",
             Self::InvalidToken(_) => "Invalid token",
             Self::InvalidClient => "Invalid client",
-            Self::Forbidden(_) => "Forbidden",
+            Self::Forbidden(_) | Self::ForbiddenField { .. } => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict(_) => "Conflict",
@@ -208,7 +211,7 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let (field, oauth_error) = match &self {
-            Self::Validation { field, .. } => {
+            Self::Validation { field, .. } | Self::ForbiddenField { field, .. } => {
                 (Some(field.as_str()).filter(|f| !f.is_empty()), None)
             }
             Self::InvalidClient => (None, Some("invalid_client")),

@@ -141,15 +141,10 @@ impl FromRequestParts<AppState> for ClientAddress {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if state.settings.trust_forwarded
-            && let Some(forwarded) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
+            && let Some(forwarded) =
+                forwarded_client(&parts.headers, state.settings.trusted_proxy_hops)
         {
-            return Ok(Self(normalise_address(forwarded)));
+            return Ok(Self(forwarded));
         }
         let peer = parts
             .extensions
@@ -158,6 +153,23 @@ impl FromRequestParts<AppState> for ClientAddress {
             .unwrap_or_else(|| "unknown".to_owned());
         Ok(Self(peer))
     }
+}
+
+/// The client address in `X-Forwarded-For`, as the trusted proxies recorded it: every header
+/// line joined in order, then the entry `hops` places from the right (each of the `hops`
+/// trusted proxies appended one; whatever stands further left was written by the client and
+/// proves nothing). `None` when the header is absent or empty.
+pub fn forwarded_client(headers: &axum::http::HeaderMap, hops: usize) -> Option<String> {
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let index = entries.len().saturating_sub(hops.max(1));
+    entries.get(index).map(|raw| normalise_address(raw))
 }
 
 /// Azure front ends may append `ip:port`; keep the address only.
@@ -265,6 +277,31 @@ mod tests {
         assert_eq!(normalise_address("2001:db8::1"), "2001:db8::1");
         assert_eq!(normalise_address("[2001:db8::1]:443"), "2001:db8::1");
         assert_eq!(normalise_address("bad value\n"), "badvalue");
+    }
+
+    #[test]
+    fn the_client_is_the_entry_the_trusted_hops_added() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(forwarded_client(&headers, 1), None);
+        // A client writes its own line first; the front end appends the real peer last.
+        headers.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        headers.append(
+            "x-forwarded-for",
+            "7.7.7.7, 203.0.113.9:5123".parse().unwrap(),
+        );
+        assert_eq!(
+            forwarded_client(&headers, 1).as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(forwarded_client(&headers, 2).as_deref(), Some("7.7.7.7"));
+        assert_eq!(
+            forwarded_client(&headers, 8).as_deref(),
+            Some("6.6.6.6"),
+            "fewer entries than hops: the farthest one known"
+        );
+        let mut blank = axum::http::HeaderMap::new();
+        blank.append("x-forwarded-for", " , ".parse().unwrap());
+        assert_eq!(forwarded_client(&blank, 1), None);
     }
 
     #[test]

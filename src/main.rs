@@ -9,6 +9,12 @@ use sophia::startup::{Application, shutdown_signal};
 #[allow(clippy::print_stdout)]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The sandboxed text extractor (spawned by refresh jobs): before any configuration or
+    // runtime, so it starts small and limits itself at once.
+    if args.first().map(String::as_str) == Some("extract-text") {
+        let code = sophia::knowledge::sandbox::child_main(&args[1..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let command = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -32,14 +32,32 @@ pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("POST", "/refresh-worker"),
 ];
 
+/// The admin API's own prefix (the seed's contract, for APIM and hosting outside Functions).
+pub const ADMIN_PREFIX: &str = "/admin/";
+/// The same admin API under a prefix the Azure Functions host accepts: it reserves every HTTP
+/// route that starts with `admin` (and `runtime`) for its own API, so `functions/*` routes
+/// the admin functions here.
+pub const FUNCTIONS_ADMIN_PREFIX: &str = "/manage/";
+
+/// The Functions-host spelling of an admin path (`/admin/x` → `/manage/x`).
+pub fn functions_alias(path: &str) -> Option<String> {
+    path.strip_prefix(ADMIN_PREFIX)
+        .map(|rest| format!("{FUNCTIONS_ADMIN_PREFIX}{rest}"))
+}
+
 struct RouteTable {
     router: Router<AppState>,
-    routes: Vec<(Method, &'static str)>,
+    routes: Vec<(Method, String)>,
 }
 
 impl RouteTable {
+    /// Serves `path` (and, for an admin path, its Functions alias) with `handler`.
     fn add(mut self, method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
-        self.routes.push((method, path));
+        if let Some(alias) = functions_alias(path) {
+            self.router = self.router.route(&alias, handler.clone());
+            self.routes.push((method.clone(), alias));
+        }
+        self.routes.push((method, path.to_owned()));
         self.router = self.router.route(path, handler);
         self
     }
@@ -122,8 +140,8 @@ fn table() -> RouteTable {
     )
 }
 
-/// Every (method, path template) the router serves.
-pub fn routes() -> Vec<(Method, &'static str)> {
+/// Every (method, path template) the router serves, the `/manage/*` aliases included.
+pub fn routes() -> Vec<(Method, String)> {
     table().routes
 }
 

@@ -32,10 +32,52 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("SOPHIA_DATA_DIR: creating {}", dir.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Private even when it already existed (a directory made by hand, or by an older version).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("SOPHIA_DATA_DIR: reading {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+                || format!("SOPHIA_DATA_DIR: making {} private (0700)", dir.display()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A data-dir file readable by this user only (0600), created empty when missing, before an
+/// embedded database opens it: SQLite gives its `-wal` and `-shm` files the database file's
+/// mode, so they are private too.
+pub fn private_file(path: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in [
+            path.to_path_buf(),
+            path.with_extension("db-wal"),
+            path.with_extension("db-shm"),
+        ] {
+            if let Ok(meta) = std::fs::metadata(&file)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("making {} private (0600)", file.display()))?;
+            }
         }
     }
     Ok(())
@@ -99,9 +141,9 @@ async fn open_store(
     match settings.store {
         StoreBackend::Sqlite => {
             ensure_data_dir(&settings.data_dir)?;
-            Ok(Arc::new(SqliteStore::open(
-                &settings.data_dir.join("sophia.db"),
-            )?))
+            let path = settings.data_dir.join("sophia.db");
+            private_file(&path)?;
+            Ok(Arc::new(SqliteStore::open(&path)?))
         }
         StoreBackend::Cosmos => {
             use crate::store::cosmos::{CosmosAuth, CosmosConfig, CosmosStore};
@@ -143,10 +185,9 @@ fn open_secrets(
                     .map_err(|e| anyhow::anyhow!("SOPHIA_MASTER_KEY: {e}"))?,
                 None => MasterKey::load_or_create(&settings.data_dir)?,
             };
-            Ok(Arc::new(LocalSecretStore::open(
-                &settings.data_dir.join("secrets.db"),
-                key,
-            )?))
+            let path = settings.data_dir.join("secrets.db");
+            private_file(&path)?;
+            Ok(Arc::new(LocalSecretStore::open(&path, key)?))
         }
         SecretsBackend::KeyVault => {
             let url = settings
@@ -208,13 +249,36 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 /// Builds the application state from settings.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    build_state_with(settings, None).await
+}
+
+/// Builds the application state, on `store` when given (tests wrap the real store to inject
+/// faults) instead of the one the settings name.
+pub async fn build_state_with(
+    settings: Settings,
+    store: Option<Arc<dyn Store>>,
+) -> anyhow::Result<AppState> {
     let entra = entra_credential(&settings)?;
+    let identities = entra
+        .as_ref()
+        .and_then(|e| crate::azure_auth::CompanyIdentities::new(e.kind()))
+        .map(Arc::new);
     let secrets = open_secrets(&settings, entra.as_ref())?;
-    let store = open_store(&settings, entra.as_ref()).await?;
+    let store = match store {
+        Some(store) => store,
+        None => open_store(&settings, entra.as_ref()).await?,
+    };
     ensure_data_dir(&settings.data_dir)?;
-    let knowledge: Arc<dyn crate::knowledge::KnowledgeIndex> = Arc::new(
-        crate::knowledge::sqlite::SqliteIndex::open(&settings.data_dir.join("knowledge.db"))?,
-    );
+    let index_path = settings.data_dir.join("knowledge.db");
+    private_file(&index_path)?;
+    for key_file in ["master.key", ADMIN_SECRET_FILE] {
+        let path = settings.data_dir.join(key_file);
+        if path.exists() {
+            private_file(&path)?;
+        }
+    }
+    let knowledge: Arc<dyn crate::knowledge::KnowledgeIndex> =
+        Arc::new(crate::knowledge::sqlite::SqliteIndex::open(&index_path)?);
     let http = http_client()?;
     let tokens = ServiceTokens::load_or_create(
         secrets.as_ref(),
@@ -239,9 +303,27 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     );
     let jobs = match &settings.refresh_queue_url {
         None => crate::jobs::JobQueue::local(settings.refresh_workers),
-        Some(url) => crate::jobs::JobQueue::storage(url, entra.as_ref())?,
+        Some(url) => crate::jobs::JobQueue::storage(
+            url,
+            entra.as_ref(),
+            crate::jobs::QueueSigner::load_or_create(secrets.as_ref())
+                .await
+                .context("loading the refresh queue's signing key")?,
+        )?,
+    };
+    let extractor = crate::knowledge::sandbox::Extractor {
+        executable: match &settings.extractor {
+            Some(path) => path.clone(),
+            None => {
+                std::env::current_exe().context("locating this executable (the text extractor)")?
+            }
+        },
+        memory_bytes: settings.extract_memory_mb * 1024 * 1024,
+        timeout: settings.extract_timeout,
+        max_chars: settings.extract_max_chars,
     };
     Ok(Arc::new(App {
+        extractor,
         upstreams,
         models,
         usage: crate::usage::UsageRecorder::default(),
@@ -258,12 +340,16 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             settings.tenant_cache_max_stale,
             100_000,
         )
-        .with_entra(entra.clone()),
+        .with_identities(identities.clone()),
+        identities,
         entra,
         hasher: KeyHasher::new(settings.bcrypt_cost),
         security: SecurityCache::new(settings.security_cache_ttl),
         limit_by_address: RateLimiter::new(settings.token_rate_limit_per_address),
-        limit_by_company: RateLimiter::new(settings.token_rate_limit_per_company),
+        key_checks: crate::auth::key_checks::KeyChecks::new(
+            settings.token_failures_per_source,
+            settings.token_rate_limit_per_company,
+        ),
         started_at: Instant::now(),
         store,
         secrets,
@@ -285,11 +371,25 @@ pub struct Application {
 impl Application {
     /// Builds the state and binds the port (port 0 picks a free one; see [`Self::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_store(settings, None).await
+    }
+
+    /// [`Self::build`] on a given store (fault-injection tests).
+    pub async fn build_with_store(
+        settings: Settings,
+        store: Option<Arc<dyn Store>>,
+    ) -> anyhow::Result<Self> {
+        let mut settings = settings;
         let addr = SocketAddr::new(settings.bind_address, settings.port);
-        let state = build_state(settings).await?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        // Port 0 picked a free port: the local base URL names the real one.
+        settings.port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(settings.port);
+        let state = build_state_with(settings, store).await?;
         Ok(Self { listener, state })
     }
 

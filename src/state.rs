@@ -22,6 +22,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub secrets: Arc<dyn SecretStore>,
     pub knowledge: Arc<dyn KnowledgeIndex>,
+    /// Text extraction for refresh jobs (sandboxed for formats that inflate or nest).
+    pub extractor: crate::knowledge::sandbox::Extractor,
     /// Where refresh jobs go to be run.
     pub jobs: crate::jobs::JobQueue,
     pub http: reqwest::Client,
@@ -32,8 +34,11 @@ pub struct App {
     pub security: SecurityCache,
     pub runtimes: RuntimeCache,
     pub models: ModelClient,
-    /// The Azure credential for instances with `settings.authMode = managedIdentity`.
+    /// SOPHIA's own Entra identity: its Cosmos DB, Key Vault and queue, never a company's
+    /// resources.
     pub entra: Option<Arc<crate::azure_auth::EntraTokens>>,
+    /// Companies' own user-assigned identities (`settings.managedIdentityClientId`).
+    pub identities: Option<Arc<crate::azure_auth::CompanyIdentities>>,
     pub usage: crate::usage::UsageRecorder,
     /// SHA-256 of a service token → its verified claims (signature checked once per token).
     pub verified_tokens:
@@ -41,7 +46,8 @@ pub struct App {
     /// `/chat` body-key flow: (companyId, SHA-256 of the key) → verified instance, short TTL.
     pub verified_keys: moka::future::Cache<(String, [u8; 32]), crate::routes::chat::VerifiedKey>,
     pub limit_by_address: RateLimiter,
-    pub limit_by_company: RateLimiter,
+    /// Brute-force protection of access-key checks (per source, per company, unknown ids).
+    pub key_checks: crate::auth::key_checks::KeyChecks,
     pub started_at: Instant,
 }
 

@@ -83,3 +83,88 @@ pub fn upstream_client(
         .user_agent(concat!("sophia/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
+
+/// An Azure SDK transport over the upstream client, for SDK calls to a company's resources
+/// (its knowledge Blob container): they go through the same private-address DNS policy as the
+/// model calls, follow no redirect, and are never decompressed on the fly (an encoded blob
+/// cannot inflate past the download bound). Read-only: a streamed request body is refused.
+#[derive(Debug, Clone)]
+pub struct PolicyTransport {
+    client: reqwest::Client,
+}
+
+impl PolicyTransport {
+    /// `client` is the upstream client ([`upstream_client`]).
+    pub fn new(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::HttpClient for PolicyTransport {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        use azure_core::error::{Error, ErrorKind};
+        use azure_core::http::{Body, Method};
+        use futures_util::TryStreamExt;
+        let method = match request.method() {
+            Method::Delete => reqwest::Method::DELETE,
+            Method::Get => reqwest::Method::GET,
+            Method::Head => reqwest::Method::HEAD,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            other => {
+                return Err(Error::with_message(
+                    ErrorKind::Other,
+                    format!("HTTP method {other:?} is not sent to company resources"),
+                ));
+            }
+        };
+        let mut builder = self.client.request(method, request.url().as_str());
+        for (name, value) in request.headers().iter() {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let builder = match request.body() {
+            Body::Bytes(bytes) => builder.body(bytes.clone()),
+            Body::SeekableStream(_) => {
+                return Err(Error::with_message(
+                    ErrorKind::Other,
+                    "streamed request bodies are not sent to company resources",
+                ));
+            }
+        };
+        let response = builder.send().await.map_err(|e| {
+            let kind = if e.is_connect() {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Io
+            };
+            Error::with_error(kind, e, "the request to the company's resource failed")
+        })?;
+        let status = response.status().as_u16();
+        let headers: std::collections::HashMap<
+            azure_core::http::headers::HeaderName,
+            azure_core::http::headers::HeaderValue,
+        > = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_owned().into(), v.to_owned().into()))
+            })
+            .collect();
+        let body: azure_core::http::response::PinnedStream =
+            Box::pin(response.bytes_stream().map_err(|e| {
+                Error::with_error(ErrorKind::Io, e, "reading the company resource's answer")
+            }));
+        Ok(azure_core::http::AsyncRawResponse::new(
+            status.into(),
+            azure_core::http::headers::Headers::from(headers),
+            body,
+        ))
+    }
+}

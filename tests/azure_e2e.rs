@@ -109,6 +109,7 @@ fn cosmos_and_keyvault_with_managed_identity() {
         ("IDENTITY_ENDPOINT", msi.endpoint.as_str()),
         ("IDENTITY_HEADER", msi.header.as_str()),
         ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
         ("SOPHIA_LOG", "debug"),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +208,7 @@ fn cosmos_with_local_secrets_and_sqlite_with_keyvault() {
             ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
             ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
             ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
         ],
     );
     assert_eq!(health(&server)["backends"]["secrets"], "local");
@@ -232,6 +234,7 @@ fn cosmos_with_local_secrets_and_sqlite_with_keyvault() {
             ("IDENTITY_ENDPOINT", msi.endpoint.as_str()),
             ("IDENTITY_HEADER", msi.header.as_str()),
             ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
         ],
     );
     assert_eq!(health(&server)["backends"]["store"], "sqlite");
@@ -252,6 +255,7 @@ fn a_wrong_credential_fails_at_start_up() {
         .env("SOPHIA_SECRETS", "keyvault")
         .env("SOPHIA_KEYVAULT_URL", &vault.url)
         .env("SOPHIA_AZURE_CREDENTIAL", "workload_identity")
+        .env("SOPHIA_PUBLIC_URL", "https://sophia.example.com")
         .output()
         .unwrap();
     assert!(!out.status.success());

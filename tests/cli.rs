@@ -259,11 +259,15 @@ fn secrets_never_reach_the_logs() {
 
 /// `settings.authMode = managedIdentity`: SOPHIA gets an Entra token for Azure OpenAI from the
 /// App Service / Functions managed-identity endpoint (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`)
-/// through `azure_identity`, sends it as a Bearer token, and reuses it while it is valid.
+/// through `azure_identity` — for the company's own user-assigned identity
+/// (`settings.managedIdentityClientId`, sent as `client_id`), never SOPHIA's — sends it as a
+/// Bearer token, and reuses it while it is valid.
 #[test]
 fn managed_identity_tokens_reach_the_model() {
-    let msi = support::azure::ManagedIdentity::start("ENTRA-TOKEN-7777");
-    let (mut sim, sim_url) = start_simulator("ENTRA-TOKEN-7777");
+    const ACME_IDENTITY: &str = "6f1c2a9e-5b7d-4c3e-9a8f-0123456789ab";
+    let msi = support::azure::ManagedIdentity::start("SOPHIA-OWN-TOKEN-1111")
+        .with_identity(ACME_IDENTITY, "ACME-ENTRA-TOKEN-7777");
+    let (mut sim, sim_url) = start_simulator("ACME-ENTRA-TOKEN-7777");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         dir.path(),
@@ -277,23 +281,22 @@ fn managed_identity_tokens_reach_the_model() {
     );
     let admin = admin_token(dir.path(), &["--role", "PLATFORM_ADMIN"]);
     let client = reqwest::blocking::Client::new();
-    let created: Value = client
+    // Without a company identity the instance is refused: SOPHIA's own is not an option.
+    let refused = client
         .post(server.url("/admin/agent-instances"))
         .bearer_auth(&admin)
         .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url,
                       "azureOpenaiDeployment": "gpt-4o", "settings": {"authMode": "managedIdentity"}}))
         .send()
-        .unwrap()
-        .json()
         .unwrap();
-    let token: Value = client
-        .post(server.url("/agents/auth/token"))
-        .json(&json!({"companyId": "acme", "agentAccessKey": created["agentAccessKey"]}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let service = token["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(refused.status(), 400);
+    let (_, service) = create_and_exchange(
+        &server,
+        &admin,
+        &json!({"companyId": "acme", "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url,
+                "azureOpenaiDeployment": "gpt-4o",
+                "settings": {"authMode": "managedIdentity", "managedIdentityClientId": ACME_IDENTITY}}),
+    );
     for _ in 0..3 {
         let resp = client
             .post(server.url("/chat"))
@@ -311,19 +314,22 @@ fn managed_identity_tokens_reach_the_model() {
         .unwrap();
     assert_eq!(seen.len(), 3);
     assert!(
-        seen.iter().all(|r| r["key"] == "ENTRA-TOKEN-7777"),
-        "the model got the Entra token"
+        seen.iter().all(|r| r["key"] == "ACME-ENTRA-TOKEN-7777"),
+        "the model got the company identity's token"
     );
     assert_eq!(
-        msi.resources(),
-        ["https://cognitiveservices.azure.com"],
-        "one token, reused while valid"
+        msi.issued(),
+        [(
+            "https://cognitiveservices.azure.com".to_owned(),
+            Some(ACME_IDENTITY.to_owned())
+        )],
+        "one token, for the company's identity, reused while valid; none for SOPHIA's"
     );
     let (_, logs) = server.stop();
     let _ = sim.kill();
     let _ = sim.wait();
     assert!(
-        !logs.contains("ENTRA-TOKEN-7777"),
+        !logs.contains("ACME-ENTRA-TOKEN-7777"),
         "the Entra token is not logged"
     );
     assert!(

@@ -230,6 +230,26 @@ mod cosmos_only {
         assert!(err.contains("/liveKey"), "{err}");
     }
 
+    /// The rig refuses items over 2 MB as the service does, so the contract case
+    /// `long_conversations_keep_saving` proves the bound against the real limit.
+    #[tokio::test]
+    async fn the_rig_refuses_items_over_two_megabytes() {
+        let db = support::rig::fresh_database();
+        let _store = CosmosStore::connect(config(&db)).await.unwrap();
+        let base = support::rig::cosmos_endpoint();
+        let big = "x".repeat(2 * 1024 * 1024 + 1);
+        let (status, body) = rest(
+            &base,
+            Method::POST,
+            &format!("/dbs/{db}/colls/conversations/docs"),
+            &[("x-ms-documentdb-partitionkey", "[\"acme\"]")],
+            json!({"id": "too-big", "tenantId": "acme", "blob": big}),
+        )
+        .await;
+        assert_eq!(status, 413, "{body}");
+        assert_eq!(body["code"], "RequestEntityTooLarge");
+    }
+
     async fn inject(base: &str, status: u16, count: u32) {
         let res = reqwest::Client::new()
             .post(format!("{base}/_rig/faults"))

@@ -399,3 +399,51 @@ async fn the_openai_provider_uses_v1_and_bearer() {
     assert_eq!(seen.body["model"], "gpt-4o-mini");
     assert!(seen.api_version.is_none());
 }
+
+/// The Azure SDK transport for company resources (the knowledge Blob container) resolves
+/// through the same policy: an allowed name that resolves to loopback reaches nothing.
+#[tokio::test]
+async fn the_sdk_transport_applies_the_private_address_policy() {
+    use azure_core::http::{HttpClient, Method, Request};
+    use sophia::upstream::PolicyTransport;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "ok"
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url =
+        azure_core::http::Url::parse(&format!("http://localhost:{port}/docs?restype=container"))
+            .unwrap();
+    let strict = PolicyTransport::new(
+        upstream_client(
+            &UpstreamPolicy::new("*", false).unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let refused = strict
+        .execute_request(&Request::new(url.clone(), Method::Get))
+        .await;
+    assert!(refused.is_err(), "a private address was reached");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let local = PolicyTransport::new(
+        upstream_client(
+            &UpstreamPolicy::new("*", true).unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let answer = local
+        .execute_request(&Request::new(url, Method::Get))
+        .await
+        .unwrap();
+    assert_eq!(u16::from(answer.status()), 200);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

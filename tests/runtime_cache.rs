@@ -6,11 +6,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+
 use secrecy::{ExposeSecret, SecretString};
 use sophia::domain::*;
 use sophia::secrets::local::{LocalSecretStore, MasterKey};
@@ -19,150 +19,7 @@ use sophia::store::sqlite::SqliteStore;
 use sophia::store::*;
 use sophia::tenant::runtime::RuntimeCache;
 
-#[derive(Default)]
-struct Switch {
-    failing: AtomicBool,
-    reads: AtomicUsize,
-}
-
-struct FlakyStore {
-    inner: SqliteStore,
-    switch: Arc<Switch>,
-}
-
-#[async_trait]
-impl Store for FlakyStore {
-    fn backend(&self) -> &'static str {
-        "flaky"
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
-    }
-    async fn insert_instance(&self, i: &AgentInstance) -> StoreResult<AgentInstance> {
-        self.inner.insert_instance(i).await
-    }
-    async fn get_instance(
-        &self,
-        scope: &TenantScope,
-        id: &InstanceId,
-    ) -> StoreResult<AgentInstance> {
-        self.switch.reads.fetch_add(1, Ordering::SeqCst);
-        // Slow enough that concurrent misses overlap.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if self.switch.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(anyhow::anyhow!("store is down")));
-        }
-        self.inner.get_instance(scope, id).await
-    }
-    async fn find_live_instance(
-        &self,
-        t: &TenantId,
-        a: AgentType,
-    ) -> StoreResult<Option<AgentInstance>> {
-        self.inner.find_live_instance(t, a).await
-    }
-    async fn list_instances(
-        &self,
-        s: &TenantScope,
-        f: &InstanceFilter,
-        p: &PageRequest,
-    ) -> StoreResult<Page<AgentInstance>> {
-        self.inner.list_instances(s, f, p).await
-    }
-    async fn replace_instance(&self, i: &AgentInstance, m: &str) -> StoreResult<AgentInstance> {
-        self.inner.replace_instance(i, m).await
-    }
-    async fn touch_instance(
-        &self,
-        t: &TenantId,
-        i: &InstanceId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.inner.touch_instance(t, i, at).await
-    }
-    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        self.inner.append_audit(e).await
-    }
-    async fn list_audit(
-        &self,
-        s: &TenantScope,
-        f: &AuditFilter,
-        p: &PageRequest,
-    ) -> StoreResult<Page<AuditEntry>> {
-        self.inner.list_audit(s, f, p).await
-    }
-    async fn get_conversation(
-        &self,
-        t: &TenantId,
-        id: &ConversationId,
-    ) -> StoreResult<Conversation> {
-        self.inner.get_conversation(t, id).await
-    }
-    async fn append_conversation(
-        &self,
-        t: &TenantId,
-        id: &ConversationId,
-        i: &InstanceId,
-        m: &[StoredMessage],
-        k: usize,
-    ) -> StoreResult<()> {
-        self.inner.append_conversation(t, id, i, m, k).await
-    }
-    async fn add_usage(
-        &self,
-        t: &TenantId,
-        d: NaiveDate,
-        p: u64,
-        c: u64,
-        n: u64,
-    ) -> StoreResult<()> {
-        self.inner.add_usage(t, d, p, c, n).await
-    }
-    async fn list_usage(
-        &self,
-        s: &TenantScope,
-        f: NaiveDate,
-        to: NaiveDate,
-    ) -> StoreResult<Vec<UsageRecord>> {
-        self.inner.list_usage(s, f, to).await
-    }
-    async fn begin_refresh_job(
-        &self,
-        job: &RefreshJob,
-        stale_before: DateTime<Utc>,
-    ) -> StoreResult<(RefreshJob, bool)> {
-        self.inner.begin_refresh_job(job, stale_before).await
-    }
-    async fn get_refresh_job(&self, t: &TenantId, id: &str) -> StoreResult<RefreshJob> {
-        self.inner.get_refresh_job(t, id).await
-    }
-    async fn claim_refresh_job(
-        &self,
-        t: &TenantId,
-        id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> StoreResult<(RefreshJob, bool)> {
-        self.inner.claim_refresh_job(t, id, at).await
-    }
-    async fn queued_refresh_jobs(&self, limit: usize) -> StoreResult<Vec<RefreshJob>> {
-        self.inner.queued_refresh_jobs(limit).await
-    }
-    async fn save_refresh_progress(&self, job: &RefreshJob) -> StoreResult<bool> {
-        self.inner.save_refresh_progress(job).await
-    }
-    async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
-        self.inner.save_refresh_job(job).await
-    }
-    async fn list_knowledge_documents(&self, t: &TenantId) -> StoreResult<Vec<KnowledgeDocument>> {
-        self.inner.list_knowledge_documents(t).await
-    }
-    async fn put_knowledge_document(&self, d: &KnowledgeDocument) -> StoreResult<()> {
-        self.inner.put_knowledge_document(d).await
-    }
-    async fn delete_knowledge_document(&self, t: &TenantId, id: &str) -> StoreResult<()> {
-        self.inner.delete_knowledge_document(t, id).await
-    }
-}
+use support::faulty_store::{FaultyStore, Switch};
 
 struct FlakySecrets {
     inner: LocalSecretStore,
@@ -174,8 +31,19 @@ impl SecretStore for FlakySecrets {
     fn backend(&self) -> &'static str {
         "flaky"
     }
-    async fn set(&self, name: &SecretName, value: &SecretString) -> SecretResult<String> {
-        self.inner.set(name, value).await
+    async fn set_owned(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        owner: Option<&TenantId>,
+    ) -> SecretResult<String> {
+        self.inner.set_owned(name, value, owner).await
+    }
+    async fn owner(&self, id: &str) -> SecretResult<Option<String>> {
+        self.inner.owner(id).await
+    }
+    async fn bind(&self, id: &str, owner: &TenantId) -> SecretResult<()> {
+        self.inner.bind(id, owner).await
     }
     async fn get(&self, id: &str) -> SecretResult<SecretString> {
         self.switch.reads.fetch_add(1, Ordering::SeqCst);
@@ -207,8 +75,9 @@ struct Rig {
 
 async fn rig() -> Rig {
     let (store_switch, secret_switch) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
-    let store: Arc<dyn Store> = Arc::new(FlakyStore {
-        inner: SqliteStore::open_in_memory().unwrap(),
+    store_switch.slow_reads.store(true, Ordering::SeqCst);
+    let store: Arc<dyn Store> = Arc::new(FaultyStore {
+        inner: Arc::new(SqliteStore::open_in_memory().unwrap()),
         switch: store_switch.clone(),
     });
     let secrets: Arc<dyn SecretStore> = Arc::new(FlakySecrets {

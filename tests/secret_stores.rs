@@ -71,6 +71,59 @@ mod contract {
         }
     }
 
+    /// Every secret SOPHIA writes for a tenant is bound to it, compared exactly; a binding
+    /// can be recorded later on an existing secret, and it stays with the version.
+    pub async fn ownership_is_recorded_exactly(store: Arc<dyn SecretStore>) {
+        let acme = sophia::domain::TenantId::parse("acme").unwrap();
+        let corp = sophia::domain::TenantId::parse("acme-corp").unwrap();
+        let n = name("owned");
+        let id = store
+            .set_owned(&n, &secret("k"), Some(&acme))
+            .await
+            .unwrap();
+        assert_eq!(store.owner(&id).await.unwrap().as_deref(), Some("acme"));
+        let (value, owner) = store.get_owned(&id).await.unwrap();
+        assert_eq!(
+            (value.expose_secret(), owner.as_deref()),
+            ("k", Some("acme"))
+        );
+        let unversioned = id.rsplit_once('/').unwrap().0.to_owned();
+        assert_eq!(
+            store.owner(&unversioned).await.unwrap().as_deref(),
+            Some("acme"),
+            "a versionless id reads the latest version's binding"
+        );
+        let loose_name = name("acme-corp-openai");
+        let loose = store.set(&loose_name, &secret("v")).await.unwrap();
+        assert_eq!(
+            store.owner(&loose).await.unwrap(),
+            None,
+            "a name is not a binding"
+        );
+        store.bind(&loose, &corp).await.unwrap();
+        assert_eq!(
+            store.owner(&loose).await.unwrap().as_deref(),
+            Some("acme-corp")
+        );
+        assert_eq!(store.get(&loose).await.unwrap().expose_secret(), "v");
+        // A new version written without an owner is bound to nobody.
+        let newer = store.set(&loose_name, &secret("w")).await.unwrap();
+        assert_eq!(store.owner(&newer).await.unwrap(), None);
+        assert_eq!(
+            store.owner(&loose).await.unwrap().as_deref(),
+            Some("acme-corp")
+        );
+        let missing = format!("{}0", unversioned.trim_end_matches('/'));
+        assert!(matches!(
+            store.owner(&missing).await,
+            Err(SecretError::NotFound)
+        ));
+        assert!(matches!(
+            store.bind(&missing, &acme).await,
+            Err(SecretError::NotFound)
+        ));
+    }
+
     pub async fn values_never_print(store: Arc<dyn SecretStore>) {
         let n = name("gamma");
         let id = store.set(&n, &secret("s3cr3t-VALUE-42")).await.unwrap();
@@ -83,7 +136,7 @@ mod contract {
 macro_rules! secret_contract_tests {
     ($make:expr) => {
         secret_contract_tests!(@case $make, versions_and_latest, missing_and_deleted,
-            malformed_ids_are_refused, values_never_print);
+            malformed_ids_are_refused, values_never_print, ownership_is_recorded_exactly);
     };
     (@case $make:expr, $($case:ident),*) => {
         $(
@@ -123,6 +176,32 @@ mod keyvault {
     }
 
     secret_contract_tests!(keyvault);
+
+    /// The binding is the `sophiaTenantId` tag on the version, visible to operators in the
+    /// portal and `az keyvault secret show`; binding keeps the version's other tags.
+    #[tokio::test]
+    async fn ownership_is_a_tag_on_the_version() {
+        let (vault, _, store) = vault_and_store();
+        let acme = sophia::domain::TenantId::parse("acme").unwrap();
+        let n = name("tagged");
+        store
+            .set_owned(&n, &secret("k"), Some(&acme))
+            .await
+            .unwrap();
+        assert_eq!(vault.tags(n.as_str())["sophiaTenantId"], "acme");
+        let id = vault.put_tagged("ops-made", "v", &[("team", "payments")]);
+        store.bind(&id, &acme).await.unwrap();
+        let tags = vault.tags("ops-made");
+        assert_eq!(tags["sophiaTenantId"], "acme");
+        assert_eq!(tags["team"], "payments");
+        assert!(
+            vault
+                .requests()
+                .iter()
+                .any(|r| r.method == "PATCH" && r.path.starts_with("/secrets/ops-made/")),
+            "Update Secret on the version"
+        );
+    }
 
     /// The SDK's first call is unauthenticated and body-less; the vault's challenge names the
     /// resource, the token is asked for its scope, and every call carries `api-version`.

@@ -187,16 +187,23 @@ impl AdminVerifier {
             _ => return Err(AdminAuthError::Invalid("unsupported algorithm")),
         };
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 30;
         validation.validate_nbf = true;
+        // A pinned issuer or audience must also be present: jsonwebtoken checks a claim's value
+        // only when the claim is there.
+        let mut required = vec!["exp"];
         match &self.config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.config.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| {
                 AdminAuthError::Invalid(match e.kind() {

@@ -8,6 +8,16 @@ use std::time::Instant;
 
 const MAX_TRACKED: usize = 50_000;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Take a token if there is one.
+    Take,
+    /// Only look.
+    Peek,
+    /// Take a token, counting past empty.
+    Spend,
+}
+
 struct Bucket {
     tokens: f64,
     last: Instant,
@@ -32,6 +42,20 @@ impl RateLimiter {
 
     /// Takes one token for `key`; on refusal, the whole seconds to wait.
     pub fn check(&self, key: &str) -> Result<(), u64> {
+        self.apply(key, Use::Take)
+    }
+
+    /// Whether `key` has a token left, without taking it; on refusal, the seconds to wait.
+    pub fn peek(&self, key: &str) -> Result<(), u64> {
+        self.apply(key, Use::Peek)
+    }
+
+    /// Spends one token of `key` (for counting failures after the fact); never refuses.
+    pub fn spend(&self, key: &str) {
+        let _ = self.apply(key, Use::Spend);
+    }
+
+    fn apply(&self, key: &str, how: Use) -> Result<(), u64> {
         if self.capacity <= 0.0 {
             return Ok(());
         }
@@ -39,6 +63,9 @@ impl RateLimiter {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
+        if how == Use::Peek && !buckets.contains_key(key) {
+            return Ok(());
+        }
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(key) {
             let (capacity, rate) = (self.capacity, self.per_second);
             buckets.retain(|_, b| {
@@ -58,9 +85,16 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.capacity);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if how != Use::Peek {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
+            if how == Use::Spend {
+                // A spend past empty still counts (down to one refill's worth), so a flood
+                // keeps the bucket empty rather than drawing on the refill.
+                bucket.tokens = (bucket.tokens - 1.0).max(-1.0);
+            }
             let wait = (1.0 - bucket.tokens) / self.per_second;
             Err(wait.ceil().max(1.0) as u64)
         }
@@ -80,6 +114,19 @@ mod tests {
         let wait = limiter.check("a").unwrap_err();
         assert!((1..=20).contains(&wait), "{wait}");
         assert!(limiter.check("b").is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn peek_does_not_take_and_spend_counts_past_empty() {
+        let limiter = RateLimiter::new(2);
+        assert!(limiter.peek("a").is_ok());
+        assert!(limiter.peek("a").is_ok(), "peeking takes nothing");
+        limiter.spend("a");
+        limiter.spend("a");
+        assert!(limiter.peek("a").is_err());
+        limiter.spend("a");
+        assert!(limiter.peek("a").is_err());
+        assert!(limiter.peek("b").is_ok());
     }
 
     #[test]

@@ -141,15 +141,8 @@ impl ServiceTokens {
         ttl_secs: u64,
     ) -> anyhow::Result<Self> {
         let name = SecretName::parse(SIGNING_KEY_SECRET)?;
-        let current = match secrets.get_latest(&name).await? {
-            Some(pem) => pem,
-            None => {
-                let pem = generate_signing_key()?;
-                secrets.set(&name, &pem).await?;
-                // Read back so that concurrent first starts converge on what the store holds.
-                secrets.get_latest(&name).await?.unwrap_or(pem)
-            }
-        };
+        let current =
+            crate::secrets::latest_or_create(secrets, &name, generate_signing_key).await?;
         let previous_name = SecretName::parse(PREVIOUS_SIGNING_KEY_SECRET)?;
         let previous = secrets.get_latest(&previous_name).await?;
         Self::from_keys(issuer, audience, ttl_secs, &current, previous.as_ref())
@@ -268,6 +261,7 @@ mod tests {
             access_key_hash: Default::default(),
             access_key_last4: AccessKey::generate().last4(),
             key_version: 3,
+            disabled_by: None,
             created_at: now,
             updated_at: now,
             last_used_at: None,

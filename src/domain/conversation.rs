@@ -81,6 +81,68 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Most bytes a stored conversation takes, serialised. Cosmos DB refuses an item over 2 MB;
+/// this leaves room for its system properties and the document wrapper.
+pub const MAX_CONVERSATION_BYTES: usize = 1_500_000;
+
+/// Marks a message cut to fit the bound (only a single message larger than it is cut).
+const CUT_MARK: &str = " […]";
+
+impl Conversation {
+    /// Appends `messages`, then drops the oldest until at most `keep_last` remain and the
+    /// serialised conversation fits `max_bytes`. Returns how many messages were dropped, so
+    /// the caller can say so: nothing is lost silently.
+    pub fn append(
+        &mut self,
+        messages: &[StoredMessage],
+        keep_last: usize,
+        max_bytes: usize,
+    ) -> usize {
+        self.messages.extend_from_slice(messages);
+        let mut dropped = self.messages.len().saturating_sub(keep_last.max(1));
+        self.messages.drain(..dropped);
+        let size = |m: &StoredMessage| serde_json::to_vec(m).map(|v| v.len() + 1).unwrap_or(0);
+        let overhead = {
+            let empty = Self {
+                messages: Vec::new(),
+                ..self.clone_header()
+            };
+            serde_json::to_vec(&empty).map(|v| v.len()).unwrap_or(0)
+        };
+        let mut total: usize = overhead + self.messages.iter().map(size).sum::<usize>();
+        while total > max_bytes && self.messages.len() > 1 {
+            total -= size(&self.messages[0]);
+            self.messages.remove(0);
+            dropped += 1;
+        }
+        if total > max_bytes
+            && let Some(last) = self.messages.last_mut()
+        {
+            // One message alone is over the bound: keep its beginning.
+            let room = max_bytes.saturating_sub(overhead + 4096) / 2;
+            let mut cut = room.min(last.content.len());
+            while !last.content.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            last.content.truncate(cut);
+            last.content.push_str(CUT_MARK);
+            last.citations.truncate(8);
+        }
+        dropped
+    }
+
+    fn clone_header(&self) -> Self {
+        Self {
+            id: self.id,
+            tenant_id: self.tenant_id.clone(),
+            instance_id: self.instance_id,
+            messages: Vec::new(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// Tokens one tenant used on one day (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,4 +153,73 @@ pub struct UsageRecord {
     pub completion_tokens: u64,
     pub total_tokens: u64,
     pub requests: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: usize, bytes: usize) -> StoredMessage {
+        StoredMessage {
+            id: uuid::Uuid::new_v4(),
+            role: if n.is_multiple_of(2) {
+                "user"
+            } else {
+                "assistant"
+            }
+            .into(),
+            content: format!("{n}:{}", "x".repeat(bytes)),
+            at: Utc::now(),
+            citations: vec![],
+        }
+    }
+
+    fn conversation() -> Conversation {
+        Conversation {
+            id: ConversationId::new(),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            instance_id: InstanceId::new(),
+            messages: vec![],
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn conversations_stay_within_their_byte_bound_dropping_the_oldest() {
+        let mut c = conversation();
+        let mut dropped = 0;
+        for n in 0..40 {
+            dropped += c.append(&[message(n, 100_000)], 200, MAX_CONVERSATION_BYTES);
+            assert!(serde_json::to_vec(&c).unwrap().len() <= MAX_CONVERSATION_BYTES);
+        }
+        assert!(dropped >= 25, "{dropped}");
+        assert_eq!(c.messages.len() + dropped, 40);
+        assert!(
+            c.messages.last().unwrap().content.starts_with("39:"),
+            "the newest stays"
+        );
+        // The count bound still applies.
+        let mut c = conversation();
+        let dropped: usize = (0..10)
+            .map(|n| c.append(&[message(n, 10)], 4, MAX_CONVERSATION_BYTES))
+            .sum();
+        assert_eq!((c.messages.len(), dropped), (4, 6));
+    }
+
+    #[test]
+    fn a_single_oversized_message_is_cut_not_refused() {
+        let mut c = conversation();
+        c.append(&[message(0, 3_000_000)], 200, MAX_CONVERSATION_BYTES);
+        assert_eq!(c.messages.len(), 1);
+        assert!(c.messages[0].content.ends_with(CUT_MARK));
+        assert!(serde_json::to_vec(&c).unwrap().len() <= MAX_CONVERSATION_BYTES);
+        let mut c = conversation();
+        let wide = StoredMessage {
+            content: "é".repeat(1_000_000),
+            ..message(1, 0)
+        };
+        c.append(&[wide], 200, MAX_CONVERSATION_BYTES);
+        assert!(serde_json::to_vec(&c).unwrap().len() <= MAX_CONVERSATION_BYTES);
+    }
 }

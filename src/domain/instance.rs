@@ -94,6 +94,10 @@ pub struct AgentInstance {
     pub access_key_hash: KeyHash,
     pub access_key_last4: String,
     pub key_version: u32,
+    /// Who disabled the instance (set while it is `DISABLED`): a platform admin's disable is
+    /// lifted only by a platform admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<super::authority::DisabledBy>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,

@@ -1,6 +1,7 @@
 //! Domain types, parsed once at the edge: an invalid value cannot be constructed.
 
 pub mod audit;
+pub mod authority;
 pub mod conversation;
 pub mod endpoint;
 pub mod ids;

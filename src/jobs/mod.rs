@@ -16,7 +16,7 @@ use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, 
 use crate::knowledge::ingest::Pipeline;
 use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
 use crate::state::{App, AppState};
-use crate::store::StoreError;
+use crate::store::{StoreError, TenantScope};
 use crate::tenant::runtime::RuntimeError;
 use crate::tenant::runtime::TenantRuntime;
 
@@ -28,16 +28,104 @@ pub enum JobQueue {
     /// message back to this binary (`POST /refresh-worker`).
     Storage {
         client: azure_storage_queue::QueueClient,
+        signer: QueueSigner,
     },
 }
 
 /// The queue message of a refresh job (base64 of this JSON, the Functions host's default
-/// queue message encoding).
+/// queue message encoding). `sig` is an HMAC-SHA256 of the tenant and job ids under a key only
+/// SOPHIA holds (in its secret store): whoever can reach `/refresh-worker` or write to the
+/// queue still cannot forge a delivery.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobMessage {
     pub tenant_id: TenantId,
     pub job_id: String,
+    pub sig: String,
+}
+
+/// The secret holding the queue-message key (32 random bytes, base64).
+pub const QUEUE_KEY_SECRET: &str = "sophia-queue-signing-key";
+
+/// Signs and checks refresh queue messages.
+#[derive(Clone)]
+pub struct QueueSigner {
+    key: secrecy::SecretSlice<u8>,
+}
+
+impl std::fmt::Debug for QueueSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueSigner([REDACTED])")
+    }
+}
+
+impl QueueSigner {
+    /// The key from the secret store, generated and stored on first use.
+    pub async fn load_or_create(secrets: &dyn crate::secrets::SecretStore) -> anyhow::Result<Self> {
+        use base64::Engine;
+        use secrecy::ExposeSecret;
+        let name = crate::secrets::SecretName::parse(QUEUE_KEY_SECRET)?;
+        let stored = crate::secrets::latest_or_create(secrets, &name, || {
+            let mut key = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            Ok(secrecy::SecretString::from(
+                base64::engine::general_purpose::STANDARD.encode(key),
+            ))
+        })
+        .await?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(stored.expose_secret().trim())
+            .ok()
+            .filter(|k| k.len() >= 32)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the secret {QUEUE_KEY_SECRET} is not a base64 key of 32 bytes or more"
+                )
+            })?;
+        Ok(Self {
+            key: secrecy::SecretSlice::from(key),
+        })
+    }
+
+    /// HMAC-SHA256 over the ids (HMAC takes keys of any length, so this never fails).
+    fn mac(&self, tenant: &TenantId, job: &str) -> Option<hmac::Hmac<sha2::Sha256>> {
+        use hmac::Mac;
+        use secrecy::ExposeSecret;
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.key.expose_secret()).ok()?;
+        mac.update(b"sophia-refresh-v1\n");
+        mac.update(tenant.as_str().as_bytes());
+        mac.update(b"\n");
+        mac.update(job.as_bytes());
+        Some(mac)
+    }
+
+    /// The signed message for a job.
+    pub fn message(&self, tenant: &TenantId, job: &str) -> anyhow::Result<JobMessage> {
+        use base64::Engine;
+        use hmac::Mac;
+        let mac = self
+            .mac(tenant, job)
+            .ok_or_else(|| anyhow::anyhow!("the queue signing key is unusable"))?;
+        Ok(JobMessage {
+            tenant_id: tenant.clone(),
+            job_id: job.to_owned(),
+            sig: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(mac.finalize().into_bytes()),
+        })
+    }
+
+    /// Whether a message carries a valid signature (compared in constant time).
+    pub fn verify(&self, message: &JobMessage) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let Some(mac) = self.mac(&message.tenant_id, &message.job_id) else {
+            return false;
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&message.sig)
+            .is_ok_and(|sig| mac.verify_slice(&sig).is_ok())
+    }
 }
 
 impl JobQueue {
@@ -52,6 +140,7 @@ impl JobQueue {
     pub fn storage(
         url: &secrecy::SecretString,
         entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+        signer: QueueSigner,
     ) -> anyhow::Result<Self> {
         use secrecy::ExposeSecret;
         let parsed = url::Url::parse(url.expose_secret())
@@ -68,13 +157,21 @@ impl JobQueue {
         let client = azure_storage_queue::QueueClient::new(parsed, credential, None).map_err(|e| {
             anyhow::anyhow!("SOPHIA_REFRESH_QUEUE_URL is not usable ({}): https is required with SOPHIA's identity", e.kind())
         })?;
-        Ok(Self::Storage { client })
+        Ok(Self::Storage { client, signer })
     }
 
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Local { .. } => "local",
             Self::Storage { .. } => "storage_queue",
+        }
+    }
+
+    /// The signer of queue messages (a Storage queue only: nothing else delivers them).
+    pub fn signer(&self) -> Option<&QueueSigner> {
+        match self {
+            Self::Local { .. } => None,
+            Self::Storage { signer, .. } => Some(signer),
         }
     }
 }
@@ -96,12 +193,9 @@ pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
             }));
             Ok(())
         }
-        JobQueue::Storage { client } => {
+        JobQueue::Storage { client, signer } => {
             use base64::Engine;
-            let message = serde_json::to_vec(&JobMessage {
-                tenant_id: job.tenant_id.clone(),
-                job_id: job.id.clone(),
-            })?;
+            let message = serde_json::to_vec(&signer.message(&job.tenant_id, &job.id)?)?;
             let text = base64::engine::general_purpose::STANDARD.encode(message);
             let content = azure_storage_queue::models::QueueMessage {
                 message_text: Some(text),
@@ -173,7 +267,23 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
     };
     tracing::info!(tenant.id = %tenant, job.id = %id, source = %job.source, "refresh started");
 
-    let outcome = execute(app, &mut job).await;
+    // An instance disabled since the job was queued gets no refresh: checked in the store,
+    // not in a cache that may lag.
+    let live = match app
+        .store
+        .get_instance(&TenantScope::Tenant(tenant.clone()), &job.instance_id)
+        .await
+    {
+        Ok(instance) if instance.status.can_authenticate() => Ok(()),
+        Ok(_) | Err(StoreError::NotFound) => {
+            Err("the agent instance was disabled before the job ran".to_owned())
+        }
+        Err(e) => Err(format!("the instance could not be read: {e}")),
+    };
+    let outcome = match live {
+        Ok(()) => execute(app, &mut job).await,
+        Err(e) => Err(e),
+    };
     let now = Utc::now();
     job.timings.total_ms = started.elapsed().as_millis() as u64;
     job.finished_at = Some(now);
@@ -185,11 +295,24 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
             job.error = Some(error);
         }
     }
-    if !app.store.save_refresh_progress(&job).await? {
-        // Taken for dead and replaced while it ran: the stored job stays failed.
-        tracing::warn!(tenant.id = %tenant, job.id = %id, "refresh job was abandoned while it ran; its outcome is not recorded");
-        job.state = JobState::Failed;
-        job.error = Some(crate::knowledge::ingest::ABANDONED.into());
+    match app.store.save_refresh_progress(&job).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Taken for dead and replaced while it ran: the stored job stays failed.
+            tracing::warn!(tenant.id = %tenant, job.id = %id, "refresh job was abandoned while it ran; its outcome is not recorded");
+            job.state = JobState::Failed;
+            job.error = Some(crate::knowledge::ingest::ABANDONED.into());
+        }
+        Err(e) => {
+            // The outcome is lost, so the job did not succeed: record that much if the store
+            // takes it now, and audit the finish either way.
+            tracing::error!(tenant.id = %tenant, job.id = %id, error = ?e, "refresh outcome could not be saved: {e:#}");
+            job.state = JobState::Failed;
+            job.error = Some(format!("the job's outcome could not be saved: {e}"));
+            if let Err(e) = app.store.save_refresh_progress(&job).await {
+                tracing::error!(tenant.id = %tenant, job.id = %id, error = ?e, "refresh failure could not be saved either; the job is abandoned once stale: {e:#}");
+            }
+        }
     }
     tracing::info!(
         tenant.id = %tenant, job.id = %id, state = job.state.as_str(),
@@ -237,18 +360,23 @@ pub fn source_for(app: &App, runtime: &TenantRuntime) -> Result<Box<dyn Knowledg
         .check(raw)
         .map_err(|e| format!("settings.knowledgeContainerUrl is not allowed: {e}"))?;
     let prefix = settings.get("knowledgePrefix").and_then(|v| v.as_str());
-    let auth = match (&runtime.knowledge_sas, &app.entra) {
+    // The company's SAS, or the company's own identity; never SOPHIA's.
+    let auth = match (&runtime.knowledge_sas, &runtime.identity) {
         (Some(sas), _) => BlobAuth::Sas(sas.clone()),
-        (None, Some(entra)) => BlobAuth::Entra(entra.credential()),
+        (None, Some(Ok(identity))) => BlobAuth::Entra(identity.credential()),
+        (None, Some(Err(e))) => return Err(e.clone()),
         (None, None) => {
             return Err(
-                "the knowledge container needs credentials.knowledgeSas, or SOPHIA_AZURE_CREDENTIAL \
-                 for SOPHIA's own identity"
+                "the knowledge container needs credentials.knowledgeSas (or, set by a platform \
+                 admin, the company's own managed identity)"
                     .into(),
             );
         }
     };
-    BlobSource::new(&url, prefix, auth)
+    let transport: Arc<dyn azure_core::http::HttpClient> = Arc::new(
+        crate::upstream::PolicyTransport::new(app.models.http().clone()),
+    );
+    BlobSource::new(&url, prefix, auth, Some(transport))
         .map(|s| Box::new(s) as Box<dyn KnowledgeSource>)
         .map_err(|e| e.to_string())
 }
@@ -271,6 +399,7 @@ async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), String> {
         None => app.knowledge.as_ref(),
     };
     let source = source_for(app, &runtime)?;
+    let extractor = app.extractor.session();
     Pipeline {
         tenant: &tenant,
         store: app.store.as_ref(),
@@ -278,6 +407,7 @@ async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), String> {
         source: source.as_ref(),
         models: &app.models,
         embeddings: runtime.embeddings.as_ref(),
+        extractor: &extractor,
     }
     .run(job)
     .await

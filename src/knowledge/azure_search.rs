@@ -15,6 +15,11 @@ use crate::domain::TenantId;
 
 pub const API_VERSION: &str = "2024-07-01";
 /// Index used when the instance names none (`settings.searchIndex`).
+/// Hits per search page, and actions per index batch: Azure AI Search's limits.
+const SEARCH_PAGE: usize = 1000;
+/// Azure AI Search refuses a `skip` above 100,000.
+const MAX_SKIP: usize = 100_000;
+
 pub const DEFAULT_INDEX: &str = "sophia-knowledge";
 /// Field names of the index (see `index_definition`).
 pub const VECTOR_FIELD: &str = "contentVector";
@@ -279,23 +284,41 @@ impl KnowledgeIndex for AzureSearchIndex {
             Self::tenant_filter(tenant),
             odata_string(document_id)
         );
-        let found = self
-            .post(
-                self.url("docs/search")?,
-                &json!({"search": "*", "filter": filter, "select": "id", "top": 1000}),
-            )
-            .await?;
-        let keys: Vec<Value> = found["value"]
-            .as_array()
-            .map(|hits| {
-                hits.iter()
-                    .filter_map(|h| h["id"].as_str())
-                    .map(|id| json!({"@search.action": "delete", "id": id}))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            self.post(self.url("docs/index")?, &json!({ "value": keys }))
+        // A search answers at most 1,000 hits a page: collect every key first (paging with
+        // `skip`), then delete in batches of at most 1,000 actions.
+        let mut keys: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut skip = 0usize;
+        loop {
+            let found = self
+                .post(
+                    self.url("docs/search")?,
+                    &json!({"search": "*", "filter": filter, "select": "id",
+                            "top": SEARCH_PAGE, "skip": skip}),
+                )
+                .await?;
+            let page: Vec<String> = found["value"]
+                .as_array()
+                .map(|hits| {
+                    hits.iter()
+                        .filter_map(|h| h["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let full = page.len() >= SEARCH_PAGE;
+            skip += page.len();
+            let before = keys.len();
+            keys.extend(page.into_iter().filter(|k| seen.insert(k.clone())));
+            if !full || keys.len() == before || skip >= MAX_SKIP {
+                break;
+            }
+        }
+        for batch in keys.chunks(SEARCH_PAGE) {
+            let actions: Vec<Value> = batch
+                .iter()
+                .map(|id| json!({"@search.action": "delete", "id": id}))
+                .collect();
+            self.post(self.url("docs/index")?, &json!({ "value": actions }))
                 .await?;
         }
         Ok(())

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::chunk::chunk;
-use super::extract::extract;
 use super::source::{KnowledgeSource, SourceError};
 use super::{Chunk, KnowledgeIndex};
 use crate::domain::{KnowledgeDocument, RefreshJob, TenantId};
@@ -41,6 +40,7 @@ pub struct Pipeline<'a> {
     pub models: &'a ModelClient,
     /// The company's embedding deployment, when it has one.
     pub embeddings: Option<&'a ModelEndpoint>,
+    pub extractor: &'a super::sandbox::Session<'a>,
 }
 
 fn ms(since: Instant) -> u64 {
@@ -210,12 +210,12 @@ impl Pipeline<'_> {
         let t = Instant::now();
         let owned_path = path.to_owned();
         let size = bytes.len() as u64;
-        let extracted = tokio::task::spawn_blocking(move || {
-            extract(&owned_path, &bytes).map(|doc| chunk(&doc.title, &doc.text))
-        })
-        .await;
+        let doc = self.extractor.extract(&owned_path, bytes).await;
         phases.extract += t.elapsed();
-        let pieces = extracted.map_err(|e| format!("extraction failed: {e}"))??;
+        let doc = doc?;
+        let pieces = tokio::task::spawn_blocking(move || chunk(&doc.title, &doc.text))
+            .await
+            .map_err(|e| format!("chunking failed: {e}"))?;
         let chunks = pieces
             .into_iter()
             .enumerate()
@@ -327,6 +327,13 @@ impl Pipeline<'_> {
             *index_ready = true;
         }
         if doc.replaces {
+            // Forget the document before touching its chunks: should the delete or the upsert
+            // fail, the next run sees it as new and indexes it again, instead of trusting a
+            // manifest entry whose chunks are gone.
+            self.store
+                .delete_knowledge_document(self.tenant, &doc.path)
+                .await
+                .map_err(|e| format!("the manifest entry could not be invalidated: {e}"))?;
             self.index
                 .delete_document(self.tenant, &doc.path)
                 .await

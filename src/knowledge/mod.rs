@@ -6,8 +6,11 @@ pub mod azure_search;
 pub mod chunk;
 pub mod extract;
 pub mod ingest;
+pub mod sandbox;
 pub mod source;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -96,20 +99,19 @@ pub fn search_index(
         .and_then(|v| v.as_str())
         .unwrap_or(azure_search::DEFAULT_INDEX)
         .to_owned();
-    let auth = if settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity") {
-        let tokens = app.entra.clone().ok_or_else(|| {
-            ApiError::NotConfigured(
-                "settings.authMode=managedIdentity needs an Azure credential: set SOPHIA_AZURE_CREDENTIAL (e.g. managed_identity)".into(),
-            )
-        })?;
-        azure_search::SearchAuth::Entra(tokens)
-    } else {
-        let key = runtime.search_key.clone().ok_or_else(|| {
-            ApiError::NotConfigured(
-                "the instance has an azureSearchEndpoint but no azureSearchKey credential".into(),
-            )
-        })?;
-        azure_search::SearchAuth::ApiKey(key)
+    let auth = match &runtime.identity {
+        // The company's own identity (its RBAC on its search service), never SOPHIA's.
+        Some(Ok(tokens)) => azure_search::SearchAuth::Entra(Arc::clone(tokens)),
+        Some(Err(e)) => return Err(ApiError::NotConfigured(e.clone())),
+        None => {
+            let key = runtime.search_key.clone().ok_or_else(|| {
+                ApiError::NotConfigured(
+                    "the instance has an azureSearchEndpoint but no azureSearchKey credential"
+                        .into(),
+                )
+            })?;
+            azure_search::SearchAuth::ApiKey(key)
+        }
     };
     Ok(Some(azure_search::AzureSearchIndex::new(
         app.models.http().clone(),

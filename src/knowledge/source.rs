@@ -208,10 +208,14 @@ pub struct BlobSource {
 
 impl BlobSource {
     /// `container_url` has no query string (the SAS, if any, comes separately).
+    ///
+    /// `transport` carries the SDK's requests (in production the upstream client, with its
+    /// private-address DNS policy: [`crate::upstream::PolicyTransport`]).
     pub fn new(
         container_url: &url::Url,
         prefix: Option<&str>,
         auth: BlobAuth,
+        transport: Option<std::sync::Arc<dyn azure_core::http::HttpClient>>,
     ) -> Result<Self, SourceError> {
         use secrecy::ExposeSecret;
         let mut url = container_url.clone();
@@ -229,7 +233,14 @@ impl BlobSource {
             }
             BlobAuth::Entra(credential) => (url, Some(credential)),
         };
-        let client = azure_storage_blob::BlobContainerClient::new(url, credential, None)
+        let options = azure_storage_blob::BlobContainerClientOptions {
+            client_options: azure_core::http::ClientOptions {
+                transport: transport.map(azure_core::http::Transport::new),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = azure_storage_blob::BlobContainerClient::new(url, credential, Some(options))
             .map_err(|e| SourceError::Missing(format!(
                 "the knowledge container URL is not usable ({}): it must be https when SOPHIA's identity is used",
                 e.kind()
@@ -333,17 +344,25 @@ impl KnowledgeSource for BlobSource {
                 "'{path}' is larger than the limit of {MAX_DOCUMENT_BYTES} bytes"
             )));
         }
-        download
-            .body
-            .collect()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| {
+        // Read at most the limit, whatever the headers said.
+        use futures_util::StreamExt;
+        let mut body = download.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
                 SourceError::Document(
                     self.failure(&e, &format!("reading '{path}' from"))
                         .to_string(),
                 )
-            })
+            })?;
+            if (bytes.len() + chunk.len()) as u64 > MAX_DOCUMENT_BYTES {
+                return Err(SourceError::Document(format!(
+                    "'{path}' is larger than the limit of {MAX_DOCUMENT_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }
 

@@ -1,6 +1,12 @@
 //! The embedded knowledge index: one SQLite file; chunks with their vectors in a table, their
 //! text in an FTS5 table (unicode61, diacritics folded) for BM25. Keyword and vector ranks are
 //! fused by reciprocal rank (k = 60).
+//!
+//! One company's corpus or query must not slow the others down: searches run on a small pool
+//! of read-only connections (WAL: readers never wait for a refresh's write transaction), and
+//! each search has a work budget — a SQLite progress handler stops its statements past
+//! `SEARCH_BUDGET`, and it answers with what it ranked so far (logged) instead of holding a
+//! connection.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,9 +24,18 @@ const RRF_K: f64 = 60.0;
 const CANDIDATES_PER_RESULT: usize = 4;
 /// Vectors compared per query at most (the embedded index is for small corpora).
 const MAX_VECTOR_SCAN: usize = 50_000;
+/// Longest a search may work before its statements are stopped.
+const SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
+/// Read-only connections searches share.
+const READERS: usize = 4;
 
 pub struct SqliteIndex {
+    /// The writer (upserts, deletes, schema), and the reader of an in-memory index.
     conn: Arc<Mutex<Connection>>,
+    /// Read-only connections for searches (none for an in-memory index).
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    search_budget: std::time::Duration,
     /// Tenants that have at least one chunk: a search for any other tenant answers at once,
     /// without a trip to the blocking pool.
     populated: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
@@ -30,11 +45,28 @@ impl SqliteIndex {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let conn = Connection::open(path)
             .with_context(|| format!("opening knowledge index {}", path.display()))?;
-        Self::init(conn)
+        let mut index = Self::init(conn)?;
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_context(|| format!("opening knowledge index {} for reading", path.display()))?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            index.readers.push(Arc::new(Mutex::new(reader)));
+        }
+        Ok(index)
     }
 
     pub fn open_in_memory() -> anyhow::Result<Self> {
         Self::init(Connection::open_in_memory()?)
+    }
+
+    /// A different search budget (tests).
+    pub fn with_search_budget(mut self, budget: std::time::Duration) -> Self {
+        self.search_budget = budget;
+        self
     }
 
     fn init(mut conn: Connection) -> anyhow::Result<Self> {
@@ -50,6 +82,9 @@ impl SqliteIndex {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            search_budget: SEARCH_BUDGET,
             populated: Arc::new(std::sync::RwLock::new(populated)),
         })
     }
@@ -59,7 +94,32 @@ impl SqliteIndex {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        Self::run_on(Arc::clone(&self.conn), f).await
+    }
+
+    /// Runs `f` on a read-only connection (round robin), or the writer for an in-memory index.
+    async fn read<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = match self.readers.len() {
+            0 => Arc::clone(&self.conn),
+            n => {
+                let i = self
+                    .next_reader
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Arc::clone(&self.readers[i % n])
+            }
+        };
+        Self::run_on(conn, f).await
+    }
+
+    async fn run_on<T, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
@@ -152,6 +212,51 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// An FTS5 query matching any of the query's words, each quoted (no operator injection).
+/// The keyword and vector rankings of a search (chunk ids, best first).
+fn rank(
+    conn: &Connection,
+    tenant: &TenantId,
+    fts: Option<&str>,
+    vector: Option<&[f32]>,
+    candidates: usize,
+) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut ranks: Vec<Vec<String>> = Vec::new();
+    if let Some(fts) = fts {
+        let mut stmt = conn.prepare_cached(
+            "SELECT chunk_id FROM chunks_fts WHERE chunks_fts MATCH ?1 AND tenant_id = ?2 ORDER BY bm25(chunks_fts) LIMIT ?3",
+        )?;
+        let ids = stmt
+            .query_map(params![fts, tenant.as_str(), candidates as i64], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        ranks.push(ids);
+    }
+    if let Some(v) = vector {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, vector FROM chunks WHERE tenant_id = ?1 AND vector IS NOT NULL LIMIT ?2",
+        )?;
+        let mut scored = stmt
+            .query_map(params![tenant.as_str(), MAX_VECTOR_SCAN as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(|(id, blob)| (cosine(v, &from_blob(&blob)), id))
+            .filter(|(s, _)| *s > 0.0)
+            .collect::<Vec<_>>();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranks.push(
+            scored
+                .into_iter()
+                .take(candidates)
+                .map(|(_, id)| id)
+                .collect(),
+        );
+    }
+    Ok(ranks)
+}
+
 fn fts_query(query: &str) -> Option<String> {
     let words: Vec<String> = query
         .split(|c: char| !c.is_alphanumeric())
@@ -259,29 +364,24 @@ impl KnowledgeIndex for SqliteIndex {
             vector.map(<[f32]>::to_vec),
         );
         let candidates = top_k.max(1) * CANDIDATES_PER_RESULT;
-        self.run(move |conn| {
-            let mut ranks: Vec<Vec<String>> = Vec::new();
-            if let Some(fts) = fts {
-                let mut stmt = conn.prepare(
-                    "SELECT chunk_id FROM chunks_fts WHERE chunks_fts MATCH ?1 AND tenant_id = ?2 ORDER BY bm25(chunks_fts) LIMIT ?3",
-                )?;
-                let ids = stmt
-                    .query_map(params![fts, tenant.as_str(), candidates as i64], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                ranks.push(ids);
-            }
-            if let Some(v) = &vector {
-                let mut stmt = conn.prepare("SELECT id, vector FROM chunks WHERE tenant_id = ?1 AND vector IS NOT NULL LIMIT ?2")?;
-                let mut scored = stmt
-                    .query_map(params![tenant.as_str(), MAX_VECTOR_SCAN as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .map(|(id, blob)| (cosine(v, &from_blob(&blob)), id))
-                    .filter(|(s, _)| *s > 0.0)
-                    .collect::<Vec<_>>();
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-                ranks.push(scored.into_iter().take(candidates).map(|(_, id)| id).collect());
-            }
+        let budget = self.search_budget;
+        let tenant_label = tenant.to_string();
+        self.read(move |conn| {
+            // The budget: past it, SQLite interrupts the running statement.
+            let started = std::time::Instant::now();
+            conn.progress_handler(1_000, Some(move || started.elapsed() > budget));
+            let ranked = rank(conn, &tenant, fts.as_deref(), vector.as_deref(), candidates);
+            conn.progress_handler(1_000, None::<fn() -> bool>);
+            let ranks = match ranked {
+                Ok(ranks) => ranks,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::OperationInterrupted =>
+                {
+                    tracing::warn!(tenant.id = %tenant_label, budget_ms = budget.as_millis() as u64, "knowledge search stopped at its work budget; answering without passages");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let mut fused: HashMap<String, f64> = HashMap::new();
             for ranking in &ranks {
                 for (rank, id) in ranking.iter().enumerate() {
@@ -404,6 +504,82 @@ mod tests {
         assert_eq!(fts_rows(&index), rows(&[("a", "epsilon"), ("b", "alpha")]));
         assert_eq!(index.search(&a, "epsilon", None, 5).await.unwrap().len(), 1);
         assert_eq!(index.search(&b, "alpha", None, 5).await.unwrap().len(), 1);
+    }
+
+    /// A refresh holding the write transaction does not make other companies' searches wait.
+    #[tokio::test]
+    async fn searches_do_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("k.db")).unwrap();
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        index
+            .upsert(&b, &[chunk("d", 0, "parking is free on weekends")])
+            .await
+            .unwrap();
+        let writer = Arc::clone(&index.conn);
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut conn = writer.lock().unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO chunks (tenant_id, id, document_id, title, text) VALUES ('a', 'x', 'x', 'x', 'x')",
+                [],
+            )
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(10));
+            drop(tx);
+        });
+        locked_rx.recv().unwrap();
+        let started = std::time::Instant::now();
+        let hits = index.search(&b, "parking", None, 3).await.unwrap();
+        let waited = started.elapsed();
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(hits.len(), 1);
+        assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+        let _ = a;
+    }
+
+    /// A search past its work budget stops and answers (with nothing) instead of running on.
+    #[tokio::test]
+    async fn a_search_stops_at_its_work_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("k.db"))
+            .unwrap()
+            .with_search_budget(std::time::Duration::ZERO);
+        let t = TenantId::parse("big").unwrap();
+        let chunks: Vec<Chunk> = (0..2_000)
+            .map(|n| {
+                chunk(
+                    "manual",
+                    n,
+                    &format!("warranty section {n} covers parts and labour"),
+                )
+            })
+            .collect();
+        index.upsert(&t, &chunks).await.unwrap();
+        let hits = index
+            .search(
+                &t,
+                "warranty parts labour",
+                Some(&crate::simulator::embed("warranty")),
+                5,
+            )
+            .await
+            .unwrap();
+        assert!(hits.is_empty(), "the budget was not applied");
+        // With a budget, the same search answers.
+        let index = SqliteIndex::open(&dir.path().join("k.db")).unwrap();
+        assert_eq!(
+            index
+                .search(&t, "warranty parts labour", None, 5)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
     }
 
     #[tokio::test]

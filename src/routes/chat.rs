@@ -57,6 +57,14 @@ pub struct ChatAnswer {
     pub citations: Vec<Citation>,
     pub usage: Usage,
     pub model: String,
+    /// How many of the conversation's oldest messages were dropped from its stored history
+    /// in this turn to keep it within its bounds (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub history_trimmed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What the verified-key cache remembers for (companyId, SHA-256 of the key).
@@ -162,14 +170,15 @@ pub async fn chat(
         } else {
             completion.model.clone()
         };
-        let message_id = turn.record(&app, completion.content.clone(), usage).await;
+        let recorded = turn.record(&app, completion.content.clone(), usage).await;
         return Ok(Json(ChatAnswer {
             conversation_id,
-            message_id,
+            message_id: recorded.message_id,
             answer: completion.content,
             citations,
             usage,
             model,
+            history_trimmed: recorded.history_trimmed,
         })
         .into_response());
     }
@@ -218,11 +227,15 @@ pub async fn chat(
                     .json_data(json!({ "code": err.code(), "message": err.to_string() }))
             }
             None => {
-                let message_id = turn.record(&task_app, answer, usage).await;
-                Event::default().event("done").json_data(json!({
-                    "conversationId": conversation_id, "messageId": message_id, "citations": citations,
-                    "usage": usage, "model": model,
-                }))
+                let recorded = turn.record(&task_app, answer, usage).await;
+                let mut done = json!({
+                    "conversationId": conversation_id, "messageId": recorded.message_id,
+                    "citations": citations, "usage": usage, "model": model,
+                });
+                if recorded.history_trimmed > 0 {
+                    done["historyTrimmed"] = json!(recorded.history_trimmed);
+                }
+                Event::default().event("done").json_data(done)
             }
         };
         if let Ok(event) = event {

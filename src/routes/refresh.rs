@@ -210,18 +210,26 @@ pub async fn refresh_worker(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    if !peer.ip().is_loopback() {
-        // Only the Functions host, on the same machine, invokes triggers.
+    // Only the Functions host, on the same machine, invokes triggers, and only a Storage
+    // queue delivers jobs this way.
+    let Some(signer) = app.jobs.signer().filter(|_| peer.ip().is_loopback()) else {
         return Err(ApiError::NotFound("route"));
-    }
+    };
     let bytes = crate::extract::body_bytes(req, &app).await?;
     let invocation: HostInvocation = crate::extract::parse_json(&bytes)?;
     let Some(message) = invocation.data.values().find_map(job_message) else {
         return Err(ApiError::validation(
             "Data",
-            "expected the queue message {\"tenantId\", \"jobId\"} in Data.<binding>",
+            "expected the queue message {\"tenantId\", \"jobId\", \"sig\"} in Data.<binding>",
         ));
     };
+    if !signer.verify(&message) {
+        // Not written by SOPHIA: whoever sent it reaches nothing.
+        tracing::warn!(tenant.id = %message.tenant_id, job.id = %message.job_id, "refresh-worker message with an invalid signature refused");
+        return Err(ApiError::forbidden(
+            "the queue message is not signed by this deployment",
+        ));
+    }
     use crate::jobs::Delivery;
     match crate::jobs::run_job(&app, &message.tenant_id, &message.job_id).await {
         Ok(Delivery::Ran(job)) => Ok(host_answer(

@@ -125,6 +125,29 @@ async fn credentials(req: Request, app: &AppState) -> Result<Credentials, ApiErr
     })
 }
 
+/// Whether `tenant` has any instance at all (a disabled one counts): the partition exists.
+async fn company_exists(app: &App, tenant: &TenantId) -> bool {
+    let page = crate::store::PageRequest {
+        limit: 1,
+        continuation_token: None,
+    };
+    match app
+        .store
+        .list_instances(
+            &crate::store::TenantScope::Tenant(tenant.clone()),
+            &crate::store::InstanceFilter::default(),
+            &page,
+        )
+        .await
+    {
+        Ok(found) => !found.items.is_empty(),
+        Err(e) => {
+            tracing::warn!(tenant.id = %tenant, error = ?e, "could not tell whether the company exists: {e:#}");
+            false
+        }
+    }
+}
+
 fn url_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("v={s}").as_bytes())
         .next()
@@ -174,9 +197,10 @@ pub async fn exchange_token(
     Ok(response)
 }
 
-/// Verifies a company's access key (rate-limited per company; bcrypt off the runtime; one
-/// generic failure; audited both ways; `lastUsedAt` updated). Shared by the token exchange and
-/// `/chat`'s body-key flow. The per-address limit is the caller's.
+/// Verifies a company's access key (brute-force protected per source and per company — see
+/// `auth::key_checks`; bcrypt off the runtime; one generic failure; audited both ways, failures
+/// only in the partition of a company that exists; `lastUsedAt` updated). Shared by the token
+/// exchange and `/chat`'s body-key flow. The per-address limit is the caller's.
 pub async fn authenticate_key(
     app: &App,
     client: &str,
@@ -185,9 +209,10 @@ pub async fn authenticate_key(
     key: &str,
     via: &str,
 ) -> Result<AgentInstance, ApiError> {
-    let company_key: String = company.chars().take(64).collect();
-    app.limit_by_company
-        .check(&company_key)
+    let admission = app
+        .key_checks
+        .admit(company, client)
+        .await
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     let tenant = TenantId::parse(company).ok();
     let instance = match &tenant {
@@ -206,25 +231,36 @@ pub async fn authenticate_key(
     let instance = match instance {
         Some(i) if verified && i.status.can_authenticate() => i,
         other => {
+            app.key_checks.failed(&admission);
             let reason = match (&tenant, &other, &key) {
                 (None, _, _) => "malformed_company_id",
                 (Some(_), None, _) => "no_live_instance",
                 (Some(_), Some(_), None) => "malformed_key",
                 _ => "wrong_key",
             };
-            if let Some(tenant) = tenant {
-                let mut entry = AuditEntry::new(
-                    tenant.clone(),
-                    action::AUTH_FAILURE,
-                    format!("client:{tenant}"),
-                    AuditOutcome::Failure,
-                )
-                .client(client)
-                .details(json!({ "reason": reason, "via": via }));
-                if let Some(i) = &other {
-                    entry = entry.instance(i.id);
+            // Only a company that exists gets the audit row: made-up ids must not let anyone
+            // write into partitions of their choosing.
+            let known = match (&tenant, &other) {
+                (Some(_), Some(_)) => true,
+                (Some(t), None) => company_exists(app, t).await,
+                (None, _) => false,
+            };
+            match tenant {
+                Some(tenant) if known => {
+                    let mut entry = AuditEntry::new(
+                        tenant.clone(),
+                        action::AUTH_FAILURE,
+                        format!("client:{tenant}"),
+                        AuditOutcome::Failure,
+                    )
+                    .client(client)
+                    .details(json!({ "reason": reason, "via": via }));
+                    if let Some(i) = &other {
+                        entry = entry.instance(i.id);
+                    }
+                    app.audit(entry).await;
                 }
-                app.audit(entry).await;
+                _ => app.key_checks.unknown_company(client, reason),
             }
             tracing::info!(auth.reason = reason, client.address = %client, auth.via = via, "token exchange refused: {reason}");
             return Err(ApiError::InvalidClient);

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::header::CACHE_CONTROL;
-use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -20,33 +20,12 @@ pub async fn jwks(State(app): State<AppState>) -> Response {
     response
 }
 
-/// The base URL clients reach this service at: `SOPHIA_PUBLIC_URL`, else the request's host.
-fn base_url(app: &AppState, headers: &HeaderMap) -> String {
-    if let Some(url) = &app.settings.public_url {
-        return url.as_str().trim_end_matches('/').to_owned();
-    }
-    let host = headers
-        .get("x-forwarded-host")
-        .filter(|_| app.settings.trust_forwarded)
-        .or_else(|| headers.get("host"))
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .unwrap_or("localhost");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .filter(|_| app.settings.trust_forwarded)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https" || *p == "http")
-        .unwrap_or("http");
-    format!("{scheme}://{host}")
-}
-
 /// OpenID Provider metadata (the subset that applies to client-credentials access tokens).
-pub async fn openid_configuration(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let base = base_url(&app, &headers);
+///
+/// Built from `SOPHIA_PUBLIC_URL` only: a document derived from `Host` / `X-Forwarded-Host`
+/// and cached publicly would let one request poison what every client reads.
+pub async fn openid_configuration(State(app): State<AppState>) -> Response {
+    let base = app.settings.public_base();
     let mut response = Json(json!({
         "issuer": app.tokens.issuer(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),

@@ -25,12 +25,13 @@ use azure_core::http::{
     StatusCode, Transport, Url,
 };
 use azure_security_keyvault_secrets::models::{
-    Secret, SecretClientGetSecretOptions, SetSecretParameters,
+    Secret, SecretClientGetSecretOptions, SecretClientUpdateSecretPropertiesOptions,
+    SetSecretParameters, UpdateSecretPropertiesParameters,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{SecretError, SecretName, SecretRef, SecretResult, SecretStore};
+use super::{OWNER_TAG, SecretError, SecretName, SecretRef, SecretResult, SecretStore};
 
 /// Key Vault's data-plane scope (the challenge names it too).
 pub const KEYVAULT_SCOPE: &str = "https://vault.azure.net/.default";
@@ -138,7 +139,7 @@ impl KeyVaultSecretStore {
         &self.vault
     }
 
-    async fn read(&self, name: &SecretName, version: Option<String>) -> SecretResult<SecretString> {
+    async fn bundle(&self, name: &SecretName, version: Option<String>) -> SecretResult<Secret> {
         let options = SecretClientGetSecretOptions {
             secret_version: version,
             ..Default::default()
@@ -148,14 +149,18 @@ impl KeyVaultSecretStore {
             .get_secret(name.as_str(), Some(options))
             .await
             .map_err(map_err)?;
-        let secret: Secret = response
+        response
             .into_model()
-            .map_err(|e| SecretError::Internal(anyhow::anyhow!("Key Vault answer: {e}")))?;
-        secret
-            .value
-            .map(SecretString::from)
-            .ok_or_else(|| SecretError::Internal(anyhow::anyhow!("Key Vault returned no value")))
+            .map_err(|e| SecretError::Internal(anyhow::anyhow!("Key Vault answer: {e}")))
     }
+}
+
+/// The value of a secret bundle the vault answered.
+fn value_of(secret: Secret) -> SecretResult<SecretString> {
+    secret
+        .value
+        .map(SecretString::from)
+        .ok_or_else(|| SecretError::Internal(anyhow::anyhow!("Key Vault returned no value")))
 }
 
 fn map_err(e: azure_core::Error) -> SecretError {
@@ -212,9 +217,17 @@ impl SecretStore for KeyVaultSecretStore {
         "keyvault"
     }
 
-    async fn set(&self, name: &SecretName, value: &SecretString) -> SecretResult<String> {
+    async fn set_owned(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        owner: Option<&crate::domain::TenantId>,
+    ) -> SecretResult<String> {
         let parameters = SetSecretParameters {
             value: Some(value.expose_secret().to_owned()),
+            tags: owner.map(|o| {
+                std::collections::HashMap::from([(OWNER_TAG.to_owned(), o.as_str().to_owned())])
+            }),
             ..Default::default()
         };
         let body = parameters
@@ -244,13 +257,60 @@ impl SecretStore for KeyVaultSecretStore {
     }
 
     async fn get(&self, id: &str) -> SecretResult<SecretString> {
+        self.get_owned(id).await.map(|(value, _)| value)
+    }
+
+    async fn get_owned(&self, id: &str) -> SecretResult<(SecretString, Option<String>)> {
         let reference = self.parse_id(id)?;
-        self.read(&reference.name, reference.version).await
+        let mut secret = self.bundle(&reference.name, reference.version).await?;
+        let owner = secret.tags.as_mut().and_then(|tags| tags.remove(OWNER_TAG));
+        Ok((value_of(secret)?, owner))
+    }
+
+    async fn owner(&self, id: &str) -> SecretResult<Option<String>> {
+        self.get_owned(id).await.map(|(_, owner)| owner)
+    }
+
+    async fn bind(&self, id: &str, owner: &crate::domain::TenantId) -> SecretResult<()> {
+        let reference = self.parse_id(id)?;
+        // Tags are per version and an update replaces them all: keep the others.
+        let current = self
+            .bundle(&reference.name, reference.version.clone())
+            .await?;
+        let version = match reference.version {
+            Some(v) => v,
+            None => current
+                .id
+                .as_deref()
+                .and_then(|id| self.parse_id(id).ok())
+                .and_then(|r| r.version)
+                .ok_or_else(|| {
+                    SecretError::Internal(anyhow::anyhow!("Key Vault returned no secret version"))
+                })?,
+        };
+        let mut tags = current.tags.unwrap_or_default();
+        tags.insert(OWNER_TAG.to_owned(), owner.as_str().to_owned());
+        let parameters = UpdateSecretPropertiesParameters {
+            tags: Some(tags),
+            ..Default::default()
+        };
+        let body = parameters
+            .try_into()
+            .map_err(|e: azure_core::Error| SecretError::Internal(e.into()))?;
+        let options = SecretClientUpdateSecretPropertiesOptions {
+            secret_version: Some(version),
+            ..Default::default()
+        };
+        self.client
+            .update_secret_properties(reference.name.as_str(), body, Some(options))
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn get_latest(&self, name: &SecretName) -> SecretResult<Option<SecretString>> {
-        match self.read(name, None).await {
-            Ok(value) => Ok(Some(value)),
+        match self.bundle(name, None).await {
+            Ok(secret) => value_of(secret).map(Some),
             Err(SecretError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }

@@ -115,6 +115,13 @@ impl LocalSecretStore {
                 UNIQUE (name, version)
             );",
         )?;
+        // v1 rows have no owner; the column is added in place (a NULL owner is v1's AAD).
+        let has_owner: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('secrets') WHERE name = 'owner'")?
+            .exists([])?;
+        if !has_owner {
+            conn.execute_batch("ALTER TABLE secrets ADD COLUMN owner TEXT")?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             key: Arc::new(key),
@@ -139,14 +146,25 @@ impl LocalSecretStore {
     }
 }
 
-fn aad(name: &str, version: &str) -> Vec<u8> {
-    format!("sophia-secret:v1:{name}:{version}").into_bytes()
+/// The additional data a value is sealed with: its name, version and owner, so a row copied
+/// under another name or given another owner no longer decrypts.
+fn aad(name: &str, version: &str, owner: Option<&str>) -> Vec<u8> {
+    match owner {
+        None => format!("sophia-secret:v1:{name}:{version}").into_bytes(),
+        Some(owner) => format!("sophia-secret:v2:{name}:{version}:{owner}").into_bytes(),
+    }
 }
 
-fn seal(key: &MasterKey, name: &str, version: &str, plain: &str) -> SecretResult<Vec<u8>> {
+fn seal(
+    key: &MasterKey,
+    name: &str,
+    version: &str,
+    owner: Option<&str>,
+    plain: &str,
+) -> SecretResult<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let aad = aad(name, version);
+    let aad = aad(name, version, owner);
     let ct = key
         .cipher()
         .encrypt(
@@ -166,6 +184,7 @@ fn open_sealed(
     key: &MasterKey,
     name: &str,
     version: &str,
+    owner: Option<&str>,
     sealed: &[u8],
 ) -> SecretResult<SecretString> {
     if sealed.len() < NONCE_LEN {
@@ -177,7 +196,7 @@ fn open_sealed(
     let nonce: [u8; NONCE_LEN] = nonce
         .try_into()
         .map_err(|_| SecretError::Internal(anyhow::anyhow!("sealed secret too short")))?;
-    let aad = aad(name, version);
+    let aad = aad(name, version, owner);
     let plain = key
         .cipher()
         .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: &aad })
@@ -191,6 +210,30 @@ fn open_sealed(
     Ok(SecretString::from(text))
 }
 
+/// One stored version: (seq, version, owner, sealed).
+type Row = (i64, String, Option<String>, Vec<u8>);
+
+/// The row an identifier names (that version, or the latest).
+fn find_row(conn: &Connection, reference: &SecretRef) -> SecretResult<Row> {
+    let name = reference.name.as_str();
+    let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+    match &reference.version {
+        Some(version) => conn.query_row(
+            "SELECT seq, version, owner, sealed FROM secrets WHERE name = ?1 AND version = ?2",
+            params![name, version],
+            map,
+        ),
+        None => conn.query_row(
+            "SELECT seq, version, owner, sealed FROM secrets WHERE name = ?1 ORDER BY seq DESC LIMIT 1",
+            params![name],
+            map,
+        ),
+    }
+    .optional()
+    .map_err(sql_err)?
+    .ok_or(SecretError::NotFound)
+}
+
 fn sql_err(e: rusqlite::Error) -> SecretError {
     SecretError::Internal(e.into())
 }
@@ -201,19 +244,32 @@ impl SecretStore for LocalSecretStore {
         "local"
     }
 
-    async fn set(&self, name: &SecretName, value: &SecretString) -> SecretResult<String> {
+    async fn set_owned(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        owner: Option<&crate::domain::TenantId>,
+    ) -> SecretResult<String> {
         let name = name.clone();
         let value = value.clone();
+        let owner = owner.map(|o| o.as_str().to_owned());
         self.run(move |conn, key| {
             let version = uuid::Uuid::new_v4().simple().to_string();
-            let sealed = seal(key, name.as_str(), &version, value.expose_secret())?;
+            let sealed = seal(
+                key,
+                name.as_str(),
+                &version,
+                owner.as_deref(),
+                value.expose_secret(),
+            )?;
             conn.execute(
-                "INSERT INTO secrets (name, version, created_at, sealed) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO secrets (name, version, created_at, sealed, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     name.as_str(),
                     version,
                     chrono::Utc::now().to_rfc3339(),
-                    sealed
+                    sealed,
+                    owner
                 ],
             )
             .map_err(sql_err)?;
@@ -223,25 +279,44 @@ impl SecretStore for LocalSecretStore {
     }
 
     async fn get(&self, id: &str) -> SecretResult<SecretString> {
+        self.get_owned(id).await.map(|(value, _)| value)
+    }
+
+    async fn get_owned(&self, id: &str) -> SecretResult<(SecretString, Option<String>)> {
         let reference = self.parse_id(id)?;
         self.run(move |conn, key| {
+            let (_, version, owner, sealed) = find_row(conn, &reference)?;
+            let value = open_sealed(
+                key,
+                reference.name.as_str(),
+                &version,
+                owner.as_deref(),
+                &sealed,
+            )?;
+            Ok((value, owner))
+        })
+        .await
+    }
+
+    async fn owner(&self, id: &str) -> SecretResult<Option<String>> {
+        // The owner is sealed with the value: a row whose owner was edited does not open.
+        self.get_owned(id).await.map(|(_, owner)| owner)
+    }
+
+    async fn bind(&self, id: &str, owner: &crate::domain::TenantId) -> SecretResult<()> {
+        let reference = self.parse_id(id)?;
+        let owner = owner.as_str().to_owned();
+        self.run(move |conn, key| {
+            let (seq, version, current, sealed) = find_row(conn, &reference)?;
             let name = reference.name.as_str();
-            let row: Option<(String, Vec<u8>)> = match &reference.version {
-                Some(version) => conn.query_row(
-                    "SELECT version, sealed FROM secrets WHERE name = ?1 AND version = ?2",
-                    params![name, version],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                ),
-                None => conn.query_row(
-                    "SELECT version, sealed FROM secrets WHERE name = ?1 ORDER BY seq DESC LIMIT 1",
-                    params![name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                ),
-            }
-            .optional()
+            let value = open_sealed(key, name, &version, current.as_deref(), &sealed)?;
+            let resealed = seal(key, name, &version, Some(&owner), value.expose_secret())?;
+            conn.execute(
+                "UPDATE secrets SET owner = ?1, sealed = ?2 WHERE seq = ?3",
+                params![owner, resealed, seq],
+            )
             .map_err(sql_err)?;
-            let (version, sealed) = row.ok_or(SecretError::NotFound)?;
-            open_sealed(key, name, &version, &sealed)
+            Ok(())
         })
         .await
     }
@@ -318,6 +393,45 @@ mod tests {
         store.delete(&name).await.unwrap();
         assert!(matches!(store.get(&v1).await, Err(SecretError::NotFound)));
         assert!(store.get_latest(&name).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn owners_are_recorded_sealed_and_bound_later() {
+        let store = LocalSecretStore::open_in_memory(key()).unwrap();
+        let acme = crate::domain::TenantId::parse("acme").unwrap();
+        let corp = crate::domain::TenantId::parse("acme-corp").unwrap();
+        let name = SecretName::parse("gamma").unwrap();
+        let owned = store
+            .set_owned(&name, &SecretString::from("v"), Some(&acme))
+            .await
+            .unwrap();
+        assert_eq!(store.owner(&owned).await.unwrap().as_deref(), Some("acme"));
+        let loose = store
+            .set(
+                &SecretName::parse("delta").unwrap(),
+                &SecretString::from("w"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.owner(&loose).await.unwrap(), None);
+        store.bind(&loose, &corp).await.unwrap();
+        assert_eq!(
+            store.owner(&loose).await.unwrap().as_deref(),
+            Some("acme-corp")
+        );
+        assert_eq!(store.get(&loose).await.unwrap().expose_secret(), "w");
+        // Editing the owner column behind SOPHIA's back breaks the seal.
+        {
+            let conn = store.conn.lock().unwrap();
+            conn.execute("UPDATE secrets SET owner = 'acme' WHERE name = 'delta'", [])
+                .unwrap();
+        }
+        assert!(store.owner(&loose).await.is_err());
+        assert!(store.get(&loose).await.is_err());
+        assert!(matches!(
+            store.owner("sophia-local:/secrets/missing").await,
+            Err(SecretError::NotFound)
+        ));
     }
 
     #[tokio::test]

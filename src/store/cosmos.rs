@@ -937,7 +937,7 @@ impl Store for CosmosStore {
         instance: &InstanceId,
         messages: &[StoredMessage],
         keep_last: usize,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<usize> {
         let key = id.to_string();
         for attempt in 0..RMW_ATTEMPTS {
             let now = Utc::now();
@@ -963,9 +963,11 @@ impl Store for CosmosStore {
                     None,
                 ),
             };
-            conversation.messages.extend_from_slice(messages);
-            let excess = conversation.messages.len().saturating_sub(keep_last.max(1));
-            conversation.messages.drain(..excess);
+            let dropped = conversation.append(
+                messages,
+                keep_last,
+                crate::domain::conversation::MAX_CONVERSATION_BYTES,
+            );
             conversation.updated_at = now;
             let doc = ConversationDoc { conversation };
             let pk = tenant.as_str().to_owned();
@@ -978,7 +980,7 @@ impl Store for CosmosStore {
                 None => self.conversations.create_item(pk, &key, &doc, None).await,
             };
             match result {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(dropped),
                 Err(e) if e.status().is_precondition_failed() || e.status().is_conflict() => {
                     contention_pause(attempt).await;
                 }

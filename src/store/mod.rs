@@ -153,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Conversation>;
 
     /// Appends messages to the tenant's conversation (creating it), keeping the newest
-    /// `keep_last` messages. Atomic: concurrent appends lose nothing.
+    /// `keep_last` messages within `MAX_CONVERSATION_BYTES` (`Conversation::append`). Returns
+    /// how many old messages were dropped. Atomic: concurrent appends lose nothing.
     async fn append_conversation(
         &self,
         tenant: &TenantId,
@@ -161,7 +162,7 @@ pub trait Store: Send + Sync + 'static {
         instance: &InstanceId,
         messages: &[StoredMessage],
         keep_last: usize,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<usize>;
 
     /// Adds tokens (of `requests` requests) to the tenant's daily usage.
     async fn add_usage(

@@ -584,7 +584,7 @@ impl Store for SqliteStore {
         instance: &InstanceId,
         messages: &[StoredMessage],
         keep_last: usize,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<usize> {
         let (tenant, id, instance, messages) = (tenant.clone(), *id, *instance, messages.to_vec());
         self.run(move |conn| {
             let tx = conn.transaction().map_err(map_err)?;
@@ -609,9 +609,11 @@ impl Store for SqliteStore {
                     updated_at: now,
                 },
             };
-            conversation.messages.extend(messages);
-            let excess = conversation.messages.len().saturating_sub(keep_last.max(1));
-            conversation.messages.drain(..excess);
+            let dropped = conversation.append(
+                &messages,
+                keep_last,
+                crate::domain::conversation::MAX_CONVERSATION_BYTES,
+            );
             conversation.updated_at = now;
             tx.execute(
                 "INSERT INTO conversations (tenant_id, id, instance_id, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -625,7 +627,8 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(map_err)?;
-            tx.commit().map_err(map_err)
+            tx.commit().map_err(map_err)?;
+            Ok(dropped)
         })
         .await
     }

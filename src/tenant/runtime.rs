@@ -16,6 +16,8 @@ use moka::future::Cache;
 use secrecy::SecretString;
 use serde::Serialize;
 
+use crate::azure_auth::{CompanyIdentities, EntraTokens};
+use crate::domain::authority::{AuthMode, identity_client_id};
 use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
 use crate::llm::client::DEFAULT_API_VERSION;
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
@@ -33,6 +35,8 @@ pub struct TenantRuntime {
     pub search_key: Option<SecretString>,
     /// SAS for the knowledge Blob container (`credentials.knowledgeSas`).
     pub knowledge_sas: Option<SecretString>,
+    /// The company's own Entra identity when the instance uses one (`Err`: why it cannot).
+    pub identity: Option<Result<Arc<EntraTokens>, String>>,
     pub system_prompt: Option<String>,
     pub params: ChatParams,
     /// How many earlier messages of a conversation go with each turn.
@@ -49,7 +53,7 @@ impl TenantRuntime {
     pub fn build(
         instance: AgentInstance,
         credentials: CredentialBundle,
-        entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+        identities: Option<&Arc<CompanyIdentities>>,
     ) -> Self {
         let settings = &instance.settings;
         let api_version = settings
@@ -57,19 +61,33 @@ impl TenantRuntime {
             .and_then(|v| v.as_str())
             .unwrap_or(DEFAULT_API_VERSION)
             .to_owned();
-        let managed_identity =
-            settings.get("authMode").and_then(|v| v.as_str()) == Some("managedIdentity");
-        let auth = match (&credentials.azure_openai_key, managed_identity, entra) {
-            (_, true, Some(tokens)) => Ok(UpstreamAuth::Entra {
+        // A company's resources are reached with its own identity, never SOPHIA's.
+        let identity = match AuthMode::of(&instance) {
+            AuthMode::ApiKey => None,
+            AuthMode::ManagedIdentity => Some(match (identity_client_id(&instance), identities) {
+                (None, _) => Err(
+                    "settings.authMode=managedIdentity needs settings.managedIdentityClientId, the \
+                     company's own user-assigned identity (SOPHIA's identity is never used for a \
+                     company)"
+                        .to_owned(),
+                ),
+                (Some(_), None) => Err(
+                    "settings.authMode=managedIdentity needs an Azure credential that selects the \
+                     company's identity by client id: set SOPHIA_AZURE_CREDENTIAL=managed_identity \
+                     (or workload_identity)"
+                        .to_owned(),
+                ),
+                (Some(id), Some(identities)) => identities.for_client(id),
+            }),
+        };
+        let auth = match (&identity, &credentials.azure_openai_key) {
+            (Some(Ok(tokens)), _) => Ok(UpstreamAuth::Entra {
                 tokens: Arc::clone(tokens),
                 scope: crate::azure_auth::COGNITIVE_SERVICES_SCOPE,
             }),
-            (_, true, None) => Err(
-                "settings.authMode=managedIdentity needs an Azure credential: set SOPHIA_AZURE_CREDENTIAL (e.g. managed_identity)"
-                    .to_owned(),
-            ),
-            (Some(key), false, _) => Ok(UpstreamAuth::Key(key.clone())),
-            (None, false, _) => Err("the instance has no azureOpenaiKey credential".to_owned()),
+            (Some(Err(e)), _) => Err(e.clone()),
+            (None, Some(key)) => Ok(UpstreamAuth::Key(key.clone())),
+            (None, None) => Err("the instance has no azureOpenaiKey credential".to_owned()),
         };
         let base = instance
             .azure_openai_endpoint
@@ -120,6 +138,7 @@ impl TenantRuntime {
         Self {
             chat,
             embeddings,
+            identity,
             search_key: credentials.azure_search_key,
             knowledge_sas: credentials.knowledge_sas,
             system_prompt: settings
@@ -212,7 +231,7 @@ type Key = (TenantId, InstanceId);
 
 /// Per-tenant runtime cache.
 pub struct RuntimeCache {
-    entra: Option<Arc<crate::azure_auth::EntraTokens>>,
+    identities: Option<Arc<CompanyIdentities>>,
     fresh: Cache<Key, Arc<TenantRuntime>>,
     /// The last good runtime of each tenant, kept `ttl + max_stale` for stale-if-error.
     last_good: moka::sync::Cache<Key, Arc<TenantRuntime>>,
@@ -222,7 +241,7 @@ pub struct RuntimeCache {
 impl RuntimeCache {
     pub fn new(ttl: Duration, max_stale: Duration, capacity: u64) -> Self {
         Self {
-            entra: None,
+            identities: None,
             fresh: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(JitteredTtl { base: ttl })
@@ -235,9 +254,9 @@ impl RuntimeCache {
         }
     }
 
-    /// The Azure credential runtimes use for `settings.authMode = managedIdentity`.
-    pub fn with_entra(mut self, entra: Option<Arc<crate::azure_auth::EntraTokens>>) -> Self {
-        self.entra = entra;
+    /// The company identities runtimes use for `settings.authMode = managedIdentity`.
+    pub fn with_identities(mut self, identities: Option<Arc<CompanyIdentities>>) -> Self {
+        self.identities = identities;
         self
     }
 
@@ -274,13 +293,13 @@ impl RuntimeCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::clone(&self.stats);
         let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
-        let entra = self.entra.clone();
+        let identities = self.identities.clone();
         let (t, i) = (tenant.clone(), *id);
         let loaded = self
             .fresh
             .try_get_with(key.clone(), async move {
                 stats.loads.fetch_add(1, Ordering::Relaxed);
-                load(&store, &secrets, &t, &i, &stats, entra.as_ref())
+                load(&store, &secrets, &t, &i, &stats, identities.as_ref())
                     .await
                     .map(Arc::new)
             })
@@ -337,7 +356,7 @@ async fn load(
     tenant: &TenantId,
     id: &InstanceId,
     stats: &RuntimeStats,
-    entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
+    identities: Option<&Arc<CompanyIdentities>>,
 ) -> Result<TenantRuntime, RuntimeError> {
     stats.store_reads.fetch_add(1, Ordering::Relaxed);
     let instance = match store
@@ -351,13 +370,9 @@ async fn load(
     let credentials = match &instance.keyvault_secret_id {
         Some(secret_id) => {
             stats.secret_reads.fetch_add(1, Ordering::Relaxed);
-            match secrets.get(secret_id).await {
-                Ok(secret) => CredentialBundle::from_secret(&secret),
-                Err(SecretError::NotFound) => CredentialBundle::default(),
-                Err(e) => return Err(e.into()),
-            }
+            crate::secrets::tenant_bundle(secrets.as_ref(), tenant, secret_id).await?
         }
         None => CredentialBundle::default(),
     };
-    Ok(TenantRuntime::build(instance, credentials, entra))
+    Ok(TenantRuntime::build(instance, credentials, identities))
 }

@@ -447,11 +447,90 @@ async fn disable_through_patch_also_stops_tokens() {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        app.get("/agents/me", &token).await.status(),
-        StatusCode::OK,
-        "re-enabled with the same key version"
-    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ACTIVE");
+    assert_eq!(body["keyVersion"], 2, "the disable bumped the key version");
+    // Tokens issued before the disable stay dead after re-enabling...
+    assert_problem(
+        app.get("/agents/me", &token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // ...while the access key itself exchanges again.
+    let fresh = app.service_token("acme", &created.key).await;
+    let me: Value = app.get("/agents/me", &fresh).await.json().await.unwrap();
+    assert_eq!(me["keyVersion"], 2);
+}
+
+/// Disable → re-enable: old tokens stay dead, through DELETE as well as PATCH, and a
+/// company admin cannot lift a platform admin's disable (it can lift its own).
+#[tokio::test]
+async fn re_enabling_never_revives_old_tokens() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let path = format!("/admin/agent-instances/{}", created.id);
+    let company = app.admin_token("acme");
+    for (disabler, label) in [
+        (app.platform_token(), "platform"),
+        (company.clone(), "company"),
+    ] {
+        let old = app.service_token("acme", &created.key).await;
+        let resp = app
+            .request(Method::DELETE, &path, Some(&disabler), None)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{label} disable");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], "DISABLED");
+        assert_eq!(
+            app.exchange("acme", &created.key).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let reenable = app
+            .request(
+                Method::PATCH,
+                &path,
+                Some(&company),
+                Some(json!({"status": "ACTIVE"})),
+            )
+            .await;
+        if label == "platform" {
+            let problem = assert_problem(reenable, StatusCode::FORBIDDEN, "forbidden").await;
+            assert_eq!(problem["field"], "status");
+            let still: Value = app
+                .get(&path, &app.platform_token())
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(still["status"], "DISABLED", "nothing written");
+            let resp = app
+                .request(
+                    Method::PATCH,
+                    &path,
+                    Some(&app.platform_token()),
+                    Some(json!({"status": "ACTIVE"})),
+                )
+                .await;
+            assert_eq!(resp.status(), StatusCode::OK);
+        } else {
+            assert_eq!(reenable.status(), StatusCode::OK, "its own disable");
+        }
+        assert_problem(
+            app.get("/agents/me", &old).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+        assert_eq!(
+            app.exchange("acme", &created.key).await.status(),
+            StatusCode::OK
+        );
+    }
+    let disables = app
+        .audit("companyId=acme&action=agent_instance.disable")
+        .await;
+    assert_eq!(disables.len(), 2);
 }
 
 #[tokio::test]
@@ -567,7 +646,8 @@ async fn existing_secret_references_are_validated() {
         )
         .await;
     assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
-    // A company admin may reference only its own company's secrets.
+    // A company admin may reference only secrets bound to its own company: neither another
+    // company's nor an unbound one, whatever its name.
     let name = sophia::secrets::SecretName::parse("other-openai").unwrap();
     let id = app
         .state
@@ -585,10 +665,29 @@ async fn existing_secret_references_are_validated() {
         .await;
     assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
     let own = sophia::secrets::SecretName::parse("acme-openai").unwrap();
-    let own_id = app
+    let unbound = app
         .state
         .secrets
         .set(&own, &secrecy::SecretString::from("v"))
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.admin_token("acme")),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "keyvaultSecretId": unbound})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    let own_id = app
+        .state
+        .secrets
+        .set_owned(
+            &own,
+            &secrecy::SecretString::from("v"),
+            Some(&sophia::domain::TenantId::parse("acme").unwrap()),
+        )
         .await
         .unwrap();
     let resp = app

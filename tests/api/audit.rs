@@ -96,11 +96,43 @@ async fn admin_changes_and_authentications_are_audited() {
     // Filter by action.
     let only = app.audit("action=agent.auth.success").await;
     assert_eq!(actions(&only), ["agent.auth.success"]);
-    // An unknown company's failed attempts are audited under that company id.
-    app.exchange("ghost-co", "sph_wrongwrongwrongwrongwrongwrongwrongw")
+    // Made-up company ids write nothing into partitions of their own: they are counted at
+    // platform level (health) instead.
+    for i in 0..5 {
+        app.exchange(
+            &format!("ghost-co-{i}"),
+            "sph_wrongwrongwrongwrongwrongwrongwrongw",
+        )
         .await;
-    let ghost = app.audit("companyId=ghost-co").await;
-    assert_eq!(ghost[0]["details"]["reason"], "no_live_instance");
+    }
+    app.exchange("bad id!", "sph_x").await;
+    for i in 0..5 {
+        assert!(
+            app.audit(&format!("companyId=ghost-co-{i}"))
+                .await
+                .is_empty()
+        );
+    }
+    let health: Value = app
+        .request(reqwest::Method::GET, "/health", None, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["auth"]["unknownCompanyFailures"], 6);
+    // A company that exists but has no live instance still gets its failures audited.
+    let resp = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/admin/agent-instances/{}", created.id),
+            Some(&app.platform_token()),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    app.exchange("acme", &created.key).await;
+    let failures = app.audit("companyId=acme&action=agent.auth.failure").await;
+    assert_eq!(failures[0]["details"]["reason"], "no_live_instance");
 }
 
 #[tokio::test]

@@ -279,6 +279,7 @@ async fn the_queue_triggered_worker_runs_enqueued_jobs() {
         ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
         ("SOPHIA_REFRESH_QUEUE", "storage"),
         ("SOPHIA_REFRESH_QUEUE_URL", &queue_url),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
     ])
     .await;
     let container = unique("acme-docs");
@@ -319,12 +320,51 @@ async fn the_queue_triggered_worker_runs_enqueued_jobs() {
 
     let messages = azurite::receive(&queue_service, &queue).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    // The message is base64 (the host's default queue encoding) of {tenantId, jobId}.
+    // The message is base64 (the host's default queue encoding) of {tenantId, jobId, sig}.
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(&messages[0])
         .unwrap();
     let message: Value = serde_json::from_slice(&decoded).unwrap();
-    assert_eq!(message, json!({"tenantId": "acme", "jobId": id}));
+    assert_eq!(
+        (&message["tenantId"], &message["jobId"]),
+        (&json!("acme"), &json!(id))
+    );
+    assert!(
+        message["sig"].as_str().is_some_and(|s| s.len() >= 40),
+        "{message}"
+    );
+
+    // A forged delivery — right ids, no valid signature — reaches nothing: the host's loopback
+    // is shared with whatever else runs there, and a queue may be writable by others.
+    for forged in [
+        json!({"tenantId": "acme", "jobId": id, "sig": "AAAA"}),
+        json!({"tenantId": "acme", "jobId": id, "sig": flip_first(message["sig"].as_str().unwrap())}),
+        json!({"tenantId": "beta", "jobId": id, "sig": message["sig"]}),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/refresh-worker",
+                None,
+                Some(json!({"Data": {"msg": forged.to_string()}, "Metadata": {}})),
+            )
+            .await;
+        assert_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let unsigned = json!({"Data": {"msg": {"tenantId": "acme", "jobId": id}}, "Metadata": {}});
+    let resp = app
+        .request(Method::POST, "/refresh-worker", None, Some(unsigned))
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(
+        app.get(&format!("/refresh/{id}"), &token)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["status"],
+        "queued",
+        "no forged delivery ran the job"
+    );
 
     // The host decodes it and invokes the function with the custom-handler payload.
     let invocation = json!({
@@ -389,9 +429,18 @@ async fn the_queue_triggered_worker_runs_enqueued_jobs() {
     // The message may also arrive as a JSON object or double-encoded; an unknown job is
     // dropped (200, so the host does not retry it); a payload without a message is a 400.
     let unknown = format!("job_{}", uuid::Uuid::new_v4().simple());
+    let signed = serde_json::to_value(
+        app.state
+            .jobs
+            .signer()
+            .unwrap()
+            .message(&sophia::domain::TenantId::parse("acme").unwrap(), &unknown)
+            .unwrap(),
+    )
+    .unwrap();
     for data in [
-        json!({"msg": {"tenantId": "acme", "jobId": unknown}}),
-        json!({"msg": serde_json::to_string(&json!({"tenantId": "acme", "jobId": unknown}).to_string()).unwrap()}),
+        json!({"msg": signed}),
+        json!({"msg": serde_json::to_string(&signed.to_string()).unwrap()}),
     ] {
         let resp = app
             .request(
@@ -435,4 +484,10 @@ async fn a_storage_queue_without_a_url_fails_at_start_up() {
         _ => None,
     });
     assert_eq!(settings.err().unwrap().var, "SOPHIA_REFRESH_QUEUE");
+}
+
+/// The signature with its first character changed.
+fn flip_first(sig: &str) -> String {
+    let first = if sig.starts_with('A') { 'B' } else { 'A' };
+    format!("{first}{}", &sig[1..])
 }

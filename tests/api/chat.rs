@@ -533,7 +533,8 @@ async fn misconfigured_instances_get_clear_errors() {
     let mi = app
         .create_instance_with(
             "mi",
-            json!({"azureOpenaiEndpoint": sim.base, "settings": {"authMode": "managedIdentity"}}),
+            json!({"azureOpenaiEndpoint": sim.base, "settings": {"authMode": "managedIdentity",
+                   "managedIdentityClientId": "6f1c2a9e-5b7d-4c3e-9a8f-0123456789ab"}}),
         )
         .await;
     let token = app.service_token("mi", &mi.key).await;
@@ -1048,4 +1049,70 @@ async fn hybrid_retrieval_embeds_the_question_with_the_tenants_own_deployment() 
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["citations"][0]["documentId"], "shipping");
+}
+
+/// A conversation driven past Cosmos DB's 2 MB item limit (the emulator rig enforces it)
+/// keeps saving and answering; the turn that drops old history says so (`historyTrimmed`).
+#[tokio::test]
+async fn a_conversation_past_two_megabytes_keeps_saving_on_cosmos() {
+    let endpoint = format!("{}/", crate::support::rig::cosmos_endpoint());
+    let database = crate::support::rig::fresh_database();
+    let (app, sim) = setup(&[
+        ("SOPHIA_STORE", "cosmos"),
+        ("SOPHIA_COSMOS_ENDPOINT", &endpoint),
+        ("SOPHIA_COSMOS_DATABASE", &database),
+        ("SOPHIA_COSMOS_KEY", crate::support::COSMOS_EMULATOR_KEY),
+        ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
+    ])
+    .await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "credentials": {"azureOpenaiKey": "key-acme"},
+                   "settings": {"historyMessages": 0}}),
+        )
+        .await;
+    let token = app.service_token("acme", &acme.key).await;
+    let mut conversation: Option<String> = None;
+    let mut trimmed = 0u64;
+    let mut first_trim = None;
+    for turn in 0..64 {
+        let message = format!("turn {turn}: {}", "long question text ".repeat(1_600));
+        let mut body = json!({ "message": message });
+        if let Some(id) = &conversation {
+            body["conversationId"] = json!(id);
+        }
+        let resp = chat(&app, &token, body).await;
+        assert_eq!(resp.status(), StatusCode::OK, "turn {turn}");
+        let answer: Value = resp.json().await.unwrap();
+        conversation = Some(answer["conversationId"].as_str().unwrap().to_owned());
+        if let Some(n) = answer["historyTrimmed"].as_u64() {
+            trimmed += n;
+            first_trim.get_or_insert(turn);
+        }
+    }
+    let first_trim = first_trim.expect("64 turns of 32 KB pass the bound");
+    assert!(
+        first_trim > 20,
+        "trimming starts near the bound, at turn {first_trim}"
+    );
+    let id = sophia::domain::ConversationId::parse(conversation.as_deref().unwrap()).unwrap();
+    let stored = app
+        .state
+        .store
+        .get_conversation(&TenantId::parse("acme").unwrap(), &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.messages.len() as u64 + trimmed,
+        128,
+        "every message is accounted for"
+    );
+    assert!(
+        stored.messages[stored.messages.len() - 2]
+            .content
+            .starts_with("turn 63:")
+    );
 }

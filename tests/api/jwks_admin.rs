@@ -214,6 +214,8 @@ async fn unknown_kids_do_not_hammer_the_idp() {
     let app = spawn_app_with(&[
         ("SOPHIA_ADMIN_JWKS_URL", &url),
         ("SOPHIA_ADMIN_JWKS_MIN_REFRESH_SECS", "300"),
+        ("SOPHIA_ADMIN_ISSUER", "https://login.test/tenant/v2.0"),
+        ("SOPHIA_ADMIN_AUDIENCE", "api://sophia"),
     ])
     .await;
     assert_eq!(
@@ -256,7 +258,12 @@ async fn an_unreachable_idp_is_a_503_not_a_500() {
         listener.local_addr().unwrap().port()
     );
     drop(listener);
-    let app = spawn_app_with(&[("SOPHIA_ADMIN_JWKS_URL", &url)]).await;
+    let app = spawn_app_with(&[
+        ("SOPHIA_ADMIN_JWKS_URL", &url),
+        ("SOPHIA_ADMIN_ISSUER", "https://login.test/tenant/v2.0"),
+        ("SOPHIA_ADMIN_AUDIENCE", "api://sophia"),
+    ])
+    .await;
     let resp = app
         .get(
             "/admin/agent-instances",
@@ -264,4 +271,85 @@ async fn an_unreachable_idp_is_a_503_not_a_500() {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Entra signs every tenant's tokens with the same keys: with a JWKS configured, start-up
+/// refuses to run without a pinned issuer and audience, and a token from the right key with
+/// a foreign or missing `iss`/`aud`, an `nbf` in the future or an old `exp` gets 401.
+#[tokio::test]
+async fn a_jwks_needs_a_pinned_issuer_and_audience() {
+    let (idp, url) = start_idp().await;
+    let lookup = |pairs: Vec<(&'static str, String)>| {
+        let map: std::collections::HashMap<&str, String> = pairs.into_iter().collect();
+        sophia::config::Settings::from_lookup(|k| map.get(k).cloned())
+    };
+    let missing_issuer = lookup(vec![
+        ("SOPHIA_ADMIN_JWKS_URL", url.clone()),
+        ("SOPHIA_ADMIN_AUDIENCE", "api://sophia".into()),
+    ]);
+    assert_eq!(missing_issuer.err().unwrap().var, "SOPHIA_ADMIN_ISSUER");
+    let missing_audience = lookup(vec![
+        ("SOPHIA_ADMIN_JWKS_URL", url.clone()),
+        (
+            "SOPHIA_ADMIN_ISSUER",
+            "https://login.test/tenant/v2.0".into(),
+        ),
+    ]);
+    assert_eq!(missing_audience.err().unwrap().var, "SOPHIA_ADMIN_AUDIENCE");
+
+    let key = ec_key("ec-1");
+    *idp.keys.write().await = json!({"keys": [key.jwk]});
+    let app = spawn_app_with(&[
+        ("SOPHIA_ADMIN_JWT_SECRET", ""),
+        ("SOPHIA_ADMIN_JWKS_URL", &url),
+        ("SOPHIA_ADMIN_ISSUER", "https://login.test/tenant/v2.0"),
+        ("SOPHIA_ADMIN_AUDIENCE", "api://sophia"),
+    ])
+    .await;
+    assert_eq!(
+        app.get("/admin/agent-instances", &token(&key, platform_claims()))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let now = chrono::Utc::now().timestamp();
+    type Change = Box<dyn Fn(&mut Value)>;
+    let variants: Vec<(&str, Change)> = vec![
+        (
+            "another Entra tenant",
+            Box::new(|c| c["iss"] = json!("https://login.test/other-tenant/v2.0")),
+        ),
+        (
+            "another app",
+            Box::new(|c| c["aud"] = json!("api://someone-else")),
+        ),
+        (
+            "no issuer",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+        ),
+        (
+            "no audience",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+        ),
+        (
+            "not yet valid",
+            Box::new(move |c| c["nbf"] = json!(now + 600)),
+        ),
+        ("expired", Box::new(move |c| c["exp"] = json!(now - 600))),
+    ];
+    for (label, change) in variants {
+        let mut claims = platform_claims();
+        change(&mut claims);
+        assert_eq!(
+            app.get("/admin/agent-instances", &token(&key, claims))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED,
+            "{label}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod azure_storage;
 mod chat;
 mod config_test;
 mod errors;
+mod hostile_admin;
 mod isolation;
 mod jwks_admin;
 mod jwt_attacks;

@@ -16,7 +16,15 @@ const HOST_ONLY: &[(&str, &str)] = &[("GET", "/"), ("POST", "/refresh-worker")];
 fn router_routes() -> BTreeSet<(String, String)> {
     sophia::router::routes()
         .into_iter()
-        .map(|(m, p)| (m.as_str().to_owned(), p.to_owned()))
+        .map(|(m, p)| (m.as_str().to_owned(), p))
+        .collect()
+}
+
+/// The router's routes in their canonical spelling (without the `/manage/*` aliases).
+fn canonical_routes() -> BTreeSet<(String, String)> {
+    router_routes()
+        .into_iter()
+        .filter(|(_, p)| !p.starts_with(sophia::router::FUNCTIONS_ADMIN_PREFIX))
         .collect()
 }
 
@@ -82,6 +90,116 @@ fn host_json_declares_the_custom_handler() {
     );
 }
 
+/// The Azure Functions host's rules for `function.json`, which nothing here can run: it
+/// refuses HTTP routes that start with `admin` or `runtime` ("The specified route conflicts
+/// with one or more built in routes", whatever the `routePrefix`: Azure/azure-functions-host
+/// #1781, #7634, #6990), function names must be valid and unique (case-insensitive), and each
+/// route must be one the binary serves, with the same parameters and methods.
+#[test]
+fn function_json_obeys_the_functions_host_rules() {
+    let served = router_routes();
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("{ROOT}/functions")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        let valid = name.len() <= 128
+            && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        assert!(valid, "invalid function name {name}");
+        assert!(
+            names.insert(name.to_ascii_lowercase()),
+            "duplicate function {name}"
+        );
+        assert!(
+            !name.to_ascii_lowercase().starts_with("admin"),
+            "{name}: function names do not start with 'admin'"
+        );
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("function.json")).unwrap())
+                .unwrap();
+        for binding in json["bindings"].as_array().unwrap() {
+            if binding["type"] != "httpTrigger" {
+                continue;
+            }
+            let route = binding["route"].as_str().unwrap();
+            let lower = route.trim_start_matches('/').to_ascii_lowercase();
+            for reserved in ["admin", "runtime"] {
+                assert!(
+                    !lower.starts_with(reserved),
+                    "{name}: route '{route}' starts with the reserved '{reserved}'"
+                );
+            }
+            let params: Vec<&str> = route.split('/').filter(|s| s.starts_with('{')).collect();
+            for p in &params {
+                let inner = p.trim_start_matches('{').trim_end_matches('}');
+                assert!(
+                    !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_alphanumeric()),
+                    "{name}: route parameter {p} (no constraints or catch-alls: the router has none)"
+                );
+            }
+            let methods = binding["methods"].as_array().unwrap();
+            assert!(!methods.is_empty(), "{name}: no methods");
+            for method in methods {
+                let method = method.as_str().unwrap();
+                assert_eq!(method, method.to_ascii_lowercase(), "{name}: {method}");
+                assert!(
+                    served.contains(&(method.to_ascii_uppercase(), format!("/{route}"))),
+                    "{name}: {method} /{route} is not a route of the binary (same template and parameters)"
+                );
+            }
+        }
+    }
+}
+
+/// The binary serves the admin API under both spellings, with the same handlers.
+#[tokio::test]
+async fn the_admin_api_answers_under_manage_too() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let token = app.platform_token();
+    for prefix in ["/admin", "/manage"] {
+        let resp = app
+            .get(&format!("{prefix}/agent-instances/{}", created.id), &token)
+            .await;
+        assert_eq!(resp.status(), 200, "{prefix}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["id"], created.id);
+        let resp = app
+            .get(
+                &format!("{prefix}/agent-instances/{}", created.id),
+                &app.admin_token("beta"),
+            )
+            .await;
+        assert_eq!(
+            resp.status(),
+            404,
+            "{prefix}: isolation holds under both spellings"
+        );
+    }
+    let resp = app
+        .request(Method::GET, "/manage/agent-instances", None, None)
+        .await;
+    assert_eq!(resp.status(), 401);
+    // A create answers with a Location in the spelling it was called with.
+    let resp = app
+        .request(
+            Method::POST,
+            "/manage/agent-instances",
+            Some(&token),
+            Some(serde_json::json!({"companyId": "beta", "agentType": "SOPHIA"})),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/manage/agent-instances/")
+    );
+}
+
 #[test]
 fn every_router_route_has_a_function_and_vice_versa() {
     let functions = function_routes();
@@ -89,6 +207,9 @@ fn every_router_route_has_a_function_and_vice_versa() {
     for (m, p) in HOST_ONLY {
         router.remove(&((*m).to_owned(), (*p).to_owned()));
     }
+    // The `/admin/*` spelling is for APIM and hosting outside Functions; its functions route
+    // the `/manage/*` alias.
+    router.retain(|(_, p)| !p.starts_with(sophia::router::ADMIN_PREFIX));
     let missing: Vec<_> = router.difference(&functions).collect();
     assert!(
         missing.is_empty(),
@@ -167,7 +288,12 @@ fn openapi_documents_every_route_and_nothing_else() {
             }
         }
     }
-    let router = router_routes();
+    // The `/manage/*` aliases are documented once, as the spec's `x-functions-admin-prefix`.
+    assert_eq!(
+        spec["x-functions-admin-prefix"],
+        sophia::router::FUNCTIONS_ADMIN_PREFIX
+    );
+    let router = canonical_routes();
     let missing: Vec<_> = router.difference(&documented).collect();
     assert!(
         missing.is_empty(),

@@ -691,3 +691,154 @@ async fn a_job_abandoned_while_it_runs_stops_and_stays_failed() {
     assert!(!created);
     assert_eq!(active.id, newer.id);
 }
+
+/// On Azure AI Search: a document of 1,500+ passages replaced by a short one leaves none of its
+/// old chunks behind (deletes page past the service's 1,000 hits), and a failure between the
+/// delete and the upload does not leave the manifest claiming the document is indexed — the
+/// next incremental refresh indexes it again.
+#[tokio::test]
+async fn ai_search_replacements_leave_no_orphans_and_failed_uploads_are_redone() {
+    use crate::support::search_standin::SearchStandIn;
+    use sophia::knowledge::azure_search::DEFAULT_INDEX;
+    let (app, sim) = setup().await;
+    let search = SearchStandIn::start("search-key-acme").await;
+    let created = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "azureSearchEndpoint": search.base,
+                   "credentials": {"azureOpenaiKey": "key-acme", "azureSearchKey": "search-key-acme"}}),
+        )
+        .await;
+    let token = app.service_token("acme", &created.key).await;
+    let folder = app.dir.path().join("knowledge").join("acme");
+    let paragraph = |i: usize| {
+        format!(
+            "Section {i}. {}",
+            "The warranty covers parts and labour for the stated period. ".repeat(16)
+        )
+    };
+    let big: String = (0..1_500).map(paragraph).collect::<Vec<_>>().join("\n\n");
+    write(&folder, "manual.md", &big);
+    write(&folder, "policy.md", "Refunds are accepted within 30 days.");
+    let job = refresh(&app, &token).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let before = search.chunk_ids(DEFAULT_INDEX, "manual.md");
+    assert!(before.len() >= 1_500, "{} chunks", before.len());
+
+    write(&folder, "manual.md", "The warranty now lasts two years.");
+    let job = refresh(&app, &token).await;
+    assert_eq!(job["counts"]["indexed"], 1, "{job}");
+    let after = search.chunk_ids(DEFAULT_INDEX, "manual.md");
+    assert_eq!(after.len(), 1, "{} chunks left, not one", after.len());
+
+    // A full refresh whose uploads fail: the old chunks are gone, and so is the manifest entry.
+    search.fail_uploads(true);
+    let resp = start(&app, &token, Some(json!({"full": true}))).await;
+    let id = resp.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = wait(&app, &token, &id).await;
+    assert_eq!(job["counts"]["failed"], 2, "{job}");
+    assert!(search.chunk_ids(DEFAULT_INDEX, "policy.md").is_empty());
+    search.fail_uploads(false);
+    // An incremental refresh must not trust a manifest whose chunks are gone.
+    let job = refresh(&app, &token).await;
+    assert_eq!(
+        (
+            job["counts"]["indexed"].as_u64(),
+            job["counts"]["unchanged"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{job}"
+    );
+    assert_eq!(search.chunk_ids(DEFAULT_INDEX, "policy.md").len(), 1);
+    let answer = ask(&app, &token, "How many days for refunds?").await;
+    assert!(
+        answer["answer"].as_str().unwrap().contains("30 days"),
+        "{answer}"
+    );
+}
+
+/// A refresh whose final save fails still ends `failed` (the outcome is lost, so it did not
+/// succeed) and still audits `refresh.finish`.
+#[tokio::test]
+async fn a_refresh_whose_final_save_fails_ends_failed_and_is_audited() {
+    let sim = spawn_simulator(SimConfig {
+        keys: vec!["key-acme".into()],
+        ..Default::default()
+    })
+    .await;
+    let (app, faults) =
+        crate::support::spawn_faulty_app(&[("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")]).await;
+    let acme = company(&app, &sim, "acme").await;
+    acme_documents(&acme.folder);
+    faults
+        .failing_final_saves
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let job = refresh(&app, &acme.token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("outcome could not be saved"),
+        "{job}"
+    );
+    let finished = app.audit("companyId=acme&action=refresh.finish").await;
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0]["outcome"], "failure");
+    // The next refresh is not blocked by it.
+    let again = refresh(&app, &acme.token).await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+}
+
+/// A job still queued when its instance is disabled does not run.
+#[tokio::test]
+async fn queued_jobs_of_a_disabled_instance_do_not_run() {
+    let (app, sim) = setup().await;
+    let acme = company(&app, &sim, "acme").await;
+    acme_documents(&acme.folder);
+    let job = recorded_job(&app, &acme.token).await;
+    let me: Value = app
+        .get("/agents/me", &acme.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::DELETE,
+            &format!(
+                "/admin/agent-instances/{}",
+                me["instanceId"].as_str().unwrap()
+            ),
+            Some(&app.platform_token()),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let tenant = TenantId::parse("acme").unwrap();
+    let delivery = sophia::jobs::run_job(&app.state, &tenant, &job.id)
+        .await
+        .unwrap();
+    let sophia::jobs::Delivery::Ran(ran) = delivery else {
+        panic!("the queued job was not claimed");
+    };
+    assert_eq!(ran.state, sophia::domain::JobState::Failed);
+    assert!(
+        ran.error.as_deref().unwrap().contains("disabled"),
+        "{ran:?}"
+    );
+    assert_eq!(ran.counts.indexed, 0);
+    assert!(
+        app.state
+            .store
+            .list_knowledge_documents(&tenant)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was indexed"
+    );
+}

@@ -68,3 +68,33 @@ async fn restart_keeps_data() {
         }
     }
 }
+
+/// The data dir and every file in it are private (0700 / 0600) even when the directory was
+/// made by hand with looser modes and its files already existed.
+#[cfg(unix)]
+#[tokio::test]
+async fn data_dir_files_are_private_even_when_they_already_existed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["sophia.db", "knowledge.db"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let app = crate::support::spawn_app_in(std::sync::Arc::clone(&dir), &[]).await;
+    // Writes create the WAL files too.
+    app.create_instance("acme").await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    app.stop().await;
+}

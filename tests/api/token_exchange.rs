@@ -211,42 +211,124 @@ async fn rate_limit_per_address_gives_429_with_retry_after() {
     assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
 
+/// A wrong-key flood naming a company from many addresses must not lock its real client
+/// out: the company-wide count only slows checks down (one at a time), never refuses; a
+/// source that keeps failing is refused for that company, other sources are not.
 #[tokio::test]
-async fn rate_limit_per_company_applies_across_addresses() {
+async fn strangers_cannot_lock_a_company_out() {
     let app = spawn_app_with(&[
         ("SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY", "2"),
+        ("SOPHIA_TOKEN_FAILURES_PER_SOURCE", "3"),
         ("SOPHIA_TRUST_FORWARDED", "true"),
     ])
     .await;
     let created = app.create_instance("acme").await;
-    for i in 0..2 {
-        let resp = app
-            .client
-            .post(app.url("/agents/auth/token"))
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .json(
-                &json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": "sph_nope"}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let attempt = |from: String, key: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/agents/auth/token"))
+                .header("x-forwarded-for", from)
+                .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": key}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // 40 wrong keys from 20 addresses, 8 at a time: far past the company's 2 a minute.
+    let mut statuses = Vec::new();
+    for round in 0..5 {
+        let batch = (0..8).map(|i| {
+            let n = round * 8 + i;
+            attempt(format!("203.0.113.{}", n % 20), "sph_nope".into())
+        });
+        statuses.extend(futures_util::future::join_all(batch).await);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "each source stays under its own limit: {statuses:?}"
+    );
+    // The real client, from its own address, still gets its token.
+    assert_eq!(
+        attempt("198.51.100.7".into(), created.key.clone()).await,
+        StatusCode::OK
+    );
+    // A source that keeps failing is refused for this company...
+    for _ in 0..3 {
+        assert_eq!(
+            attempt("192.0.2.66".into(), "sph_nope".into()).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
     let resp = app
         .client
         .post(app.url("/agents/auth/token"))
-        .header("x-forwarded-for", "203.0.113.99")
-        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": created.key}))
+        .header("x-forwarded-for", "192.0.2.66")
+        .json(&json!({"companyId": "acme", "agentType": "SOPHIA", "agentAccessKey": "sph_nope"}))
         .send()
         .await
         .unwrap();
     assert!(resp.headers().contains_key("retry-after"));
     assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    // Another company is not affected.
+    // ...but not for another company, and the real client is still fine.
     let beta = app.create_instance("beta").await;
+    let resp = app
+        .client
+        .post(app.url("/agents/auth/token"))
+        .header("x-forwarded-for", "192.0.2.66")
+        .json(&json!({"companyId": "beta", "agentType": "SOPHIA", "agentAccessKey": beta.key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
-        app.exchange("beta", &beta.key).await.status(),
+        attempt("198.51.100.7".into(), created.key.clone()).await,
         StatusCode::OK
+    );
+}
+
+/// With forwarding trusted, a client cannot pick its own address: the one the trusted proxy
+/// appended (the right-most entry across every header line) is what counts.
+#[tokio::test]
+async fn spoofed_forwarded_lines_do_not_buy_fresh_buckets() {
+    let app = spawn_app_with(&[
+        ("SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS", "2"),
+        ("SOPHIA_TRUST_FORWARDED", "true"),
+    ])
+    .await;
+    let send = |lines: Vec<String>| {
+        let app = &app;
+        async move {
+            let mut req = app.client.post(app.url("/agents/auth/token"));
+            for line in lines {
+                req = req.header("x-forwarded-for", line);
+            }
+            req.json(&json!({"companyId": "acme", "agentAccessKey": "sph_nope"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // The client writes a fresh address in its own first line (and in front of the real one)
+    // every time; the front end appends the real address 198.51.100.9 in a line of its own.
+    for i in 0..2 {
+        let status = send(vec![
+            format!("10.0.0.{i}"),
+            format!("203.0.113.{i}, 198.51.100.9"),
+        ])
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        send(vec!["10.9.9.9".into(), "203.0.113.77, 198.51.100.9".into()]).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A different real address has its own bucket.
+    assert_eq!(
+        send(vec!["10.0.0.1".into(), "198.51.100.10".into()]).await,
+        StatusCode::UNAUTHORIZED
     );
 }
 

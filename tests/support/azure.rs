@@ -45,6 +45,7 @@ struct Version {
     id: String,
     value: String,
     content_type: Option<String>,
+    tags: serde_json::Map<String, Value>,
     created: i64,
 }
 
@@ -99,7 +100,7 @@ fn bundle(v: &Version) -> Value {
         "id": v.id,
         "attributes": {"enabled": true, "created": v.created, "updated": v.created,
                        "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
-        "tags": {}
+        "tags": v.tags
     });
     if let Some(ct) = &v.content_type {
         b["contentType"] = json!(ct);
@@ -230,6 +231,11 @@ async fn kv_handle(
                     .get("contentType")
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                tags: parsed
+                    .get("tags")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
                 created: chrono::Utc::now().timestamp(),
             };
             let out = bundle(&v);
@@ -261,6 +267,38 @@ async fn kv_handle(
                 .and_then(|vs| vs.iter().find(|v| v.id.ends_with(&format!("/{version}"))));
             match found {
                 Some(v) => (StatusCode::OK, axum::Json(bundle(v))).into_response(),
+                None => not_found(name),
+            }
+        }
+        // Update Secret: changes a version's attributes and tags (tags are replaced whole).
+        ("PATCH", ["secrets", name, version]) => {
+            let parsed: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(_) => {
+                    return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "Invalid JSON.");
+                }
+            };
+            if parsed.get("value").is_some() {
+                return kv_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "The value of a secret cannot be updated.",
+                );
+            }
+            let mut secrets = state.secrets.lock().unwrap();
+            let found = secrets.get_mut(*name).and_then(|vs| {
+                vs.iter_mut()
+                    .find(|v| v.id.ends_with(&format!("/{version}")))
+            });
+            match found {
+                Some(v) => {
+                    if let Some(tags) = parsed.get("tags").and_then(Value::as_object) {
+                        v.tags = tags.clone();
+                    }
+                    let mut out = bundle(v);
+                    out.as_object_mut().map(|o| o.remove("value"));
+                    (StatusCode::OK, axum::Json(out)).into_response()
+                }
                 None => not_found(name),
             }
         }
@@ -341,6 +379,18 @@ impl KeyVault {
             .map(|v| v.value.clone())
     }
 
+    /// The tags of the latest version of `name`.
+    pub fn tags(&self, name: &str) -> serde_json::Map<String, Value> {
+        self.state
+            .secrets
+            .lock()
+            .unwrap()
+            .get(name)
+            .and_then(|v| v.last())
+            .map(|v| v.tags.clone())
+            .unwrap_or_default()
+    }
+
     /// Names of the secrets currently stored.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.state.secrets.lock().unwrap().keys().cloned().collect();
@@ -351,6 +401,11 @@ impl KeyVault {
     /// Stores a secret directly (as an operator would with `az keyvault secret set`); returns
     /// its full identifier.
     pub fn put(&self, name: &str, value: &str) -> String {
+        self.put_tagged(name, value, &[])
+    }
+
+    /// Like [`Self::put`], with tags on the new version.
+    pub fn put_tagged(&self, name: &str, value: &str, tags: &[(&str, &str)]) -> String {
         let host = self.url.trim_start_matches("http://").to_owned();
         let version = uuid::Uuid::new_v4().simple().to_string();
         let id = format!("https://{host}/secrets/{name}/{version}");
@@ -364,13 +419,22 @@ impl KeyVault {
                 id: id.clone(),
                 value: value.to_owned(),
                 content_type: None,
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                    .collect(),
                 created: chrono::Utc::now().timestamp(),
             });
         id
     }
 }
 
-/// The App Service / Functions managed-identity endpoint.
+/// (resource, client id) of a token the identity endpoint issued.
+pub type Issued = (String, Option<String>);
+
+/// The App Service / Functions managed-identity endpoint. The system-assigned identity gets
+/// `token`; a user-assigned one (`client_id=`) gets the token registered for it with
+/// [`ManagedIdentity::with_identity`]; an unknown client id is refused as Azure refuses it.
 #[derive(Clone)]
 pub struct ManagedIdentity {
     /// `IDENTITY_ENDPOINT`.
@@ -379,6 +443,9 @@ pub struct ManagedIdentity {
     pub header: String,
     token: String,
     resources: Arc<Mutex<Vec<String>>>,
+    /// (resource, client id) of every token issued.
+    issued: Arc<Mutex<Vec<Issued>>>,
+    identities: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl ManagedIdentity {
@@ -386,54 +453,91 @@ impl ManagedIdentity {
     pub fn start(token: &str) -> Self {
         let header = "test-identity-header".to_owned();
         let resources = Arc::new(Mutex::new(Vec::new()));
-        let (r, expected, tok) = (resources.clone(), header.clone(), token.to_owned());
-        let app =
-            axum::Router::new().route(
-                "/msi/token",
-                axum::routing::get(
-                    move |headers: HeaderMap,
-                          axum::extract::Query(q): axum::extract::Query<
-                        HashMap<String, String>,
-                    >| {
-                        let (r, expected, tok) = (r.clone(), expected.clone(), tok.clone());
-                        async move {
-                            let header_ok = headers
-                                .get("x-identity-header")
-                                .and_then(|v| v.to_str().ok())
-                                == Some(expected.as_str());
-                            if !header_ok
-                                || q.get("api-version").map(String::as_str) != Some("2019-08-01")
-                            {
-                                return (
-                                    StatusCode::BAD_REQUEST,
-                                    axum::Json(json!({"error": "invalid_request"})),
-                                );
-                            }
-                            let resource = q.get("resource").cloned().unwrap_or_default();
-                            r.lock().unwrap().push(resource.clone());
-                            let expires = (chrono::Utc::now().timestamp() + 3600).to_string();
-                            (
-                                StatusCode::OK,
-                                axum::Json(json!({"access_token": tok, "expires_on": expires,
-                                "resource": resource, "token_type": "Bearer",
-                                "client_id": "00000000-0000-0000-0000-000000000001"})),
-                            )
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let identities: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+        let (r, is, ids, expected, tok) = (
+            resources.clone(),
+            issued.clone(),
+            identities.clone(),
+            header.clone(),
+            token.to_owned(),
+        );
+        let app = axum::Router::new().route(
+            "/msi/token",
+            axum::routing::get(
+                move |headers: HeaderMap,
+                      axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+                    let (r, is, ids, expected, tok) =
+                        (r.clone(), is.clone(), ids.clone(), expected.clone(), tok.clone());
+                    async move {
+                        let header_ok = headers
+                            .get("x-identity-header")
+                            .and_then(|v| v.to_str().ok())
+                            == Some(expected.as_str());
+                        if !header_ok
+                            || q.get("api-version").map(String::as_str) != Some("2019-08-01")
+                        {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                axum::Json(json!({"error": "invalid_request"})),
+                            );
                         }
-                    },
-                ),
-            );
+                        let client_id = q.get("client_id").cloned();
+                        let (token, id) = match &client_id {
+                            None => (tok, "00000000-0000-0000-0000-000000000001".to_owned()),
+                            Some(c) => match ids.lock().unwrap().get(c) {
+                                Some(t) => (t.clone(), c.clone()),
+                                None => {
+                                    return (
+                                        StatusCode::BAD_REQUEST,
+                                        axum::Json(json!({"statusCode": 400,
+                                            "message": "No User Assigned or Delegated Managed Identity found for specified ClientId/ResourceId/PrincipalId.",
+                                            "correlationId": uuid::Uuid::new_v4().to_string()})),
+                                    );
+                                }
+                            },
+                        };
+                        let resource = q.get("resource").cloned().unwrap_or_default();
+                        r.lock().unwrap().push(resource.clone());
+                        is.lock().unwrap().push((resource.clone(), client_id));
+                        let expires = (chrono::Utc::now().timestamp() + 3600).to_string();
+                        (
+                            StatusCode::OK,
+                            axum::Json(json!({"access_token": token, "expires_on": expires,
+                            "resource": resource, "token_type": "Bearer", "client_id": id})),
+                        )
+                    }
+                },
+            ),
+        );
         let port = serve(app);
         Self {
             endpoint: format!("http://127.0.0.1:{port}/msi/token"),
             header,
             token: token.to_owned(),
             resources,
+            issued,
+            identities,
         }
+    }
+
+    /// Registers a user-assigned identity: tokens asked with `client_id` are `token`.
+    pub fn with_identity(self, client_id: &str, token: &str) -> Self {
+        self.identities
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned(), token.to_owned());
+        self
     }
 
     /// The resources tokens were asked for, in order.
     pub fn resources(&self) -> Vec<String> {
         self.resources.lock().unwrap().clone()
+    }
+
+    /// (resource, client id) of every token issued, in order.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.issued.lock().unwrap().clone()
     }
 
     pub fn token(&self) -> &str {

@@ -121,6 +121,33 @@ pub fn start_simulator(key: &str) -> (Child, String) {
     (child, url)
 }
 
+/// Creates an instance through the admin API (asserting 201) and exchanges its one-time key;
+/// returns the created body and a service token.
+pub fn create_and_exchange(
+    server: &Server,
+    admin: &str,
+    body: &serde_json::Value,
+) -> (serde_json::Value, String) {
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(server.url("/admin/agent-instances"))
+        .bearer_auth(admin)
+        .json(body)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: serde_json::Value = resp.json().unwrap();
+    let token: serde_json::Value = client
+        .post(server.url("/agents/auth/token"))
+        .json(&serde_json::json!({"companyId": body["companyId"], "agentAccessKey": created["agentAccessKey"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    (created, token)
+}
+
 pub fn admin_token(dir: &std::path::Path, args: &[&str]) -> String {
     admin_token_with(dir, &[], args)
 }

@@ -5,6 +5,7 @@
 pub mod azure;
 pub mod azurite;
 pub mod binary;
+pub mod faulty_store;
 pub mod pdf;
 pub mod rig;
 pub mod search_standin;
@@ -50,6 +51,11 @@ pub fn test_settings(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Setti
             "100000".into(),
         ),
         ("SOPHIA_LOG".into(), "warn".into()),
+        // In-process apps run inside the test binary: the sandboxed extractor is the real one.
+        (
+            "SOPHIA_EXTRACTOR".into(),
+            env!("CARGO_BIN_EXE_sophia").into(),
+        ),
     ]);
     for (k, v) in overrides {
         // An empty override unsets the variable (empty values count as unset).
@@ -76,6 +82,7 @@ pub async fn spawn_cosmos_app() -> TestApp {
         ("SOPHIA_COSMOS_DATABASE", &database),
         ("SOPHIA_COSMOS_KEY", COSMOS_EMULATOR_KEY),
         ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
     ])
     .await
 }
@@ -87,6 +94,27 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 
 /// Starts an app on an existing data dir (restart tests).
 pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(dir, overrides, None).await
+}
+
+/// An app whose SQLite store (in a fresh data dir) is wrapped by a [`faulty_store::FaultyStore`]
+/// driven by the returned switch.
+pub async fn spawn_faulty_app(overrides: &[(&str, &str)]) -> (TestApp, Arc<faulty_store::Switch>) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let inner = sophia::store::sqlite::SqliteStore::open(&dir.path().join("sophia.db")).unwrap();
+    let switch = Arc::new(faulty_store::Switch::default());
+    let store: Arc<dyn sophia::store::Store> = Arc::new(faulty_store::FaultyStore {
+        inner: Arc::new(inner),
+        switch: Arc::clone(&switch),
+    });
+    (spawn_app_on(dir, overrides, Some(store)).await, switch)
+}
+
+async fn spawn_app_on(
+    dir: Arc<tempfile::TempDir>,
+    overrides: &[(&str, &str)],
+    store: Option<Arc<dyn sophia::store::Store>>,
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
@@ -94,7 +122,9 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, overrides: &[(&str, &str)
             .try_init();
     }
     let settings = test_settings(dir.path(), overrides);
-    let app = Application::build(settings).await.expect("build app");
+    let app = Application::build_with_store(settings, store)
+        .await
+        .expect("build app");
     let port = app.port();
     let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();

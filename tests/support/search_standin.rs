@@ -22,6 +22,7 @@ pub struct Inner {
     pub searches: Mutex<Vec<Value>>,
     /// Index definitions (`PUT /indexes/{index}`).
     pub definitions: Mutex<HashMap<String, Value>>,
+    fail_uploads: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -59,9 +60,24 @@ async fn index_docs(
     if let Some(r) = check(&headers, &key, &v) {
         return r;
     }
+    let actions = body["value"].as_array().cloned().unwrap_or_default();
+    if actions.len() > 1000 {
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"error": {"code": "", "message": "The request is invalid. Details: actions : The maximum number of documents per batch is 1000."}}))).into_response();
+    }
+    if inner.fail_uploads.load(std::sync::atomic::Ordering::SeqCst)
+        && actions
+            .iter()
+            .any(|a| a["@search.action"].as_str() != Some("delete"))
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"code": "", "message": "Service unavailable (injected)."}})),
+        )
+            .into_response();
+    }
     let mut docs = inner.docs.lock().unwrap();
     let mut results = Vec::new();
-    for action in body["value"].as_array().cloned().unwrap_or_default() {
+    for action in actions {
         let id = action["id"].as_str().unwrap_or_default().to_owned();
         match action["@search.action"].as_str() {
             Some("delete") => {
@@ -120,7 +136,12 @@ async fn search_docs(
     let vector: Option<Vec<f64>> = body["vectorQueries"][0]["vector"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect());
-    let top = body["top"].as_u64().unwrap_or(50) as usize;
+    // Azure AI Search answers at most 1,000 hits per page and refuses a skip above 100,000.
+    let top = (body["top"].as_u64().unwrap_or(50) as usize).min(1000);
+    let skip = body["skip"].as_u64().unwrap_or(0) as usize;
+    if skip > 100_000 {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": "InvalidRequestParameter", "message": "Value must be between 0 and 100000.\r\nParameter name: $skip"}}))).into_response();
+    }
     let docs = inner.docs.lock().unwrap();
     let mut hits: Vec<(f64, Value)> = docs
         .iter()
@@ -141,9 +162,13 @@ async fn search_docs(
         })
         .filter(|(s, _)| query.is_empty() || *s > 0.0)
         .collect();
-    hits.sort_by(|a, b| b.0.total_cmp(&a.0));
+    hits.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str()))
+    });
     let value: Vec<Value> = hits
         .into_iter()
+        .skip(skip)
         .take(top)
         .map(|(score, mut d)| {
             d["@search.score"] = json!(score);
@@ -230,6 +255,28 @@ impl SearchStandIn {
     /// The definition of `index`, when it was created.
     pub fn definition(&self, index: &str) -> Option<Value> {
         self.inner.definitions.lock().unwrap().get(index).cloned()
+    }
+
+    /// While on, every index batch that uploads documents answers 503 (deletes still work).
+    pub fn fail_uploads(&self, on: bool) {
+        self.inner
+            .fail_uploads
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The ids of `index`'s documents whose `documentId` is `document`.
+    pub fn chunk_ids(&self, index: &str, document: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .inner
+            .docs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((i, _), d)| i == index && d["documentId"].as_str() == Some(document))
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// The filters of every search received so far.

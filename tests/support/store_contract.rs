@@ -43,6 +43,7 @@ pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
         ),
         access_key_last4: "abcd".into(),
         key_version: 1,
+        disabled_by: None,
         created_at: now,
         updated_at: now,
         last_used_at: None,
@@ -426,6 +427,46 @@ fn message(role: &str, content: &str) -> StoredMessage {
         at: Utc::now(),
         citations: vec![],
     }
+}
+
+/// A conversation driven past 2 MB (Cosmos DB's item limit) keeps saving: the oldest turns
+/// go, the newest stay, and the store says how many went.
+pub async fn long_conversations_keep_saving(store: Arc<dyn Store>) {
+    let a = tenant();
+    let id = ConversationId::new();
+    let instance = InstanceId::new();
+    let long = "All work and no play makes a long answer. ".repeat(5_000); // ~215 KB
+    let mut dropped = 0;
+    for turn in 0..15 {
+        dropped += store
+            .append_conversation(
+                &a,
+                &id,
+                &instance,
+                &[
+                    message("user", &format!("question {turn}")),
+                    message("assistant", &format!("answer {turn}: {long}")),
+                ],
+                200,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("turn {turn} was not saved: {e:?}"));
+    }
+    let conv = store.get_conversation(&a, &id).await.unwrap();
+    let size = serde_json::to_vec(&conv).unwrap().len();
+    assert!(
+        size <= sophia::domain::conversation::MAX_CONVERSATION_BYTES,
+        "{size} bytes"
+    );
+    assert!(dropped > 0, "15 turns of 215 KB cannot all fit");
+    assert_eq!(conv.messages.len() + dropped, 30, "every drop is counted");
+    assert!(
+        conv.messages
+            .last()
+            .unwrap()
+            .content
+            .starts_with("answer 14:")
+    );
 }
 
 pub async fn conversations(store: Arc<dyn Store>) {
@@ -835,6 +876,7 @@ macro_rules! store_contract_tests {
     ($make:expr) => {
         $crate::store_contract_tests!(@case $make, crud_and_etags, tenant_scoping, one_live_instance_per_tenant,
             touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
+            long_conversations_keep_saving,
             concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
             one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
             concurrent_refreshes_record_one_job, a_queued_job_is_claimed_once,

@@ -15,6 +15,7 @@ use super::validate;
 use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
+use crate::domain::authority::{self, DisabledBy};
 use crate::domain::{
     AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash, TenantId,
 };
@@ -23,7 +24,7 @@ use crate::extract::{AdminAuth, ApiJson, ClientAddress};
 use crate::routes::ApiQuery;
 use crate::secrets::{CredentialBundle, SecretError, SecretName};
 use crate::state::{App, AppState};
-use crate::store::{InstanceFilter, PageRequest, StoreError};
+use crate::store::{InstanceFilter, PageRequest, StoreError, TenantScope};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -148,62 +149,170 @@ async fn audit_admin(
     .await;
 }
 
-/// Resolves an admin-supplied secret reference: it must parse for the configured secret
-/// store, not name a secret SOPHIA manages, belong to the admin's company (for an `ADMIN`),
-/// and exist.
-async fn existing_secret(
+/// An admin-supplied secret reference, resolved: its identifier, its credentials, and whether
+/// it still has to be bound to the company (a platform admin's first use of it).
+struct ReferencedSecret {
+    id: String,
+    bundle: CredentialBundle,
+    bind: bool,
+}
+
+/// Resolves an admin-supplied secret reference. It must parse for the configured secret
+/// store, not name a secret SOPHIA manages, and be bound to `company` — exactly, by the
+/// ownership record on the secret, never by its name. A company `ADMIN` may reference only
+/// secrets already bound to its company (a foreign or missing one gets the same answer, so the
+/// check reveals nothing); a `PLATFORM_ADMIN` may bind an unbound secret to the company.
+async fn referenced_secret(
     app: &App,
     admin: &AdminPrincipal,
     company: &TenantId,
     raw: &str,
-) -> Result<String, ApiError> {
-    let reference = app.secrets.parse_id(raw.trim())?;
+) -> Result<ReferencedSecret, ApiError> {
+    let raw = raw.trim();
+    let reference = app.secrets.parse_id(raw)?;
     if reference.name.is_reserved() {
         return Err(ApiError::validation(
             "keyvaultSecretId",
             "refers to a secret that SOPHIA manages itself",
         ));
     }
-    if let AdminRole::Admin(_) = admin.role {
-        let prefix = company_secret_prefix(company);
-        if !reference
-            .name
-            .as_str()
-            .to_ascii_lowercase()
-            .starts_with(&prefix)
-        {
+    let platform = matches!(admin.role, AdminRole::PlatformAdmin);
+    let not_bound = || {
+        ApiError::validation(
+            "keyvaultSecretId",
+            format!("no secret with this id is bound to company '{company}'"),
+        )
+    };
+    let (secret, owner) = match app.secrets.get_owned(raw).await {
+        Ok(found) => found,
+        Err(SecretError::NotFound) if platform => {
             return Err(ApiError::validation(
                 "keyvaultSecretId",
-                format!("a company admin may only reference secrets named '{prefix}…'"),
+                "no such secret in the secret store",
             ));
         }
-    }
-    match app.secrets.get(raw.trim()).await {
-        Ok(_) => Ok(raw.trim().to_owned()),
-        Err(SecretError::NotFound) => Err(ApiError::validation(
-            "keyvaultSecretId",
-            "no such secret in the secret store",
-        )),
-        Err(e) => Err(e.into()),
+        Err(SecretError::NotFound) => return Err(not_bound()),
+        Err(e) => return Err(e.into()),
+    };
+    let bind = match owner.as_deref() {
+        Some(o) if o == company.as_str() => false,
+        None if platform => true,
+        Some(other) if platform => {
+            tracing::warn!(tenant.id = %company, secret.owner = other, "platform admin tried to bind another company's secret");
+            return Err(ApiError::Conflict(
+                "this secret is bound to another company; give this company a secret of its own"
+                    .into(),
+            ));
+        }
+        _ => return Err(not_bound()),
+    };
+    Ok(ReferencedSecret {
+        id: raw.to_owned(),
+        bundle: CredentialBundle::from_secret(&secret),
+        bind,
+    })
+}
+
+/// Applies the rules of [`authority`] to a proposed write; nothing has been written yet.
+fn authorize(
+    app: &App,
+    admin: &AdminPrincipal,
+    current: Option<&AgentInstance>,
+    next: &AgentInstance,
+    knowledge_sas: bool,
+    credentials_changed: bool,
+) -> Result<(), ApiError> {
+    authority::check(&authority::Change {
+        platform: matches!(admin.role, AdminRole::PlatformAdmin),
+        current,
+        next,
+        knowledge_sas,
+        credentials_changed,
+        sophia_client_id: app.settings.azure_client_id.as_deref(),
+    })
+    .map_err(|refusal| match refusal {
+        authority::Refusal::Forbidden { field, reason } => {
+            tracing::warn!(tenant.id = %next.tenant_id, admin.actor = %admin.actor(), field, "admin change refused: {reason}");
+            ApiError::ForbiddenField {
+                field: field.into(),
+                detail: reason,
+            }
+        }
+        authority::Refusal::Invalid { field, reason } => ApiError::validation(field, reason),
+    })
+}
+
+/// The credentials the stored instance uses (empty when it has none or they are gone).
+async fn current_bundle(app: &App, current: &AgentInstance) -> Result<CredentialBundle, ApiError> {
+    match &current.keyvault_secret_id {
+        Some(id) => {
+            Ok(crate::secrets::tenant_bundle(app.secrets.as_ref(), &current.tenant_id, id).await?)
+        }
+        None => Ok(CredentialBundle::default()),
     }
 }
 
-/// Secrets a company brings itself are named `<companyId>-…` (lower case, with characters
-/// Key Vault does not allow turned into '-').
-pub fn company_secret_prefix(company: &TenantId) -> String {
-    let mut s: String = company
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s.push('-');
-    s
+/// Marks `next` disabled by this admin and revokes every token issued so far (they carry
+/// the old key version). The access key itself is kept: re-enabling restores it.
+fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
+    next.status = InstanceStatus::Disabled;
+    next.key_version = next.key_version.saturating_add(1);
+    next.disabled_by = Some(match admin.role {
+        AdminRole::PlatformAdmin => DisabledBy::PlatformAdmin,
+        AdminRole::Admin(_) => DisabledBy::Admin,
+    });
+}
+
+/// A company's managed identity belongs to that company alone: binding one that another
+/// company's instance uses would give each the other's resources (409). Checked across every
+/// company — a platform admin's rare write — only when the identity changes.
+async fn identity_unshared(
+    app: &App,
+    current: Option<&AgentInstance>,
+    next: &AgentInstance,
+) -> Result<(), ApiError> {
+    let Some(id) = authority::identity_client_id(next) else {
+        return Ok(());
+    };
+    if current.and_then(authority::identity_client_id) == Some(id) {
+        return Ok(());
+    }
+    let mut page = PageRequest {
+        limit: MAX_LIMIT,
+        continuation_token: None,
+    };
+    loop {
+        let found = app
+            .store
+            .list_instances(&TenantScope::All, &InstanceFilter::default(), &page)
+            .await?;
+        if found.items.iter().any(|other| {
+            other.tenant_id != next.tenant_id
+                && authority::identity_client_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id))
+        }) {
+            return Err(ApiError::Conflict(
+                "this managed identity is bound to another company; give each company an identity of its own"
+                    .into(),
+            ));
+        }
+        match found.continuation_token {
+            Some(token) => page.continuation_token = Some(token),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Records that a platform admin bound an existing secret to the company.
+async fn bind_secret(
+    app: &App,
+    secret: &ReferencedSecret,
+    company: &TenantId,
+) -> Result<(), ApiError> {
+    if secret.bind {
+        app.secrets.bind(&secret.id, company).await?;
+        tracing::info!(tenant.id = %company, "secret bound to company {company}");
+    }
+    Ok(())
 }
 
 fn opt<T>(
@@ -218,6 +327,7 @@ pub async fn create_instance(
     State(app): State<AppState>,
     AdminAuth(admin): AdminAuth,
     ClientAddress(client): ClientAddress,
+    uri: axum::http::Uri,
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> Result<Response, ApiError> {
     admin.check_company(&body.company_id)?;
@@ -263,8 +373,8 @@ pub async fn create_instance(
             body.agent_type.as_str()
         )));
     }
-    let existing_secret_id = match &body.keyvault_secret_id {
-        Some(raw) => Some(existing_secret(&app, &admin, &body.company_id, raw).await?),
+    let referenced = match &body.keyvault_secret_id {
+        Some(raw) => Some(referenced_secret(&app, &admin, &body.company_id, raw).await?),
         None => None,
     };
 
@@ -272,12 +382,8 @@ pub async fn create_instance(
     let key = AccessKey::generate();
     let hash = app.hasher.hash(&key).await.map_err(ApiError::internal)?;
     let secret_name = SecretName::for_instance(&id);
-    let keyvault_secret_id = match &credentials {
-        Some(bundle) => Some(app.secrets.set(&secret_name, &bundle.to_secret()).await?),
-        None => existing_secret_id,
-    };
     let now = Utc::now();
-    let instance = AgentInstance {
+    let mut instance = AgentInstance {
         id,
         tenant_id: body.company_id.clone(),
         agent_type: body.agent_type,
@@ -296,14 +402,41 @@ pub async fn create_instance(
         azure_search_endpoint,
         azure_vector_store_id,
         settings,
-        keyvault_secret_id,
+        keyvault_secret_id: None,
         access_key_hash: KeyHash::new(hash),
         access_key_last4: key.last4(),
         key_version: 1,
+        disabled_by: None,
         created_at: now,
         updated_at: now,
         last_used_at: None,
         etag: String::new(),
+    };
+    let knowledge_sas = match (&credentials, &referenced) {
+        (Some(bundle), _) => bundle.knowledge_sas.is_some(),
+        (None, Some(secret)) => secret.bundle.knowledge_sas.is_some(),
+        (None, None) => false,
+    };
+    authorize(
+        &app,
+        &admin,
+        None,
+        &instance,
+        knowledge_sas,
+        credentials.is_some() || referenced.is_some(),
+    )?;
+    identity_unshared(&app, None, &instance).await?;
+    instance.keyvault_secret_id = match (&credentials, &referenced) {
+        (Some(bundle), _) => Some(
+            app.secrets
+                .set_owned(&secret_name, &bundle.to_secret(), Some(&instance.tenant_id))
+                .await?,
+        ),
+        (None, Some(secret)) => {
+            bind_secret(&app, secret, &instance.tenant_id).await?;
+            Some(secret.id.clone())
+        }
+        (None, None) => None,
     };
     let stored = match app.store.insert_instance(&instance).await {
         Ok(stored) => stored,
@@ -339,7 +472,16 @@ pub async fn create_instance(
         agent_access_key: key.expose().to_owned(),
     };
     let mut response = with_instance_headers(StatusCode::CREATED, body, &stored, true);
-    if let Ok(location) = HeaderValue::from_str(&format!("/admin/agent-instances/{}", stored.id)) {
+    // In the spelling the caller used: under Functions only `/manage/*` reaches SOPHIA.
+    let base = if uri
+        .path()
+        .starts_with(crate::router::FUNCTIONS_ADMIN_PREFIX)
+    {
+        "/manage"
+    } else {
+        "/admin"
+    };
+    if let Ok(location) = HeaderValue::from_str(&format!("{base}/agent-instances/{}", stored.id)) {
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
@@ -537,8 +679,24 @@ pub async fn patch_instance(
         )));
     }
 
+    // Disabling revokes: every token issued before it carries an older key version. Who
+    // disabled decides who may re-enable (checked by `authorize`).
+    if next.status == InstanceStatus::Disabled && current.status != InstanceStatus::Disabled {
+        disable(&mut next, &admin);
+    } else if next.status != InstanceStatus::Disabled {
+        next.disabled_by = None;
+    }
+
+    /// What this PATCH does to the instance's credentials.
+    enum Credentials {
+        Keep,
+        /// A new version of the instance's own bundle.
+        Write(CredentialBundle),
+        Reference(ReferencedSecret),
+        Detach,
+    }
     let mut credential_fields = Vec::new();
-    match (patch.credentials, patch.keyvault_secret_id) {
+    let plan = match (patch.credentials, patch.keyvault_secret_id) {
         (Patch::Value(_), Patch::Value(_)) => {
             return Err(ApiError::validation(
                 "credentials",
@@ -553,33 +711,60 @@ pub async fn patch_instance(
         }
         (Patch::Value(bundle), _) if !bundle.is_empty() => {
             credential_fields = bundle.present_fields();
-            // A new version of this instance's own bundle, merged over the current one.
-            let base = match &current.keyvault_secret_id {
-                Some(id) => match app.secrets.get(id).await {
-                    Ok(secret) => CredentialBundle::from_secret(&secret),
-                    Err(SecretError::NotFound) => CredentialBundle::default(),
-                    Err(e) => return Err(e.into()),
-                },
-                None => CredentialBundle::default(),
-            };
-            let merged = base.merged(bundle);
-            let new_id = app
-                .secrets
-                .set(&SecretName::for_instance(&next.id), &merged.to_secret())
-                .await?;
-            next.keyvault_secret_id = Some(new_id);
+            // Merged over the current bundle.
+            let base = current_bundle(&app, &current).await?;
             changed.push("credentials");
+            Credentials::Write(base.merged(bundle))
         }
         (_, Patch::Value(raw)) => {
-            next.keyvault_secret_id =
-                Some(existing_secret(&app, &admin, &next.tenant_id, &raw).await?);
             changed.push("keyvaultSecretId");
+            Credentials::Reference(referenced_secret(&app, &admin, &next.tenant_id, &raw).await?)
         }
         (_, Patch::Null) => {
-            next.keyvault_secret_id = None;
             changed.push("keyvaultSecretId");
+            Credentials::Detach
         }
-        _ => {}
+        _ => Credentials::Keep,
+    };
+    let knowledge_sas = match &plan {
+        Credentials::Write(bundle) => bundle.knowledge_sas.is_some(),
+        Credentials::Reference(secret) => secret.bundle.knowledge_sas.is_some(),
+        Credentials::Detach => false,
+        Credentials::Keep if next.settings.contains_key("knowledgeContainerUrl") => {
+            current_bundle(&app, &current)
+                .await?
+                .knowledge_sas
+                .is_some()
+        }
+        Credentials::Keep => false,
+    };
+    authorize(
+        &app,
+        &admin,
+        Some(&current),
+        &next,
+        knowledge_sas,
+        !matches!(plan, Credentials::Keep),
+    )?;
+    identity_unshared(&app, Some(&current), &next).await?;
+    match plan {
+        Credentials::Keep => {}
+        Credentials::Write(bundle) => {
+            next.keyvault_secret_id = Some(
+                app.secrets
+                    .set_owned(
+                        &SecretName::for_instance(&next.id),
+                        &bundle.to_secret(),
+                        Some(&next.tenant_id),
+                    )
+                    .await?,
+            );
+        }
+        Credentials::Reference(secret) => {
+            bind_secret(&app, &secret, &next.tenant_id).await?;
+            next.keyvault_secret_id = Some(secret.id);
+        }
+        Credentials::Detach => next.keyvault_secret_id = None,
     }
 
     if changed.is_empty() {
@@ -605,7 +790,7 @@ pub async fn patch_instance(
     )
     .await;
     if disabled_now {
-        let details = json!({ "via": "patch" });
+        let details = json!({ "via": "patch", "keyVersion": stored.key_version });
         audit_admin(
             &app,
             &admin,
@@ -680,7 +865,7 @@ pub async fn delete_instance(
         ));
     }
     let mut next = current.clone();
-    next.status = InstanceStatus::Disabled;
+    disable(&mut next, &admin);
     next.updated_at = Utc::now();
     let stored = save(&app, &next, &current.etag).await?;
     audit_admin(
@@ -689,7 +874,7 @@ pub async fn delete_instance(
         &client,
         &stored,
         action::INSTANCE_DISABLE,
-        serde_json::Value::Null,
+        json!({ "keyVersion": stored.key_version }),
     )
     .await;
     Ok(with_instance_headers(

@@ -109,6 +109,8 @@ pub struct InstanceView {
     pub access_key_last4: String,
     pub access_key_masked: String,
     pub key_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<crate::domain::authority::DisabledBy>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -137,6 +139,7 @@ impl From<&AgentInstance> for InstanceView {
             access_key_last4: i.access_key_last4.clone(),
             access_key_masked: format!("****{}", i.access_key_last4),
             key_version: i.key_version,
+            disabled_by: i.disabled_by,
             created_at: i.created_at,
             updated_at: i.updated_at,
             last_used_at: i.last_used_at,

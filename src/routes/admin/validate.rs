@@ -69,6 +69,10 @@ pub fn settings(map: &Map<String, Value>, policy: &UpstreamPolicy) -> Result<(),
             "maxTokens" => value.as_u64().is_some_and(|n| (1..=128_000).contains(&n)),
             "historyMessages" => value.as_u64().is_some_and(|n| n <= 200),
             "authMode" => matches!(value.as_str(), Some("apiKey" | "managedIdentity")),
+            // A client id is a GUID, written as Azure shows it (hyphenated).
+            "managedIdentityClientId" => value
+                .as_str()
+                .is_some_and(|s| s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()),
             "apiVersion" => value.as_str().is_some_and(|s| {
                 !s.is_empty()
                     && s.len() <= 32
@@ -107,7 +111,7 @@ pub fn settings(map: &Map<String, Value>, policy: &UpstreamPolicy) -> Result<(),
             _ => {
                 return Err(ApiError::validation(
                     field,
-                    "unknown setting; known: systemPrompt, temperature, topP, maxTokens, historyMessages, authMode, apiVersion, searchIndex, topK, allowedModels, knowledgeContainerUrl, knowledgePrefix",
+                    "unknown setting; known: systemPrompt, temperature, topP, maxTokens, historyMessages, authMode, managedIdentityClientId, apiVersion, searchIndex, topK, allowedModels, knowledgeContainerUrl, knowledgePrefix",
                 ));
             }
         };
@@ -119,6 +123,9 @@ pub fn settings(map: &Map<String, Value>, policy: &UpstreamPolicy) -> Result<(),
                 "maxTokens" => "an integer from 1 to 128000",
                 "historyMessages" => "an integer from 0 to 200",
                 "authMode" => "'apiKey' or 'managedIdentity'",
+                "managedIdentityClientId" => {
+                    "the client id (a GUID) of the company's user-assigned managed identity"
+                }
                 "apiVersion" => "an API version such as 2024-10-21",
                 "searchIndex" => "an index name (lower-case letters, digits, '-')",
                 "topK" => "an integer from 1 to 50",
