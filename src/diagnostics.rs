@@ -22,7 +22,7 @@ use crate::llm::wire::WireMessage;
 use crate::secrets::SecretError;
 use crate::secrets::bundle::CredentialBundle;
 use crate::state::App;
-use crate::tenant::runtime::TenantRuntime;
+use crate::tenant::runtime::{Knowledge, TenantRuntime};
 use crate::upstream::UpstreamError;
 
 /// One check's outcome.
@@ -234,7 +234,7 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     .map(|s| s.expose_secret().to_owned())
     .filter(|s| s.len() >= 4)
     .collect();
-    let runtime = TenantRuntime::build(instance.clone(), bundle, app.identities.as_ref());
+    let runtime = TenantRuntime::build(instance.clone(), bundle, app.runtimes.resolver());
 
     // 2. The chat deployment.
     checks.push(match &runtime.chat {
@@ -301,11 +301,11 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     });
 
     // 4. The search index.
-    checks.push(search_check(app, &runtime, limit).await);
+    checks.push(search_check(&runtime, limit).await);
 
     // 5. The knowledge source.
     let started = Instant::now();
-    let listed = match crate::jobs::source_for(app, &runtime) {
+    let listed = match runtime.source() {
         Err(reason) => Err(reason),
         Ok(source) => {
             bounded(limit, "the knowledge source", async {
@@ -345,17 +345,17 @@ fn secret_name(id: &str) -> String {
     }
 }
 
-async fn search_check(app: &App, runtime: &TenantRuntime, limit: Duration) -> Check {
+async fn search_check(runtime: &TenantRuntime, limit: Duration) -> Check {
     let started = Instant::now();
-    let index = match crate::knowledge::search_index(app, runtime) {
-        Ok(None) => {
+    let index = match &runtime.knowledge {
+        Ok(Knowledge::Embedded(_)) => {
             return skipped(
                 "searchIndex",
                 "no azureSearchEndpoint: the embedded knowledge index serves this company",
             );
         }
-        Ok(Some(index)) => index,
-        Err(e) => return check("searchIndex", started, Err(e.to_string())),
+        Ok(Knowledge::Search(index)) => index,
+        Err(e) => return check("searchIndex", started, Err(e.clone())),
     };
     let name = index.name().to_owned();
     let result = bounded(limit, "Azure AI Search", async {

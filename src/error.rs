@@ -5,9 +5,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::chat::ChatError;
 use crate::request_id;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
+use crate::tenant::runtime::RuntimeError;
 use crate::upstream::UpstreamError;
 
 /// Media type of every error body.
@@ -48,6 +50,14 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A dependency (store, secret store, knowledge index) failed; the cause is logged once,
+    /// when the error is answered, and never reaches the body.
+    #[error("{detail}")]
+    Dependency {
+        detail: &'static str,
+        #[source]
+        cause: anyhow::Error,
+    },
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
     /// The tenant's instance lacks something a request needs (endpoint, key, deployment).
@@ -111,7 +121,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Dependency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -136,7 +146,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) | Self::Dependency { .. } => "service_unavailable",
             Self::Upstream(e) => match e {
                 UpstreamError::RateLimited { .. } => "rate_limited",
                 UpstreamError::Timeout(_) => "upstream_timeout",
@@ -165,7 +175,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::RateLimited { .. } => "Too many requests",
-            Self::Unavailable(_) => "Service unavailable",
+            Self::Unavailable(_) | Self::Dependency { .. } => "Service unavailable",
             Self::Upstream(UpstreamError::RateLimited { .. }) => "Too many requests",
             Self::Upstream(UpstreamError::Timeout(_)) => "Gateway timeout",
             Self::Upstream(_) => "Bad gateway",
@@ -201,6 +211,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(detail) => {
                 tracing::warn!(request.id = %request_id, "dependency unavailable: {detail}")
+            }
+            Self::Dependency { detail, cause } => {
+                tracing::warn!(request.id = %request_id, error = ?cause, "{detail}: {cause:#}")
             }
             Self::Upstream(err) => {
                 tracing::warn!(request.id = %request_id, error.code = self.code(), "upstream call failed: {err}")
@@ -263,10 +276,10 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidContinuationToken => {
                 Self::validation("continuationToken", "invalid continuation token")
             }
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(error = ?cause, "store unavailable: {cause:#}");
-                Self::Unavailable("the document store is unavailable; retry later".into())
-            }
+            StoreError::Unavailable(cause) => Self::Dependency {
+                detail: "the document store is unavailable; retry later",
+                cause,
+            },
             StoreError::Internal(cause) => Self::Internal(cause),
         }
     }
@@ -277,11 +290,65 @@ impl From<SecretError> for ApiError {
         match err {
             SecretError::NotFound => Self::NotFound("secret"),
             SecretError::InvalidId(detail) => Self::validation("keyvaultSecretId", detail),
-            SecretError::Unavailable(cause) => {
-                tracing::warn!(error = ?cause, "secret store unavailable: {cause:#}");
-                Self::Unavailable("the secret store is unavailable; retry later".into())
-            }
+            SecretError::Unavailable(cause) => Self::Dependency {
+                detail: "the secret store is unavailable; retry later",
+                cause,
+            },
             SecretError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(err: RuntimeError) -> Self {
+        match err {
+            RuntimeError::NotFound => Self::InvalidToken("instance not found"),
+            RuntimeError::Store(e) => e.into(),
+            RuntimeError::Secret(e) => e.into(),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(err: ChatError) -> Self {
+        match err {
+            ChatError::UnknownInstance => Self::InvalidToken("instance not found"),
+            ChatError::UnknownConversation => Self::NotFound("conversation"),
+            ChatError::NotConfigured(detail) => Self::NotConfigured(detail),
+            ChatError::Invalid { field, detail } => Self::validation(field, detail),
+            ChatError::Store(e) => e.into(),
+            ChatError::Secret(e) => e.into(),
+            ChatError::Upstream(e) => Self::Upstream(e),
+            ChatError::KnowledgeUnavailable(cause) => Self::Dependency {
+                detail: "the knowledge index is unavailable; retry later",
+                cause,
+            },
+            ChatError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<crate::auth::authenticator::AuthError> for ApiError {
+    fn from(err: crate::auth::authenticator::AuthError) -> Self {
+        use crate::auth::authenticator::AuthError;
+        match err {
+            AuthError::InvalidToken(reason) => Self::InvalidToken(reason),
+            AuthError::InvalidClient => Self::InvalidClient,
+            AuthError::RateLimited { retry_after_secs } => Self::RateLimited { retry_after_secs },
+            AuthError::Store(e) => e.into(),
+            AuthError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<crate::auth::admin::AdminAuthError> for ApiError {
+    fn from(err: crate::auth::admin::AdminAuthError) -> Self {
+        match err {
+            crate::auth::admin::AdminAuthError::Invalid(reason) => ApiError::InvalidToken(reason),
+            crate::auth::admin::AdminAuthError::Forbidden(reason) => ApiError::forbidden(reason),
+            crate::auth::admin::AdminAuthError::Unavailable(detail) => {
+                ApiError::Unavailable(detail)
+            }
         }
     }
 }

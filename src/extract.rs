@@ -14,7 +14,6 @@ use crate::auth::admin::AdminPrincipal;
 use crate::auth::service_token::ServiceClaims;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::StoreError;
 
 /// A JSON body. Missing or wrong content type → 415, oversize → 413, malformed or invalid →
 /// 400 naming the field.
@@ -197,59 +196,8 @@ impl FromRequestParts<AppState> for ServiceAuth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
-        verify_service_token(state, token).await.map(Self)
+        Ok(Self(state.auth.service_token(token).await?))
     }
-}
-
-/// Verifies a service token and that its instance is still live with the same key version.
-///
-/// A token's signature is checked once: its claims are then cached under the token's SHA-256
-/// for up to a minute (never past `exp`). The live-instance check runs on every request.
-pub async fn verify_service_token(
-    state: &AppState,
-    token: &str,
-) -> Result<ServiceClaims, ApiError> {
-    use sha2::{Digest, Sha256};
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let now = chrono::Utc::now().timestamp();
-    let claims = match state.verified_tokens.get(&digest).await {
-        Some(claims) if claims.exp > now => (*claims).clone(),
-        _ => {
-            let claims = state.tokens.verify(token).map_err(ApiError::InvalidToken)?;
-            state
-                .verified_tokens
-                .insert(digest, std::sync::Arc::new(claims.clone()))
-                .await;
-            claims
-        }
-    };
-    check_live(state, &claims.company_id, &claims.sub, claims.key_version).await?;
-    Ok(claims)
-}
-
-/// Checks (through the short-TTL security cache) that an instance is live with `key_version`.
-pub async fn check_live(
-    state: &AppState,
-    tenant: &crate::domain::TenantId,
-    instance: &crate::domain::InstanceId,
-    key_version: u32,
-) -> Result<(), ApiError> {
-    let security = state
-        .security
-        .get(state.store.as_ref(), tenant, instance)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::InvalidToken("instance not found"),
-            other => ApiError::from(other),
-        })?
-        .ok_or(ApiError::InvalidToken("instance not found"))?;
-    if !security.status.can_authenticate() {
-        return Err(ApiError::InvalidToken("instance disabled"));
-    }
-    if security.key_version != key_version {
-        return Err(ApiError::InvalidToken("access key rotated"));
-    }
-    Ok(())
 }
 
 /// A verified admin token.

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 use crate::auth::admin::{AdminAuthConfig, AdminVerifier};
+use crate::auth::authenticator::Authenticator;
 use crate::auth::keys::KeyHasher;
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::service_token::ServiceTokens;
@@ -22,7 +23,7 @@ use crate::state::{App, AppState};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::tenant::SecurityCache;
-use crate::tenant::runtime::RuntimeCache;
+use crate::tenant::runtime::{Resolver, RuntimeCache};
 
 /// File in the data directory holding the generated local admin secret.
 pub const ADMIN_SECRET_FILE: &str = "admin-jwt.secret";
@@ -322,41 +323,44 @@ pub async fn build_state_with(
         timeout: settings.extract_timeout,
         max_chars: settings.extract_max_chars,
     };
+    let auth = Authenticator::new(
+        Arc::clone(&store),
+        tokens,
+        KeyHasher::new(settings.bcrypt_cost),
+        SecurityCache::new(settings.security_cache_ttl),
+        RateLimiter::new(settings.token_rate_limit_per_address),
+        crate::auth::key_checks::KeyChecks::new(
+            settings.token_failures_per_source,
+            settings.token_rate_limit_per_company,
+        ),
+    );
+    let resolver = Resolver {
+        upstreams: Arc::new(upstreams.clone()),
+        http: models.http().clone(),
+        embedded: Arc::clone(&knowledge),
+        data_dir: settings.data_dir.clone(),
+        identities: identities.clone(),
+    };
     Ok(Arc::new(App {
         extractor,
         upstreams,
         models,
         usage: crate::usage::UsageRecorder::default(),
-        verified_tokens: moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_secs(60))
-            .build(),
-        verified_keys: moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_secs(60))
-            .build(),
         runtimes: RuntimeCache::new(
             settings.tenant_cache_ttl,
             settings.tenant_cache_max_stale,
             100_000,
-        )
-        .with_identities(identities.clone()),
+            resolver,
+        ),
         identities,
         entra,
-        hasher: KeyHasher::new(settings.bcrypt_cost),
-        security: SecurityCache::new(settings.security_cache_ttl),
-        limit_by_address: RateLimiter::new(settings.token_rate_limit_per_address),
-        key_checks: crate::auth::key_checks::KeyChecks::new(
-            settings.token_failures_per_source,
-            settings.token_rate_limit_per_company,
-        ),
+        auth,
         started_at: Instant::now(),
         store,
         secrets,
         knowledge,
         jobs,
         http,
-        tokens,
         admin,
         settings,
     }))

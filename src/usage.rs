@@ -7,8 +7,7 @@ use std::sync::Mutex;
 
 use chrono::NaiveDate;
 
-use crate::chat::Usage;
-use crate::domain::TenantId;
+use crate::domain::{TenantId, Usage};
 use crate::store::Store;
 
 #[derive(Default, Clone, Copy)]

@@ -17,9 +17,20 @@ use sophia::secrets::local::{LocalSecretStore, MasterKey};
 use sophia::secrets::{SecretError, SecretName, SecretRef, SecretResult, SecretStore};
 use sophia::store::sqlite::SqliteStore;
 use sophia::store::*;
-use sophia::tenant::runtime::RuntimeCache;
+use sophia::tenant::runtime::{Resolver, RuntimeCache};
 
 use support::faulty_store::{FaultyStore, Switch};
+
+/// What runtimes are resolved with: the default upstream policy, the embedded index in memory.
+fn resolver() -> Resolver {
+    Resolver {
+        upstreams: Arc::new(UpstreamPolicy::new("*.openai.azure.com", false).unwrap()),
+        http: reqwest::Client::new(),
+        embedded: Arc::new(sophia::knowledge::sqlite::SqliteIndex::open_in_memory().unwrap()),
+        data_dir: std::env::temp_dir(),
+        identities: None,
+    }
+}
 
 struct FlakySecrets {
     inner: LocalSecretStore,
@@ -114,6 +125,7 @@ async fn a_thousand_concurrent_cold_requests_make_one_store_read_and_one_secret_
         Duration::from_secs(300),
         Duration::from_secs(600),
         1000,
+        resolver(),
     ));
     let mut tasks = Vec::new();
     for _ in 0..1000 {
@@ -168,7 +180,12 @@ async fn a_thousand_concurrent_cold_requests_make_one_store_read_and_one_secret_
 #[tokio::test]
 async fn stale_if_error_serves_the_last_good_runtime_then_recovers() {
     let r = rig().await;
-    let cache = RuntimeCache::new(Duration::from_millis(200), Duration::from_secs(60), 100);
+    let cache = RuntimeCache::new(
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        100,
+        resolver(),
+    );
     let first = cache
         .get(&r.store, &r.secrets, &r.tenant, &r.id)
         .await
@@ -204,7 +221,12 @@ async fn stale_if_error_serves_the_last_good_runtime_then_recovers() {
 async fn without_a_good_copy_an_outage_is_an_error_and_staleness_is_bounded() {
     let r = rig().await;
     r.store_switch.failing.store(true, Ordering::SeqCst);
-    let cache = RuntimeCache::new(Duration::from_millis(100), Duration::from_millis(100), 100);
+    let cache = RuntimeCache::new(
+        Duration::from_millis(100),
+        Duration::from_millis(100),
+        100,
+        resolver(),
+    );
     assert!(
         cache
             .get(&r.store, &r.secrets, &r.tenant, &r.id)
@@ -230,7 +252,12 @@ async fn without_a_good_copy_an_outage_is_an_error_and_staleness_is_bounded() {
 #[tokio::test]
 async fn invalidation_drops_the_stale_copy_too() {
     let r = rig().await;
-    let cache = RuntimeCache::new(Duration::from_secs(300), Duration::from_secs(600), 100);
+    let cache = RuntimeCache::new(
+        Duration::from_secs(300),
+        Duration::from_secs(600),
+        100,
+        resolver(),
+    );
     cache
         .get(&r.store, &r.secrets, &r.tenant, &r.id)
         .await

@@ -13,7 +13,6 @@ use serde_json::Value;
 use tokio::sync::{Mutex, RwLock};
 
 use crate::domain::TenantId;
-use crate::error::ApiError;
 use crate::store::TenantScope;
 
 pub const ROLE_ADMIN: &str = "ADMIN";
@@ -46,19 +45,22 @@ impl AdminPrincipal {
 
     /// The scope of a listing with an optional `companyId` filter; a company admin naming
     /// another company is refused.
-    pub fn scope_for_filter(&self, company: Option<&TenantId>) -> Result<TenantScope, ApiError> {
+    pub fn scope_for_filter(
+        &self,
+        company: Option<&TenantId>,
+    ) -> Result<TenantScope, AdminAuthError> {
         match (company, &self.role) {
             (None, _) => Ok(self.scope()),
             (Some(c), AdminRole::PlatformAdmin) => Ok(TenantScope::Tenant(c.clone())),
             (Some(c), AdminRole::Admin(own)) if c == own => Ok(self.scope()),
-            (Some(_), AdminRole::Admin(_)) => Err(ApiError::forbidden(
+            (Some(_), AdminRole::Admin(_)) => Err(AdminAuthError::Forbidden(
                 "an ADMIN token may only act on its own company",
             )),
         }
     }
 
     /// Refuses a write for a company this admin does not manage.
-    pub fn check_company(&self, company: &TenantId) -> Result<(), ApiError> {
+    pub fn check_company(&self, company: &TenantId) -> Result<(), AdminAuthError> {
         self.scope_for_filter(Some(company)).map(|_| ())
     }
 
@@ -77,16 +79,6 @@ pub enum AdminAuthError {
     Forbidden(&'static str),
     /// The key source could not be reached (503).
     Unavailable(String),
-}
-
-impl From<AdminAuthError> for ApiError {
-    fn from(err: AdminAuthError) -> Self {
-        match err {
-            AdminAuthError::Invalid(reason) => ApiError::InvalidToken(reason),
-            AdminAuthError::Forbidden(reason) => ApiError::forbidden(reason),
-            AdminAuthError::Unavailable(detail) => ApiError::Unavailable(detail),
-        }
-    }
 }
 
 /// Settings of admin-token verification.

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod ids;
 pub mod instance;
 pub mod refresh;
+pub mod usage;
 
 pub use audit::{AuditEntry, AuditOutcome};
 pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
@@ -14,3 +15,4 @@ pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};
+pub use usage::Usage;

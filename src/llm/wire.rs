@@ -22,6 +22,20 @@ pub struct WireUsage {
     pub total_tokens: u64,
 }
 
+impl From<WireUsage> for crate::domain::Usage {
+    fn from(u: WireUsage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: if u.total_tokens > 0 {
+                u.total_tokens
+            } else {
+                u.prompt_tokens + u.completion_tokens
+            },
+        }
+    }
+}
+
 /// `POST …/chat/completions` body.
 #[derive(Debug, Clone, Serialize)]
 pub struct WireRequest<'a> {

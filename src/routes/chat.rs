@@ -3,8 +3,9 @@
 //! event (conversationId, messageId, citations, usage, model) or one `error` event.
 //!
 //! Callers authenticate with a service token, or — for clients of the original flow — with
-//! `companyId` + `agentAccessKey` in the body, verified through a short-lived cache of
-//! verified keys so bcrypt does not run on every message.
+//! `companyId` + `agentAccessKey` in the body, verified through the authenticator's
+//! short-lived cache of verified keys so bcrypt does not run on every message. The turn itself
+//! is the chat service's (`chat::Turn`); this handler only translates.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,16 +16,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::chat::{self, Caller, Usage};
-use crate::domain::{AgentType, Citation, ConversationId, InstanceId, TenantId};
+use crate::chat::{Answer, Ask, Caller, Turn, TurnEvent};
+use crate::domain::{AgentType, Citation, ConversationId, Usage};
 use crate::error::ApiError;
-use crate::extract::{
-    ClientAddress, bearer, body_bytes, check_live, is_json, parse_json, verify_service_token,
-};
-use crate::llm::StreamPart;
-use crate::routes::token::authenticate_key;
+use crate::extract::{ClientAddress, bearer, body_bytes, is_json, parse_json};
 use crate::state::AppState;
 
 /// Longest message accepted, in characters.
@@ -67,19 +63,7 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// What the verified-key cache remembers for (companyId, SHA-256 of the key).
-#[derive(Clone)]
-pub struct VerifiedKey {
-    pub tenant: TenantId,
-    pub instance: InstanceId,
-    pub key_version: u32,
-}
-
-/// The cache key for a presented access key: its digest, never the key itself.
-pub fn key_digest(company: &str, key: &str) -> (String, [u8; 32]) {
-    (company.to_owned(), Sha256::digest(key.as_bytes()).into())
-}
-
+/// The caller of a body-key request (`companyId` + `agentAccessKey`).
 async fn body_key_caller(
     app: &AppState,
     client: &str,
@@ -93,33 +77,8 @@ async fn body_key_caller(
         Some(raw) => AgentType::parse(raw)
             .ok_or_else(|| ApiError::validation("agentType", "must be SOPHIA"))?,
     };
-    let digest = key_digest(company, key);
-    if let Some(hit) = app.verified_keys.get(&digest).await {
-        // Still live with the same key version? (Disable and rotation bite here too.)
-        match check_live(app, &hit.tenant, &hit.instance, hit.key_version).await {
-            Ok(()) => {
-                return Ok(Caller {
-                    tenant: hit.tenant,
-                    instance: hit.instance,
-                });
-            }
-            Err(_) => app.verified_keys.invalidate(&digest).await,
-        }
-    }
-    app.limit_by_address
-        .check(client)
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-    let instance = authenticate_key(app, client, company, agent_type, key, "chat").await?;
-    let verified = VerifiedKey {
-        tenant: instance.tenant_id.clone(),
-        instance: instance.id,
-        key_version: instance.key_version,
-    };
-    app.verified_keys.insert(digest, verified).await;
-    Ok(Caller {
-        tenant: instance.tenant_id,
-        instance: instance.id,
-    })
+    let (tenant, instance) = app.auth.body_key(client, company, agent_type, key).await?;
+    Ok(Caller { tenant, instance })
 }
 
 /// `POST /chat`
@@ -145,7 +104,7 @@ pub async fn chat(
                     "with a bearer token the company comes from the token; do not send companyId or agentAccessKey",
                 ));
             }
-            let claims = verify_service_token(&app, token).await?;
+            let claims = app.auth.service_token(token).await?;
             Caller {
                 tenant: claims.company_id,
                 instance: claims.sub,
@@ -160,94 +119,75 @@ pub async fn chat(
             format!("must be 1-{MAX_MESSAGE_CHARS} characters"),
         ));
     }
-    let turn = chat::prepare(&app, caller, message, body.conversation_id).await?;
+    let ask = Ask::Message {
+        text: message,
+        conversation: body.conversation_id,
+    };
+    let turn = Turn::prepare(&app, caller, ask).await?;
     if !body.stream {
-        let completion = chat::complete(&app, &turn).await?;
-        let usage = turn.usage(Some(completion.usage), &completion.content);
-        let (conversation_id, citations) = (turn.conversation_id, turn.citations.clone());
-        let model = if completion.model.is_empty() {
-            turn.runtime.model_name()
-        } else {
-            completion.model.clone()
-        };
-        let recorded = turn.record(&app, completion.content.clone(), usage).await;
-        return Ok(Json(ChatAnswer {
-            conversation_id,
-            message_id: recorded.message_id,
-            answer: completion.content,
-            citations,
-            usage,
-            model,
-            history_trimmed: recorded.history_trimmed,
-        })
-        .into_response());
+        let answer = turn.complete(&app).await?;
+        return Ok(Json(ChatAnswer::from(answer)).into_response());
     }
-
     // Streamed: the first upstream content has arrived before we answer 200.
-    let mut upstream = chat::stream(&app, &turn).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
-    let task_app = app.clone();
-    tokio::spawn(async move {
-        let (mut answer, mut usage, mut model, mut client_gone, mut failure) =
-            (String::new(), None, None, false, None);
-        while let Some(part) = upstream.next().await {
-            match part {
-                Ok(StreamPart::Delta(d)) => {
-                    if !client_gone {
-                        let event = Event::default()
-                            .event("delta")
-                            .json_data(json!({ "content": d }));
-                        if let Ok(event) = event
-                            && tx.send(event).await.is_err()
-                        {
-                            // The client went away: keep reading so usage is still recorded.
-                            client_gone = true;
-                        }
-                    }
-                    answer.push_str(&d);
-                }
-                Ok(StreamPart::Usage(u)) => usage = Some(u),
-                Ok(StreamPart::Model(m)) => model = Some(m),
-                Ok(StreamPart::Finish(_)) => {}
-                Err(e) => {
-                    failure = Some(ApiError::from(e));
-                    break;
-                }
-            }
-        }
-        let usage = turn.usage(usage, &answer);
-        let (conversation_id, citations) = (turn.conversation_id, turn.citations.clone());
-        let model = model.unwrap_or_else(|| turn.runtime.model_name());
-        let event = match failure {
-            Some(err) => {
-                chat::record_usage(&task_app, &turn.caller.tenant, usage).await;
-                tracing::warn!(tenant.id = %turn.caller.tenant, error.code = err.code(), "stream failed mid-answer: {err}");
+    let events = turn.stream(&app).await?;
+    let events = futures_util::stream::unfold(events, |mut rx| async move {
+        let event = match rx.recv().await? {
+            TurnEvent::Delta(content) => Event::default()
+                .event("delta")
+                .json_data(json!({ "content": content })),
+            TurnEvent::Done(answer) => Event::default().event("done").json_data(Done::from(answer)),
+            TurnEvent::Failed(error) => {
+                let error = ApiError::from(error);
                 Event::default()
                     .event("error")
-                    .json_data(json!({ "code": err.code(), "message": err.to_string() }))
-            }
-            None => {
-                let recorded = turn.record(&task_app, answer, usage).await;
-                let mut done = json!({
-                    "conversationId": conversation_id, "messageId": recorded.message_id,
-                    "citations": citations, "usage": usage, "model": model,
-                });
-                if recorded.history_trimmed > 0 {
-                    done["historyTrimmed"] = json!(recorded.history_trimmed);
-                }
-                Event::default().event("done").json_data(done)
+                    .json_data(json!({ "code": error.code(), "message": error.to_string() }))
             }
         };
-        if let Ok(event) = event {
-            let _ = tx.send(event).await;
-        }
-    });
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
+        let event = event.unwrap_or_else(|_| Event::default().event("error"));
+        Some((Ok::<_, Infallible>(event), rx))
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// The `done` event of a streamed turn: the answer's metadata, not its text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Done {
+    conversation_id: Option<ConversationId>,
+    message_id: Option<uuid::Uuid>,
+    citations: Vec<Citation>,
+    usage: Usage,
+    model: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    history_trimmed: usize,
+}
+
+impl From<Answer> for Done {
+    fn from(a: Answer) -> Self {
+        Self {
+            conversation_id: a.saved.map(|s| s.conversation_id),
+            message_id: a.saved.map(|s| s.message_id),
+            citations: a.citations,
+            usage: a.usage,
+            model: a.model,
+            history_trimmed: a.saved.map_or(0, |s| s.history_trimmed),
+        }
+    }
+}
+
+impl From<Answer> for ChatAnswer {
+    fn from(a: Answer) -> Self {
+        let saved = a.saved;
+        Self {
+            conversation_id: saved.map(|s| s.conversation_id).unwrap_or_default(),
+            message_id: saved.map(|s| s.message_id).unwrap_or_default(),
+            answer: a.content,
+            citations: a.citations,
+            usage: a.usage,
+            model: a.model,
+            history_trimmed: saved.map_or(0, |s| s.history_trimmed),
+        }
+    }
 }

@@ -44,7 +44,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             },
             "checks": { "store": store_ok.is_ok() },
             "tenantCache": tenant_cache,
-            "auth": { "unknownCompanyFailures": app.key_checks.unknown_total() },
+            "auth": { "unknownCompanyFailures": app.auth.key_checks.unknown_total() },
             "uptimeSeconds": app.started_at.elapsed().as_secs(),
         })),
     )

@@ -14,10 +14,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::chat::{self, Caller, Usage};
+use futures_util::StreamExt;
+
+use crate::chat::{Ask, Caller, Overrides, Turn, TurnEvent};
+use crate::domain::Usage;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::extract::{ApiJson, ServiceAuth};
-use crate::llm::{StreamPart, WireMessage};
+use crate::llm::WireMessage;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -130,149 +133,66 @@ pub async fn chat_completions(
         tenant: claims.company_id,
         instance: claims.sub,
     };
-    let runtime = chat::runtime(&app, &caller).await?;
-    let endpoint = chat::endpoint(&runtime)?;
-    if let Some(model) = &request.model
-        && !runtime.allowed_models.is_empty()
-        && !runtime.allowed_models.contains(model)
-    {
-        return Err(bad(
-            "model",
-            format!(
-                "model '{model}' is not enabled for this agent; use one of {:?}",
-                runtime.allowed_models
-            ),
-        ));
-    }
-    let client_messages = to_wire(request.messages)?;
-    let question = client_messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| m.content.clone())
-        .unwrap_or_default();
-    let citations = if question.is_empty() {
-        Vec::new()
-    } else {
-        crate::knowledge::retrieve(&app, &runtime, &caller.tenant, &question).await?
+    let ask = Ask::Messages {
+        messages: to_wire(request.messages)?,
+        model: request.model,
+        overrides: Overrides {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        },
     };
-    let mut messages: Vec<WireMessage> = chat::system_message(&runtime, &citations)
-        .into_iter()
-        .collect();
-    messages.extend(client_messages);
-    let mut params = runtime.params;
-    params.temperature = request.temperature.or(params.temperature);
-    params.top_p = request.top_p.or(params.top_p);
-    params.max_tokens = request
-        .max_completion_tokens
-        .or(request.max_tokens)
-        .or(params.max_tokens);
-    let model_name = request
-        .model
-        .clone()
-        .unwrap_or_else(|| runtime.model_name());
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = chrono::Utc::now().timestamp();
-    let prompt_estimate: u64 = messages
-        .iter()
-        .map(|m| (m.content.chars().count() as u64).div_ceil(4))
-        .sum();
-    let estimate = move |answer: &str, reported: Option<crate::llm::WireUsage>| -> Usage {
-        match reported {
-            Some(u) if u.prompt_tokens + u.completion_tokens > 0 => u.into(),
-            _ => {
-                let p = prompt_estimate;
-                let c = (answer.chars().count() as u64).div_ceil(4);
-                Usage {
-                    prompt_tokens: p,
-                    completion_tokens: c,
-                    total_tokens: p + c,
-                }
-            }
-        }
+    let turn = Turn::prepare(&app, caller, ask).await?;
+    let head = ChunkHead {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: chrono::Utc::now().timestamp(),
+        model: turn.model.clone(),
     };
-
     if !request.stream {
-        let completion = app.models.complete(&endpoint, &messages, params).await?;
-        let usage = estimate(&completion.content, Some(completion.usage));
-        chat::record_usage(&app, &caller.tenant, usage).await;
+        let answer = turn.complete(&app).await?;
         return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.content},
-                         "finish_reason": completion.finish_reason.unwrap_or_else(|| "stop".into()), "logprobs": null}],
-            "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens},
+            "id": head.id, "object": "chat.completion", "created": head.created, "model": head.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content},
+                         "finish_reason": answer.finish_reason, "logprobs": null}],
+            "usage": usage_json(answer.usage),
             "system_fingerprint": null,
         }))
         .into_response());
     }
 
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    let mut upstream = app.models.stream(&endpoint, &messages, params).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let task_app = app.clone();
-    let tenant = caller.tenant.clone();
-    tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Value| {
-            let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
-            Bytes::from(format!("data: {v}\n\n"))
-        };
-        let mut client_gone = tx
-            .send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            ))
-            .await
-            .is_err();
-        let (mut answer, mut usage, mut finish, mut failure) = (String::new(), None, None, None);
-        while let Some(part) = upstream.next().await {
-            match part {
-                Ok(StreamPart::Delta(d)) => {
-                    if !client_gone
-                        && tx
-                            .send(chunk(json!({"content": d}), Value::Null))
-                            .await
-                            .is_err()
-                    {
-                        client_gone = true;
+    let events = turn.stream(&app).await?;
+    let first = head.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    // The stream ends after [DONE] (or an error): `None` state stops it.
+    let chunks = futures_util::stream::unfold(Some(events), move |state| {
+        let head = head.clone();
+        async move {
+            let mut rx = state?;
+            let (bytes, more) = match rx.recv().await {
+                Some(TurnEvent::Delta(content)) => {
+                    (head.chunk(json!({ "content": content }), Value::Null), true)
+                }
+                Some(TurnEvent::Done(answer)) => {
+                    let mut out = head.chunk(json!({}), json!(answer.finish_reason)).to_vec();
+                    if include_usage {
+                        let v = json!({"id": head.id, "object": "chat.completion.chunk", "created": head.created,
+                                       "model": head.model, "choices": [], "usage": usage_json(answer.usage)});
+                        out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
                     }
-                    answer.push_str(&d);
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    (Bytes::from(out), false)
                 }
-                Ok(StreamPart::Usage(u)) => usage = Some(u),
-                Ok(StreamPart::Finish(f)) => finish = Some(f),
-                Ok(StreamPart::Model(_)) => {}
-                Err(e) => {
-                    failure = Some(ApiError::from(e));
-                    break;
+                Some(TurnEvent::Failed(error)) => {
+                    let err = ApiError::from(error);
+                    let body = json!({"error": {"message": err.to_string(), "type": error_type(err.status()), "param": null, "code": err.code()}});
+                    (Bytes::from(format!("data: {body}\n\n")), false)
                 }
-            }
+                None => return None,
+            };
+            Some((Ok::<_, Infallible>(bytes), more.then_some(rx)))
         }
-        let usage = estimate(&answer, usage);
-        chat::record_usage(&task_app, &tenant, usage).await;
-        if client_gone {
-            return;
-        }
-        if let Some(err) = failure {
-            let body = json!({"error": {"message": err.to_string(), "type": error_type(err.status()), "param": null, "code": err.code()}});
-            let _ = tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
-            return;
-        }
-        let _ = tx
-            .send(chunk(
-                json!({}),
-                json!(finish.unwrap_or_else(|| "stop".into())),
-            ))
-            .await;
-        if include_usage {
-            let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_name, "choices": [],
-                           "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}});
-            let _ = tx.send(Bytes::from(format!("data: {v}\n\n"))).await;
-        }
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
+    let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(chunks);
     let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -282,6 +202,26 @@ pub async fn chat_completions(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
+}
+
+/// What every chunk of one completion repeats.
+#[derive(Clone)]
+struct ChunkHead {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl ChunkHead {
+    fn chunk(&self, delta: Value, finish: Value) -> Bytes {
+        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
+        Bytes::from(format!("data: {v}\n\n"))
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})
 }
 
 /// OpenAI's error `type` for a status.

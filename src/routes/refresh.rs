@@ -91,15 +91,14 @@ pub async fn start_refresh(
 ) -> Result<Response, ApiError> {
     let body: RefreshBody = optional_json(req, &app).await?;
     let tenant = claims.company_id.clone();
-    let caller = crate::chat::Caller {
-        tenant: tenant.clone(),
-        instance: claims.sub,
-    };
-    let runtime = crate::chat::runtime(&app, &caller).await?;
+    let runtime = app
+        .runtimes
+        .get(&app.store, &app.secrets, &tenant, &claims.sub)
+        .await?;
     let mut job = RefreshJob::queued(
         tenant.clone(),
         claims.sub,
-        crate::jobs::describe_source(&app, &runtime),
+        runtime.describe_source(),
         body.full,
         format!("client:{tenant}"),
     );

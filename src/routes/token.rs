@@ -12,16 +12,12 @@ use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, PRAGMA};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::auth::keys::AccessKey;
-use crate::domain::audit::action;
-use crate::domain::{AgentInstance, AgentType, AuditEntry, AuditOutcome, TenantId};
+use crate::domain::AgentType;
 use crate::error::ApiError;
 use crate::extract::{ClientAddress, body_bytes, is_json, media_type, parse_json};
-use crate::state::{App, AppState};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -125,29 +121,6 @@ async fn credentials(req: Request, app: &AppState) -> Result<Credentials, ApiErr
     })
 }
 
-/// Whether `tenant` has any instance at all (a disabled one counts): the partition exists.
-async fn company_exists(app: &App, tenant: &TenantId) -> bool {
-    let page = crate::store::PageRequest {
-        limit: 1,
-        continuation_token: None,
-    };
-    match app
-        .store
-        .list_instances(
-            &crate::store::TenantScope::Tenant(tenant.clone()),
-            &crate::store::InstanceFilter::default(),
-            &page,
-        )
-        .await
-    {
-        Ok(found) => !found.items.is_empty(),
-        Err(e) => {
-            tracing::warn!(tenant.id = %tenant, error = ?e, "could not tell whether the company exists: {e:#}");
-            false
-        }
-    }
-}
-
 fn url_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("v={s}").as_bytes())
         .next()
@@ -161,7 +134,8 @@ pub async fn exchange_token(
     ClientAddress(client): ClientAddress,
     req: Request,
 ) -> Result<Response, ApiError> {
-    app.limit_by_address
+    app.auth
+        .limit_by_address
         .check(&client)
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     let creds = credentials(req, &app).await?;
@@ -170,21 +144,20 @@ pub async fn exchange_token(
         Some(raw) => AgentType::parse(raw)
             .ok_or_else(|| ApiError::validation("agentType", "must be SOPHIA"))?,
     };
-    let instance = authenticate_key(
-        &app,
-        &client,
-        &creds.company,
-        agent_type,
-        &creds.key,
-        "token",
-    )
-    .await?;
-    let (token, claims) = app.tokens.issue(&instance).map_err(ApiError::internal)?;
+    let instance = app
+        .auth
+        .access_key(&client, &creds.company, agent_type, &creds.key, "token")
+        .await?;
+    let (token, claims) = app
+        .auth
+        .tokens
+        .issue(&instance)
+        .map_err(ApiError::internal)?;
     tracing::info!(tenant.id = %instance.tenant_id, instance.id = %instance.id, "service token issued for {}", instance.tenant_id);
     let mut response = Json(TokenResponse {
         access_token: token,
         token_type: "Bearer",
-        expires_in: app.tokens.ttl_secs(),
+        expires_in: app.auth.tokens.ttl_secs(),
         scope: claims.scope,
     })
     .into_response();
@@ -195,95 +168,4 @@ pub async fn exchange_token(
         .headers_mut()
         .insert(PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(response)
-}
-
-/// Verifies a company's access key (brute-force protected per source and per company — see
-/// `auth::key_checks`; bcrypt off the runtime; one generic failure; audited both ways, failures
-/// only in the partition of a company that exists; `lastUsedAt` updated). Shared by the token
-/// exchange and `/chat`'s body-key flow. The per-address limit is the caller's.
-pub async fn authenticate_key(
-    app: &App,
-    client: &str,
-    company: &str,
-    agent_type: AgentType,
-    key: &str,
-    via: &str,
-) -> Result<AgentInstance, ApiError> {
-    let admission = app
-        .key_checks
-        .admit(company, client)
-        .await
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-    let tenant = TenantId::parse(company).ok();
-    let instance = match &tenant {
-        Some(t) => app.store.find_live_instance(t, agent_type).await?,
-        None => None,
-    };
-    let key = AccessKey::parse(key);
-    let verified = app
-        .hasher
-        .verify(
-            key.as_ref(),
-            instance.as_ref().map(|i| i.access_key_hash.as_str()),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    let instance = match instance {
-        Some(i) if verified && i.status.can_authenticate() => i,
-        other => {
-            app.key_checks.failed(&admission);
-            let reason = match (&tenant, &other, &key) {
-                (None, _, _) => "malformed_company_id",
-                (Some(_), None, _) => "no_live_instance",
-                (Some(_), Some(_), None) => "malformed_key",
-                _ => "wrong_key",
-            };
-            // Only a company that exists gets the audit row: made-up ids must not let anyone
-            // write into partitions of their choosing.
-            let known = match (&tenant, &other) {
-                (Some(_), Some(_)) => true,
-                (Some(t), None) => company_exists(app, t).await,
-                (None, _) => false,
-            };
-            match tenant {
-                Some(tenant) if known => {
-                    let mut entry = AuditEntry::new(
-                        tenant.clone(),
-                        action::AUTH_FAILURE,
-                        format!("client:{tenant}"),
-                        AuditOutcome::Failure,
-                    )
-                    .client(client)
-                    .details(json!({ "reason": reason, "via": via }));
-                    if let Some(i) = &other {
-                        entry = entry.instance(i.id);
-                    }
-                    app.audit(entry).await;
-                }
-                _ => app.key_checks.unknown_company(client, reason),
-            }
-            tracing::info!(auth.reason = reason, client.address = %client, auth.via = via, "token exchange refused: {reason}");
-            return Err(ApiError::InvalidClient);
-        }
-    };
-    if let Err(e) = app
-        .store
-        .touch_instance(&instance.tenant_id, &instance.id, Utc::now())
-        .await
-    {
-        tracing::warn!(tenant.id = %instance.tenant_id, error = ?e, "lastUsedAt not updated: {e:#}");
-    }
-    app.audit(
-        AuditEntry::new(
-            instance.tenant_id.clone(),
-            action::AUTH_SUCCESS,
-            format!("client:{}", instance.tenant_id),
-            AuditOutcome::Success,
-        )
-        .instance(instance.id)
-        .client(client)
-        .details(json!({ "keyVersion": instance.key_version, "via": via })),
-    )
-    .await;
-    Ok(instance)
 }

@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 /// The public signing keys.
 pub async fn jwks(State(app): State<AppState>) -> Response {
-    let mut response = Json(app.tokens.jwks()).into_response();
+    let mut response = Json(app.auth.tokens.jwks()).into_response();
     response.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
@@ -27,7 +27,7 @@ pub async fn jwks(State(app): State<AppState>) -> Response {
 pub async fn openid_configuration(State(app): State<AppState>) -> Response {
     let base = app.settings.public_base();
     let mut response = Json(json!({
-        "issuer": app.tokens.issuer(),
+        "issuer": app.auth.tokens.issuer(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/agents/auth/token"),
         "grant_types_supported": ["client_credentials"],

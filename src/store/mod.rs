@@ -278,6 +278,14 @@ pub(crate) fn sort_key(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Appends an audit entry. The action it records has already happened, so a store that
+/// refuses the entry is logged, not turned into an error for the caller.
+pub async fn audit(store: &dyn Store, entry: AuditEntry) {
+    if let Err(e) = store.append_audit(&entry).await {
+        tracing::error!(audit.action = %entry.action, tenant.id = %entry.tenant_id, error = ?e, "audit entry could not be written: {e:#}");
+    }
+}
+
 pub(crate) fn new_etag() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }

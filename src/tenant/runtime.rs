@@ -1,5 +1,7 @@
 //! `TenantRuntime`: one company's instance document plus its credential bundle, turned into
-//! what a chat turn needs (model endpoint, credentials, prompt settings) and cached.
+//! what a chat turn or a refresh needs — model endpoints with their auth, the knowledge index
+//! (embedded or the company's AI Search), the knowledge source, prompt settings — resolved
+//! once, at load, and cached.
 //!
 //! The cache (`RuntimeCache`) is keyed by tenant and instance, with a jittered TTL (so a
 //! fleet does not reload every tenant at once), single-flight loading (concurrent misses for
@@ -18,11 +20,59 @@ use serde::Serialize;
 
 use crate::azure_auth::{CompanyIdentities, EntraTokens};
 use crate::domain::authority::{AuthMode, identity_client_id};
-use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
+use crate::domain::{AgentInstance, InstanceId, Provider, TenantId, UpstreamPolicy};
+use crate::knowledge::KnowledgeIndex;
+use crate::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
+use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
 use crate::llm::client::DEFAULT_API_VERSION;
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
 use crate::secrets::{CredentialBundle, SecretError, SecretStore};
 use crate::store::{Store, StoreError, TenantScope};
+
+/// What turning an instance into a runtime needs besides the instance and its credentials:
+/// the upstream policy every endpoint must pass, the policy-checked HTTP client, the embedded
+/// knowledge index and data folder, and the companies' own identities.
+#[derive(Clone)]
+pub struct Resolver {
+    pub upstreams: Arc<UpstreamPolicy>,
+    pub http: reqwest::Client,
+    pub embedded: Arc<dyn KnowledgeIndex>,
+    pub data_dir: std::path::PathBuf,
+    pub identities: Option<Arc<CompanyIdentities>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("embedded", &self.embedded.backend())
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a tenant's passages are searched and written.
+#[derive(Clone)]
+pub enum Knowledge {
+    /// SOPHIA's embedded index (one for all tenants, every query scoped to the tenant).
+    Embedded(Arc<dyn KnowledgeIndex>),
+    /// The company's own Azure AI Search index.
+    Search(Arc<AzureSearchIndex>),
+}
+
+impl Knowledge {
+    pub fn index(&self) -> &dyn KnowledgeIndex {
+        match self {
+            Self::Embedded(index) => index.as_ref(),
+            Self::Search(index) => index.as_ref(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Knowledge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.index().backend())
+    }
+}
 
 /// Everything a chat turn needs about one tenant. Immutable; replaced on reload.
 #[derive(Debug)]
@@ -32,7 +82,6 @@ pub struct TenantRuntime {
     pub chat: Result<ModelEndpoint, String>,
     /// The embedding model, when the instance names an embedding deployment.
     pub embeddings: Option<ModelEndpoint>,
-    pub search_key: Option<SecretString>,
     /// SAS for the knowledge Blob container (`credentials.knowledgeSas`).
     pub knowledge_sas: Option<SecretString>,
     /// The company's own Entra identity when the instance uses one (`Err`: why it cannot).
@@ -45,7 +94,10 @@ pub struct TenantRuntime {
     pub top_k: usize,
     /// Model names a `/v1` caller may ask for (empty: any; the deployment is used regardless).
     pub allowed_models: Vec<String>,
+    /// The tenant's knowledge index, or why it cannot be used.
+    pub knowledge: Result<Knowledge, String>,
     pub loaded_at: Instant,
+    resolver: Resolver,
 }
 
 impl TenantRuntime {
@@ -53,8 +105,9 @@ impl TenantRuntime {
     pub fn build(
         instance: AgentInstance,
         credentials: CredentialBundle,
-        identities: Option<&Arc<CompanyIdentities>>,
+        resolver: &Resolver,
     ) -> Self {
+        let identities = resolver.identities.as_ref();
         let settings = &instance.settings;
         let api_version = settings
             .get("apiVersion")
@@ -135,11 +188,13 @@ impl TenantRuntime {
                 })
                 .unwrap_or_default()
         };
+        let knowledge = search_index(&instance, &identity, &credentials, resolver);
         Self {
             chat,
             embeddings,
+            knowledge,
+            resolver: resolver.clone(),
             identity,
-            search_key: credentials.azure_search_key,
             knowledge_sas: credentials.knowledge_sas,
             system_prompt: settings
                 .get("systemPrompt")
@@ -172,6 +227,100 @@ impl TenantRuntime {
     pub fn provider(&self) -> Provider {
         self.instance.provider
     }
+
+    /// The company's knowledge source: its Blob container (`settings.knowledgeContainerUrl`,
+    /// read with its SAS or its own identity, never SOPHIA's) or its folder under the data
+    /// directory.
+    pub fn source(&self) -> Result<Box<dyn KnowledgeSource>, String> {
+        let settings = &self.instance.settings;
+        let Some(raw) = settings
+            .get("knowledgeContainerUrl")
+            .and_then(|v| v.as_str())
+        else {
+            return Ok(Box::new(FolderSource::for_tenant(
+                &self.resolver.data_dir,
+                &self.instance.tenant_id,
+            )));
+        };
+        let url = self
+            .resolver
+            .upstreams
+            .check(raw)
+            .map_err(|e| format!("settings.knowledgeContainerUrl is not allowed: {e}"))?;
+        let prefix = settings.get("knowledgePrefix").and_then(|v| v.as_str());
+        let auth = match (&self.knowledge_sas, &self.identity) {
+            (Some(sas), _) => BlobAuth::Sas(sas.clone()),
+            (None, Some(Ok(identity))) => BlobAuth::Entra(identity.credential()),
+            (None, Some(Err(e))) => return Err(e.clone()),
+            (None, None) => {
+                return Err(
+                    "the knowledge container needs credentials.knowledgeSas (or, set by a \
+                     platform admin, the company's own managed identity)"
+                        .into(),
+                );
+            }
+        };
+        let transport: Arc<dyn azure_core::http::HttpClient> = Arc::new(
+            crate::upstream::PolicyTransport::new(self.resolver.http.clone()),
+        );
+        BlobSource::new(&url, prefix, auth, Some(transport))
+            .map(|s| Box::new(s) as Box<dyn KnowledgeSource>)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The source's description for a job record (no credentials).
+    pub fn describe_source(&self) -> String {
+        match self.source() {
+            Ok(source) => source.describe(),
+            Err(_) => "unusable source".into(),
+        }
+    }
+
+    /// The company's Azure AI Search index, when it has one.
+    pub fn search_index(&self) -> Option<&AzureSearchIndex> {
+        match &self.knowledge {
+            Ok(Knowledge::Search(index)) => Some(index),
+            _ => None,
+        }
+    }
+}
+
+/// The tenant's Azure AI Search index when its instance names a search endpoint (checked
+/// against the upstream policy; the company's identity or its search key), else the
+/// embedded index.
+fn search_index(
+    instance: &AgentInstance,
+    identity: &Option<Result<Arc<EntraTokens>, String>>,
+    credentials: &CredentialBundle,
+    resolver: &Resolver,
+) -> Result<Knowledge, String> {
+    let Some(endpoint) = &instance.azure_search_endpoint else {
+        return Ok(Knowledge::Embedded(Arc::clone(&resolver.embedded)));
+    };
+    let url = resolver
+        .upstreams
+        .check(endpoint)
+        .map_err(|e| format!("azureSearchEndpoint is not allowed: {e}"))?;
+    let index = instance
+        .settings
+        .get("searchIndex")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_INDEX)
+        .to_owned();
+    let auth = match identity {
+        // The company's own identity (its RBAC on its search service), never SOPHIA's.
+        Some(Ok(tokens)) => SearchAuth::Entra(Arc::clone(tokens)),
+        Some(Err(e)) => return Err(e.clone()),
+        None => SearchAuth::ApiKey(credentials.azure_search_key.clone().ok_or_else(|| {
+            "the instance has an azureSearchEndpoint but no azureSearchKey credential".to_owned()
+        })?),
+    };
+    Ok(Knowledge::Search(Arc::new(AzureSearchIndex::new(
+        resolver.http.clone(),
+        url,
+        index,
+        auth,
+    ))))
 }
 
 /// Cache counters, exposed on `/health`.
@@ -231,7 +380,7 @@ type Key = (TenantId, InstanceId);
 
 /// Per-tenant runtime cache.
 pub struct RuntimeCache {
-    identities: Option<Arc<CompanyIdentities>>,
+    resolver: Resolver,
     fresh: Cache<Key, Arc<TenantRuntime>>,
     /// The last good runtime of each tenant, kept `ttl + max_stale` for stale-if-error.
     last_good: moka::sync::Cache<Key, Arc<TenantRuntime>>,
@@ -239,9 +388,9 @@ pub struct RuntimeCache {
 }
 
 impl RuntimeCache {
-    pub fn new(ttl: Duration, max_stale: Duration, capacity: u64) -> Self {
+    pub fn new(ttl: Duration, max_stale: Duration, capacity: u64, resolver: Resolver) -> Self {
         Self {
-            identities: None,
+            resolver,
             fresh: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(JitteredTtl { base: ttl })
@@ -254,10 +403,8 @@ impl RuntimeCache {
         }
     }
 
-    /// The company identities runtimes use for `settings.authMode = managedIdentity`.
-    pub fn with_identities(mut self, identities: Option<Arc<CompanyIdentities>>) -> Self {
-        self.identities = identities;
-        self
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
     }
 
     pub async fn stats(&self) -> RuntimeStatsView {
@@ -293,13 +440,13 @@ impl RuntimeCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::clone(&self.stats);
         let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
-        let identities = self.identities.clone();
+        let resolver = self.resolver.clone();
         let (t, i) = (tenant.clone(), *id);
         let loaded = self
             .fresh
             .try_get_with(key.clone(), async move {
                 stats.loads.fetch_add(1, Ordering::Relaxed);
-                load(&store, &secrets, &t, &i, &stats, identities.as_ref())
+                load(&store, &secrets, &t, &i, &stats, &resolver)
                     .await
                     .map(Arc::new)
             })
@@ -356,7 +503,7 @@ async fn load(
     tenant: &TenantId,
     id: &InstanceId,
     stats: &RuntimeStats,
-    identities: Option<&Arc<CompanyIdentities>>,
+    resolver: &Resolver,
 ) -> Result<TenantRuntime, RuntimeError> {
     stats.store_reads.fetch_add(1, Ordering::Relaxed);
     let instance = match store
@@ -374,5 +521,5 @@ async fn load(
         }
         None => CredentialBundle::default(),
     };
-    Ok(TenantRuntime::build(instance, credentials, identities))
+    Ok(TenantRuntime::build(instance, credentials, resolver))
 }

@@ -121,7 +121,10 @@ async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstan
             StoreError::NotFound => ApiError::NotFound("agent instance"),
             other => other.into(),
         })?;
-    app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    app.auth
+        .security
+        .invalidate(&stored.tenant_id, &stored.id)
+        .await;
     app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
     Ok(stored)
 }
@@ -380,7 +383,12 @@ pub async fn create_instance(
 
     let id = InstanceId::new();
     let key = AccessKey::generate();
-    let hash = app.hasher.hash(&key).await.map_err(ApiError::internal)?;
+    let hash = app
+        .auth
+        .hasher
+        .hash(&key)
+        .await
+        .map_err(ApiError::internal)?;
     let secret_name = SecretName::for_instance(&id);
     let now = Utc::now();
     let mut instance = AgentInstance {
@@ -450,7 +458,10 @@ pub async fn create_instance(
             return Err(e.into());
         }
     };
-    app.security.invalidate(&stored.tenant_id, &stored.id).await;
+    app.auth
+        .security
+        .invalidate(&stored.tenant_id, &stored.id)
+        .await;
     app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
     let fields = credentials
         .as_ref()
@@ -822,7 +833,13 @@ pub async fn rotate_key(
     check_if_match(&headers, &current)?;
     let key = AccessKey::generate();
     let mut next = current.clone();
-    next.access_key_hash = KeyHash::new(app.hasher.hash(&key).await.map_err(ApiError::internal)?);
+    next.access_key_hash = KeyHash::new(
+        app.auth
+            .hasher
+            .hash(&key)
+            .await
+            .map_err(ApiError::internal)?,
+    );
     next.access_key_last4 = key.last4();
     next.key_version = current.key_version.saturating_add(1);
     next.updated_at = Utc::now();

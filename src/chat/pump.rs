@@ -1,0 +1,63 @@
+//! The one streaming pump: reads a tenant's upstream stream, hands each piece of the answer to
+//! whoever serves the client (SOPHIA events or OpenAI chunks), and records the turn when the
+//! stream ends. A client that goes away does not stop it: the rest is read so the usage (and
+//! a stored conversation) is still recorded.
+
+use tokio::sync::mpsc;
+
+use crate::chat::{Answer, ChatError, Turn};
+use crate::llm::StreamPart;
+use crate::state::AppState;
+
+/// What a streamed turn produces, in order: deltas, then one `Done` or one `Failed`.
+#[derive(Debug)]
+pub enum TurnEvent {
+    Delta(String),
+    /// The turn finished and is recorded.
+    Done(Answer),
+    /// The upstream failed mid-answer; the tokens so far are recorded, nothing is stored.
+    Failed(ChatError),
+}
+
+/// The events of a streamed turn.
+pub type TurnEvents = mpsc::Receiver<TurnEvent>;
+
+impl Turn {
+    /// Starts the answer upstream and returns once its first content has arrived (so an
+    /// upstream that refuses the request is still an ordinary error answer).
+    pub async fn stream(self, app: &AppState) -> Result<TurnEvents, ChatError> {
+        let mut upstream = app
+            .models
+            .stream(&self.endpoint, &self.messages, self.params)
+            .await?;
+        let (tx, rx) = mpsc::channel(16);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (mut answer, mut usage, mut model, mut finish) = (String::new(), None, None, None);
+            let mut client_gone = false;
+            while let Some(part) = upstream.next().await {
+                match part {
+                    Ok(StreamPart::Delta(d)) => {
+                        answer.push_str(&d);
+                        if !client_gone && tx.send(TurnEvent::Delta(d)).await.is_err() {
+                            client_gone = true;
+                        }
+                    }
+                    Ok(StreamPart::Usage(u)) => usage = Some(u),
+                    Ok(StreamPart::Model(m)) => model = Some(m),
+                    Ok(StreamPart::Finish(f)) => finish = Some(f),
+                    Err(e) => {
+                        self.fail(&app, usage, &answer);
+                        let error = ChatError::from(e);
+                        tracing::warn!(tenant.id = %self.caller.tenant, error = %error, "stream failed mid-answer: {error}");
+                        let _ = tx.send(TurnEvent::Failed(error)).await;
+                        return;
+                    }
+                }
+            }
+            let done = self.finish(&app, answer, usage, model, finish).await;
+            let _ = tx.send(TurnEvent::Done(done)).await;
+        });
+        Ok(rx)
+    }
+}
