@@ -24,7 +24,7 @@ pub enum Command {
     },
     Simulator {
         port: u16,
-        config: crate::simulator::SimConfig,
+        config: crate::dev::simulator::SimConfig,
     },
     Version,
     Help,
@@ -72,7 +72,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         Some("simulator") => {
             let mut port = 8090u16;
-            let mut config = crate::simulator::SimConfig::default();
+            let mut config = crate::dev::simulator::SimConfig::default();
             while let Some(flag) = it.next() {
                 let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
                 let millis = || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::domain::endpoint::{DEFAULT_ALLOWED_HOSTS, UpstreamPolicy};
+use crate::upstream::policy::{DEFAULT_ALLOWED_HOSTS, UpstreamPolicy};
 
 /// A configuration problem, naming the variable at fault.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::chat::ChatError;
-use crate::request_id;
+use crate::http::request_id;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
 use crate::tenant::runtime::RuntimeError;

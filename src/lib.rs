@@ -3,23 +3,23 @@
 //! The binary (`src/main.rs`) is a thin shell over this library: [`startup::Application`]
 //! builds everything from [`config::Settings`] and serves [`router::router`].
 
+pub mod admin;
 pub mod auth;
 pub mod azure_auth;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod diagnostics;
 pub mod domain;
 pub mod error;
-pub mod extract;
+pub mod http;
 pub mod jobs;
 pub mod knowledge;
 pub mod llm;
-pub mod request_id;
 pub mod router;
 pub mod routes;
 pub mod secrets;
-pub mod simulator;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -97,7 +97,7 @@ fn serve(settings: Settings) -> ExitCode {
     })
 }
 
-fn simulate(port: u16, config: sophia::simulator::SimConfig) -> ExitCode {
+fn simulate(port: u16, config: sophia::dev::simulator::SimConfig) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,8 +117,8 @@ fn simulate(port: u16, config: sophia::simulator::SimConfig) -> ExitCode {
             }
         };
         eprintln!("sophia simulator listening on http://127.0.0.1:{port}");
-        let sim = sophia::simulator::Simulator::new(config);
-        match sophia::simulator::serve(listener, sim, shutdown_signal()).await {
+        let sim = sophia::dev::simulator::Simulator::new(config);
+        match sophia::dev::simulator::serve(listener, sim, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sophia simulator: {e}");

@@ -12,7 +12,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::request_id;
+use crate::http::request_id;
 use crate::routes::admin::{audit, instances, usage};
 use crate::routes::{
     agents, chat, config_test, health, openai, openapi, refresh, token, wellknown,
@@ -32,12 +32,7 @@ pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("POST", "/refresh-worker"),
 ];
 
-/// The admin API's own prefix (the seed's contract, for APIM and hosting outside Functions).
-pub const ADMIN_PREFIX: &str = "/admin/";
-/// The same admin API under a prefix the Azure Functions host accepts: it reserves every HTTP
-/// route that starts with `admin` (and `runtime`) for its own API, so `functions/*` routes
-/// the admin functions here.
-pub const FUNCTIONS_ADMIN_PREFIX: &str = "/manage/";
+pub use crate::http::{ADMIN_PREFIX, FUNCTIONS_ADMIN_PREFIX};
 
 /// The Functions-host spelling of an admin path (`/admin/x` → `/manage/x`).
 pub fn functions_alias(path: &str) -> Option<String> {

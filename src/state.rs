@@ -6,12 +6,12 @@ use std::time::Instant;
 use crate::auth::admin::AdminVerifier;
 use crate::auth::authenticator::Authenticator;
 use crate::config::Settings;
-use crate::domain::UpstreamPolicy;
 use crate::knowledge::KnowledgeIndex;
 use crate::llm::ModelClient;
 use crate::secrets::SecretStore;
 use crate::store::Store;
 use crate::tenant::runtime::RuntimeCache;
+use crate::upstream::UpstreamPolicy;
 
 /// Everything a request may need: backends, keys, caches and settings.
 pub struct App {

@@ -7,11 +7,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use sophia::domain::{Provider, UpstreamPolicy};
+use sophia::dev::simulator::{Fault, SimConfig};
+use sophia::domain::Provider;
 use sophia::llm::{
     ChatParams, ModelClient, ModelEndpoint, StreamPart, UpstreamAuth, UpstreamTimeouts, WireMessage,
 };
-use sophia::simulator::{Fault, SimConfig};
+use sophia::upstream::UpstreamPolicy;
 use sophia::upstream::{UpstreamError, upstream_client};
 use support::spawn_simulator;
 

@@ -18,6 +18,7 @@ use sophia::secrets::{SecretError, SecretName, SecretRef, SecretResult, SecretSt
 use sophia::store::sqlite::SqliteStore;
 use sophia::store::*;
 use sophia::tenant::runtime::{Resolver, RuntimeCache};
+use sophia::upstream::UpstreamPolicy;
 
 use support::faulty_store::{FaultyStore, Switch};
 

@@ -62,7 +62,7 @@ impl AuditEntry {
             instance_id: None,
             actor,
             outcome,
-            request_id: crate::request_id::current(),
+            request_id: crate::http::request_id::current(),
             client_address: None,
             time: Utc::now(),
             details: serde_json::Value::Null,

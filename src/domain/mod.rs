@@ -3,7 +3,6 @@
 pub mod audit;
 pub mod authority;
 pub mod conversation;
-pub mod endpoint;
 pub mod ids;
 pub mod instance;
 pub mod refresh;
@@ -11,7 +10,6 @@ pub mod usage;
 
 pub use audit::{AuditEntry, AuditOutcome};
 pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
-pub use endpoint::{EndpointError, UpstreamPolicy};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};

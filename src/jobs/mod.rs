@@ -28,7 +28,7 @@ pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
             let (app, permits) = (Arc::clone(app), Arc::clone(permits));
             let (tenant, id) = (job.tenant_id.clone(), job.id.clone());
             let request_id = job.request_id.clone().unwrap_or_default();
-            tokio::spawn(crate::request_id::scope(request_id, async move {
+            tokio::spawn(crate::http::request_id::scope(request_id, async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };

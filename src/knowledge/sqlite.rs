@@ -416,7 +416,7 @@ mod tests {
             document_id: doc.into(),
             title: format!("{doc} title"),
             text: text.into(),
-            vector: Some(crate::simulator::embed(text)),
+            vector: Some(crate::dev::simulator::embed(text)),
         }
     }
 
@@ -441,7 +441,7 @@ mod tests {
             .unwrap();
         let q = "how many days for refunds?";
         let hits = index
-            .search(&a, q, Some(&crate::simulator::embed(q)), 3)
+            .search(&a, q, Some(&crate::dev::simulator::embed(q)), 3)
             .await
             .unwrap();
         assert_eq!(hits[0].document_id, "policy");
@@ -564,7 +564,7 @@ mod tests {
             .search(
                 &t,
                 "warranty parts labour",
-                Some(&crate::simulator::embed("warranty")),
+                Some(&crate::dev::simulator::embed("warranty")),
                 5,
             )
             .await

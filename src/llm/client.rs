@@ -23,8 +23,9 @@ use super::wire::{
     StreamOptions, StreamPart, WireChunk, WireErrorBody, WireMessage, WireRequest, WireResponse,
     WireUsage,
 };
-use crate::domain::{Provider, UpstreamPolicy};
+use crate::domain::Provider;
 use crate::upstream::UpstreamError;
+use crate::upstream::UpstreamPolicy;
 
 /// The default Azure OpenAI data-plane API version (GA, supports `stream_options`).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::{InstanceId, TenantId};
-use crate::extract::ServiceAuth;
+use crate::http::extract::ServiceAuth;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

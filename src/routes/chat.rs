@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::chat::{Answer, Ask, Caller, Turn, TurnEvent};
 use crate::domain::{AgentType, Citation, ConversationId, Usage};
 use crate::error::ApiError;
-use crate::extract::{ClientAddress, bearer, body_bytes, is_json, parse_json};
+use crate::http::extract::{ClientAddress, bearer, body_bytes, is_json, parse_json};
 use crate::state::AppState;
 
 /// Longest message accepted, in characters.

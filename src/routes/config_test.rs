@@ -12,8 +12,9 @@ use crate::diagnostics::{self, Report};
 use crate::domain::audit::action;
 use crate::domain::{AgentInstance, AuditEntry, AuditOutcome};
 use crate::error::ApiError;
-use crate::extract::{AdminAuth, ClientAddress, ServiceAuth, optional_json};
-use crate::routes::admin::instances::parse_instance_id;
+use crate::http::extract::{
+    AdminAuth, ClientAddress, ServiceAuth, optional_json, parse_instance_id,
+};
 use crate::state::{App, AppState};
 use crate::store::{StoreError, TenantScope};
 

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use crate::chat::{Ask, Caller, Overrides, Turn, TurnEvent};
 use crate::domain::Usage;
 use crate::error::{ApiError, PROBLEM_JSON};
-use crate::extract::{ApiJson, ServiceAuth};
+use crate::http::extract::{ApiJson, ServiceAuth};
 use crate::llm::WireMessage;
 use crate::state::AppState;
 

@@ -13,7 +13,7 @@ use crate::domain::audit::action;
 use crate::domain::refresh::{FileError, JobCounts, JobTimings};
 use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
 use crate::error::ApiError;
-use crate::extract::{ClientAddress, ServiceAuth, optional_json};
+use crate::http::extract::{ClientAddress, ServiceAuth, optional_json};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -102,7 +102,7 @@ pub async fn start_refresh(
         body.full,
         format!("client:{tenant}"),
     );
-    job.request_id = Some(crate::request_id::current());
+    job.request_id = Some(crate::http::request_id::current());
     let stale_before = job.created_at
         - chrono::Duration::from_std(app.settings.refresh_stale_after)
             .unwrap_or(chrono::Duration::minutes(10));
@@ -214,8 +214,8 @@ pub async fn refresh_worker(
     let Some(signer) = app.jobs.signer().filter(|_| peer.ip().is_loopback()) else {
         return Err(ApiError::NotFound("route"));
     };
-    let bytes = crate::extract::body_bytes(req, &app).await?;
-    let invocation: HostInvocation = crate::extract::parse_json(&bytes)?;
+    let bytes = crate::http::extract::body_bytes(req, &app).await?;
+    let invocation: HostInvocation = crate::http::extract::parse_json(&bytes)?;
     let Some(message) = invocation.data.values().find_map(job_message) else {
         return Err(ApiError::validation(
             "Data",

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AgentType;
 use crate::error::ApiError;
-use crate::extract::{ClientAddress, body_bytes, is_json, media_type, parse_json};
+use crate::http::extract::{ClientAddress, body_bytes, is_json, media_type, parse_json};
 use crate::state::AppState;
 
 #[derive(Deserialize)]

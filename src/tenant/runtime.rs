@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::azure_auth::{CompanyIdentities, EntraTokens};
 use crate::domain::authority::{AuthMode, identity_client_id};
-use crate::domain::{AgentInstance, InstanceId, Provider, TenantId, UpstreamPolicy};
+use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
 use crate::knowledge::KnowledgeIndex;
 use crate::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
 use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
@@ -28,6 +28,7 @@ use crate::llm::client::DEFAULT_API_VERSION;
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
 use crate::secrets::{CredentialBundle, SecretError, SecretStore};
 use crate::store::{Store, StoreError, TenantScope};
+use crate::upstream::UpstreamPolicy;
 
 /// What turning an instance into a runtime needs besides the instance and its credentials:
 /// the upstream policy every endpoint must pass, the policy-checked HTTP client, the embedded

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sophia::simulator::SimConfig;
+use sophia::dev::simulator::SimConfig;
 
 use crate::support::azurite::{self, account_sas, account_sas_with_key};
 use crate::support::pdf::pdf;

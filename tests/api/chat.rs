@@ -4,9 +4,9 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sophia::dev::simulator::{Fault, SimConfig};
 use sophia::domain::TenantId;
 use sophia::knowledge::Chunk;
-use sophia::simulator::{Fault, SimConfig};
 
 use crate::support::{
     Created, SimServer, TestApp, assert_problem, spawn_app_with, spawn_simulator,
@@ -1010,7 +1010,7 @@ async fn hybrid_retrieval_embeds_the_question_with_the_tenants_own_deployment() 
             document_id: (*doc).into(),
             title: format!("{doc}.md"),
             text: (*text).into(),
-            vector: Some(sophia::simulator::embed(text)),
+            vector: Some(sophia::dev::simulator::embed(text)),
         })
         .collect();
     app.state.knowledge.upsert(&tenant, &chunks).await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sophia::simulator::{Fault, SimConfig};
+use sophia::dev::simulator::{Fault, SimConfig};
 
 use crate::support::search_standin::SearchStandIn;
 use crate::support::{SimServer, TestApp, assert_problem, spawn_app_with, spawn_simulator};

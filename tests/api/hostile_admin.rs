@@ -473,7 +473,7 @@ async fn platform_admins_bind_existing_secrets_and_bindings_are_exact() {
 /// (however it got there) never gets to use it — the runtime checks the secret's binding.
 #[tokio::test]
 async fn a_foreign_credential_bundle_is_never_used() {
-    let sim = crate::support::spawn_simulator(sophia::simulator::SimConfig {
+    let sim = crate::support::spawn_simulator(sophia::dev::simulator::SimConfig {
         keys: vec!["beta-secret-key".into()],
         ..Default::default()
     })

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sophia::dev::simulator::{Fault, SimConfig};
 use sophia::domain::TenantId;
 use sophia::knowledge::ingest::EMBED_BATCH;
-use sophia::simulator::{Fault, SimConfig};
 
 use crate::support::pdf::pdf;
 use crate::support::{SimServer, TestApp, assert_problem, spawn_app_with, spawn_simulator};

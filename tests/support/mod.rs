@@ -295,16 +295,16 @@ pub async fn assert_problem(resp: Response, status: StatusCode, code: &str) -> V
 /// A running Azure OpenAI simulator on a free loopback port.
 pub struct SimServer {
     pub base: String,
-    pub sim: sophia::simulator::Simulator,
+    pub sim: sophia::dev::simulator::Simulator,
 }
 
-pub async fn spawn_simulator(config: sophia::simulator::SimConfig) -> SimServer {
-    let sim = sophia::simulator::Simulator::new(config);
+pub async fn spawn_simulator(config: sophia::dev::simulator::SimConfig) -> SimServer {
+    let sim = sophia::dev::simulator::Simulator::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let serve = sim.clone();
     tokio::spawn(async move {
-        sophia::simulator::serve(listener, serve, std::future::pending())
+        sophia::dev::simulator::serve(listener, serve, std::future::pending())
             .await
             .unwrap()
     });

@@ -3,10 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 
-use super::instances::page_limit;
-use super::types::{AuditQuery, AuditView, List};
+use crate::admin::views::{AuditQuery, AuditView, List};
 use crate::error::ApiError;
-use crate::extract::AdminAuth;
+use crate::http::extract::{AdminAuth, page_limit};
 use crate::routes::ApiQuery;
 use crate::state::AppState;
 use crate::store::{AuditFilter, PageRequest};

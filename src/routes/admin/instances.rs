@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::json;
 
-use super::types::{
+use crate::admin::validate;
+use crate::admin::views::{
     CreateInstance, InstanceView, InstanceWithKey, List, ListInstancesQuery, Patch, PatchInstance,
 };
-use super::validate;
 use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
@@ -20,31 +20,11 @@ use crate::domain::{
     AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash, TenantId,
 };
 use crate::error::ApiError;
-use crate::extract::{AdminAuth, ApiJson, ClientAddress};
+use crate::http::extract::{AdminAuth, ApiJson, ClientAddress, page_limit, parse_instance_id};
 use crate::routes::ApiQuery;
 use crate::secrets::{CredentialBundle, SecretError, SecretName};
 use crate::state::{App, AppState};
 use crate::store::{InstanceFilter, PageRequest, StoreError, TenantScope};
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
-
-/// Parses a path id; a malformed one is a 400 naming the parameter.
-pub fn parse_instance_id(raw: &str) -> Result<InstanceId, ApiError> {
-    InstanceId::parse(raw).map_err(|e| ApiError::validation("id", e.to_string()))
-}
-
-/// A page size from a query (1–200, default 50).
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation(
-            "limit",
-            format!("must be from 1 to {MAX_LIMIT}"),
-        )),
-    }
-}
 
 /// The instance, if this admin may see it; another company's instance is a plain 404.
 async fn load(
@@ -281,7 +261,7 @@ async fn identity_unshared(
         return Ok(());
     }
     let mut page = PageRequest {
-        limit: MAX_LIMIT,
+        limit: crate::http::extract::MAX_LIMIT,
         continuation_token: None,
     };
     loop {
@@ -484,10 +464,7 @@ pub async fn create_instance(
     };
     let mut response = with_instance_headers(StatusCode::CREATED, body, &stored, true);
     // In the spelling the caller used: under Functions only `/manage/*` reaches SOPHIA.
-    let base = if uri
-        .path()
-        .starts_with(crate::router::FUNCTIONS_ADMIN_PREFIX)
-    {
+    let base = if uri.path().starts_with(crate::http::FUNCTIONS_ADMIN_PREFIX) {
         "/manage"
     } else {
         "/admin"

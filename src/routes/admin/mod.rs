@@ -2,6 +2,4 @@
 
 pub mod audit;
 pub mod instances;
-pub mod types;
 pub mod usage;
-pub mod validate;

@@ -5,10 +5,10 @@ use axum::extract::State;
 use chrono::{Days, NaiveDate, Utc};
 use serde::Deserialize;
 
-use super::types::List;
+use crate::admin::views::List;
 use crate::domain::{TenantId, UsageRecord};
 use crate::error::ApiError;
-use crate::extract::AdminAuth;
+use crate::http::extract::AdminAuth;
 use crate::routes::ApiQuery;
 use crate::state::AppState;
 

@@ -12,8 +12,29 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::admin::AdminPrincipal;
 use crate::auth::service_token::ServiceClaims;
+use crate::domain::InstanceId;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// Parses a path id; a malformed one is a 400 naming the parameter.
+pub fn parse_instance_id(raw: &str) -> Result<InstanceId, ApiError> {
+    InstanceId::parse(raw).map_err(|e| ApiError::validation("id", e.to_string()))
+}
+
+/// A page size from a query (1–200, default 50).
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation(
+            "limit",
+            format!("must be from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
 
 /// A JSON body. Missing or wrong content type → 415, oversize → 413, malformed or invalid →
 /// 400 naming the field.

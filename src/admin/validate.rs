@@ -2,8 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::domain::UpstreamPolicy;
 use crate::error::ApiError;
+use crate::upstream::UpstreamPolicy;
 
 /// Free text such as a region, model or project id: 1–`max` characters, no control
 /// characters or white space.
@@ -142,7 +142,7 @@ mod tests {
     use super::*;
 
     fn default_policy() -> UpstreamPolicy {
-        UpstreamPolicy::new(crate::domain::endpoint::DEFAULT_ALLOWED_HOSTS, false)
+        UpstreamPolicy::new(crate::upstream::policy::DEFAULT_ALLOWED_HOSTS, false)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 

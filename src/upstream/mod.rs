@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::domain::UpstreamPolicy;
+pub mod policy;
+
+pub use policy::{EndpointError, UpstreamPolicy};
 
 /// Why an upstream call failed, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]

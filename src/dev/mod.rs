@@ -1,0 +1,3 @@
+//! Development tools shipped in the binary: the Azure OpenAI simulator (`sophia simulator`).
+
+pub mod simulator;
