@@ -1,9 +1,14 @@
-//! Data-plane benchmark: the same chat-completion requests straight to the simulator (zero
-//! latency) and through SOPHIA (warm tenant cache), at several concurrencies, with `hey` as the
-//! load generator; streaming time-to-first-byte both ways; cold-tenant first-request latency;
-//! RSS idle and with 10,000 tenants cached. Prints a table and appends it to BENCHMARKS.md.
+//! Data-plane benchmark. First the floor: at c=32, the same chat-completion request against a
+//! fixed-answer nginx upstream directly, through nginx as a plain keep-alive reverse proxy
+//! (the physical cost of one extra hop), and through SOPHIA's `/v1/chat/completions` — req/s,
+//! p50/p99, and CPU µs per request of the hop (SOPHIA's and nginx's, from `/proc/<pid>/stat`),
+//! with SOPHIA's ratio to the nginx hop. Then, against the simulator (zero latency): direct vs
+//! SOPHIA at several concurrencies, streaming time-to-first-byte, cold-tenant first requests,
+//! RSS idle and with 10,000 tenants cached. Prints the tables and appends them to
+//! BENCHMARKS.md.
 //!
-//! Run: `cargo bench --bench data_plane` (needs `hey`: `apt-get install hey`).
+//! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
+//! nginx-light`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
@@ -131,6 +136,68 @@ fn ttfb(
     (samples[n / 2], samples[(n * 99 / 100).min(n - 1)])
 }
 
+/// CPU time (user + system) a process and its reaped children have used, in µs.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks * 1_000_000.0 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The pids of an nginx master's worker processes.
+fn workers(master: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A fixed-answer upstream (`upstream_port`) and a keep-alive reverse proxy to it
+/// (`proxy_port`), in one nginx with two workers (SOPHIA has two cores too).
+fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16) -> Child {
+    let answer = json!({"id": "chatcmpl-fixed", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "I am fine, thank you."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}})
+    .to_string();
+    let conf = format!(
+        "worker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+           keepalive_requests 1000000;\n\
+           upstream fixed {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+           server {{ listen 127.0.0.1:{upstream_port}; location / {{ default_type application/json; return 200 '{answer}'; }} }}\n\
+           server {{ listen 127.0.0.1:{proxy_port}; location / {{ proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+         }}\n",
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    Command::new("nginx")
+        .args(["-p", &dir.display().to_string(), "-c"])
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed (apt-get install nginx-light)")
+}
+
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -140,9 +207,11 @@ fn stop(mut child: Child) {
 }
 
 fn main() {
-    if Command::new("hey").arg("-h").output().is_err() {
-        eprintln!("data_plane bench needs `hey` (apt-get install hey)");
-        std::process::exit(1);
+    for tool in ["hey", "nginx"] {
+        if Command::new(tool).arg("-h").output().is_err() {
+            eprintln!("data_plane bench needs `{tool}` (apt-get install hey nginx-light)");
+            std::process::exit(1);
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let (sim_port, port) = (free_port(), free_port());
@@ -193,13 +262,13 @@ fn main() {
     .trim()
     .to_owned();
     let client = reqwest::blocking::Client::new();
-    let create = |company: &str| -> String {
+    let create_on = |company: &str, upstream: &str| -> String {
         let created: Value = client
             .post(format!("{base}/admin/agent-instances"))
             .bearer_auth(&admin)
             .json(
                 &json!({"companyId": company, "agentType": "SOPHIA", "azureProjectId": "p",
-                           "azureOpenaiEndpoint": sim_base, "azureOpenaiDeployment": "gpt-4o",
+                           "azureOpenaiEndpoint": upstream, "azureOpenaiDeployment": "gpt-4o",
                            "credentials": {"azureOpenaiKey": SIM_KEY}, "settings": {"topK": 1}}),
             )
             .send()
@@ -216,6 +285,7 @@ fn main() {
             .unwrap();
         token["access_token"].as_str().unwrap().to_owned()
     };
+    let create = |company: &str| create_on(company, &sim_base);
     let token = create("bench");
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you today?"}]});
     let body_text = body.to_string();
@@ -228,6 +298,55 @@ fn main() {
     // Warm both paths (connection pools, tenant cache).
     hey(&direct_url, &direct_headers, &body_text, 4, 2);
     hey(&sophia_url, &sophia_headers, &body_text, 4, 2);
+
+    // The floor: a fixed-answer nginx upstream, directly, through an nginx hop, through SOPHIA.
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let (fixed_port, hop_port) = (free_port(), free_port());
+    let proxy = nginx(nginx_dir.path(), fixed_port, hop_port);
+    let fixed_base = format!("http://127.0.0.1:{fixed_port}");
+    wait_ready(&format!("{fixed_base}/"));
+    let floor_token = create_on("floor", &fixed_base);
+    let floor_bearer = format!("Bearer {floor_token}");
+    let fixed_path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
+    let targets = [
+        (
+            "direct to the upstream",
+            format!("{fixed_base}{fixed_path}"),
+            vec![("api-key", SIM_KEY)],
+            None,
+        ),
+        (
+            "nginx reverse-proxy hop",
+            format!("http://127.0.0.1:{hop_port}{fixed_path}"),
+            vec![("api-key", SIM_KEY)],
+            Some(proxy.id()),
+        ),
+        (
+            "SOPHIA `/v1/chat/completions`",
+            sophia_url.clone(),
+            vec![("Authorization", floor_bearer.as_str())],
+            Some(server.id()),
+        ),
+    ];
+    let mut floor_rows = Vec::new();
+    for (_, url, headers, _) in &targets {
+        hey(url, headers, &body_text, 8, 2);
+    }
+    let floor_rss_before = rss_mib(server.id());
+    for (name, url, headers, cpu_of) in &targets {
+        let pids: Vec<u32> = match cpu_of {
+            Some(pid) if *pid == proxy.id() => workers(*pid),
+            Some(pid) => vec![*pid],
+            None => vec![],
+        };
+        let cpu_before: f64 = pids.iter().map(|p| cpu_us(*p)).sum();
+        let r = hey(url, headers, &body_text, 32, 10);
+        let cpu_after: f64 = pids.iter().map(|p| cpu_us(*p)).sum();
+        let cpu = (!pids.is_empty()).then(|| (cpu_after - cpu_before) / (r.rps * 10.0));
+        floor_rows.push((name.to_string(), r, cpu));
+    }
+    let floor_rss_after = rss_mib(server.id());
+    stop(proxy);
 
     let mut rows: Vec<String> = Vec::new();
     rows.push("| concurrency | direct RPS | direct p50 / p99 ms | SOPHIA RPS | SOPHIA p50 / p99 ms | overhead p50 / p99 ms |".into());
@@ -313,6 +432,28 @@ fn main() {
         "\n## Data plane — {} ({cores} cores, release build; load generator `hey` on the same machine)\n\nNon-streamed chat completions, the same body straight to the simulator (zero latency) and through SOPHIA's `/v1/chat/completions` (service-token check, warm tenant runtime, knowledge lookup, usage recording):\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
+    let hop = &floor_rows[1].1;
+    let (hop_rps, hop_p99) = (hop.rps, hop.p99_ms);
+    table.push_str(&format!(
+        "The floor at c=32, 10 s each: a fixed-answer nginx upstream (2 workers) straight, through nginx as a keep-alive reverse proxy (2 workers), and through SOPHIA (CPU: the hop's own processes, user + system, per request):\n\n\
+         | path | req/s | p50 / p99 ms | × nginx hop req/s | p99 over the nginx hop | hop CPU µs / request |\n|---|---|---|---|---|---|\n"
+    ));
+    for (name, r, cpu) in &floor_rows {
+        let flag = if r.errors { " (non-200 seen)" } else { "" };
+        table.push_str(&format!(
+            "| {name}{flag} | {:.0} | {:.2} / {:.2} | {:.2} | {:+.2} ms | {} |\n",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.rps / hop_rps,
+            r.p99_ms - hop_p99,
+            cpu.map(|c| format!("{c:.0}")).unwrap_or_else(|| "—".into()),
+        ));
+    }
+    table.push_str(&format!(
+        "\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+         Against the simulator (zero latency), several concurrencies:\n\n"
+    ));
     for r in &rows {
         table.push_str(r);
         table.push('\n');

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::domain::InstanceSettings;
 use crate::error::ApiError;
 use crate::upstream::UpstreamPolicy;
 
@@ -46,95 +47,19 @@ pub fn endpoint(policy: &UpstreamPolicy, field: &str, value: &str) -> Result<Str
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-const MAX_SETTINGS_BYTES: usize = 64 * 1024;
-
-/// Known instance settings and their types. Unknown keys are rejected so that a typo does not
-/// silently do nothing.
-pub fn settings(map: &Map<String, Value>, policy: &UpstreamPolicy) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(map)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_SETTINGS_BYTES {
-        return Err(ApiError::validation(
-            "settings",
-            format!("must serialise to at most {MAX_SETTINGS_BYTES} bytes"),
-        ));
+/// An admin-written settings object, typed (`InstanceSettings::from_map`: unknown keys and
+/// bad values refused, naming the key), with the knowledge container's host checked against the
+/// upstream policy.
+pub fn settings(
+    map: &Map<String, Value>,
+    policy: &UpstreamPolicy,
+) -> Result<InstanceSettings, ApiError> {
+    let settings =
+        InstanceSettings::from_map(map).map_err(|e| ApiError::validation(e.field, e.detail))?;
+    if let Some(url) = settings.knowledge_container_url() {
+        endpoint(policy, "settings.knowledgeContainerUrl", url)?;
     }
-    for (key, value) in map {
-        let field = format!("settings.{key}");
-        let ok = match key.as_str() {
-            "systemPrompt" => value.as_str().is_some_and(|s| s.chars().count() <= 32_000),
-            "temperature" => value.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)),
-            "topP" => value.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)),
-            "maxTokens" => value.as_u64().is_some_and(|n| (1..=128_000).contains(&n)),
-            "historyMessages" => value.as_u64().is_some_and(|n| n <= 200),
-            "authMode" => matches!(value.as_str(), Some("apiKey" | "managedIdentity")),
-            // A client id is a GUID, written as Azure shows it (hyphenated).
-            "managedIdentityClientId" => value
-                .as_str()
-                .is_some_and(|s| s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()),
-            "apiVersion" => value.as_str().is_some_and(|s| {
-                !s.is_empty()
-                    && s.len() <= 32
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            }),
-            "searchIndex" => value.as_str().is_some_and(|s| {
-                !s.is_empty()
-                    && s.len() <= 128
-                    && s.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            }),
-            "topK" => value.as_u64().is_some_and(|n| (1..=50).contains(&n)),
-            "knowledgeContainerUrl" => {
-                let url = value.as_str().ok_or_else(|| {
-                    ApiError::validation(field.clone(), "must be the container's URL")
-                })?;
-                if url.contains('?') {
-                    return Err(ApiError::validation(
-                        field,
-                        "must not carry a query string: put a SAS token in credentials.knowledgeSas",
-                    ));
-                }
-                endpoint(policy, &field, url)?;
-                url::Url::parse(url)
-                    .ok()
-                    .is_some_and(|u| u.path().trim_matches('/').len() >= 3)
-            }
-            "knowledgePrefix" => value.as_str().is_some_and(|s| {
-                s.len() <= 512 && !s.starts_with('/') && !s.split('/').any(|p| p == "..")
-            }),
-            "allowedModels" => value.as_array().is_some_and(|a| {
-                a.len() <= 32
-                    && a.iter()
-                        .all(|m| m.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 64))
-            }),
-            _ => {
-                return Err(ApiError::validation(
-                    field,
-                    "unknown setting; known: systemPrompt, temperature, topP, maxTokens, historyMessages, authMode, managedIdentityClientId, apiVersion, searchIndex, topK, allowedModels, knowledgeContainerUrl, knowledgePrefix",
-                ));
-            }
-        };
-        if !ok {
-            let expected = match key.as_str() {
-                "systemPrompt" => "a string of at most 32000 characters",
-                "temperature" => "a number from 0 to 2",
-                "topP" => "a number from 0 to 1",
-                "maxTokens" => "an integer from 1 to 128000",
-                "historyMessages" => "an integer from 0 to 200",
-                "authMode" => "'apiKey' or 'managedIdentity'",
-                "managedIdentityClientId" => {
-                    "the client id (a GUID) of the company's user-assigned managed identity"
-                }
-                "apiVersion" => "an API version such as 2024-10-21",
-                "searchIndex" => "an index name (lower-case letters, digits, '-')",
-                "topK" => "an integer from 1 to 50",
-                _ => "a list of model names",
-            };
-            return Err(ApiError::validation(field, format!("must be {expected}")));
-        }
-    }
-    Ok(())
+    Ok(settings)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub struct InstanceView {
     pub azure_embedding_deployment: Option<String>,
     pub azure_search_endpoint: Option<String>,
     pub azure_vector_store_id: Option<String>,
-    pub settings: Map<String, Value>,
+    pub settings: crate::domain::InstanceSettings,
     pub keyvault_secret_id: Option<String>,
     pub has_credentials: bool,
     pub access_key_last4: String,

@@ -16,32 +16,13 @@
 //! [`check`] applies these rules to a proposed instance against the stored one; it knows no
 //! HTTP, and refuses before anything is written.
 
-use serde_json::Value;
-
 use super::{AgentInstance, InstanceStatus};
 
-/// `settings.authMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    ApiKey,
-    ManagedIdentity,
-}
-
-impl AuthMode {
-    pub fn of(instance: &AgentInstance) -> Self {
-        match instance.settings.get("authMode").and_then(Value::as_str) {
-            Some("managedIdentity") => Self::ManagedIdentity,
-            _ => Self::ApiKey,
-        }
-    }
-}
+pub use super::settings::AuthMode;
 
 /// The client id of the company's user-assigned identity (`settings.managedIdentityClientId`).
 pub fn identity_client_id(instance: &AgentInstance) -> Option<&str> {
-    instance
-        .settings
-        .get("managedIdentityClientId")
-        .and_then(Value::as_str)
+    instance.settings.managed_identity_client_id()
 }
 
 /// Who disabled an instance, which decides who may re-enable it.
@@ -86,19 +67,15 @@ const IDENTITY_BOUND: &[(&str, FieldReader)] = &[
     ("azureSearchEndpoint", |i| {
         i.azure_search_endpoint.as_deref()
     }),
-    ("settings.searchIndex", |i| setting(i, "searchIndex")),
+    ("settings.searchIndex", |i| i.settings.search_index()),
     ("settings.knowledgeContainerUrl", |i| {
-        setting(i, "knowledgeContainerUrl")
+        i.settings.knowledge_container_url()
     }),
     ("settings.knowledgePrefix", |i| {
-        setting(i, "knowledgePrefix")
+        i.settings.knowledge_prefix()
     }),
     ("settings.managedIdentityClientId", identity_client_id),
 ];
-
-fn setting<'a>(instance: &'a AgentInstance, key: &str) -> Option<&'a str> {
-    instance.settings.get(key).and_then(Value::as_str)
-}
 
 /// Applies the rules above; `Ok` when the write may go ahead.
 pub fn check(change: &Change<'_>) -> Result<(), Refusal> {
@@ -198,10 +175,10 @@ fn consistent(change: &Change<'_>) -> Result<(), Refusal> {
             Some(_) => {}
         }
     }
-    let container = setting(next, "knowledgeContainerUrl");
+    let container = next.settings.knowledge_container_url();
     let container_changed = change
         .current
-        .is_none_or(|c| setting(c, "knowledgeContainerUrl") != container);
+        .is_none_or(|c| c.settings.knowledge_container_url() != container);
     if container.is_some()
         && next_mode == AuthMode::ApiKey
         && !change.knowledge_sas
@@ -221,8 +198,14 @@ fn consistent(change: &Change<'_>) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AgentType, InstanceId, KeyHash, Provider, TenantId};
-    use serde_json::json;
+    use crate::domain::{AgentType, InstanceId, InstanceSettings, KeyHash, Provider, TenantId};
+    use serde_json::{Value, json};
+
+    fn set(settings: &mut InstanceSettings, key: String, value: Value) {
+        let mut map = settings.to_map();
+        map.insert(key, value);
+        *settings = InstanceSettings::from_map(&map).unwrap();
+    }
 
     fn instance(settings: Value) -> AgentInstance {
         let now = chrono::Utc::now();
@@ -240,7 +223,10 @@ mod tests {
             azure_embedding_deployment: None,
             azure_search_endpoint: None,
             azure_vector_store_id: None,
-            settings: settings.as_object().cloned().unwrap_or_default(),
+            settings: InstanceSettings::from_map(
+                &settings.as_object().cloned().unwrap_or_default(),
+            )
+            .unwrap(),
             keyvault_secret_id: None,
             access_key_hash: KeyHash::default(),
             access_key_last4: "abcd".into(),
@@ -337,13 +323,14 @@ mod tests {
             (
                 "settings.searchIndex",
                 Box::new(|i| {
-                    i.settings.insert("searchIndex".into(), json!("beta"));
+                    set(&mut i.settings, "searchIndex".into(), json!("beta"));
                 }),
             ),
             (
                 "settings.knowledgeContainerUrl",
                 Box::new(|i| {
-                    i.settings.insert(
+                    set(
+                        &mut i.settings,
                         "knowledgeContainerUrl".into(),
                         json!("https://beta.blob.core.windows.net/docs"),
                     );
@@ -352,13 +339,14 @@ mod tests {
             (
                 "settings.knowledgePrefix",
                 Box::new(|i| {
-                    i.settings.insert("knowledgePrefix".into(), json!("beta/"));
+                    set(&mut i.settings, "knowledgePrefix".into(), json!("beta/"));
                 }),
             ),
             (
                 "settings.managedIdentityClientId",
                 Box::new(|i| {
-                    i.settings.insert(
+                    set(
+                        &mut i.settings,
                         "managedIdentityClientId".into(),
                         json!("22222222-2222-2222-2222-222222222222"),
                     );
@@ -367,7 +355,7 @@ mod tests {
             (
                 "settings.authMode",
                 Box::new(|i| {
-                    i.settings.insert("authMode".into(), json!("apiKey"));
+                    set(&mut i.settings, "authMode".into(), json!("apiKey"));
                 }),
             ),
         ];
@@ -390,7 +378,7 @@ mod tests {
         // What does not move the identity stays the company's to change.
         let mut next = current.clone();
         next.azure_openai_deployment = Some("gpt-4o-mini".into());
-        next.settings.insert("systemPrompt".into(), json!("hi"));
+        set(&mut next.settings, "systemPrompt".into(), json!("hi"));
         assert!(check(&change(false, Some(&current), &next)).is_ok());
     }
 

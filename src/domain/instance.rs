@@ -89,7 +89,7 @@ pub struct AgentInstance {
     pub azure_search_endpoint: Option<String>,
     pub azure_vector_store_id: Option<String>,
     #[serde(default)]
-    pub settings: serde_json::Map<String, serde_json::Value>,
+    pub settings: super::InstanceSettings,
     pub keyvault_secret_id: Option<String>,
     pub access_key_hash: KeyHash,
     pub access_key_last4: String,

@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod ids;
 pub mod instance;
 pub mod refresh;
+pub mod settings;
 pub mod usage;
 
 pub use audit::{AuditEntry, AuditOutcome};
@@ -13,4 +14,5 @@ pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, Us
 pub use ids::{InstanceId, TenantId};
 pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};
+pub use settings::InstanceSettings;
 pub use usage::Usage;

@@ -111,8 +111,7 @@ impl TenantRuntime {
         let identities = resolver.identities.as_ref();
         let settings = &instance.settings;
         let api_version = settings
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
+            .api_version()
             .unwrap_or(DEFAULT_API_VERSION)
             .to_owned();
         // A company's resources are reached with its own identity, never SOPHIA's.
@@ -171,23 +170,9 @@ impl TenantRuntime {
             _ => None,
         };
         let params = ChatParams {
-            temperature: settings.get("temperature").and_then(|v| v.as_f64()),
-            top_p: settings.get("topP").and_then(|v| v.as_f64()),
-            max_tokens: settings
-                .get("maxTokens")
-                .and_then(|v| v.as_u64())
-                .map(|n| n as u32),
-        };
-        let strings = |key: &str| -> Vec<String> {
-            settings
-                .get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|m| m.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
+            temperature: settings.temperature.as_ref().map(|t| *t.get()),
+            top_p: settings.top_p.as_ref().map(|t| *t.get()),
+            max_tokens: settings.max_tokens.as_ref().map(|n| *n.get()),
         };
         let knowledge = search_index(&instance, &identity, &credentials, resolver);
         Self {
@@ -197,17 +182,11 @@ impl TenantRuntime {
             resolver: resolver.clone(),
             identity,
             knowledge_sas: credentials.knowledge_sas,
-            system_prompt: settings
-                .get("systemPrompt")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
+            system_prompt: settings.system_prompt().map(str::to_owned),
             params,
-            history_messages: settings
-                .get("historyMessages")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(20) as usize,
-            top_k: settings.get("topK").and_then(|v| v.as_u64()).unwrap_or(4) as usize,
-            allowed_models: strings("allowedModels"),
+            history_messages: settings.history_messages(),
+            top_k: settings.top_k(),
+            allowed_models: settings.allowed_models().to_vec(),
             loaded_at: Instant::now(),
             instance,
         }
@@ -234,10 +213,7 @@ impl TenantRuntime {
     /// directory.
     pub fn source(&self) -> Result<Box<dyn KnowledgeSource>, String> {
         let settings = &self.instance.settings;
-        let Some(raw) = settings
-            .get("knowledgeContainerUrl")
-            .and_then(|v| v.as_str())
-        else {
+        let Some(raw) = settings.knowledge_container_url() else {
             return Ok(Box::new(FolderSource::for_tenant(
                 &self.resolver.data_dir,
                 &self.instance.tenant_id,
@@ -248,7 +224,7 @@ impl TenantRuntime {
             .upstreams
             .check(raw)
             .map_err(|e| format!("settings.knowledgeContainerUrl is not allowed: {e}"))?;
-        let prefix = settings.get("knowledgePrefix").and_then(|v| v.as_str());
+        let prefix = settings.knowledge_prefix();
         let auth = match (&self.knowledge_sas, &self.identity) {
             (Some(sas), _) => BlobAuth::Sas(sas.clone()),
             (None, Some(Ok(identity))) => BlobAuth::Entra(identity.credential()),
@@ -304,8 +280,7 @@ fn search_index(
         .map_err(|e| format!("azureSearchEndpoint is not allowed: {e}"))?;
     let index = instance
         .settings
-        .get("searchIndex")
-        .and_then(|v| v.as_str())
+        .search_index()
         .unwrap_or(DEFAULT_INDEX)
         .to_owned();
     let auth = match identity {

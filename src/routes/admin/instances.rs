@@ -335,8 +335,7 @@ pub async fn create_instance(
     let azure_vector_store_id = opt(body.azure_vector_store_id, |v| {
         validate::token_text("azureVectorStoreId", v, 256)
     })?;
-    let settings = body.settings.unwrap_or_default();
-    validate::settings(&settings, &app.upstreams)?;
+    let settings = validate::settings(&body.settings.unwrap_or_default(), &app.upstreams)?;
     let credentials = body.credentials.filter(|c| !c.is_empty());
     if credentials.is_some() && body.keyvault_secret_id.is_some() {
         return Err(ApiError::validation(
@@ -618,18 +617,19 @@ pub async fn patch_instance(
     match patch.settings {
         Patch::Absent => {}
         Patch::Null => {
-            next.settings.clear();
+            next.settings = Default::default();
             changed.push("settings");
         }
         Patch::Value(merge) => {
+            let mut merged = next.settings.to_map();
             for (key, value) in merge {
                 if value.is_null() {
-                    next.settings.remove(&key);
+                    merged.remove(&key);
                 } else {
-                    next.settings.insert(key, value);
+                    merged.insert(key, value);
                 }
             }
-            validate::settings(&next.settings, &app.upstreams)?;
+            next.settings = validate::settings(&merged, &app.upstreams)?;
             changed.push("settings");
         }
     }
@@ -718,7 +718,7 @@ pub async fn patch_instance(
         Credentials::Write(bundle) => bundle.knowledge_sas.is_some(),
         Credentials::Reference(secret) => secret.bundle.knowledge_sas.is_some(),
         Credentials::Detach => false,
-        Credentials::Keep if next.settings.contains_key("knowledgeContainerUrl") => {
+        Credentials::Keep if next.settings.knowledge_container_url.is_some() => {
             current_bundle(&app, &current)
                 .await?
                 .knowledge_sas
