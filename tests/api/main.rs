@@ -6,6 +6,7 @@
 mod support;
 
 mod admin_instances;
+mod architecture;
 mod audit;
 mod azure_storage;
 mod chat;
