@@ -8,7 +8,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
-//! nginx-light`).
+//! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
@@ -347,6 +347,23 @@ fn main() {
     }
     let floor_rss_after = rss_mib(server.id());
     stop(proxy);
+    if std::env::var_os("BENCH_FLOOR_ONLY").is_some() {
+        // Quick iteration on the hot path: the floor table only, not appended anywhere.
+        for (name, r, cpu) in &floor_rows {
+            println!(
+                "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, CPU {} µs/request, × hop {:.2}",
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                cpu.map(|c| format!("{c:.0}")).unwrap_or_else(|| "—".into()),
+                r.rps / floor_rows[1].1.rps
+            );
+        }
+        println!("SOPHIA RSS {floor_rss_before:.1} → {floor_rss_after:.1} MiB");
+        stop(server);
+        stop(sim);
+        return;
+    }
 
     let mut rows: Vec<String> = Vec::new();
     rows.push("| concurrency | direct RPS | direct p50 / p99 ms | SOPHIA RPS | SOPHIA p50 / p99 ms | overhead p50 / p99 ms |".into());

@@ -1,5 +1,8 @@
-//! The admin API's model, below its handlers: the request and response bodies of agent
-//! instances and the audit trail, and the validation of admin-written values.
+//! The admin API below its handlers: agent instances' create / patch / rotate / disable
+//! (`instances`), the request and response bodies (`views`), the validation of admin-written
+//! values.
 
+pub mod credentials;
+pub mod instances;
 pub mod validate;
 pub mod views;

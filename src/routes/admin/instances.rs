@@ -1,45 +1,23 @@
-//! `/admin/agent-instances`: create, list, read (masked), patch, rotate the key, disable.
+//! `/admin/agent-instances`: create, list, read (masked), patch, rotate the key, disable. The
+//! work is `admin::instances`'; these handlers parse the request and shape the answer
+//! (views, `ETag`, `Cache-Control`, `Location`).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, ETAG, IF_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use serde_json::json;
 
-use crate::admin::validate;
+use crate::admin::instances as service;
 use crate::admin::views::{
-    CreateInstance, InstanceView, InstanceWithKey, List, ListInstancesQuery, Patch, PatchInstance,
+    CreateInstance, InstanceView, InstanceWithKey, List, ListInstancesQuery, PatchInstance,
 };
-use crate::auth::admin::{AdminPrincipal, AdminRole};
-use crate::auth::keys::AccessKey;
-use crate::domain::audit::action;
-use crate::domain::authority::{self, DisabledBy};
-use crate::domain::{
-    AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash, TenantId,
-};
+use crate::domain::AgentInstance;
 use crate::error::ApiError;
 use crate::http::extract::{AdminAuth, ApiJson, ClientAddress, page_limit, parse_instance_id};
 use crate::routes::ApiQuery;
-use crate::secrets::{CredentialBundle, SecretError, SecretName};
-use crate::state::{App, AppState};
-use crate::store::{InstanceFilter, PageRequest, StoreError, TenantScope};
-
-/// The instance, if this admin may see it; another company's instance is a plain 404.
-async fn load(
-    app: &App,
-    admin: &AdminPrincipal,
-    id: &InstanceId,
-) -> Result<AgentInstance, ApiError> {
-    app.store
-        .get_instance(&admin.scope(), id)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })
-}
+use crate::state::AppState;
+use crate::store::{InstanceFilter, PageRequest};
 
 /// The etag an `If-Match` header names (`None` when absent; `*` matches anything).
 fn if_match(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -90,221 +68,6 @@ fn with_instance_headers(
     response
 }
 
-/// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
-/// the change bites at once on this instance of the service.
-async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, ApiError> {
-    let stored = app
-        .store
-        .replace_instance(next, etag)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })?;
-    app.auth
-        .security
-        .invalidate(&stored.tenant_id, &stored.id)
-        .await;
-    app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
-    Ok(stored)
-}
-
-/// Records an admin's action on an instance.
-async fn audit_admin(
-    app: &App,
-    admin: &AdminPrincipal,
-    client: &str,
-    instance: &AgentInstance,
-    action: &str,
-    details: serde_json::Value,
-) {
-    app.audit(
-        AuditEntry::new(
-            instance.tenant_id.clone(),
-            action,
-            admin.actor(),
-            AuditOutcome::Success,
-        )
-        .instance(instance.id)
-        .client(client)
-        .details(details),
-    )
-    .await;
-}
-
-/// An admin-supplied secret reference, resolved: its identifier, its credentials, and whether
-/// it still has to be bound to the company (a platform admin's first use of it).
-struct ReferencedSecret {
-    id: String,
-    bundle: CredentialBundle,
-    bind: bool,
-}
-
-/// Resolves an admin-supplied secret reference. It must parse for the configured secret
-/// store, not name a secret SOPHIA manages, and be bound to `company` — exactly, by the
-/// ownership record on the secret, never by its name. A company `ADMIN` may reference only
-/// secrets already bound to its company (a foreign or missing one gets the same answer, so the
-/// check reveals nothing); a `PLATFORM_ADMIN` may bind an unbound secret to the company.
-async fn referenced_secret(
-    app: &App,
-    admin: &AdminPrincipal,
-    company: &TenantId,
-    raw: &str,
-) -> Result<ReferencedSecret, ApiError> {
-    let raw = raw.trim();
-    let reference = app.secrets.parse_id(raw)?;
-    if reference.name.is_reserved() {
-        return Err(ApiError::validation(
-            "keyvaultSecretId",
-            "refers to a secret that SOPHIA manages itself",
-        ));
-    }
-    let platform = matches!(admin.role, AdminRole::PlatformAdmin);
-    let not_bound = || {
-        ApiError::validation(
-            "keyvaultSecretId",
-            format!("no secret with this id is bound to company '{company}'"),
-        )
-    };
-    let (secret, owner) = match app.secrets.get_owned(raw).await {
-        Ok(found) => found,
-        Err(SecretError::NotFound) if platform => {
-            return Err(ApiError::validation(
-                "keyvaultSecretId",
-                "no such secret in the secret store",
-            ));
-        }
-        Err(SecretError::NotFound) => return Err(not_bound()),
-        Err(e) => return Err(e.into()),
-    };
-    let bind = match owner.as_deref() {
-        Some(o) if o == company.as_str() => false,
-        None if platform => true,
-        Some(other) if platform => {
-            tracing::warn!(tenant.id = %company, secret.owner = other, "platform admin tried to bind another company's secret");
-            return Err(ApiError::Conflict(
-                "this secret is bound to another company; give this company a secret of its own"
-                    .into(),
-            ));
-        }
-        _ => return Err(not_bound()),
-    };
-    Ok(ReferencedSecret {
-        id: raw.to_owned(),
-        bundle: CredentialBundle::from_secret(&secret),
-        bind,
-    })
-}
-
-/// Applies the rules of [`authority`] to a proposed write; nothing has been written yet.
-fn authorize(
-    app: &App,
-    admin: &AdminPrincipal,
-    current: Option<&AgentInstance>,
-    next: &AgentInstance,
-    knowledge_sas: bool,
-    credentials_changed: bool,
-) -> Result<(), ApiError> {
-    authority::check(&authority::Change {
-        platform: matches!(admin.role, AdminRole::PlatformAdmin),
-        current,
-        next,
-        knowledge_sas,
-        credentials_changed,
-        sophia_client_id: app.settings.azure_client_id.as_deref(),
-    })
-    .map_err(|refusal| match refusal {
-        authority::Refusal::Forbidden { field, reason } => {
-            tracing::warn!(tenant.id = %next.tenant_id, admin.actor = %admin.actor(), field, "admin change refused: {reason}");
-            ApiError::ForbiddenField {
-                field: field.into(),
-                detail: reason,
-            }
-        }
-        authority::Refusal::Invalid { field, reason } => ApiError::validation(field, reason),
-    })
-}
-
-/// The credentials the stored instance uses (empty when it has none or they are gone).
-async fn current_bundle(app: &App, current: &AgentInstance) -> Result<CredentialBundle, ApiError> {
-    match &current.keyvault_secret_id {
-        Some(id) => {
-            Ok(crate::secrets::tenant_bundle(app.secrets.as_ref(), &current.tenant_id, id).await?)
-        }
-        None => Ok(CredentialBundle::default()),
-    }
-}
-
-/// Marks `next` disabled by this admin and revokes every token issued so far (they carry
-/// the old key version). The access key itself is kept: re-enabling restores it.
-fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
-    next.status = InstanceStatus::Disabled;
-    next.key_version = next.key_version.saturating_add(1);
-    next.disabled_by = Some(match admin.role {
-        AdminRole::PlatformAdmin => DisabledBy::PlatformAdmin,
-        AdminRole::Admin(_) => DisabledBy::Admin,
-    });
-}
-
-/// A company's managed identity belongs to that company alone: binding one that another
-/// company's instance uses would give each the other's resources (409). Checked across every
-/// company — a platform admin's rare write — only when the identity changes.
-async fn identity_unshared(
-    app: &App,
-    current: Option<&AgentInstance>,
-    next: &AgentInstance,
-) -> Result<(), ApiError> {
-    let Some(id) = authority::identity_client_id(next) else {
-        return Ok(());
-    };
-    if current.and_then(authority::identity_client_id) == Some(id) {
-        return Ok(());
-    }
-    let mut page = PageRequest {
-        limit: crate::http::extract::MAX_LIMIT,
-        continuation_token: None,
-    };
-    loop {
-        let found = app
-            .store
-            .list_instances(&TenantScope::All, &InstanceFilter::default(), &page)
-            .await?;
-        if found.items.iter().any(|other| {
-            other.tenant_id != next.tenant_id
-                && authority::identity_client_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id))
-        }) {
-            return Err(ApiError::Conflict(
-                "this managed identity is bound to another company; give each company an identity of its own"
-                    .into(),
-            ));
-        }
-        match found.continuation_token {
-            Some(token) => page.continuation_token = Some(token),
-            None => return Ok(()),
-        }
-    }
-}
-
-/// Records that a platform admin bound an existing secret to the company.
-async fn bind_secret(
-    app: &App,
-    secret: &ReferencedSecret,
-    company: &TenantId,
-) -> Result<(), ApiError> {
-    if secret.bind {
-        app.secrets.bind(&secret.id, company).await?;
-        tracing::info!(tenant.id = %company, "secret bound to company {company}");
-    }
-    Ok(())
-}
-
-fn opt<T>(
-    value: Option<String>,
-    f: impl Fn(&str) -> Result<T, ApiError>,
-) -> Result<Option<T>, ApiError> {
-    value.map(|v| f(&v)).transpose()
-}
-
 /// `POST /admin/agent-instances`
 pub async fn create_instance(
     State(app): State<AppState>,
@@ -313,150 +76,7 @@ pub async fn create_instance(
     uri: axum::http::Uri,
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> Result<Response, ApiError> {
-    admin.check_company(&body.company_id)?;
-    let policy = &app.upstreams;
-    let region = opt(body.region, |v| validate::token_text("region", v, 64))?;
-    let model = opt(body.model, |v| validate::deployment("model", v))?;
-    let azure_project_id = opt(body.azure_project_id, |v| {
-        validate::token_text("azureProjectId", v, 512)
-    })?;
-    let azure_openai_endpoint = opt(body.azure_openai_endpoint, |v| {
-        validate::endpoint(policy, "azureOpenaiEndpoint", v)
-    })?;
-    let azure_openai_deployment = opt(body.azure_openai_deployment, |v| {
-        validate::deployment("azureOpenaiDeployment", v)
-    })?;
-    let azure_embedding_deployment = opt(body.azure_embedding_deployment, |v| {
-        validate::deployment("azureEmbeddingDeployment", v)
-    })?;
-    let azure_search_endpoint = opt(body.azure_search_endpoint, |v| {
-        validate::endpoint(policy, "azureSearchEndpoint", v)
-    })?;
-    let azure_vector_store_id = opt(body.azure_vector_store_id, |v| {
-        validate::token_text("azureVectorStoreId", v, 256)
-    })?;
-    let settings = validate::settings(&body.settings.unwrap_or_default(), &app.upstreams)?;
-    let credentials = body.credentials.filter(|c| !c.is_empty());
-    if credentials.is_some() && body.keyvault_secret_id.is_some() {
-        return Err(ApiError::validation(
-            "credentials",
-            "give either credentials (stored for you) or keyvaultSecretId (an existing secret), not both",
-        ));
-    }
-    if app
-        .store
-        .find_live_instance(&body.company_id, body.agent_type)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "company '{}' already has a {} agent instance; rotate its key or disable it first",
-            body.company_id,
-            body.agent_type.as_str()
-        )));
-    }
-    let referenced = match &body.keyvault_secret_id {
-        Some(raw) => Some(referenced_secret(&app, &admin, &body.company_id, raw).await?),
-        None => None,
-    };
-
-    let id = InstanceId::new();
-    let key = AccessKey::generate();
-    let hash = app
-        .auth
-        .hasher
-        .hash(&key)
-        .await
-        .map_err(ApiError::internal)?;
-    let secret_name = SecretName::for_instance(&id);
-    let now = Utc::now();
-    let mut instance = AgentInstance {
-        id,
-        tenant_id: body.company_id.clone(),
-        agent_type: body.agent_type,
-        status: if azure_project_id.is_some() {
-            InstanceStatus::Active
-        } else {
-            InstanceStatus::ToProvision
-        },
-        provider: body.provider.unwrap_or_default(),
-        region,
-        model,
-        azure_project_id,
-        azure_openai_endpoint,
-        azure_openai_deployment,
-        azure_embedding_deployment,
-        azure_search_endpoint,
-        azure_vector_store_id,
-        settings,
-        keyvault_secret_id: None,
-        access_key_hash: KeyHash::new(hash),
-        access_key_last4: key.last4(),
-        key_version: 1,
-        disabled_by: None,
-        created_at: now,
-        updated_at: now,
-        last_used_at: None,
-        etag: String::new(),
-    };
-    let knowledge_sas = match (&credentials, &referenced) {
-        (Some(bundle), _) => bundle.knowledge_sas.is_some(),
-        (None, Some(secret)) => secret.bundle.knowledge_sas.is_some(),
-        (None, None) => false,
-    };
-    authorize(
-        &app,
-        &admin,
-        None,
-        &instance,
-        knowledge_sas,
-        credentials.is_some() || referenced.is_some(),
-    )?;
-    identity_unshared(&app, None, &instance).await?;
-    instance.keyvault_secret_id = match (&credentials, &referenced) {
-        (Some(bundle), _) => Some(
-            app.secrets
-                .set_owned(&secret_name, &bundle.to_secret(), Some(&instance.tenant_id))
-                .await?,
-        ),
-        (None, Some(secret)) => {
-            bind_secret(&app, secret, &instance.tenant_id).await?;
-            Some(secret.id.clone())
-        }
-        (None, None) => None,
-    };
-    let stored = match app.store.insert_instance(&instance).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            // Undo the secret written for this instance: nothing half-made stays behind.
-            if credentials.is_some()
-                && let Err(cleanup) = app.secrets.delete(&secret_name).await
-            {
-                tracing::error!(secret.name = %secret_name, error = ?cleanup, "orphaned secret could not be removed");
-            }
-            return Err(e.into());
-        }
-    };
-    app.auth
-        .security
-        .invalidate(&stored.tenant_id, &stored.id)
-        .await;
-    app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
-    let fields = credentials
-        .as_ref()
-        .map(CredentialBundle::present_fields)
-        .unwrap_or_default();
-    let details = json!({ "status": stored.status.as_str(), "credentials": fields });
-    audit_admin(
-        &app,
-        &admin,
-        &client,
-        &stored,
-        action::INSTANCE_CREATE,
-        details,
-    )
-    .await;
-    tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, "agent instance {} created", stored.id);
+    let (stored, key) = service::create(&app, &admin, &client, body).await?;
     let body = InstanceWithKey {
         instance: InstanceView::from(&stored),
         agent_access_key: key.expose().to_owned(),
@@ -508,34 +128,13 @@ pub async fn get_instance(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let instance = load(&app, &admin, &id).await?;
+    let instance = service::load(&app, &admin, &id).await?;
     Ok(with_instance_headers(
         StatusCode::OK,
         InstanceView::from(&instance),
         &instance,
         false,
     ))
-}
-
-fn patch_text(
-    target: &mut Option<String>,
-    patch: Patch<String>,
-    name: &'static str,
-    changed: &mut Vec<&'static str>,
-    check: impl Fn(&str) -> Result<String, ApiError>,
-) -> Result<(), ApiError> {
-    match patch {
-        Patch::Absent => {}
-        Patch::Null => {
-            *target = None;
-            changed.push(name);
-        }
-        Patch::Value(v) => {
-            *target = Some(check(&v)?);
-            changed.push(name);
-        }
-    }
-    Ok(())
 }
 
 /// `PATCH /admin/agent-instances/{id}`
@@ -548,247 +147,9 @@ pub async fn patch_instance(
     ApiJson(patch): ApiJson<PatchInstance>,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let current = load(&app, &admin, &id).await?;
+    let current = service::load(&app, &admin, &id).await?;
     check_if_match(&headers, &current)?;
-    let policy = &app.upstreams;
-    let mut next = current.clone();
-    let mut changed: Vec<&'static str> = Vec::new();
-
-    patch_text(
-        &mut next.region,
-        patch.region,
-        "region",
-        &mut changed,
-        |v| validate::token_text("region", v, 64),
-    )?;
-    patch_text(&mut next.model, patch.model, "model", &mut changed, |v| {
-        validate::deployment("model", v)
-    })?;
-    patch_text(
-        &mut next.azure_project_id,
-        patch.azure_project_id,
-        "azureProjectId",
-        &mut changed,
-        |v| validate::token_text("azureProjectId", v, 512),
-    )?;
-    patch_text(
-        &mut next.azure_openai_endpoint,
-        patch.azure_openai_endpoint,
-        "azureOpenaiEndpoint",
-        &mut changed,
-        |v| validate::endpoint(policy, "azureOpenaiEndpoint", v),
-    )?;
-    patch_text(
-        &mut next.azure_openai_deployment,
-        patch.azure_openai_deployment,
-        "azureOpenaiDeployment",
-        &mut changed,
-        |v| validate::deployment("azureOpenaiDeployment", v),
-    )?;
-    patch_text(
-        &mut next.azure_embedding_deployment,
-        patch.azure_embedding_deployment,
-        "azureEmbeddingDeployment",
-        &mut changed,
-        |v| validate::deployment("azureEmbeddingDeployment", v),
-    )?;
-    patch_text(
-        &mut next.azure_search_endpoint,
-        patch.azure_search_endpoint,
-        "azureSearchEndpoint",
-        &mut changed,
-        |v| validate::endpoint(policy, "azureSearchEndpoint", v),
-    )?;
-    patch_text(
-        &mut next.azure_vector_store_id,
-        patch.azure_vector_store_id,
-        "azureVectorStoreId",
-        &mut changed,
-        |v| validate::token_text("azureVectorStoreId", v, 256),
-    )?;
-    match patch.provider {
-        Patch::Absent => {}
-        Patch::Null => return Err(ApiError::validation("provider", "cannot be null")),
-        Patch::Value(p) => {
-            next.provider = p;
-            changed.push("provider");
-        }
-    }
-    match patch.settings {
-        Patch::Absent => {}
-        Patch::Null => {
-            next.settings = Default::default();
-            changed.push("settings");
-        }
-        Patch::Value(merge) => {
-            let mut merged = next.settings.to_map();
-            for (key, value) in merge {
-                if value.is_null() {
-                    merged.remove(&key);
-                } else {
-                    merged.insert(key, value);
-                }
-            }
-            next.settings = validate::settings(&merged, &app.upstreams)?;
-            changed.push("settings");
-        }
-    }
-    let status_given = match patch.status {
-        Patch::Absent => false,
-        Patch::Null => return Err(ApiError::validation("status", "cannot be null")),
-        Patch::Value(s) => {
-            next.status = s;
-            true
-        }
-    };
-    // An instance waiting for provisioning becomes active once it names its Azure project.
-    if !status_given
-        && next.status == InstanceStatus::ToProvision
-        && next.azure_project_id.is_some()
-    {
-        next.status = InstanceStatus::Active;
-    }
-    if next.status != current.status {
-        changed.push("status");
-    }
-    if next.status != InstanceStatus::Disabled
-        && current.status == InstanceStatus::Disabled
-        && let Some(live) = app
-            .store
-            .find_live_instance(&next.tenant_id, next.agent_type)
-            .await?
-        && live.id != next.id
-    {
-        return Err(ApiError::Conflict(format!(
-            "company '{}' already has another live {} instance ({})",
-            next.tenant_id,
-            next.agent_type.as_str(),
-            live.id
-        )));
-    }
-
-    // Disabling revokes: every token issued before it carries an older key version. Who
-    // disabled decides who may re-enable (checked by `authorize`).
-    if next.status == InstanceStatus::Disabled && current.status != InstanceStatus::Disabled {
-        disable(&mut next, &admin);
-    } else if next.status != InstanceStatus::Disabled {
-        next.disabled_by = None;
-    }
-
-    /// What this PATCH does to the instance's credentials.
-    enum Credentials {
-        Keep,
-        /// A new version of the instance's own bundle.
-        Write(CredentialBundle),
-        Reference(ReferencedSecret),
-        Detach,
-    }
-    let mut credential_fields = Vec::new();
-    let plan = match (patch.credentials, patch.keyvault_secret_id) {
-        (Patch::Value(_), Patch::Value(_)) => {
-            return Err(ApiError::validation(
-                "credentials",
-                "give either credentials or keyvaultSecretId, not both",
-            ));
-        }
-        (Patch::Null, _) => {
-            return Err(ApiError::validation(
-                "credentials",
-                "cannot be null; set keyvaultSecretId to null to detach credentials",
-            ));
-        }
-        (Patch::Value(bundle), _) if !bundle.is_empty() => {
-            credential_fields = bundle.present_fields();
-            // Merged over the current bundle.
-            let base = current_bundle(&app, &current).await?;
-            changed.push("credentials");
-            Credentials::Write(base.merged(bundle))
-        }
-        (_, Patch::Value(raw)) => {
-            changed.push("keyvaultSecretId");
-            Credentials::Reference(referenced_secret(&app, &admin, &next.tenant_id, &raw).await?)
-        }
-        (_, Patch::Null) => {
-            changed.push("keyvaultSecretId");
-            Credentials::Detach
-        }
-        _ => Credentials::Keep,
-    };
-    let knowledge_sas = match &plan {
-        Credentials::Write(bundle) => bundle.knowledge_sas.is_some(),
-        Credentials::Reference(secret) => secret.bundle.knowledge_sas.is_some(),
-        Credentials::Detach => false,
-        Credentials::Keep if next.settings.knowledge_container_url.is_some() => {
-            current_bundle(&app, &current)
-                .await?
-                .knowledge_sas
-                .is_some()
-        }
-        Credentials::Keep => false,
-    };
-    authorize(
-        &app,
-        &admin,
-        Some(&current),
-        &next,
-        knowledge_sas,
-        !matches!(plan, Credentials::Keep),
-    )?;
-    identity_unshared(&app, Some(&current), &next).await?;
-    match plan {
-        Credentials::Keep => {}
-        Credentials::Write(bundle) => {
-            next.keyvault_secret_id = Some(
-                app.secrets
-                    .set_owned(
-                        &SecretName::for_instance(&next.id),
-                        &bundle.to_secret(),
-                        Some(&next.tenant_id),
-                    )
-                    .await?,
-            );
-        }
-        Credentials::Reference(secret) => {
-            bind_secret(&app, &secret, &next.tenant_id).await?;
-            next.keyvault_secret_id = Some(secret.id);
-        }
-        Credentials::Detach => next.keyvault_secret_id = None,
-    }
-
-    if changed.is_empty() {
-        return Ok(with_instance_headers(
-            StatusCode::OK,
-            InstanceView::from(&current),
-            &current,
-            false,
-        ));
-    }
-    next.updated_at = Utc::now();
-    let stored = save(&app, &next, &current.etag).await?;
-    let disabled_now =
-        stored.status == InstanceStatus::Disabled && current.status != InstanceStatus::Disabled;
-    let details = json!({ "fields": changed, "credentials": credential_fields, "status": stored.status.as_str() });
-    audit_admin(
-        &app,
-        &admin,
-        &client,
-        &stored,
-        action::INSTANCE_UPDATE,
-        details,
-    )
-    .await;
-    if disabled_now {
-        let details = json!({ "via": "patch", "keyVersion": stored.key_version });
-        audit_admin(
-            &app,
-            &admin,
-            &client,
-            &stored,
-            action::INSTANCE_DISABLE,
-            details,
-        )
-        .await;
-    }
+    let stored = service::patch(&app, &admin, &client, current, patch).await?;
     Ok(with_instance_headers(
         StatusCode::OK,
         InstanceView::from(&stored),
@@ -806,31 +167,9 @@ pub async fn rotate_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let current = load(&app, &admin, &id).await?;
+    let current = service::load(&app, &admin, &id).await?;
     check_if_match(&headers, &current)?;
-    let key = AccessKey::generate();
-    let mut next = current.clone();
-    next.access_key_hash = KeyHash::new(
-        app.auth
-            .hasher
-            .hash(&key)
-            .await
-            .map_err(ApiError::internal)?,
-    );
-    next.access_key_last4 = key.last4();
-    next.key_version = current.key_version.saturating_add(1);
-    next.updated_at = Utc::now();
-    let stored = save(&app, &next, &current.etag).await?;
-    audit_admin(
-        &app,
-        &admin,
-        &client,
-        &stored,
-        action::INSTANCE_ROTATE_KEY,
-        json!({ "keyVersion": stored.key_version }),
-    )
-    .await;
-    tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, key.version = stored.key_version, "access key of {} rotated", stored.id);
+    let (stored, key) = service::rotate_key(&app, &admin, &client, current).await?;
     let body = InstanceWithKey {
         instance: InstanceView::from(&stored),
         agent_access_key: key.expose().to_owned(),
@@ -848,29 +187,9 @@ pub async fn delete_instance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let current = load(&app, &admin, &id).await?;
+    let current = service::load(&app, &admin, &id).await?;
     check_if_match(&headers, &current)?;
-    if current.status == InstanceStatus::Disabled {
-        return Ok(with_instance_headers(
-            StatusCode::OK,
-            InstanceView::from(&current),
-            &current,
-            false,
-        ));
-    }
-    let mut next = current.clone();
-    disable(&mut next, &admin);
-    next.updated_at = Utc::now();
-    let stored = save(&app, &next, &current.etag).await?;
-    audit_admin(
-        &app,
-        &admin,
-        &client,
-        &stored,
-        action::INSTANCE_DISABLE,
-        json!({ "keyVersion": stored.key_version }),
-    )
-    .await;
+    let stored = service::disable_instance(&app, &admin, &client, current).await?;
     Ok(with_instance_headers(
         StatusCode::OK,
         InstanceView::from(&stored),
