@@ -24,10 +24,13 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Sqlite,
-    Cosmos,
+    /// Cosmos DB at this account endpoint (https, or http for a loopback emulator).
+    Cosmos {
+        endpoint: url::Url,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +82,8 @@ pub struct Settings {
     pub admin_company_claim: String,
     pub admin_jwks_min_refresh: Duration,
     pub allow_local_upstreams: bool,
-    pub upstream_allowed_hosts: String,
+    /// `SOPHIA_UPSTREAM_ALLOWED_HOSTS` (and `SOPHIA_ALLOW_LOCAL_UPSTREAMS`), parsed.
+    pub upstreams: UpstreamPolicy,
     pub bcrypt_cost: u32,
     pub trust_forwarded: bool,
     /// How many proxies in front of SOPHIA append to `X-Forwarded-For` (the client address
@@ -113,7 +117,6 @@ pub struct Settings {
     pub usage_flush_interval: Duration,
     pub log_filter: String,
     pub log_format: LogFormat,
-    pub cosmos_endpoint: Option<String>,
     pub cosmos_database: String,
     pub cosmos_key: Option<SecretString>,
     pub cosmos_create_containers: bool,
@@ -248,7 +251,9 @@ impl Settings {
         };
         let store = match env.get("SOPHIA_STORE").as_deref() {
             None | Some("sqlite") => StoreBackend::Sqlite,
-            Some("cosmos") => StoreBackend::Cosmos,
+            Some("cosmos") => StoreBackend::Cosmos {
+                endpoint: cosmos_endpoint(&env)?,
+            },
             Some(other) => {
                 return Err(err(
                     "SOPHIA_STORE",
@@ -266,27 +271,6 @@ impl Settings {
                 ));
             }
         };
-        if store == StoreBackend::Cosmos {
-            match env.get("SOPHIA_COSMOS_ENDPOINT") {
-                None => {
-                    return Err(err(
-                        "SOPHIA_COSMOS_ENDPOINT",
-                        "is required with SOPHIA_STORE=cosmos (https://<account>.documents.azure.com:443/)",
-                    ));
-                }
-                Some(raw) => match url::Url::parse(&raw) {
-                    Ok(u)
-                        if u.scheme() == "https"
-                            || (u.scheme() == "http" && is_loopback_url(&u)) => {}
-                    _ => {
-                        return Err(err(
-                            "SOPHIA_COSMOS_ENDPOINT",
-                            "must be an https URL (http only for a loopback emulator)",
-                        ));
-                    }
-                },
-            }
-        }
         if secrets == SecretsBackend::KeyVault {
             match env.get("SOPHIA_KEYVAULT_URL") {
                 None => {
@@ -384,7 +368,7 @@ impl Settings {
             .get("SOPHIA_UPSTREAM_ALLOWED_HOSTS")
             .unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.to_owned());
         let allow_local_upstreams = env.flag("SOPHIA_ALLOW_LOCAL_UPSTREAMS")?;
-        UpstreamPolicy::new(&upstream_allowed_hosts, allow_local_upstreams)
+        let upstreams = UpstreamPolicy::new(&upstream_allowed_hosts, allow_local_upstreams)
             .map_err(|e| err("SOPHIA_UPSTREAM_ALLOWED_HOSTS", e))?;
         let log_format = match env.get("SOPHIA_LOG_FORMAT").as_deref() {
             None | Some("json") => LogFormat::Json,
@@ -399,7 +383,7 @@ impl Settings {
         let public_url = env.url("SOPHIA_PUBLIC_URL")?;
         let under_functions_host = env.get("FUNCTIONS_CUSTOMHANDLER_PORT").is_some();
         let on_azure = under_functions_host
-            || store == StoreBackend::Cosmos
+            || matches!(store, StoreBackend::Cosmos { .. })
             || secrets == SecretsBackend::KeyVault
             || refresh_queue_url.is_some();
         match &public_url {
@@ -473,7 +457,7 @@ impl Settings {
                 86_400,
             )?),
             allow_local_upstreams,
-            upstream_allowed_hosts,
+            upstreams,
             bcrypt_cost: env.range("SOPHIA_BCRYPT_COST", 12u32, 4, 31)?,
             trust_forwarded: env.flag("SOPHIA_TRUST_FORWARDED")?,
             trusted_proxy_hops,
@@ -577,7 +561,6 @@ impl Settings {
             )?),
             log_filter: env.get("SOPHIA_LOG").unwrap_or_else(|| "info".into()),
             log_format,
-            cosmos_endpoint: env.get("SOPHIA_COSMOS_ENDPOINT"),
             cosmos_database: env
                 .get("SOPHIA_COSMOS_DATABASE")
                 .unwrap_or_else(|| "sophia".into()),
@@ -621,12 +604,24 @@ impl Settings {
 
     /// The upstream endpoint policy these settings describe.
     pub fn upstream_policy(&self) -> UpstreamPolicy {
-        // Validated in from_lookup; a failure here would be a bug, so fall back to the default.
-        UpstreamPolicy::new(&self.upstream_allowed_hosts, self.allow_local_upstreams)
-            .unwrap_or_else(|_| {
-                UpstreamPolicy::new(DEFAULT_ALLOWED_HOSTS, self.allow_local_upstreams)
-                    .unwrap_or_else(|_| unreachable!("default host list is valid"))
-            })
+        self.upstreams.clone()
+    }
+}
+
+/// `SOPHIA_COSMOS_ENDPOINT`, required with `SOPHIA_STORE=cosmos`.
+fn cosmos_endpoint<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<url::Url, ConfigError> {
+    let Some(raw) = env.get("SOPHIA_COSMOS_ENDPOINT") else {
+        return Err(err(
+            "SOPHIA_COSMOS_ENDPOINT",
+            "is required with SOPHIA_STORE=cosmos (https://<account>.documents.azure.com:443/)",
+        ));
+    };
+    match url::Url::parse(&raw) {
+        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_url(&u)) => Ok(u),
+        _ => Err(err(
+            "SOPHIA_COSMOS_ENDPOINT",
+            "must be an https URL (http only for a loopback emulator)",
+        )),
     }
 }
 

@@ -139,14 +139,14 @@ async fn open_store(
     settings: &Settings,
     entra: Option<&Arc<crate::azure_auth::EntraTokens>>,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    match settings.store {
+    match &settings.store {
         StoreBackend::Sqlite => {
             ensure_data_dir(&settings.data_dir)?;
             let path = settings.data_dir.join("sophia.db");
             private_file(&path)?;
             Ok(Arc::new(SqliteStore::open(&path)?))
         }
-        StoreBackend::Cosmos => {
+        StoreBackend::Cosmos { endpoint } => {
             use crate::store::cosmos::{CosmosAuth, CosmosConfig, CosmosStore};
             let auth = match (&settings.cosmos_key, entra) {
                 (Some(key), _) => CosmosAuth::Key(key.clone()),
@@ -155,12 +155,8 @@ async fn open_store(
                     "SOPHIA_STORE=cosmos needs SOPHIA_COSMOS_KEY or an Entra credential (SOPHIA_AZURE_CREDENTIAL)"
                 ),
             };
-            let endpoint = settings
-                .cosmos_endpoint
-                .clone()
-                .context("SOPHIA_COSMOS_ENDPOINT is required with SOPHIA_STORE=cosmos")?;
             let store = CosmosStore::connect(CosmosConfig {
-                endpoint,
+                endpoint: endpoint.to_string(),
                 database: settings.cosmos_database.clone(),
                 auth,
                 create_containers: settings.cosmos_create_containers,
@@ -213,7 +209,7 @@ fn entra_credential(
 ) -> anyhow::Result<Option<Arc<crate::azure_auth::EntraTokens>>> {
     use crate::azure_auth::{CredentialKind, EntraTokens};
     let needs_token = settings.secrets == SecretsBackend::KeyVault
-        || (settings.store == StoreBackend::Cosmos && settings.cosmos_key.is_none())
+        || (matches!(settings.store, StoreBackend::Cosmos { .. }) && settings.cosmos_key.is_none())
         || settings
             .refresh_queue_url
             .as_ref()
