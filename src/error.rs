@@ -352,3 +352,17 @@ impl From<crate::auth::admin::AdminAuthError> for ApiError {
         }
     }
 }
+
+/// A store result whose `NotFound` is answered as a 404 naming what was looked for.
+pub trait NotFoundAs<T> {
+    fn not_found_as(self, what: &'static str) -> Result<T, ApiError>;
+}
+
+impl<T> NotFoundAs<T> for Result<T, StoreError> {
+    fn not_found_as(self, what: &'static str) -> Result<T, ApiError> {
+        self.map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(what),
+            other => other.into(),
+        })
+    }
+}

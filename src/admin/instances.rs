@@ -17,10 +17,10 @@ use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
 use crate::domain::authority::{self, DisabledBy};
 use crate::domain::{AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash};
-use crate::error::ApiError;
+use crate::error::{ApiError, NotFoundAs};
 use crate::secrets::{CredentialBundle, SecretName};
 use crate::state::App;
-use crate::store::{InstanceFilter, PageRequest, StoreError, TenantScope};
+use crate::store::{InstanceFilter, PageRequest, TenantScope};
 
 /// The instance, if this admin may see it; another company's instance is a plain 404.
 pub async fn load(
@@ -31,10 +31,7 @@ pub async fn load(
     app.store
         .get_instance(&admin.scope(), id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })
+        .not_found_as("agent instance")
 }
 
 /// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
@@ -44,10 +41,7 @@ async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstan
         .store
         .replace_instance(next, etag)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("agent instance"),
-            other => other.into(),
-        })?;
+        .not_found_as("agent instance")?;
     app.auth
         .security
         .invalidate(&stored.tenant_id, &stored.id)

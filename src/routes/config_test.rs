@@ -11,12 +11,12 @@ use serde::Deserialize;
 use crate::diagnostics::{self, Report};
 use crate::domain::audit::action;
 use crate::domain::{AgentInstance, AuditEntry, AuditOutcome};
-use crate::error::ApiError;
+use crate::error::{ApiError, NotFoundAs};
 use crate::http::extract::{
     AdminAuth, ClientAddress, ServiceAuth, optional_json, parse_instance_id,
 };
 use crate::state::{App, AppState};
-use crate::store::{StoreError, TenantScope};
+use crate::store::TenantScope;
 
 /// The body is optional and has no fields today (`{}` is accepted).
 #[derive(Deserialize, Default)]
@@ -49,13 +49,6 @@ async fn run_and_audit(
     ([(header::CACHE_CONTROL, "no-store")], Json(report)).into_response()
 }
 
-fn not_found(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::NotFound("agent instance"),
-        other => other.into(),
-    }
-}
-
 /// `POST /config/test`
 pub async fn config_test(
     State(app): State<AppState>,
@@ -68,7 +61,7 @@ pub async fn config_test(
         .store
         .get_instance(&TenantScope::Tenant(claims.company_id.clone()), &claims.sub)
         .await
-        .map_err(not_found)?;
+        .not_found_as("agent instance")?;
     let actor = format!("client:{}", claims.company_id);
     Ok(run_and_audit(&app, &instance, actor, &client).await)
 }
@@ -87,6 +80,6 @@ pub async fn admin_config_test(
         .store
         .get_instance(&admin.scope(), &id)
         .await
-        .map_err(not_found)?;
+        .not_found_as("agent instance")?;
     Ok(run_and_audit(&app, &instance, admin.actor(), &client).await)
 }

@@ -12,10 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::audit::action;
 use crate::domain::refresh::{FileError, JobCounts, JobTimings};
 use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
-use crate::error::ApiError;
+use crate::error::{ApiError, NotFoundAs};
 use crate::http::extract::{ClientAddress, ServiceAuth, optional_json};
 use crate::state::AppState;
-use crate::store::StoreError;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -149,10 +148,7 @@ pub async fn get_refresh(
         .store
         .get_refresh_job(&claims.company_id, &job_id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("refresh job"),
-            other => other.into(),
-        })?;
+        .not_found_as("refresh job")?;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(JobView::from(job)),
