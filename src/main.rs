@@ -6,6 +6,11 @@ use sophia::cli::{self, Command};
 use sophia::config::Settings;
 use sophia::startup::{Application, shutdown_signal};
 
+/// mimalloc: the request path allocates many small, short-lived buffers; glibc's malloc spent
+/// about a quarter of the hot path's CPU on them (BENCHMARKS.md, "The floor").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(clippy::print_stdout)]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -33,13 +33,13 @@ fn client_for(policy: UpstreamPolicy, timeouts: UpstreamTimeouts) -> ModelClient
 }
 
 fn endpoint(base: &str, deployment: &str, key: &str) -> ModelEndpoint {
-    ModelEndpoint {
-        provider: Provider::AzureOpenai,
-        base: url::Url::parse(base).unwrap(),
-        deployment: deployment.into(),
-        api_version: "2024-10-21".into(),
-        auth: UpstreamAuth::Key(key.to_owned().into()),
-    }
+    ModelEndpoint::new(
+        Provider::AzureOpenai,
+        url::Url::parse(base).unwrap(),
+        deployment.into(),
+        "2024-10-21".into(),
+        UpstreamAuth::Key(key.to_owned().into()),
+    )
 }
 
 fn messages(question: &str) -> Vec<WireMessage> {
@@ -387,10 +387,7 @@ async fn the_openai_provider_uses_v1_and_bearer() {
         ..Default::default()
     })
     .await;
-    let ep = ModelEndpoint {
-        provider: Provider::Openai,
-        ..endpoint(&server.base, "gpt-4o-mini", "sk-test")
-    };
+    let ep = endpoint(&server.base, "gpt-4o-mini", "sk-test").with_provider(Provider::Openai);
     let answer = client(fast())
         .complete(&ep, &messages("refund window?"), ChatParams::default())
         .await

@@ -103,7 +103,7 @@ struct Stored {
 pub struct Turn {
     pub caller: Caller,
     pub runtime: Arc<TenantRuntime>,
-    endpoint: ModelEndpoint,
+    endpoint: Arc<ModelEndpoint>,
     messages: Vec<WireMessage>,
     pub citations: Vec<Citation>,
     params: ChatParams,

@@ -56,7 +56,9 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
-/// Where one tenant's model lives.
+/// Where one tenant's model lives. Built with [`ModelEndpoint::new`], which derives the
+/// operation URLs once (a tenant runtime holds its endpoints for its whole life, so no request
+/// formats or parses a URL).
 #[derive(Debug, Clone)]
 pub struct ModelEndpoint {
     pub provider: Provider,
@@ -64,28 +66,58 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
+    chat_url: Result<Url, String>,
+    embeddings_url: Result<Url, String>,
 }
 
 impl ModelEndpoint {
-    fn url(&self, operation: &str) -> Result<Url, UpstreamError> {
-        let base = self.base.as_str().trim_end_matches('/');
-        let raw = match self.provider {
-            Provider::AzureOpenai => format!(
-                "{base}/openai/deployments/{}/{operation}?api-version={}",
-                self.deployment, self.api_version
-            ),
-            Provider::Openai => format!("{base}/v1/{operation}"),
+    pub fn new(
+        provider: Provider,
+        base: Url,
+        deployment: String,
+        api_version: String,
+        auth: UpstreamAuth,
+    ) -> Self {
+        let url = |operation: &str| {
+            let root = base.as_str().trim_end_matches('/');
+            let raw = match provider {
+                Provider::AzureOpenai => format!(
+                    "{root}/openai/deployments/{deployment}/{operation}?api-version={api_version}"
+                ),
+                Provider::Openai => format!("{root}/v1/{operation}"),
+            };
+            Url::parse(&raw).map_err(|e| format!("invalid model endpoint: {e}"))
         };
-        Url::parse(&raw)
-            .map_err(|e| UpstreamError::Configuration(format!("invalid model endpoint: {e}")))
+        Self {
+            chat_url: url("chat/completions"),
+            embeddings_url: url("embeddings"),
+            provider,
+            base,
+            deployment,
+            api_version,
+            auth,
+        }
+    }
+
+    /// The same endpoint under another provider's URL scheme.
+    pub fn with_provider(self, provider: Provider) -> Self {
+        Self::new(
+            provider,
+            self.base,
+            self.deployment,
+            self.api_version,
+            self.auth,
+        )
     }
 
     pub fn chat_url(&self) -> Result<Url, UpstreamError> {
-        self.url("chat/completions")
+        self.chat_url.clone().map_err(UpstreamError::Configuration)
     }
 
     pub fn embeddings_url(&self) -> Result<Url, UpstreamError> {
-        self.url("embeddings")
+        self.embeddings_url
+            .clone()
+            .map_err(UpstreamError::Configuration)
     }
 }
 
@@ -211,10 +243,12 @@ impl ModelClient {
         body: &impl serde::Serialize,
     ) -> Result<reqwest::Response, UpstreamError> {
         // The endpoint was checked when an admin set it; check again now (policy may have changed).
-        self.policy.check(endpoint.base.as_str()).map_err(|e| {
+        self.policy.check_url(&endpoint.base).map_err(|e| {
             UpstreamError::Configuration(format!("the model endpoint is not allowed: {e}"))
         })?;
-        let body = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?,
+        );
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -546,22 +580,24 @@ mod tests {
 
     #[test]
     fn urls_per_provider() {
-        let azure = ModelEndpoint {
-            provider: Provider::AzureOpenai,
-            base: Url::parse("https://acme.openai.azure.com/").unwrap(),
-            deployment: "gpt-4o".into(),
-            api_version: DEFAULT_API_VERSION.into(),
-            auth: UpstreamAuth::None,
-        };
+        let azure = ModelEndpoint::new(
+            Provider::AzureOpenai,
+            Url::parse("https://acme.openai.azure.com/").unwrap(),
+            "gpt-4o".into(),
+            DEFAULT_API_VERSION.into(),
+            UpstreamAuth::None,
+        );
         assert_eq!(
             azure.chat_url().unwrap().as_str(),
             "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
         );
-        let openai = ModelEndpoint {
-            provider: Provider::Openai,
-            base: Url::parse("https://api.example.com").unwrap(),
-            ..azure
-        };
+        let openai = ModelEndpoint::new(
+            Provider::Openai,
+            Url::parse("https://api.example.com").unwrap(),
+            azure.deployment.clone(),
+            azure.api_version.clone(),
+            UpstreamAuth::None,
+        );
         assert_eq!(
             openai.chat_url().unwrap().as_str(),
             "https://api.example.com/v1/chat/completions"

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use futures_util::StreamExt;
@@ -150,13 +150,23 @@ pub async fn chat_completions(
     };
     if !request.stream {
         let answer = turn.complete(&app).await?;
-        return Ok(Json(json!({
-            "id": head.id, "object": "chat.completion", "created": head.created, "model": head.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content},
-                         "finish_reason": answer.finish_reason, "logprobs": null}],
-            "usage": usage_json(answer.usage),
-            "system_fingerprint": null,
-        }))
+        return Ok(Json(Completion {
+            id: &head.id,
+            object: "chat.completion",
+            created: head.created,
+            model: &head.model,
+            choices: [Choice {
+                index: 0,
+                message: AnswerMessage {
+                    role: "assistant",
+                    content: &answer.content,
+                },
+                finish_reason: &answer.finish_reason,
+                logprobs: None,
+            }],
+            usage: OpenAiUsage::from(answer.usage),
+            system_fingerprint: None,
+        })
         .into_response());
     }
 
@@ -204,6 +214,50 @@ pub async fn chat_completions(
     Ok(response)
 }
 
+/// A `chat.completion` object (serialised straight from the answer, no JSON tree).
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: OpenAiUsage,
+    system_fingerprint: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: AnswerMessage<'a>,
+    finish_reason: &'a str,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct AnswerMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+/// Token counts in OpenAI's (snake_case) shape.
+#[derive(Serialize)]
+struct OpenAiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+impl From<Usage> for OpenAiUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }
+    }
+}
+
 /// What every chunk of one completion repeats.
 #[derive(Clone)]
 struct ChunkHead {
@@ -221,7 +275,7 @@ impl ChunkHead {
 }
 
 fn usage_json(u: Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})
+    json!(OpenAiUsage::from(u))
 }
 
 /// OpenAI's error `type` for a status.

@@ -80,7 +80,7 @@ impl std::fmt::Debug for Knowledge {
 pub struct TenantRuntime {
     pub instance: AgentInstance,
     /// The chat model, or why there is none.
-    pub chat: Result<ModelEndpoint, String>,
+    pub chat: Result<Arc<ModelEndpoint>, String>,
     /// The embedding model, when the instance names an embedding deployment.
     pub embeddings: Option<ModelEndpoint>,
     /// SAS for the knowledge Blob container (`credentials.knowledgeSas`).
@@ -154,15 +154,17 @@ impl TenantRuntime {
             .clone()
             .or_else(|| instance.model.clone())
             .ok_or_else(|| "the instance names neither azureOpenaiDeployment nor model".to_owned());
-        let endpoint = |deployment: String, auth: UpstreamAuth, base: url::Url| ModelEndpoint {
-            provider: instance.provider,
-            base,
-            deployment,
-            api_version: api_version.clone(),
-            auth,
+        let endpoint = |deployment: String, auth: UpstreamAuth, base: url::Url| {
+            ModelEndpoint::new(
+                instance.provider,
+                base,
+                deployment,
+                api_version.clone(),
+                auth,
+            )
         };
         let chat = match (base.clone(), deployment, auth.clone()) {
-            (Ok(base), Ok(deployment), Ok(auth)) => Ok(endpoint(deployment, auth, base)),
+            (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         let embeddings = match (&instance.azure_embedding_deployment, base, auth) {

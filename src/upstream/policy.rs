@@ -80,6 +80,12 @@ impl UpstreamPolicy {
     /// Checks an endpoint as given by an admin and returns it normalised (no trailing slash).
     pub fn check(&self, raw: &str) -> Result<Url, EndpointError> {
         let url = Url::parse(raw.trim()).map_err(|_| EndpointError::NotAUrl)?;
+        self.check_url(&url)?;
+        Ok(url)
+    }
+
+    /// The checks of [`check`](Self::check) on an already parsed URL (no parse on the hot path).
+    pub fn check_url(&self, url: &Url) -> Result<(), EndpointError> {
         if !url.username().is_empty()
             || url.password().is_some()
             || url.query().is_some()
@@ -98,7 +104,7 @@ impl UpstreamPolicy {
             _ => return Err(EndpointError::NotHttps),
         }
         if local {
-            return Ok(url);
+            return Ok(());
         }
         match host {
             Host::Ipv4(ip) => return Err(EndpointError::ForbiddenAddress(IpAddr::V4(ip))),
@@ -110,7 +116,7 @@ impl UpstreamPolicy {
                 }
             }
         }
-        Ok(url)
+        Ok(())
     }
 
     /// Checks an address a name resolved to, at request time (DNS may point an allowed
