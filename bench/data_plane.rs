@@ -227,8 +227,13 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Command::new(BIN)
-        .env_clear()
+    let mut server = Command::new(BIN);
+    server.env_clear();
+    // Allocator tuning under test (e.g. MIMALLOC_PURGE_DELAY) reaches the server.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+        server.env(k, v);
+    }
+    let server = server
         .env("SOPHIA_DATA_DIR", dir.path())
         .env("SOPHIA_PORT", port.to_string())
         .env("SOPHIA_LOG", "warn")
