@@ -456,10 +456,10 @@ fn main() {
     );
     let hop = &floor_rows[1].1;
     let (hop_rps, hop_p99) = (hop.rps, hop.p99_ms);
-    table.push_str(&format!(
+    table.push_str(
         "The floor at c=32, 10 s each: a fixed-answer nginx upstream (2 workers) straight, through nginx as a keep-alive reverse proxy (2 workers), and through SOPHIA (CPU: the hop's own processes, user + system, per request):\n\n\
          | path | req/s | p50 / p99 ms | × nginx hop req/s | p99 over the nginx hop | hop CPU µs / request |\n|---|---|---|---|---|---|\n"
-    ));
+    );
     for (name, r, cpu) in &floor_rows {
         let flag = if r.errors { " (non-200 seen)" } else { "" };
         table.push_str(&format!(
