@@ -1,4 +1,6 @@
-//! The SQLite store against the `Store` contract.
+//! The backend contract suites: the SQLite store against the `Store` contract, and both
+//! knowledge indexes — the embedded SQLite one and Azure AI Search (its stand-in) — against the
+//! `KnowledgeIndex` contract.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -28,6 +30,40 @@ mod sqlite_file {
 }
 
 store_contract_tests!(sqlite);
+
+mod embedded_index {
+    use super::*;
+    use sophia::knowledge::KnowledgeIndex;
+
+    async fn embedded() -> Arc<dyn KnowledgeIndex> {
+        Arc::new(sophia::knowledge::sqlite::SqliteIndex::open_in_memory().unwrap())
+    }
+
+    crate::index_contract_tests!(embedded);
+}
+
+mod azure_search_index {
+    use super::*;
+    use sophia::knowledge::KnowledgeIndex;
+    use sophia::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
+
+    /// A fresh stand-in per test, reached over HTTP by the production client.
+    async fn azure_search() -> Arc<dyn KnowledgeIndex> {
+        let search = crate::support::search_standin::SearchStandIn::start("search-key").await;
+        let index = AzureSearchIndex::new(
+            reqwest::Client::new(),
+            url::Url::parse(&search.base).unwrap(),
+            DEFAULT_INDEX,
+            SearchAuth::ApiKey("search-key".to_owned().into()),
+        );
+        index.prepare(None).await.unwrap();
+        // The stand-in lives as long as its server task; its handle may go.
+        std::mem::forget(search);
+        Arc::new(index)
+    }
+
+    crate::index_contract_tests!(azure_search);
+}
 
 #[tokio::test]
 async fn reopening_keeps_documents_and_schema() {

@@ -1,11 +1,12 @@
 //! Shared test support: an in-process app on port 0 with a temp data dir, typed helpers,
-//! and the store contract suite.
+//! and the store and knowledge-index contract suites.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod azure;
 pub mod azurite;
 pub mod binary;
 pub mod faulty_store;
+pub mod index_contract;
 pub mod pdf;
 pub mod rig;
 pub mod search_standin;
