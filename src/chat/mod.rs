@@ -148,7 +148,7 @@ impl Turn {
         let mut params = runtime.params;
         let (question, history, model, stored) = match ask {
             Ask::Message { text, conversation } => {
-                let history = match &conversation {
+                let mut history = match &conversation {
                     Some(id) => history(app, &caller.tenant, id, runtime.history_messages).await?,
                     None => Vec::new(),
                 };
@@ -162,7 +162,6 @@ impl Turn {
                         citations: vec![],
                     },
                 };
-                let mut history = history;
                 history.push(WireMessage {
                     role: "user".into(),
                     content: text.clone(),

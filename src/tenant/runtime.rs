@@ -98,7 +98,7 @@ pub struct TenantRuntime {
     /// The tenant's knowledge index, or why it cannot be used.
     pub knowledge: Result<Knowledge, String>,
     pub loaded_at: Instant,
-    resolver: Resolver,
+    resolver: Arc<Resolver>,
 }
 
 impl TenantRuntime {
@@ -106,7 +106,7 @@ impl TenantRuntime {
     pub fn build(
         instance: AgentInstance,
         credentials: CredentialBundle,
-        resolver: &Resolver,
+        resolver: &Arc<Resolver>,
     ) -> Self {
         let identities = resolver.identities.as_ref();
         let settings = &instance.settings;
@@ -181,7 +181,7 @@ impl TenantRuntime {
             chat,
             embeddings,
             knowledge,
-            resolver: resolver.clone(),
+            resolver: Arc::clone(resolver),
             identity,
             knowledge_sas: credentials.knowledge_sas,
             system_prompt: settings.system_prompt().map(str::to_owned),
@@ -358,7 +358,8 @@ type Key = (TenantId, InstanceId);
 
 /// Per-tenant runtime cache.
 pub struct RuntimeCache {
-    resolver: Resolver,
+    /// Shared by every runtime it loads (one copy, not one per tenant).
+    resolver: Arc<Resolver>,
     fresh: Cache<Key, Arc<TenantRuntime>>,
     /// The last good runtime of each tenant, kept `ttl + max_stale` for stale-if-error.
     last_good: moka::sync::Cache<Key, Arc<TenantRuntime>>,
@@ -368,7 +369,7 @@ pub struct RuntimeCache {
 impl RuntimeCache {
     pub fn new(ttl: Duration, max_stale: Duration, capacity: u64, resolver: Resolver) -> Self {
         Self {
-            resolver,
+            resolver: Arc::new(resolver),
             fresh: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(JitteredTtl { base: ttl })
@@ -381,7 +382,7 @@ impl RuntimeCache {
         }
     }
 
-    pub fn resolver(&self) -> &Resolver {
+    pub fn resolver(&self) -> &Arc<Resolver> {
         &self.resolver
     }
 
@@ -418,7 +419,7 @@ impl RuntimeCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::clone(&self.stats);
         let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
-        let resolver = self.resolver.clone();
+        let resolver = Arc::clone(&self.resolver);
         let (t, i) = (tenant.clone(), *id);
         let loaded = self
             .fresh
@@ -481,7 +482,7 @@ async fn load(
     tenant: &TenantId,
     id: &InstanceId,
     stats: &RuntimeStats,
-    resolver: &Resolver,
+    resolver: &Arc<Resolver>,
 ) -> Result<TenantRuntime, RuntimeError> {
     stats.store_reads.fetch_add(1, Ordering::Relaxed);
     let instance = match store
