@@ -60,7 +60,10 @@ mod cosmos_only {
     use reqwest::Method;
     use serde_json::json;
     use sophia::domain::{AgentType, AuditEntry, AuditOutcome, ConversationId, InstanceStatus};
-    use sophia::store::{AuditFilter, InstanceFilter, PageRequest, StoreError, TenantScope};
+    use sophia::store::{
+        AuditFilter, AuditStore, ConversationStore, InstanceFilter, InstanceStore, PageRequest,
+        StoreError, TenantScope, UsageStore,
+    };
     use support::store_contract::{instance, tenant};
 
     fn page() -> PageRequest {

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
-use sophia::store::Store;
+use sophia::store::{InstanceStore, Store};
 use sophia::store::sqlite::SqliteStore;
 
 async fn sqlite() -> Arc<dyn Store> {

@@ -149,6 +149,46 @@ impl RefreshJob {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 
+    /// The claim of a stored job: taken to `running` (`true`, to be written) while it is
+    /// still queued; left as it is otherwise.
+    pub fn claim(&mut self, at: DateTime<Utc>) -> bool {
+        if self.state != JobState::Queued {
+            return false;
+        }
+        self.state = JobState::Running;
+        self.started_at = Some(at);
+        self.updated_at = at;
+        true
+    }
+
+    /// A worker's save over this stored job: replaces it (`true`, to be written) while it is
+    /// still running; once it was abandoned, leaves it as it is.
+    pub fn save_over(&mut self, saved: &RefreshJob) -> bool {
+        if self.state != JobState::Running {
+            return false;
+        }
+        *self = saved.clone();
+        true
+    }
+
+    /// Whether an active job has made no progress since `stale_before` (its worker stopped).
+    pub fn is_stale(&self, stale_before: DateTime<Utc>) -> bool {
+        self.state.is_active() && self.updated_at < stale_before
+    }
+
+    /// The failed form of an active job nobody has advanced since before the stale cut-off.
+    pub fn abandoned(mut self, now: DateTime<Utc>) -> RefreshJob {
+        self.state = JobState::Failed;
+        self.error = Some(format!(
+            "abandoned: no progress since {} (the worker stopped); a new refresh replaced it",
+            self.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+        self.finished_at = Some(now);
+        self.updated_at = now;
+        self
+    }
+
     /// Records a per-file failure (keeping at most `MAX_JOB_ERRORS` of them).
     pub fn fail_document(&mut self, document_id: &str, error: impl Into<String>) {
         self.counts.failed += 1;

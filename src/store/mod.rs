@@ -78,22 +78,37 @@ pub struct AuditFilter {
     pub action: Option<String>,
 }
 
-/// The documents SOPHIA keeps.
+/// The documents SOPHIA keeps: one trait per aggregate (each backend implements them in one
+/// file per aggregate), gathered here.
 ///
-/// Contract (run against every backend by `tests/store_contract.rs`):
+/// Contract (run against every backend by `tests/support/store_contract.rs`):
 /// * writes assign a new opaque `etag`; `replace_instance` with a stale etag fails with
 ///   `PreconditionFailed` and writes nothing;
 /// * at most one non-`DISABLED` instance per (tenant, agent type): `AlreadyExists`;
 /// * a tenant-scoped read never returns another tenant's document;
 /// * listings are stable under pagination (no duplicates, no gaps).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    InstanceStore
+    + AuditStore
+    + ConversationStore
+    + UsageStore
+    + RefreshJobStore
+    + ManifestStore
+    + Send
+    + Sync
+    + 'static
+{
     /// Short backend name for `/health`.
     fn backend(&self) -> &'static str;
 
     /// Checks the backend answers (used by `/health`).
     async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Agent instances: one document per instance, one live instance per (tenant, agent type).
+#[async_trait]
+pub trait InstanceStore: Send + Sync {
     /// Inserts a new instance; returns it with its etag.
     async fn insert_instance(&self, instance: &AgentInstance) -> StoreResult<AgentInstance>;
 
@@ -134,7 +149,11 @@ pub trait Store: Send + Sync + 'static {
         id: &InstanceId,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+}
 
+/// The audit log: append-only, newest first.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
 
     /// Audit entries in scope, newest first.
@@ -144,7 +163,11 @@ pub trait Store: Send + Sync + 'static {
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<AuditEntry>>;
+}
 
+/// Conversations: bounded message histories per tenant.
+#[async_trait]
+pub trait ConversationStore: Send + Sync {
     /// One conversation of the tenant.
     async fn get_conversation(
         &self,
@@ -163,7 +186,11 @@ pub trait Store: Send + Sync + 'static {
         messages: &[StoredMessage],
         keep_last: usize,
     ) -> StoreResult<usize>;
+}
 
+/// Daily token usage per tenant.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
     /// Adds tokens (of `requests` requests) to the tenant's daily usage.
     async fn add_usage(
         &self,
@@ -181,7 +208,11 @@ pub trait Store: Send + Sync + 'static {
         from: chrono::NaiveDate,
         to: chrono::NaiveDate,
     ) -> StoreResult<Vec<UsageRecord>>;
+}
 
+/// Knowledge refresh jobs and the one-active-job-per-tenant slot.
+#[async_trait]
+pub trait RefreshJobStore: Send + Sync {
     /// Records `job` as the tenant's refresh unless another job of the tenant is active
     /// (queued or running) and has made progress since `stale_before`: then that job is
     /// returned instead, with `false`. An active job without progress since `stale_before` is
@@ -219,7 +250,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves a job's progress or outcome; a finished job frees the tenant's refresh slot.
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()>;
+}
 
+/// The knowledge manifest: what the index holds of each source document.
+#[async_trait]
+pub trait ManifestStore: Send + Sync {
     /// The tenant's knowledge manifest: one entry per indexed source document.
     async fn list_knowledge_documents(
         &self,
@@ -235,40 +270,6 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         document_id: &str,
     ) -> StoreResult<()>;
-}
-
-/// The failed form of an active job nobody has advanced since before the stale cut-off.
-/// The claim of a stored job: taken to `running` (`true`, to be written) while it is still
-/// queued; left as it is otherwise.
-pub(crate) fn claim(job: &mut RefreshJob, at: DateTime<Utc>) -> bool {
-    if job.state != crate::domain::JobState::Queued {
-        return false;
-    }
-    job.state = crate::domain::JobState::Running;
-    job.started_at = Some(at);
-    job.updated_at = at;
-    true
-}
-
-/// A worker's save over the stored job: replaces it (`true`, to be written) while the stored
-/// one is still running; once it was abandoned, leaves it as it is.
-pub(crate) fn save_over(stored: &mut RefreshJob, saved: &RefreshJob) -> bool {
-    if stored.state != crate::domain::JobState::Running {
-        return false;
-    }
-    *stored = saved.clone();
-    true
-}
-
-pub(crate) fn abandoned(mut job: RefreshJob, now: DateTime<Utc>) -> RefreshJob {
-    job.state = crate::domain::JobState::Failed;
-    job.error = Some(format!(
-        "abandoned: no progress since {} (the worker stopped); a new refresh replaced it",
-        job.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
-    ));
-    job.finished_at = Some(now);
-    job.updated_at = now;
-    job
 }
 
 // Helpers shared by the backends.

@@ -37,6 +37,10 @@ impl Store for FaultyStore {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
+}
+
+#[async_trait]
+impl InstanceStore for FaultyStore {
     async fn insert_instance(&self, i: &AgentInstance) -> StoreResult<AgentInstance> {
         self.inner.insert_instance(i).await
     }
@@ -80,6 +84,10 @@ impl Store for FaultyStore {
     ) -> StoreResult<()> {
         self.inner.touch_instance(t, i, at).await
     }
+}
+
+#[async_trait]
+impl AuditStore for FaultyStore {
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
         self.inner.append_audit(e).await
     }
@@ -91,6 +99,10 @@ impl Store for FaultyStore {
     ) -> StoreResult<Page<AuditEntry>> {
         self.inner.list_audit(s, f, p).await
     }
+}
+
+#[async_trait]
+impl ConversationStore for FaultyStore {
     async fn get_conversation(
         &self,
         t: &TenantId,
@@ -108,6 +120,10 @@ impl Store for FaultyStore {
     ) -> StoreResult<usize> {
         self.inner.append_conversation(t, id, i, m, k).await
     }
+}
+
+#[async_trait]
+impl UsageStore for FaultyStore {
     async fn add_usage(
         &self,
         t: &TenantId,
@@ -126,6 +142,10 @@ impl Store for FaultyStore {
     ) -> StoreResult<Vec<UsageRecord>> {
         self.inner.list_usage(s, f, to).await
     }
+}
+
+#[async_trait]
+impl RefreshJobStore for FaultyStore {
     async fn begin_refresh_job(
         &self,
         job: &RefreshJob,
@@ -162,6 +182,10 @@ impl Store for FaultyStore {
     async fn save_refresh_job(&self, job: &RefreshJob) -> StoreResult<()> {
         self.inner.save_refresh_job(job).await
     }
+}
+
+#[async_trait]
+impl ManifestStore for FaultyStore {
     async fn list_knowledge_documents(&self, t: &TenantId) -> StoreResult<Vec<KnowledgeDocument>> {
         self.inner.list_knowledge_documents(t).await
     }

@@ -1,0 +1,94 @@
+//! Cosmos DB: daily token usage per tenant.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::{Change, CosmosStore, Sql, collect, read_modify_write, within};
+use crate::domain::{TenantId, UsageRecord};
+use crate::store::{StoreResult, TenantScope, UsageStore};
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UsageDoc {
+    id: String,
+    pub(super) tenant_id: TenantId,
+    day: NaiveDate,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    requests: u64,
+}
+
+#[async_trait]
+impl UsageStore for CosmosStore {
+    async fn add_usage(
+        &self,
+        tenant: &TenantId,
+        day: NaiveDate,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        requests: u64,
+    ) -> StoreResult<()> {
+        let key = &day.to_string();
+        read_modify_write(
+            &self.usage,
+            tenant,
+            key,
+            |d: &UsageDoc| &d.tenant_id,
+            "usage",
+            |current| {
+                Box::pin(async move {
+                    let doc = match current {
+                        Some(mut doc) => {
+                            doc.prompt_tokens += prompt_tokens;
+                            doc.completion_tokens += completion_tokens;
+                            doc.requests += requests;
+                            doc
+                        }
+                        None => UsageDoc {
+                            id: key.clone(),
+                            tenant_id: tenant.clone(),
+                            day,
+                            prompt_tokens,
+                            completion_tokens,
+                            requests,
+                        },
+                    };
+                    Ok(Change::Write(doc, ()))
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_usage(
+        &self,
+        scope: &TenantScope,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        let mut sql = Sql::new("SELECT * FROM c");
+        let feed = sql.scope(scope);
+        sql.and(
+            "c.day >= @from AND c.day <= @to",
+            &[
+                ("@from", from.to_string().into()),
+                ("@to", to.to_string().into()),
+            ],
+        );
+        let rows: Vec<UsageDoc> = collect(&self.usage, sql.build()?, feed, super::MAX_SCAN).await?;
+        let mut rows = within(scope, rows, |d: &UsageDoc| &d.tenant_id);
+        rows.sort_by(|a, b| (a.tenant_id.as_str(), a.day).cmp(&(b.tenant_id.as_str(), b.day)));
+        Ok(rows
+            .into_iter()
+            .map(|d| UsageRecord {
+                tenant_id: d.tenant_id,
+                day: d.day,
+                prompt_tokens: d.prompt_tokens,
+                completion_tokens: d.completion_tokens,
+                total_tokens: d.prompt_tokens + d.completion_tokens,
+                requests: d.requests,
+            })
+            .collect())
+    }
+}
