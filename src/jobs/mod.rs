@@ -16,7 +16,7 @@ pub use queue::{JobMessage, JobQueue, QUEUE_KEY_SECRET, QueueSigner};
 
 use crate::domain::audit::action;
 use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
-use crate::knowledge::ingest::Pipeline;
+use crate::knowledge::ingest::{Pipeline, RefreshError};
 use crate::state::{App, AppState};
 use crate::store::{StoreError, TenantScope};
 use crate::tenant::runtime::RuntimeError;
@@ -121,9 +121,9 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
     {
         Ok(instance) if instance.status.can_authenticate() => Ok(()),
         Ok(_) | Err(StoreError::NotFound) => {
-            Err("the agent instance was disabled before the job ran".to_owned())
+            Err(RefreshError::InstanceDisabled)
         }
-        Err(e) => Err(format!("the instance could not be read: {e}")),
+        Err(e) => Err(RefreshError::Instance(e)),
     };
     let outcome = match live {
         Ok(()) => execute(app, &mut job).await,
@@ -137,7 +137,7 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
         Ok(()) => job.state = JobState::Succeeded,
         Err(error) => {
             job.state = JobState::Failed;
-            job.error = Some(error);
+            job.error = Some(error.to_string());
         }
     }
     match app.store.save_refresh_progress(&job).await {
@@ -146,7 +146,7 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
             // Taken for dead and replaced while it ran: the stored job stays failed.
             tracing::warn!(tenant.id = %tenant, job.id = %id, "refresh job was abandoned while it ran; its outcome is not recorded");
             job.state = JobState::Failed;
-            job.error = Some(crate::knowledge::ingest::ABANDONED.into());
+            job.error = Some(RefreshError::Abandoned.to_string());
         }
         Err(e) => {
             // The outcome is lost, so the job did not succeed: record that much if the store
@@ -186,12 +186,12 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
 }
 
 /// The refresh proper; `Err` is why the job failed as a whole.
-async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), String> {
+async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), RefreshError> {
     let tenant = job.tenant_id.clone();
     let runtime = load_runtime(app, &tenant, &job.instance_id).await?;
-    let knowledge = runtime.knowledge.clone()?;
+    let knowledge = runtime.knowledge.clone().map_err(RefreshError::Unusable)?;
     let index = knowledge.index();
-    let source = runtime.source()?;
+    let source = runtime.source().map_err(RefreshError::Unusable)?;
     let extractor = app.extractor.session();
     Pipeline {
         tenant: &tenant,
@@ -210,13 +210,13 @@ async fn load_runtime(
     app: &App,
     tenant: &TenantId,
     instance: &InstanceId,
-) -> Result<Arc<crate::tenant::runtime::TenantRuntime>, String> {
+) -> Result<Arc<crate::tenant::runtime::TenantRuntime>, RefreshError> {
     app.runtimes
         .get(&app.store, &app.secrets, tenant, instance)
         .await
         .map_err(|e| match e {
-            RuntimeError::NotFound => "the agent instance no longer exists or is disabled".into(),
-            RuntimeError::Store(e) => format!("the instance could not be read: {e}"),
-            RuntimeError::Secret(e) => format!("the instance's credentials could not be read: {e}"),
+            RuntimeError::NotFound => RefreshError::InstanceGone,
+            RuntimeError::Store(e) => RefreshError::Instance(e),
+            RuntimeError::Secret(e) => RefreshError::Credentials(e),
         })
 }

@@ -16,7 +16,8 @@ use super::{Chunk, KnowledgeIndex};
 use crate::domain::{KnowledgeDocument, RefreshJob, TenantId};
 use crate::llm::ModelClient;
 use crate::llm::client::ModelEndpoint;
-use crate::store::Store;
+use crate::secrets::SecretError;
+use crate::store::{Store, StoreError};
 use crate::upstream::UpstreamError;
 
 /// Passages per embedding call.
@@ -25,9 +26,41 @@ pub const EMBED_BATCH: usize = 16;
 const EMBED_TRIES: u32 = 6;
 /// Longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Why a run stops when its job was abandoned under it.
-pub const ABANDONED: &str =
-    "abandoned while running: no progress was saved for too long and a newer refresh replaced it";
+/// Why a refresh failed as a whole; its message is the job's `error`. (A document that fails
+/// is reported on the job, with the others going on.)
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the agent instance was disabled before the job ran")]
+    InstanceDisabled,
+    #[error("the agent instance no longer exists or is disabled")]
+    InstanceGone,
+    #[error("the instance could not be read: {0}")]
+    Instance(#[source] StoreError),
+    #[error("the instance's credentials could not be read: {0}")]
+    Credentials(#[source] SecretError),
+    /// The company's knowledge settings name no usable index or source (the message says why).
+    #[error("{0}")]
+    Unusable(String),
+    /// The source could not be listed.
+    #[error("{0}")]
+    Source(String),
+    #[error("the knowledge manifest could not be read: {0}")]
+    Manifest(#[source] StoreError),
+    /// Taken for dead and replaced by a newer refresh while it ran.
+    #[error(
+        "abandoned while running: no progress was saved for too long and a newer refresh replaced it"
+    )]
+    Abandoned,
+}
+
+impl RefreshError {
+    fn listing(e: SourceError) -> Self {
+        match e {
+            SourceError::Missing(m) | SourceError::Denied(m) => Self::Source(m),
+            other => Self::Source(format!("the knowledge source could not be listed: {other}")),
+        }
+    }
+}
 /// How often progress is saved (the job's heartbeat).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -100,18 +133,15 @@ struct Run {
 impl Pipeline<'_> {
     /// Runs the refresh, updating `job` (counts, per-file errors, timings) as it goes and
     /// saving it every few seconds. `Err` is a job-level failure.
-    pub async fn run(&self, job: &mut RefreshJob) -> Result<(), String> {
+    pub async fn run(&self, job: &mut RefreshJob) -> Result<(), RefreshError> {
         let started = Instant::now();
-        let listed = self.source.list().await.map_err(|e| match e {
-            SourceError::Missing(m) | SourceError::Denied(m) => m,
-            other => format!("the knowledge source could not be listed: {other}"),
-        })?;
+        let listed = self.source.list().await.map_err(RefreshError::listing)?;
         job.timings.list_ms = ms(started);
         let manifest: HashMap<String, KnowledgeDocument> = self
             .store
             .list_knowledge_documents(self.tenant)
             .await
-            .map_err(|e| format!("the knowledge manifest could not be read: {e}"))?
+            .map_err(RefreshError::Manifest)?
             .into_iter()
             .map(|d| (d.document_id.clone(), d))
             .collect();
@@ -171,7 +201,7 @@ impl Pipeline<'_> {
 
     /// Saves the job's progress when the last save is a few seconds old. `Err` when the job
     /// was abandoned meanwhile (taken for dead and replaced): the run stops.
-    async fn heartbeat(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), String> {
+    async fn heartbeat(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), RefreshError> {
         if run.last_save.elapsed() < PROGRESS_EVERY {
             return Ok(());
         }
@@ -180,7 +210,7 @@ impl Pipeline<'_> {
         run.last_save = Instant::now();
         match self.store.save_refresh_progress(job).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(ABANDONED.into()),
+            Ok(false) => Err(RefreshError::Abandoned),
             Err(e) => {
                 tracing::warn!(tenant.id = %self.tenant, job.id = %job.id, error = %e, "refresh progress not saved");
                 Ok(())
@@ -239,7 +269,7 @@ impl Pipeline<'_> {
     /// Embeds the pending documents' passages in full batches, then writes each document
     /// whose passages all have their vectors; a failed batch fails only the documents it
     /// carried.
-    async fn flush(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), String> {
+    async fn flush(&self, job: &mut RefreshJob, run: &mut Run) -> Result<(), RefreshError> {
         let mut docs = std::mem::take(&mut run.pending);
         run.pending_chunks = 0;
         let mut failed: Vec<Option<String>> = vec![None; docs.len()];
