@@ -7,8 +7,8 @@ mod support;
 
 use std::sync::Arc;
 
-use sophia::store::{InstanceStore, Store};
 use sophia::store::sqlite::SqliteStore;
+use sophia::store::{InstanceStore, Store};
 
 async fn sqlite() -> Arc<dyn Store> {
     Arc::new(SqliteStore::open_in_memory().unwrap())

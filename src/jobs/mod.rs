@@ -120,9 +120,7 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
         .await
     {
         Ok(instance) if instance.status.can_authenticate() => Ok(()),
-        Ok(_) | Err(StoreError::NotFound) => {
-            Err(RefreshError::InstanceDisabled)
-        }
+        Ok(_) | Err(StoreError::NotFound) => Err(RefreshError::InstanceDisabled),
         Err(e) => Err(RefreshError::Instance(e)),
     };
     let outcome = match live {

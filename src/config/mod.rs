@@ -9,20 +9,13 @@ use secrecy::SecretString;
 
 use crate::upstream::policy::{DEFAULT_ALLOWED_HOSTS, UpstreamPolicy};
 
-/// A configuration problem, naming the variable at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {var}: {message}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub message: String,
-}
+mod endpoints;
+mod env;
+#[cfg(test)]
+mod tests;
 
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
-}
+pub use env::ConfigError;
+use env::{Env, err};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
@@ -168,57 +161,6 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-struct Env<F: Fn(&str) -> Option<String>>(F);
-
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    /// A variable's value; empty counts as unset.
-    fn get(&self, var: &str) -> Option<String> {
-        (self.0)(var)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        var: &'static str,
-        default: T,
-        what: &str,
-    ) -> Result<T, ConfigError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| err(var, format!("'{v}' is not {what}"))),
-        }
-    }
-
-    fn flag(&self, var: &'static str) -> Result<bool, ConfigError> {
-        match self.get(var).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(false),
-            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => Ok(true),
-            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => Ok(false),
-            Some(v) => Err(err(var, format!("'{v}' is not true or false"))),
-        }
-    }
-
-    fn range<T>(&self, var: &'static str, default: T, lo: T, hi: T) -> Result<T, ConfigError>
-    where
-        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-    {
-        let v = self.parse(var, default, "a number")?;
-        if v < lo || v > hi {
-            return Err(err(var, format!("{v} is outside {lo}..={hi}")));
-        }
-        Ok(v)
-    }
-
-    fn url(&self, var: &'static str) -> Result<Option<url::Url>, ConfigError> {
-        self.get(var)
-            .map(|v| url::Url::parse(&v).map_err(|e| err(var, format!("not a URL: {e}"))))
-            .transpose()
-    }
-}
-
 impl Settings {
     /// The base URL clients reach SOPHIA at: `SOPHIA_PUBLIC_URL` (required outside local
     /// development), else the local listener. Never derived from a request's headers.
@@ -252,7 +194,7 @@ impl Settings {
         let store = match env.get("SOPHIA_STORE").as_deref() {
             None | Some("sqlite") => StoreBackend::Sqlite,
             Some("cosmos") => StoreBackend::Cosmos {
-                endpoint: cosmos_endpoint(&env)?,
+                endpoint: endpoints::cosmos_endpoint(&env)?,
             },
             Some(other) => {
                 return Err(err(
@@ -272,98 +214,15 @@ impl Settings {
             }
         };
         if secrets == SecretsBackend::KeyVault {
-            match env.get("SOPHIA_KEYVAULT_URL") {
-                None => {
-                    return Err(err(
-                        "SOPHIA_KEYVAULT_URL",
-                        "is required with SOPHIA_SECRETS=keyvault (https://<vault>.vault.azure.net)",
-                    ));
-                }
-                Some(raw) => match url::Url::parse(&raw) {
-                    Ok(u)
-                        if (u.scheme() == "https"
-                            || (u.scheme() == "http" && is_loopback_url(&u)))
-                            && u.path() == "/"
-                            && u.query().is_none() => {}
-                    _ => {
-                        return Err(err(
-                            "SOPHIA_KEYVAULT_URL",
-                            "must be the vault's https base URL, e.g. https://<vault>.vault.azure.net (http only for a loopback stand-in)",
-                        ));
-                    }
-                },
-            }
+            endpoints::keyvault_url(&env)?;
         }
-        let refresh_queue_url = match env.get("SOPHIA_REFRESH_QUEUE").as_deref() {
-            None | Some("local") => None,
-            Some("storage") => match env.get("SOPHIA_REFRESH_QUEUE_URL") {
-                None => {
-                    return Err(err(
-                        "SOPHIA_REFRESH_QUEUE_URL",
-                        "is required with SOPHIA_REFRESH_QUEUE=storage (https://<account>.queue.core.windows.net/<queue>, optionally ?<SAS>)",
-                    ));
-                }
-                Some(raw) => match url::Url::parse(&raw) {
-                    Ok(u)
-                        if (u.scheme() == "https"
-                            || (u.scheme() == "http" && is_loopback_url(&u)))
-                            && u.path().trim_matches('/').len() >= 3 =>
-                    {
-                        Some(SecretString::from(raw))
-                    }
-                    _ => {
-                        return Err(err(
-                            "SOPHIA_REFRESH_QUEUE_URL",
-                            "must be the queue's https URL, e.g. https://<account>.queue.core.windows.net/sophia-refresh (http only on loopback)",
-                        ));
-                    }
-                },
-            },
-            Some(_) => {
-                return Err(err("SOPHIA_REFRESH_QUEUE", "must be local or storage"));
-            }
-        };
-        let admin_jwt_secret = env.get("SOPHIA_ADMIN_JWT_SECRET");
-        if let Some(s) = &admin_jwt_secret
-            && s.len() < 32
-        {
-            return Err(err(
-                "SOPHIA_ADMIN_JWT_SECRET",
-                "must be at least 32 characters",
-            ));
-        }
-        let admin_jwks_url = env.url("SOPHIA_ADMIN_JWKS_URL")?;
-        if let Some(u) = &admin_jwks_url {
-            let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-            if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
-                return Err(err(
-                    "SOPHIA_ADMIN_JWKS_URL",
-                    "must be https (http only for a loopback host)",
-                ));
-            }
-        }
-        let admin_issuer = env.get("SOPHIA_ADMIN_ISSUER");
-        let admin_audience = env.get("SOPHIA_ADMIN_AUDIENCE");
-        if admin_jwks_url.is_some() {
-            // An identity provider's keys sign the tokens of every one of its tenants and apps
-            // (Entra ID signs all of them with the same keys): without a pinned issuer and
-            // audience, anyone with an account there could mint a PLATFORM_ADMIN token.
-            if admin_issuer.is_none() {
-                return Err(err(
-                    "SOPHIA_ADMIN_ISSUER",
-                    "is required with SOPHIA_ADMIN_JWKS_URL: the identity provider's issuer \
-                     (e.g. https://login.microsoftonline.com/<tenant id>/v2.0), or any account \
-                     of that provider could mint admin tokens",
-                ));
-            }
-            if admin_audience.is_none() {
-                return Err(err(
-                    "SOPHIA_ADMIN_AUDIENCE",
-                    "is required with SOPHIA_ADMIN_JWKS_URL: the application id URI or client id \
-                     admin tokens are issued for (e.g. api://sophia-admin)",
-                ));
-            }
-        }
+        let refresh_queue_url = endpoints::refresh_queue_url(&env)?;
+        let endpoints::AdminAuth {
+            jwt_secret: admin_jwt_secret,
+            jwks_url: admin_jwks_url,
+            issuer: admin_issuer,
+            audience: admin_audience,
+        } = endpoints::admin_auth(&env)?;
         let upstream_allowed_hosts = env
             .get("SOPHIA_UPSTREAM_ALLOWED_HOSTS")
             .unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.to_owned());
@@ -386,35 +245,7 @@ impl Settings {
             || matches!(store, StoreBackend::Cosmos { .. })
             || secrets == SecretsBackend::KeyVault
             || refresh_queue_url.is_some();
-        match &public_url {
-            None if on_azure => {
-                return Err(err(
-                    "SOPHIA_PUBLIC_URL",
-                    "is required outside local development (under the Functions host or on an \
-                     Azure backend): the https base URL clients reach SOPHIA at; the token issuer \
-                     and the discovery document are built from it, never from request headers",
-                ));
-            }
-            Some(u)
-                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() =>
-            {
-                return Err(err(
-                    "SOPHIA_PUBLIC_URL",
-                    "must be a base URL without query, fragment or user info",
-                ));
-            }
-            Some(u)
-                if u.scheme() != "https"
-                    && on_azure
-                    && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) =>
-            {
-                return Err(err(
-                    "SOPHIA_PUBLIC_URL",
-                    "must be https outside local development (http only for localhost)",
-                ));
-            }
-            _ => {}
-        }
+        endpoints::check_public_url(public_url.as_ref(), on_azure)?;
         let trusted_proxy_hops = env.range("SOPHIA_TRUSTED_PROXY_HOPS", 1usize, 1, 8)?;
         let token_issuer = env
             .get("SOPHIA_TOKEN_ISSUER")
@@ -608,181 +439,5 @@ impl Settings {
     }
 }
 
-/// `SOPHIA_COSMOS_ENDPOINT`, required with `SOPHIA_STORE=cosmos`.
-fn cosmos_endpoint<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<url::Url, ConfigError> {
-    let Some(raw) = env.get("SOPHIA_COSMOS_ENDPOINT") else {
-        return Err(err(
-            "SOPHIA_COSMOS_ENDPOINT",
-            "is required with SOPHIA_STORE=cosmos (https://<account>.documents.azure.com:443/)",
-        ));
-    };
-    match url::Url::parse(&raw) {
-        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_url(&u)) => Ok(u),
-        _ => Err(err(
-            "SOPHIA_COSMOS_ENDPOINT",
-            "must be an https URL (http only for a loopback emulator)",
-        )),
-    }
-}
-
 /// Routing preference when neither `SOPHIA_COSMOS_REGION` nor `REGION_NAME` is set.
 pub const DEFAULT_COSMOS_REGION: &str = "West Europe";
-
-fn is_loopback_url(u: &url::Url) -> bool {
-    matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults_are_sane() {
-        let s = settings(&[]).unwrap();
-        assert_eq!(s.port, 8080);
-        assert_eq!(s.store, StoreBackend::Sqlite);
-        assert_eq!(s.secrets, SecretsBackend::Local);
-        assert_eq!(s.bcrypt_cost, 12);
-        assert_eq!(s.token_ttl_secs, 3600);
-        assert_eq!(s.data_dir, PathBuf::from("./.sophia"));
-        assert!(!s.allow_local_upstreams);
-    }
-
-    #[test]
-    fn azure_backends_need_their_endpoints() {
-        let e = settings(&[("SOPHIA_STORE", "cosmos")]).err().unwrap();
-        assert_eq!(e.var, "SOPHIA_COSMOS_ENDPOINT");
-        let e = settings(&[
-            ("SOPHIA_STORE", "cosmos"),
-            ("SOPHIA_COSMOS_ENDPOINT", "http://acct.documents.azure.com/"),
-        ])
-        .err()
-        .unwrap();
-        assert_eq!(
-            e.var, "SOPHIA_COSMOS_ENDPOINT",
-            "plain http only for loopback"
-        );
-        assert!(
-            settings(&[
-                ("SOPHIA_STORE", "cosmos"),
-                ("SOPHIA_COSMOS_ENDPOINT", "http://127.0.0.1:8081/"),
-                ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
-            ])
-            .is_ok()
-        );
-        let e = settings(&[("SOPHIA_SECRETS", "keyvault")]).err().unwrap();
-        assert_eq!(e.var, "SOPHIA_KEYVAULT_URL");
-        for bad in [
-            "http://v.vault.azure.net",
-            "https://v.vault.azure.net/secrets/x",
-            "vault",
-        ] {
-            let e = settings(&[("SOPHIA_SECRETS", "keyvault"), ("SOPHIA_KEYVAULT_URL", bad)])
-                .err()
-                .unwrap_or_else(|| panic!("{bad} accepted"));
-            assert_eq!(e.var, "SOPHIA_KEYVAULT_URL");
-        }
-        let s = settings(&[
-            ("SOPHIA_SECRETS", "keyvault"),
-            ("SOPHIA_KEYVAULT_URL", "https://v.vault.azure.net"),
-            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
-            ("REGION_NAME", "North Europe"),
-        ])
-        .unwrap();
-        assert_eq!(s.cosmos_region, "North Europe");
-        assert_eq!(s.audit_ttl_days, 365);
-    }
-
-    #[test]
-    fn functions_port_wins_over_sophia_port() {
-        let s = settings(&[
-            ("FUNCTIONS_CUSTOMHANDLER_PORT", "7071"),
-            ("SOPHIA_PORT", "9000"),
-            ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
-        ])
-        .unwrap();
-        assert_eq!(s.port, 7071);
-        assert_eq!(settings(&[("SOPHIA_PORT", "9000")]).unwrap().port, 9000);
-    }
-
-    /// Outside local development the public URL is configured, never guessed from requests.
-    #[test]
-    fn the_public_url_is_required_outside_local_development() {
-        for azure in [
-            vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "7071")],
-            vec![
-                ("SOPHIA_SECRETS", "keyvault"),
-                ("SOPHIA_KEYVAULT_URL", "https://v.vault.azure.net"),
-            ],
-        ] {
-            assert_eq!(settings(&azure).err().unwrap().var, "SOPHIA_PUBLIC_URL");
-            let mut http = azure.clone();
-            http.push(("SOPHIA_PUBLIC_URL", "http://sophia.example.com"));
-            assert_eq!(settings(&http).err().unwrap().var, "SOPHIA_PUBLIC_URL");
-            let mut ok = azure.clone();
-            ok.push(("SOPHIA_PUBLIC_URL", "https://sophia.example.com/"));
-            assert_eq!(
-                settings(&ok).unwrap().public_base(),
-                "https://sophia.example.com"
-            );
-        }
-        for bad in ["https://x.example.com/?a=1", "https://u:p@x.example.com"] {
-            assert_eq!(
-                settings(&[("SOPHIA_PUBLIC_URL", bad)]).err().unwrap().var,
-                "SOPHIA_PUBLIC_URL"
-            );
-        }
-        let local = settings(&[("SOPHIA_PORT", "9000")]).unwrap();
-        assert_eq!(local.public_base(), "http://127.0.0.1:9000");
-        assert_eq!(
-            settings(&[("SOPHIA_TRUSTED_PROXY_HOPS", "0")])
-                .err()
-                .unwrap()
-                .var,
-            "SOPHIA_TRUSTED_PROXY_HOPS"
-        );
-    }
-
-    #[test]
-    fn bad_values_name_their_variable() {
-        for (var, value) in [
-            ("SOPHIA_PORT", "http"),
-            ("SOPHIA_BCRYPT_COST", "3"),
-            ("SOPHIA_STORE", "postgres"),
-            ("SOPHIA_SECRETS", "vault"),
-            ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "maybe"),
-            ("SOPHIA_ADMIN_JWT_SECRET", "short"),
-            ("SOPHIA_ADMIN_JWKS_URL", "http://idp.example.com/keys"),
-            ("SOPHIA_UPSTREAM_ALLOWED_HOSTS", "a*b"),
-            ("SOPHIA_MASTER_KEY", "nope"),
-            ("SOPHIA_TOKEN_TTL_SECS", "5"),
-            ("SOPHIA_AZURE_CREDENTIAL", "default"),
-            ("SOPHIA_AUDIT_TTL_DAYS", "-1"),
-        ] {
-            let e = settings(&[(var, value)])
-                .err()
-                .unwrap_or_else(|| panic!("{var}={value} accepted"));
-            assert_eq!(e.var, var);
-            assert!(e.to_string().contains(var));
-        }
-    }
-
-    #[test]
-    fn debug_hides_secrets() {
-        let s = settings(&[(
-            "SOPHIA_ADMIN_JWT_SECRET",
-            "super-secret-value-that-is-long-enough",
-        )])
-        .unwrap();
-        assert!(!format!("{s:?}").contains("super-secret"));
-    }
-}
