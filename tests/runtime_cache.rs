@@ -107,7 +107,7 @@ async fn rig() -> Rig {
             .await
             .unwrap(),
     );
-    instance.azure_openai_deployment = Some("gpt-4o".into());
+    instance.config.azure_openai_deployment = Some("gpt-4o".into());
     let id = store.insert_instance(&instance).await.unwrap().id;
     Rig {
         store,

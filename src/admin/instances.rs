@@ -152,42 +152,16 @@ async fn identity_unshared(
     }
 }
 
-fn opt<T>(
-    value: Option<String>,
-    f: impl Fn(&str) -> Result<T, ApiError>,
-) -> Result<Option<T>, ApiError> {
-    value.map(|v| f(&v)).transpose()
-}
-
 /// Creates an instance for `body.companyId` with a new access key (returned once, here).
 pub async fn create(
     app: &App,
     admin: &AdminPrincipal,
     client: &str,
-    body: CreateInstance,
+    mut body: CreateInstance,
 ) -> Result<(AgentInstance, AccessKey), ApiError> {
     admin.check_company(&body.company_id)?;
-    let policy = &app.upstreams;
-    let region = opt(body.region, |v| validate::token_text("region", v, 64))?;
-    let model = opt(body.model, |v| validate::deployment("model", v))?;
-    let azure_project_id = opt(body.azure_project_id, |v| {
-        validate::token_text("azureProjectId", v, 512)
-    })?;
-    let azure_openai_endpoint = opt(body.azure_openai_endpoint, |v| {
-        validate::endpoint(policy, "azureOpenaiEndpoint", v)
-    })?;
-    let azure_openai_deployment = opt(body.azure_openai_deployment, |v| {
-        validate::deployment("azureOpenaiDeployment", v)
-    })?;
-    let azure_embedding_deployment = opt(body.azure_embedding_deployment, |v| {
-        validate::deployment("azureEmbeddingDeployment", v)
-    })?;
-    let azure_search_endpoint = opt(body.azure_search_endpoint, |v| {
-        validate::endpoint(policy, "azureSearchEndpoint", v)
-    })?;
-    let azure_vector_store_id = opt(body.azure_vector_store_id, |v| {
-        validate::token_text("azureVectorStoreId", v, 256)
-    })?;
+    let mut config = body.take_config();
+    validate::config(&app.upstreams, &mut config)?;
     let settings = validate::settings(&body.settings.unwrap_or_default(), &app.upstreams)?;
     let credentials = body.credentials.filter(|c| !c.is_empty());
     if credentials.is_some() && body.keyvault_secret_id.is_some() {
@@ -227,20 +201,12 @@ pub async fn create(
         id,
         tenant_id: body.company_id.clone(),
         agent_type: body.agent_type,
-        status: if azure_project_id.is_some() {
+        status: if config.azure_project_id.is_some() {
             InstanceStatus::Active
         } else {
             InstanceStatus::ToProvision
         },
-        provider: body.provider.unwrap_or_default(),
-        region,
-        model,
-        azure_project_id,
-        azure_openai_endpoint,
-        azure_openai_deployment,
-        azure_embedding_deployment,
-        azure_search_endpoint,
-        azure_vector_store_id,
+        config,
         settings,
         keyvault_secret_id: None,
         access_key_hash: KeyHash::new(hash),
@@ -341,69 +307,25 @@ pub async fn patch(
     admin: &AdminPrincipal,
     client: &str,
     current: AgentInstance,
-    patch: PatchInstance,
+    mut patch: PatchInstance,
 ) -> Result<AgentInstance, ApiError> {
-    let policy = &app.upstreams;
     let mut next = current.clone();
     let mut changed: Vec<&'static str> = Vec::new();
 
-    patch_text(
-        &mut next.region,
-        patch.region,
-        "region",
-        &mut changed,
-        |v| validate::token_text("region", v, 64),
-    )?;
-    patch_text(&mut next.model, patch.model, "model", &mut changed, |v| {
-        validate::deployment("model", v)
-    })?;
-    patch_text(
-        &mut next.azure_project_id,
-        patch.azure_project_id,
-        "azureProjectId",
-        &mut changed,
-        |v| validate::token_text("azureProjectId", v, 512),
-    )?;
-    patch_text(
-        &mut next.azure_openai_endpoint,
-        patch.azure_openai_endpoint,
-        "azureOpenaiEndpoint",
-        &mut changed,
-        |v| validate::endpoint(policy, "azureOpenaiEndpoint", v),
-    )?;
-    patch_text(
-        &mut next.azure_openai_deployment,
-        patch.azure_openai_deployment,
-        "azureOpenaiDeployment",
-        &mut changed,
-        |v| validate::deployment("azureOpenaiDeployment", v),
-    )?;
-    patch_text(
-        &mut next.azure_embedding_deployment,
-        patch.azure_embedding_deployment,
-        "azureEmbeddingDeployment",
-        &mut changed,
-        |v| validate::deployment("azureEmbeddingDeployment", v),
-    )?;
-    patch_text(
-        &mut next.azure_search_endpoint,
-        patch.azure_search_endpoint,
-        "azureSearchEndpoint",
-        &mut changed,
-        |v| validate::endpoint(policy, "azureSearchEndpoint", v),
-    )?;
-    patch_text(
-        &mut next.azure_vector_store_id,
-        patch.azure_vector_store_id,
-        "azureVectorStoreId",
-        &mut changed,
-        |v| validate::token_text("azureVectorStoreId", v, 256),
-    )?;
+    for (field, value) in patch.take_config() {
+        patch_text(
+            next.config.field_mut(field),
+            value,
+            field.name(),
+            &mut changed,
+            |v| validate::config_field(&app.upstreams, field, v),
+        )?;
+    }
     match patch.provider {
         Patch::Absent => {}
         Patch::Null => return Err(ApiError::validation("provider", "cannot be null")),
         Patch::Value(p) => {
-            next.provider = p;
+            next.config.provider = p;
             changed.push("provider");
         }
     }
@@ -437,7 +359,7 @@ pub async fn patch(
     // An instance waiting for provisioning becomes active once it names its Azure project.
     if !status_given
         && next.status == InstanceStatus::ToProvision
-        && next.azure_project_id.is_some()
+        && next.config.azure_project_id.is_some()
     {
         next.status = InstanceStatus::Active;
     }

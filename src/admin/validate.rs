@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::domain::InstanceSettings;
+use crate::domain::{ConfigField, InstanceConfig, InstanceSettings};
 use crate::error::ApiError;
 use crate::upstream::UpstreamPolicy;
 
@@ -45,6 +45,37 @@ pub fn endpoint(policy: &UpstreamPolicy, field: &str, value: &str) -> Result<Str
         .check(value)
         .map_err(|e| ApiError::validation(field, format!("{e}")))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// One text field of an instance's configuration, by its rule.
+pub fn config_field(
+    policy: &UpstreamPolicy,
+    field: ConfigField,
+    value: &str,
+) -> Result<String, ApiError> {
+    let name = field.name();
+    match field {
+        ConfigField::Region => token_text(name, value, 64),
+        ConfigField::AzureProjectId => token_text(name, value, 512),
+        ConfigField::AzureVectorStoreId => token_text(name, value, 256),
+        ConfigField::Model
+        | ConfigField::AzureOpenaiDeployment
+        | ConfigField::AzureEmbeddingDeployment => deployment(name, value),
+        ConfigField::AzureOpenaiEndpoint | ConfigField::AzureSearchEndpoint => {
+            endpoint(policy, name, value)
+        }
+    }
+}
+
+/// Every text field of a configuration given on create, checked (and normalised) in place.
+pub fn config(policy: &UpstreamPolicy, config: &mut InstanceConfig) -> Result<(), ApiError> {
+    for field in ConfigField::ALL {
+        let value = config.field_mut(field);
+        if let Some(v) = value.as_deref() {
+            *value = Some(config_field(policy, field, v)?);
+        }
+    }
+    Ok(())
 }
 
 /// An admin-written settings object, typed (`InstanceSettings::from_map`: unknown keys and

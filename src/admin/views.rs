@@ -5,7 +5,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    AgentInstance, AgentType, AuditEntry, InstanceId, InstanceStatus, Provider, TenantId,
+    AgentInstance, AgentType, AuditEntry, ConfigField, InstanceConfig, InstanceId, InstanceStatus,
+    Provider, TenantId,
 };
 use crate::secrets::CredentialBundle;
 
@@ -44,6 +45,23 @@ pub struct CreateInstance {
     pub keyvault_secret_id: Option<String>,
 }
 
+impl CreateInstance {
+    /// The configuration this body gives (not yet validated).
+    pub fn take_config(&mut self) -> InstanceConfig {
+        InstanceConfig {
+            provider: self.provider.take().unwrap_or_default(),
+            region: self.region.take(),
+            model: self.model.take(),
+            azure_project_id: self.azure_project_id.take(),
+            azure_openai_endpoint: self.azure_openai_endpoint.take(),
+            azure_openai_deployment: self.azure_openai_deployment.take(),
+            azure_embedding_deployment: self.azure_embedding_deployment.take(),
+            azure_search_endpoint: self.azure_search_endpoint.take(),
+            azure_vector_store_id: self.azure_vector_store_id.take(),
+        }
+    }
+}
+
 /// `PATCH /admin/agent-instances/{id}`: only these fields exist; anything else is a 400.
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -62,6 +80,41 @@ pub struct PatchInstance {
     pub settings: Patch<Map<String, Value>>,
     pub credentials: Patch<CredentialBundle>,
     pub keyvault_secret_id: Patch<String>,
+}
+
+impl PatchInstance {
+    /// The text fields of the configuration this body patches, by field.
+    pub fn take_config(&mut self) -> [(ConfigField, Patch<String>); 8] {
+        let take = std::mem::take;
+        [
+            (ConfigField::Region, take(&mut self.region)),
+            (ConfigField::Model, take(&mut self.model)),
+            (
+                ConfigField::AzureProjectId,
+                take(&mut self.azure_project_id),
+            ),
+            (
+                ConfigField::AzureOpenaiEndpoint,
+                take(&mut self.azure_openai_endpoint),
+            ),
+            (
+                ConfigField::AzureOpenaiDeployment,
+                take(&mut self.azure_openai_deployment),
+            ),
+            (
+                ConfigField::AzureEmbeddingDeployment,
+                take(&mut self.azure_embedding_deployment),
+            ),
+            (
+                ConfigField::AzureSearchEndpoint,
+                take(&mut self.azure_search_endpoint),
+            ),
+            (
+                ConfigField::AzureVectorStoreId,
+                take(&mut self.azure_vector_store_id),
+            ),
+        ]
+    }
 }
 
 /// `GET /admin/agent-instances` query.
@@ -94,15 +147,8 @@ pub struct InstanceView {
     pub company_id: TenantId,
     pub agent_type: AgentType,
     pub status: InstanceStatus,
-    pub provider: Provider,
-    pub region: Option<String>,
-    pub model: Option<String>,
-    pub azure_project_id: Option<String>,
-    pub azure_openai_endpoint: Option<String>,
-    pub azure_openai_deployment: Option<String>,
-    pub azure_embedding_deployment: Option<String>,
-    pub azure_search_endpoint: Option<String>,
-    pub azure_vector_store_id: Option<String>,
+    #[serde(flatten)]
+    pub config: InstanceConfig,
     pub settings: crate::domain::InstanceSettings,
     pub keyvault_secret_id: Option<String>,
     pub has_credentials: bool,
@@ -124,15 +170,7 @@ impl From<&AgentInstance> for InstanceView {
             company_id: i.tenant_id.clone(),
             agent_type: i.agent_type,
             status: i.status,
-            provider: i.provider,
-            region: i.region.clone(),
-            model: i.model.clone(),
-            azure_project_id: i.azure_project_id.clone(),
-            azure_openai_endpoint: i.azure_openai_endpoint.clone(),
-            azure_openai_deployment: i.azure_openai_deployment.clone(),
-            azure_embedding_deployment: i.azure_embedding_deployment.clone(),
-            azure_search_endpoint: i.azure_search_endpoint.clone(),
-            azure_vector_store_id: i.azure_vector_store_id.clone(),
+            config: i.config.clone(),
             settings: i.settings.clone(),
             keyvault_secret_id: i.keyvault_secret_id.clone(),
             has_credentials: i.keyvault_secret_id.is_some(),

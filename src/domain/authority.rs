@@ -62,10 +62,10 @@ type FieldReader = fn(&AgentInstance) -> Option<&str>;
 
 const IDENTITY_BOUND: &[(&str, FieldReader)] = &[
     ("azureOpenaiEndpoint", |i| {
-        i.azure_openai_endpoint.as_deref()
+        i.config.azure_openai_endpoint.as_deref()
     }),
     ("azureSearchEndpoint", |i| {
-        i.azure_search_endpoint.as_deref()
+        i.config.azure_search_endpoint.as_deref()
     }),
     ("settings.searchIndex", |i| i.settings.search_index()),
     ("settings.knowledgeContainerUrl", |i| {
@@ -214,15 +214,17 @@ mod tests {
             tenant_id: TenantId::parse("acme").unwrap(),
             agent_type: AgentType::Sophia,
             status: InstanceStatus::Active,
-            provider: Provider::AzureOpenai,
-            region: None,
-            model: None,
-            azure_project_id: Some("p".into()),
-            azure_openai_endpoint: Some("https://acme.openai.azure.com".into()),
-            azure_openai_deployment: Some("gpt-4o".into()),
-            azure_embedding_deployment: None,
-            azure_search_endpoint: None,
-            azure_vector_store_id: None,
+            config: crate::domain::InstanceConfig {
+                provider: Provider::AzureOpenai,
+                region: None,
+                model: None,
+                azure_project_id: Some("p".into()),
+                azure_openai_endpoint: Some("https://acme.openai.azure.com".into()),
+                azure_openai_deployment: Some("gpt-4o".into()),
+                azure_embedding_deployment: None,
+                azure_search_endpoint: None,
+                azure_vector_store_id: None,
+            },
             settings: InstanceSettings::from_map(
                 &settings.as_object().cloned().unwrap_or_default(),
             )
@@ -311,13 +313,13 @@ mod tests {
             (
                 "azureOpenaiEndpoint",
                 Box::new(|i| {
-                    i.azure_openai_endpoint = Some("https://beta.openai.azure.com".into())
+                    i.config.azure_openai_endpoint = Some("https://beta.openai.azure.com".into())
                 }),
             ),
             (
                 "azureSearchEndpoint",
                 Box::new(|i| {
-                    i.azure_search_endpoint = Some("https://beta.search.windows.net".into())
+                    i.config.azure_search_endpoint = Some("https://beta.search.windows.net".into())
                 }),
             ),
             (
@@ -377,7 +379,7 @@ mod tests {
         }
         // What does not move the identity stays the company's to change.
         let mut next = current.clone();
-        next.azure_openai_deployment = Some("gpt-4o-mini".into());
+        next.config.azure_openai_deployment = Some("gpt-4o-mini".into());
         set(&mut next.settings, "systemPrompt".into(), json!("hi"));
         assert!(check(&change(false, Some(&current), &next)).is_ok());
     }

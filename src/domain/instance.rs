@@ -67,6 +67,92 @@ pub enum Provider {
     Openai,
 }
 
+/// What an instance names of its provider and Azure resources: one struct, flattened into the
+/// stored document and into the admin view (so they share every field name).
+///
+/// The create and patch bodies list these fields themselves rather than flattening this
+/// struct: serde's `flatten` loses the path of a field that fails to parse, and every 400 of
+/// the admin API names its field. Both bodies validate and apply them through
+/// [`ConfigField`], the one list of their names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceConfig {
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub azure_project_id: Option<String>,
+    #[serde(default)]
+    pub azure_openai_endpoint: Option<String>,
+    #[serde(default)]
+    pub azure_openai_deployment: Option<String>,
+    #[serde(default)]
+    pub azure_embedding_deployment: Option<String>,
+    #[serde(default)]
+    pub azure_search_endpoint: Option<String>,
+    #[serde(default)]
+    pub azure_vector_store_id: Option<String>,
+}
+
+/// The text fields of [`InstanceConfig`], by their API names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigField {
+    Region,
+    Model,
+    AzureProjectId,
+    AzureOpenaiEndpoint,
+    AzureOpenaiDeployment,
+    AzureEmbeddingDeployment,
+    AzureSearchEndpoint,
+    AzureVectorStoreId,
+}
+
+impl ConfigField {
+    pub const ALL: [ConfigField; 8] = [
+        Self::Region,
+        Self::Model,
+        Self::AzureProjectId,
+        Self::AzureOpenaiEndpoint,
+        Self::AzureOpenaiDeployment,
+        Self::AzureEmbeddingDeployment,
+        Self::AzureSearchEndpoint,
+        Self::AzureVectorStoreId,
+    ];
+
+    /// The field's name in the API and the stored document.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Region => "region",
+            Self::Model => "model",
+            Self::AzureProjectId => "azureProjectId",
+            Self::AzureOpenaiEndpoint => "azureOpenaiEndpoint",
+            Self::AzureOpenaiDeployment => "azureOpenaiDeployment",
+            Self::AzureEmbeddingDeployment => "azureEmbeddingDeployment",
+            Self::AzureSearchEndpoint => "azureSearchEndpoint",
+            Self::AzureVectorStoreId => "azureVectorStoreId",
+        }
+    }
+}
+
+impl InstanceConfig {
+    /// The value of one text field.
+    pub fn field_mut(&mut self, field: ConfigField) -> &mut Option<String> {
+        match field {
+            ConfigField::Region => &mut self.region,
+            ConfigField::Model => &mut self.model,
+            ConfigField::AzureProjectId => &mut self.azure_project_id,
+            ConfigField::AzureOpenaiEndpoint => &mut self.azure_openai_endpoint,
+            ConfigField::AzureOpenaiDeployment => &mut self.azure_openai_deployment,
+            ConfigField::AzureEmbeddingDeployment => &mut self.azure_embedding_deployment,
+            ConfigField::AzureSearchEndpoint => &mut self.azure_search_endpoint,
+            ConfigField::AzureVectorStoreId => &mut self.azure_vector_store_id,
+        }
+    }
+}
+
 /// The stored instance document (`agentInstances`, partition key `tenantId`).
 ///
 /// `accessKeyHash` is a bcrypt hash; credentials live only in the secret store, referenced by
@@ -78,16 +164,9 @@ pub struct AgentInstance {
     pub tenant_id: TenantId,
     pub agent_type: AgentType,
     pub status: InstanceStatus,
-    #[serde(default)]
-    pub provider: Provider,
-    pub region: Option<String>,
-    pub model: Option<String>,
-    pub azure_project_id: Option<String>,
-    pub azure_openai_endpoint: Option<String>,
-    pub azure_openai_deployment: Option<String>,
-    pub azure_embedding_deployment: Option<String>,
-    pub azure_search_endpoint: Option<String>,
-    pub azure_vector_store_id: Option<String>,
+    /// The model provider and the Azure resources the instance names.
+    #[serde(flatten)]
+    pub config: InstanceConfig,
     #[serde(default)]
     pub settings: super::InstanceSettings,
     pub keyvault_secret_id: Option<String>,

@@ -12,7 +12,9 @@ pub mod usage;
 pub use audit::{AuditEntry, AuditOutcome};
 pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
 pub use ids::{InstanceId, TenantId};
-pub use instance::{AgentInstance, AgentType, InstanceStatus, KeyHash, Provider};
+pub use instance::{
+    AgentInstance, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash, Provider,
+};
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};
 pub use settings::InstanceSettings;
 pub use usage::Usage;

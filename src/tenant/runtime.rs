@@ -143,6 +143,7 @@ impl TenantRuntime {
             (None, None) => Err("the instance has no azureOpenaiKey credential".to_owned()),
         };
         let base = instance
+            .config
             .azure_openai_endpoint
             .as_deref()
             .ok_or_else(|| "the instance has no azureOpenaiEndpoint".to_owned())
@@ -150,13 +151,14 @@ impl TenantRuntime {
                 url::Url::parse(e).map_err(|e| format!("invalid azureOpenaiEndpoint: {e}"))
             });
         let deployment = instance
+            .config
             .azure_openai_deployment
             .clone()
-            .or_else(|| instance.model.clone())
+            .or_else(|| instance.config.model.clone())
             .ok_or_else(|| "the instance names neither azureOpenaiDeployment nor model".to_owned());
         let endpoint = |deployment: String, auth: UpstreamAuth, base: url::Url| {
             ModelEndpoint::new(
-                instance.provider,
+                instance.config.provider,
                 base,
                 deployment,
                 api_version.clone(),
@@ -167,7 +169,7 @@ impl TenantRuntime {
             (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
-        let embeddings = match (&instance.azure_embedding_deployment, base, auth) {
+        let embeddings = match (&instance.config.azure_embedding_deployment, base, auth) {
             (Some(d), Ok(base), Ok(auth)) => Some(endpoint(d.clone(), auth, base)),
             _ => None,
         };
@@ -199,15 +201,16 @@ impl TenantRuntime {
         match &self.chat {
             Ok(ep) => self
                 .instance
+                .config
                 .model
                 .clone()
                 .unwrap_or_else(|| ep.deployment.clone()),
-            Err(_) => self.instance.model.clone().unwrap_or_default(),
+            Err(_) => self.instance.config.model.clone().unwrap_or_default(),
         }
     }
 
     pub fn provider(&self) -> Provider {
-        self.instance.provider
+        self.instance.config.provider
     }
 
     /// The company's knowledge source: its Blob container (`settings.knowledgeContainerUrl`,
@@ -273,7 +276,7 @@ fn search_index(
     credentials: &CredentialBundle,
     resolver: &Resolver,
 ) -> Result<Knowledge, String> {
-    let Some(endpoint) = &instance.azure_search_endpoint else {
+    let Some(endpoint) = &instance.config.azure_search_endpoint else {
         return Ok(Knowledge::Embedded(Arc::clone(&resolver.embedded)));
     };
     let url = resolver

@@ -27,15 +27,17 @@ pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
         tenant_id: tenant.clone(),
         agent_type: AgentType::Sophia,
         status,
-        provider: Provider::AzureOpenai,
-        region: Some("westeurope".into()),
-        model: Some("gpt-4o".into()),
-        azure_project_id: None,
-        azure_openai_endpoint: Some("https://x.openai.azure.com".into()),
-        azure_openai_deployment: None,
-        azure_embedding_deployment: None,
-        azure_search_endpoint: None,
-        azure_vector_store_id: None,
+        config: sophia::domain::InstanceConfig {
+            provider: Provider::AzureOpenai,
+            region: Some("westeurope".into()),
+            model: Some("gpt-4o".into()),
+            azure_project_id: None,
+            azure_openai_endpoint: Some("https://x.openai.azure.com".into()),
+            azure_openai_deployment: None,
+            azure_embedding_deployment: None,
+            azure_search_endpoint: None,
+            azure_vector_store_id: None,
+        },
         settings: Default::default(),
         keyvault_secret_id: None,
         access_key_hash: KeyHash::new(
@@ -70,17 +72,17 @@ pub async fn crud_and_etags(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(got.etag, inst.etag);
-    assert_eq!(got.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(got.config.model.as_deref(), Some("gpt-4o"));
 
     let mut changed = got.clone();
-    changed.model = Some("gpt-4o-mini".into());
+    changed.config.model = Some("gpt-4o-mini".into());
     let updated = store.replace_instance(&changed, &got.etag).await.unwrap();
     assert_ne!(updated.etag, got.etag, "a write changes the etag");
-    assert_eq!(updated.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(updated.config.model.as_deref(), Some("gpt-4o-mini"));
 
     // A stale etag writes nothing.
     let mut stale = got.clone();
-    stale.model = Some("stale".into());
+    stale.config.model = Some("stale".into());
     assert!(matches!(
         store.replace_instance(&stale, &got.etag).await,
         Err(StoreError::PreconditionFailed)
@@ -89,7 +91,7 @@ pub async fn crud_and_etags(store: Arc<dyn Store>) {
         .get_instance(&TenantScope::Tenant(t.clone()), &inst.id)
         .await
         .unwrap();
-    assert_eq!(now.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(now.config.model.as_deref(), Some("gpt-4o-mini"));
     assert_eq!(now.etag, updated.etag);
 
     // Missing documents.
@@ -141,13 +143,13 @@ pub async fn tenant_scoping(store: Arc<dyn Store>) {
     // A write that claims A's id under B's tenant does not touch A's document.
     let mut forged = ia.clone();
     forged.tenant_id = b.clone();
-    forged.model = Some("forged".into());
+    forged.config.model = Some("forged".into());
     assert!(store.replace_instance(&forged, &ia.etag).await.is_err());
     let a_now = store
         .get_instance(&TenantScope::Tenant(a.clone()), &ia.id)
         .await
         .unwrap();
-    assert_eq!(a_now.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(a_now.config.model.as_deref(), Some("gpt-4o"));
     // Listings are scoped.
     let la = store
         .list_instances(
