@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -191,13 +191,21 @@ async fn stale_if_error_serves_the_last_good_runtime_then_recovers() {
         .get(&r.store, &r.secrets, &r.tenant, &r.id)
         .await
         .unwrap();
-    // The vault goes down and the entry expires: the stale runtime keeps serving.
+    // The vault goes down and the entry expires: the stale runtime keeps serving. (Until it
+    // expires the fresh entry answers; the first answer after it is the stale copy.)
     r.secret_switch.failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stale = cache
-        .get(&r.store, &r.secrets, &r.tenant, &r.id)
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stale = loop {
+        let got = cache
+            .get(&r.store, &r.secrets, &r.tenant, &r.id)
+            .await
+            .unwrap();
+        if cache.stats().await.stale_served > 0 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(Arc::ptr_eq(&first, &stale));
     assert_eq!(cache.stats().await.stale_served, 1);
     // So does a store outage.
@@ -235,13 +243,28 @@ async fn without_a_good_copy_an_outage_is_an_error_and_staleness_is_bounded() {
             .is_err()
     );
     r.store_switch.failing.store(false, Ordering::SeqCst);
+    let loaded = Instant::now();
     cache
         .get(&r.store, &r.secrets, &r.tenant, &r.id)
         .await
         .unwrap();
     r.store_switch.failing.store(true, Ordering::SeqCst);
-    // Past TTL + max staleness, the stale copy is gone too.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past TTL + max staleness, the stale copy is gone too: the outage becomes an error, and
+    // not before the entry (TTL 100 ms - 10 % jitter) and its stale copy (+100 ms) have gone.
+    let deadline = loaded + Duration::from_secs(10);
+    while cache
+        .get(&r.store, &r.secrets, &r.tenant, &r.id)
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the stale copy was served forever");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        loaded.elapsed() >= Duration::from_millis(90),
+        "the stale copy went before the fresh entry expired ({:?})",
+        loaded.elapsed()
+    );
     assert!(
         cache
             .get(&r.store, &r.secrets, &r.tenant, &r.id)

@@ -307,8 +307,10 @@ async fn the_queue_triggered_worker_runs_enqueued_jobs() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let job: Value = resp.json().await.unwrap();
     let id = job["jobId"].as_str().unwrap().to_owned();
-    // Nothing runs it in-process: it waits in the queue.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing runs it in-process: it waits in the queue (its message is there, and the job
+    // is still queued once the message has been read back).
+    let messages = azurite::receive(&queue_service, &queue).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(
         app.get(&format!("/refresh/{id}"), &token)
             .await
@@ -317,9 +319,6 @@ async fn the_queue_triggered_worker_runs_enqueued_jobs() {
             .unwrap()["status"],
         "queued"
     );
-
-    let messages = azurite::receive(&queue_service, &queue).await;
-    assert_eq!(messages.len(), 1, "{messages:?}");
     // The message is base64 (the host's default queue encoding) of {tenantId, jobId, sig}.
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(&messages[0])
