@@ -1,5 +1,6 @@
-//! HTTP API tests: one binary, one module per feature, every request over real HTTP to an
-//! in-process app on port 0.
+//! HTTP API tests: one binary, one module per route family or feature, every request over
+//! real HTTP to an in-process app on port 0; `cli` and `azure_e2e` run the real binary (its
+//! start-up, signals and logs; on the Azure backends).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/mod.rs"]
@@ -8,8 +9,10 @@ mod support;
 mod admin_instances;
 mod architecture;
 mod audit;
+mod azure_e2e;
 mod azure_storage;
 mod chat;
+mod cli;
 mod config_test;
 mod errors;
 mod hostile_admin;

@@ -3,9 +3,8 @@
 //! managed-identity token from the App Service identity endpoint stand-in — admin create →
 //! token exchange → `/agents/me` → chat, a restart on an empty data dir, and logs without a
 //! secret. Also the mixed pairs (Cosmos + local secrets, SQLite + Key Vault).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};

@@ -1,9 +1,8 @@
 //! The `SecretStore` contract, run against the local encrypted store and against the Key
 //! Vault store talking to the in-process Key Vault stand-in (`tests/support/azure.rs`), plus
 //! what only Key Vault has: the bearer challenge, foreign vaults, throttling, missing roles.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -143,7 +142,7 @@ macro_rules! secret_contract_tests {
             #[tokio::test]
             async fn $case() {
                 let store = $make().await;
-                crate::contract::$case(store).await;
+                crate::secrets::contract::$case(store).await;
             }
         )*
     };

@@ -1,9 +1,8 @@
 //! The Cosmos DB store against the `Store` contract, on the local emulator (`rig/cosmos.js`),
 //! plus what only Cosmos needs: tenant scoping that does not trust the partition routing,
 //! start-up checks of the containers, and throttling.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -32,7 +31,7 @@ async fn cosmos() -> Arc<dyn Store> {
     )
 }
 
-store_contract_tests!(cosmos);
+crate::store_contract_tests!(cosmos);
 
 /// Raw REST calls to the emulator (it ignores auth): what the SDK would send, minus signing.
 async fn rest(

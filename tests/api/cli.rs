@@ -1,8 +1,7 @@
 //! The real binary, as an operator runs it: start-up validation, the admin-token command
 //! against a running server, graceful shutdown, and logs that never carry a secret.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 

@@ -1,9 +1,8 @@
 //! The backend contract suites: the SQLite store against the `Store` contract, and both
 //! knowledge indexes — the embedded SQLite one and Azure AI Search (its stand-in) — against the
 //! `KnowledgeIndex` contract.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ mod sqlite_file {
     crate::store_contract_tests!(file_store);
 }
 
-store_contract_tests!(sqlite);
+crate::store_contract_tests!(sqlite);
 
 mod embedded_index {
     use super::*;

@@ -1,9 +1,8 @@
 //! The model client against the simulator over real HTTP: whole and streamed answers, 429
 //! retries within the budget, then pass-through; timeouts; refused credentials and
 //! deployments; the upstream policy at request time.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,8 @@
 //! The per-tenant runtime cache: single-flight loading, stale-if-error, invalidation.
 //! Wrappers around the real SQLite store and local secret store count reads and can be made
 //! to fail like an unreachable Cosmos DB / Key Vault.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
