@@ -256,7 +256,10 @@ async fn without_a_good_copy_an_outage_is_an_error_and_staleness_is_bounded() {
         .await
         .is_ok()
     {
-        assert!(Instant::now() < deadline, "the stale copy was served forever");
+        assert!(
+            Instant::now() < deadline,
+            "the stale copy was served forever"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
