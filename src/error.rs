@@ -341,6 +341,22 @@ impl From<crate::auth::authenticator::AuthError> for ApiError {
     }
 }
 
+impl From<crate::admin::AdminError> for ApiError {
+    fn from(err: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        match err {
+            AdminError::Invalid { field, detail } => Self::Validation { field, detail },
+            AdminError::ForbiddenField { field, detail } => Self::ForbiddenField { field, detail },
+            AdminError::NotFound(what) => Self::NotFound(what),
+            AdminError::Conflict(message) => Self::Conflict(message),
+            AdminError::Auth(e) => e.into(),
+            AdminError::Store(e) => e.into(),
+            AdminError::Secret(e) => e.into(),
+            AdminError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
 impl From<crate::auth::admin::AdminAuthError> for ApiError {
     fn from(err: crate::auth::admin::AdminAuthError) -> Self {
         match err {

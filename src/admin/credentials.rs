@@ -2,9 +2,9 @@
 //! ownership (never by its name), the bundle an instance uses now, binding a platform admin's
 //! secret to its company.
 
+use super::AdminError;
 use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::domain::{AgentInstance, TenantId};
-use crate::error::ApiError;
 use crate::secrets::{CredentialBundle, SecretError};
 use crate::state::App;
 
@@ -26,18 +26,18 @@ pub async fn referenced_secret(
     admin: &AdminPrincipal,
     company: &TenantId,
     raw: &str,
-) -> Result<ReferencedSecret, ApiError> {
+) -> Result<ReferencedSecret, AdminError> {
     let raw = raw.trim();
     let reference = app.secrets.parse_id(raw)?;
     if reference.name.is_reserved() {
-        return Err(ApiError::validation(
+        return Err(AdminError::invalid(
             "keyvaultSecretId",
             "refers to a secret that SOPHIA manages itself",
         ));
     }
     let platform = matches!(admin.role, AdminRole::PlatformAdmin);
     let not_bound = || {
-        ApiError::validation(
+        AdminError::invalid(
             "keyvaultSecretId",
             format!("no secret with this id is bound to company '{company}'"),
         )
@@ -45,7 +45,7 @@ pub async fn referenced_secret(
     let (secret, owner) = match app.secrets.get_owned(raw).await {
         Ok(found) => found,
         Err(SecretError::NotFound) if platform => {
-            return Err(ApiError::validation(
+            return Err(AdminError::invalid(
                 "keyvaultSecretId",
                 "no such secret in the secret store",
             ));
@@ -58,7 +58,7 @@ pub async fn referenced_secret(
         None if platform => true,
         Some(other) if platform => {
             tracing::warn!(tenant.id = %company, secret.owner = other, "platform admin tried to bind another company's secret");
-            return Err(ApiError::Conflict(
+            return Err(AdminError::Conflict(
                 "this secret is bound to another company; give this company a secret of its own"
                     .into(),
             ));
@@ -76,7 +76,7 @@ pub async fn referenced_secret(
 pub async fn current_bundle(
     app: &App,
     current: &AgentInstance,
-) -> Result<CredentialBundle, ApiError> {
+) -> Result<CredentialBundle, AdminError> {
     match &current.keyvault_secret_id {
         Some(id) => {
             Ok(crate::secrets::tenant_bundle(app.secrets.as_ref(), &current.tenant_id, id).await?)
@@ -90,7 +90,7 @@ pub async fn bind_secret(
     app: &App,
     secret: &ReferencedSecret,
     company: &TenantId,
-) -> Result<(), ApiError> {
+) -> Result<(), AdminError> {
     if secret.bind {
         app.secrets.bind(&secret.id, company).await?;
         tracing::info!(tenant.id = %company, "secret bound to company {company}");

@@ -3,12 +3,12 @@
 //! credentials, audited, and with the security and runtime caches forgotten so the change
 //! bites at once. The handlers in `routes::admin::instances` only parse and shape.
 //!
-//! Errors are `ApiError`s: every one is a refusal a client reads (naming its field), so a
-//! separate error type here would repeat `ApiError`'s variants one for one.
+//! Errors are `AdminError`s (no HTTP type here); `error.rs` answers them.
 
 use chrono::Utc;
 use serde_json::json;
 
+use super::AdminError;
 use crate::admin::credentials::{ReferencedSecret, bind_secret, current_bundle, referenced_secret};
 use crate::admin::validate;
 use crate::admin::views::{CreateInstance, Patch, PatchInstance};
@@ -17,7 +17,6 @@ use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
 use crate::domain::authority::{self, DisabledBy};
 use crate::domain::{AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash};
-use crate::error::{ApiError, NotFoundAs};
 use crate::secrets::{CredentialBundle, SecretName};
 use crate::state::App;
 use crate::store::{InstanceFilter, PageRequest, TenantScope};
@@ -27,21 +26,21 @@ pub async fn load(
     app: &App,
     admin: &AdminPrincipal,
     id: &InstanceId,
-) -> Result<AgentInstance, ApiError> {
+) -> Result<AgentInstance, AdminError> {
     app.store
         .get_instance(&admin.scope(), id)
         .await
-        .not_found_as("agent instance")
+        .map_err(AdminError::store_as("agent instance"))
 }
 
 /// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
 /// the change bites at once on this instance of the service.
-async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, ApiError> {
+async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, AdminError> {
     let stored = app
         .store
         .replace_instance(next, etag)
         .await
-        .not_found_as("agent instance")?;
+        .map_err(AdminError::store_as("agent instance"))?;
     app.auth
         .security
         .invalidate(&stored.tenant_id, &stored.id)
@@ -81,7 +80,7 @@ fn authorize(
     next: &AgentInstance,
     knowledge_sas: bool,
     credentials_changed: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), AdminError> {
     authority::check(&authority::Change {
         platform: matches!(admin.role, AdminRole::PlatformAdmin),
         current,
@@ -93,12 +92,12 @@ fn authorize(
     .map_err(|refusal| match refusal {
         authority::Refusal::Forbidden { field, reason } => {
             tracing::warn!(tenant.id = %next.tenant_id, admin.actor = %admin.actor(), field, "admin change refused: {reason}");
-            ApiError::ForbiddenField {
+            AdminError::ForbiddenField {
                 field: field.into(),
                 detail: reason,
             }
         }
-        authority::Refusal::Invalid { field, reason } => ApiError::validation(field, reason),
+        authority::Refusal::Invalid { field, reason } => AdminError::invalid(field, reason),
     })
 }
 
@@ -120,7 +119,7 @@ async fn identity_unshared(
     app: &App,
     current: Option<&AgentInstance>,
     next: &AgentInstance,
-) -> Result<(), ApiError> {
+) -> Result<(), AdminError> {
     let Some(id) = authority::identity_client_id(next) else {
         return Ok(());
     };
@@ -140,7 +139,7 @@ async fn identity_unshared(
             other.tenant_id != next.tenant_id
                 && authority::identity_client_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id))
         }) {
-            return Err(ApiError::Conflict(
+            return Err(AdminError::Conflict(
                 "this managed identity is bound to another company; give each company an identity of its own"
                     .into(),
             ));
@@ -158,14 +157,14 @@ pub async fn create(
     admin: &AdminPrincipal,
     client: &str,
     mut body: CreateInstance,
-) -> Result<(AgentInstance, AccessKey), ApiError> {
+) -> Result<(AgentInstance, AccessKey), AdminError> {
     admin.check_company(&body.company_id)?;
     let mut config = body.take_config();
     validate::config(&app.upstreams, &mut config)?;
     let settings = validate::settings(&body.settings.unwrap_or_default(), &app.upstreams)?;
     let credentials = body.credentials.filter(|c| !c.is_empty());
     if credentials.is_some() && body.keyvault_secret_id.is_some() {
-        return Err(ApiError::validation(
+        return Err(AdminError::invalid(
             "credentials",
             "give either credentials (stored for you) or keyvaultSecretId (an existing secret), not both",
         ));
@@ -176,7 +175,7 @@ pub async fn create(
         .await?
         .is_some()
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(AdminError::Conflict(format!(
             "company '{}' already has a {} agent instance; rotate its key or disable it first",
             body.company_id,
             body.agent_type.as_str()
@@ -194,7 +193,7 @@ pub async fn create(
         .hasher
         .hash(&key)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(AdminError::internal)?;
     let secret_name = SecretName::for_instance(&id);
     let now = Utc::now();
     let mut instance = AgentInstance {
@@ -284,8 +283,8 @@ fn patch_text(
     patch: Patch<String>,
     name: &'static str,
     changed: &mut Vec<&'static str>,
-    check: impl Fn(&str) -> Result<String, ApiError>,
-) -> Result<(), ApiError> {
+    check: impl Fn(&str) -> Result<String, AdminError>,
+) -> Result<(), AdminError> {
     match patch {
         Patch::Absent => {}
         Patch::Null => {
@@ -308,7 +307,7 @@ pub async fn patch(
     client: &str,
     current: AgentInstance,
     mut patch: PatchInstance,
-) -> Result<AgentInstance, ApiError> {
+) -> Result<AgentInstance, AdminError> {
     let mut next = current.clone();
     let mut changed: Vec<&'static str> = Vec::new();
 
@@ -323,7 +322,7 @@ pub async fn patch(
     }
     match patch.provider {
         Patch::Absent => {}
-        Patch::Null => return Err(ApiError::validation("provider", "cannot be null")),
+        Patch::Null => return Err(AdminError::invalid("provider", "cannot be null")),
         Patch::Value(p) => {
             next.config.provider = p;
             changed.push("provider");
@@ -350,7 +349,7 @@ pub async fn patch(
     }
     let status_given = match patch.status {
         Patch::Absent => false,
-        Patch::Null => return Err(ApiError::validation("status", "cannot be null")),
+        Patch::Null => return Err(AdminError::invalid("status", "cannot be null")),
         Patch::Value(s) => {
             next.status = s;
             true
@@ -374,7 +373,7 @@ pub async fn patch(
             .await?
         && live.id != next.id
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(AdminError::Conflict(format!(
             "company '{}' already has another live {} instance ({})",
             next.tenant_id,
             next.agent_type.as_str(),
@@ -401,13 +400,13 @@ pub async fn patch(
     let mut credential_fields = Vec::new();
     let plan = match (patch.credentials, patch.keyvault_secret_id) {
         (Patch::Value(_), Patch::Value(_)) => {
-            return Err(ApiError::validation(
+            return Err(AdminError::invalid(
                 "credentials",
                 "give either credentials or keyvaultSecretId, not both",
             ));
         }
         (Patch::Null, _) => {
-            return Err(ApiError::validation(
+            return Err(AdminError::invalid(
                 "credentials",
                 "cannot be null; set keyvaultSecretId to null to detach credentials",
             ));
@@ -505,7 +504,7 @@ pub async fn rotate_key(
     admin: &AdminPrincipal,
     client: &str,
     current: AgentInstance,
-) -> Result<(AgentInstance, AccessKey), ApiError> {
+) -> Result<(AgentInstance, AccessKey), AdminError> {
     let key = AccessKey::generate();
     let mut next = current.clone();
     next.access_key_hash = KeyHash::new(
@@ -513,7 +512,7 @@ pub async fn rotate_key(
             .hasher
             .hash(&key)
             .await
-            .map_err(ApiError::internal)?,
+            .map_err(AdminError::internal)?,
     );
     next.access_key_last4 = key.last4();
     next.key_version = current.key_version.saturating_add(1);
@@ -538,7 +537,7 @@ pub async fn disable_instance(
     admin: &AdminPrincipal,
     client: &str,
     current: AgentInstance,
-) -> Result<AgentInstance, ApiError> {
+) -> Result<AgentInstance, AdminError> {
     if current.status == InstanceStatus::Disabled {
         return Ok(current);
     }

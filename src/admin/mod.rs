@@ -3,6 +3,9 @@
 //! values.
 
 pub mod credentials;
+mod error;
 pub mod instances;
 pub mod validate;
 pub mod views;
+
+pub use error::AdminError;

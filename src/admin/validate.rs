@@ -2,19 +2,19 @@
 
 use serde_json::{Map, Value};
 
+use super::AdminError;
 use crate::domain::{ConfigField, InstanceConfig, InstanceSettings};
-use crate::error::ApiError;
 use crate::upstream::UpstreamPolicy;
 
 /// Free text such as a region, model or project id: 1–`max` characters, no control
 /// characters or white space.
-pub fn token_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+pub fn token_text(field: &str, value: &str, max: usize) -> Result<String, AdminError> {
     let v = value.trim();
     if v.is_empty()
         || v.chars().count() > max
         || v.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(ApiError::validation(
+        return Err(AdminError::invalid(
             field,
             format!("must be 1-{max} characters without spaces or control characters"),
         ));
@@ -23,7 +23,7 @@ pub fn token_text(field: &str, value: &str, max: usize) -> Result<String, ApiErr
 }
 
 /// A deployment name goes into an upstream URL path: `[A-Za-z0-9._-]{1,64}`.
-pub fn deployment(field: &str, value: &str) -> Result<String, ApiError> {
+pub fn deployment(field: &str, value: &str) -> Result<String, AdminError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
@@ -31,7 +31,7 @@ pub fn deployment(field: &str, value: &str) -> Result<String, ApiError> {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !value.starts_with('.');
     if !ok {
-        return Err(ApiError::validation(
+        return Err(AdminError::invalid(
             field,
             "must be 1-64 characters of letters, digits, '.', '_' or '-'",
         ));
@@ -40,10 +40,10 @@ pub fn deployment(field: &str, value: &str) -> Result<String, ApiError> {
 }
 
 /// An upstream endpoint: https, on the allow-list, not a private address.
-pub fn endpoint(policy: &UpstreamPolicy, field: &str, value: &str) -> Result<String, ApiError> {
+pub fn endpoint(policy: &UpstreamPolicy, field: &str, value: &str) -> Result<String, AdminError> {
     let url = policy
         .check(value)
-        .map_err(|e| ApiError::validation(field, format!("{e}")))?;
+        .map_err(|e| AdminError::invalid(field, format!("{e}")))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
@@ -52,7 +52,7 @@ pub fn config_field(
     policy: &UpstreamPolicy,
     field: ConfigField,
     value: &str,
-) -> Result<String, ApiError> {
+) -> Result<String, AdminError> {
     let name = field.name();
     match field {
         ConfigField::Region => token_text(name, value, 64),
@@ -68,7 +68,7 @@ pub fn config_field(
 }
 
 /// Every text field of a configuration given on create, checked (and normalised) in place.
-pub fn config(policy: &UpstreamPolicy, config: &mut InstanceConfig) -> Result<(), ApiError> {
+pub fn config(policy: &UpstreamPolicy, config: &mut InstanceConfig) -> Result<(), AdminError> {
     for field in ConfigField::ALL {
         let value = config.field_mut(field);
         if let Some(v) = value.as_deref() {
@@ -84,9 +84,9 @@ pub fn config(policy: &UpstreamPolicy, config: &mut InstanceConfig) -> Result<()
 pub fn settings(
     map: &Map<String, Value>,
     policy: &UpstreamPolicy,
-) -> Result<InstanceSettings, ApiError> {
+) -> Result<InstanceSettings, AdminError> {
     let settings =
-        InstanceSettings::from_map(map).map_err(|e| ApiError::validation(e.field, e.detail))?;
+        InstanceSettings::from_map(map).map_err(|e| AdminError::invalid(e.field, e.detail))?;
     if let Some(url) = settings.knowledge_container_url() {
         endpoint(policy, "settings.knowledgeContainerUrl", url)?;
     }

@@ -71,13 +71,16 @@ impl AdminPrincipal {
 }
 
 /// Why an admin token was refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AdminAuthError {
     /// Not a valid token at all (401).
+    #[error("invalid admin token: {0}")]
     Invalid(&'static str),
     /// A valid token without the right role or company (403).
+    #[error("{0}")]
     Forbidden(&'static str),
     /// The key source could not be reached (503).
+    #[error("admin token keys unavailable: {0}")]
     Unavailable(String),
 }
 
