@@ -289,6 +289,7 @@ pub async fn build_state_with(
     let upstreams = settings.upstream_policy();
     let models = ModelClient::new(
         crate::upstream::upstream_client(&upstreams, settings.upstream_connect_timeout)?,
+        crate::upstream::ModelTransport::new(&upstreams, settings.upstream_connect_timeout)?,
         upstreams.clone(),
         UpstreamTimeouts {
             first_byte: settings.upstream_first_byte_timeout,

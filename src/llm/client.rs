@@ -1,5 +1,5 @@
-//! The model client. One shared `reqwest::Client` (pooled); per call, the tenant's endpoint,
-//! deployment and credential. `azure_openai` calls
+//! The model client. One shared pooled transport (`upstream::ModelTransport`); per call, the
+//! tenant's endpoint, deployment and credential. `azure_openai` calls
 //! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=…` with `api-key`;
 //! `openai` calls `{endpoint}/v1/chat/completions` with a Bearer key.
 //!
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -24,8 +25,8 @@ use super::wire::{
     WireUsage,
 };
 use crate::domain::Provider;
-use crate::upstream::UpstreamError;
-use crate::upstream::UpstreamPolicy;
+use crate::upstream::transport::TransportError;
+use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
 
 /// The default Azure OpenAI data-plane API version (GA, supports `stream_options`).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -66,8 +67,42 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
-    chat_url: Result<Url, String>,
-    embeddings_url: Result<Url, String>,
+    chat_url: Result<(Url, Uri), String>,
+    embeddings_url: Result<(Url, Uri), String>,
+    /// The auth header of a fixed credential, built once.
+    fixed_auth: Option<AuthHeader>,
+}
+
+/// A ready credential header; `Debug` shows only its name.
+#[derive(Clone)]
+struct AuthHeader(HeaderName, HeaderValue);
+
+impl std::fmt::Debug for AuthHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: [REDACTED]", self.0)
+    }
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+impl AuthHeader {
+    fn fixed(provider: Provider, auth: &UpstreamAuth) -> Option<Self> {
+        match (auth, provider) {
+            (UpstreamAuth::Key(key), Provider::AzureOpenai) => {
+                let mut value = HeaderValue::from_str(key.expose_secret()).ok()?;
+                value.set_sensitive(true);
+                Some(Self(HeaderName::from_static("api-key"), value))
+            }
+            (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
+                Some(Self(AUTHORIZATION, bearer(key.expose_secret())?))
+            }
+            (UpstreamAuth::Entra { .. } | UpstreamAuth::None, _) => None,
+        }
+    }
 }
 
 impl ModelEndpoint {
@@ -86,11 +121,17 @@ impl ModelEndpoint {
                 ),
                 Provider::Openai => format!("{root}/v1/{operation}"),
             };
-            Url::parse(&raw).map_err(|e| format!("invalid model endpoint: {e}"))
+            let url = Url::parse(&raw).map_err(|e| format!("invalid model endpoint: {e}"))?;
+            let uri = url
+                .as_str()
+                .parse::<Uri>()
+                .map_err(|e| format!("invalid model endpoint: {e}"))?;
+            Ok((url, uri))
         };
         Self {
             chat_url: url("chat/completions"),
             embeddings_url: url("embeddings"),
+            fixed_auth: AuthHeader::fixed(provider, &auth),
             provider,
             base,
             deployment,
@@ -111,13 +152,23 @@ impl ModelEndpoint {
     }
 
     pub fn chat_url(&self) -> Result<Url, UpstreamError> {
-        self.chat_url.clone().map_err(UpstreamError::Configuration)
+        self.chat_uri().map(|(url, _)| url.clone())
     }
 
     pub fn embeddings_url(&self) -> Result<Url, UpstreamError> {
+        self.embeddings_uri().map(|(url, _)| url.clone())
+    }
+
+    fn chat_uri(&self) -> Result<&(Url, Uri), UpstreamError> {
+        self.chat_url
+            .as_ref()
+            .map_err(|e| UpstreamError::Configuration(e.clone()))
+    }
+
+    fn embeddings_uri(&self) -> Result<&(Url, Uri), UpstreamError> {
         self.embeddings_url
-            .clone()
-            .map_err(UpstreamError::Configuration)
+            .as_ref()
+            .map_err(|e| UpstreamError::Configuration(e.clone()))
     }
 }
 
@@ -164,6 +215,7 @@ impl Default for UpstreamTimeouts {
 #[derive(Clone)]
 pub struct ModelClient {
     http: reqwest::Client,
+    transport: ModelTransport,
     policy: UpstreamPolicy,
     timeouts: UpstreamTimeouts,
 }
@@ -193,7 +245,7 @@ fn error_detail(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn transport_error(err: &reqwest::Error) -> UpstreamError {
+fn transport_error(err: &TransportError) -> UpstreamError {
     if err.is_timeout() {
         UpstreamError::Timeout("connect")
     } else if err.is_connect() {
@@ -209,6 +261,25 @@ fn transport_error(err: &reqwest::Error) -> UpstreamError {
     }
 }
 
+fn body_error(err: &hyper::Error) -> UpstreamError {
+    UpstreamError::Unavailable(format!(
+        "the model endpoint connection failed: {}",
+        root_cause(err)
+    ))
+}
+
+/// Reads a whole response body.
+async fn read_body(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Bytes, UpstreamError> {
+    response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| body_error(&e))
+}
+
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = err;
     while let Some(next) = cur.source() {
@@ -218,9 +289,17 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl ModelClient {
-    pub fn new(http: reqwest::Client, policy: UpstreamPolicy, timeouts: UpstreamTimeouts) -> Self {
+    /// `http` serves the other upstream calls (search services, SDK transports); `transport`
+    /// the model calls.
+    pub fn new(
+        http: reqwest::Client,
+        transport: ModelTransport,
+        policy: UpstreamPolicy,
+        timeouts: UpstreamTimeouts,
+    ) -> Self {
         Self {
             http,
+            transport,
             policy,
             timeouts,
         }
@@ -239,52 +318,46 @@ impl ModelClient {
     async fn send(
         &self,
         endpoint: &ModelEndpoint,
-        url: Url,
+        uri: &Uri,
         body: &impl serde::Serialize,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         // The endpoint was checked when an admin set it; check again now (policy may have changed).
         self.policy.check_url(&endpoint.base).map_err(|e| {
             UpstreamError::Configuration(format!("the model endpoint is not allowed: {e}"))
         })?;
-        let body = bytes::Bytes::from(
+        let body = Bytes::from(
             serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?,
         );
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
-            let mut request = self
-                .http
-                .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            request = match (&endpoint.auth, endpoint.provider) {
-                (UpstreamAuth::Key(key), Provider::AzureOpenai) => {
-                    request.header("api-key", key.expose_secret())
+            let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
+                (Some(AuthHeader(name, value)), _) => Some((name.clone(), value.clone())),
+                (None, UpstreamAuth::Entra { tokens, scope }) => {
+                    let token = tokens.token(scope).await?;
+                    let value = bearer(token.expose_secret()).ok_or_else(|| {
+                        UpstreamError::Configuration("the Entra token is not a valid header".into())
+                    })?;
+                    Some((AUTHORIZATION, value))
                 }
-                (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
-                    request.bearer_auth(key.expose_secret())
-                }
-                (UpstreamAuth::Entra { tokens, scope }, _) => {
-                    request.bearer_auth(tokens.token(scope).await?.expose_secret())
-                }
-                (UpstreamAuth::None, _) => request,
+                (None, _) => None,
             };
-            let response =
-                match tokio::time::timeout(self.timeouts.first_byte, request.send()).await {
-                    Err(_) => return Err(UpstreamError::Timeout("first byte")),
-                    Ok(Err(e)) => return Err(transport_error(&e)),
-                    Ok(Ok(r)) => r,
-                };
+            let sent = self.transport.post_json(uri, auth, body.clone());
+            let response = match tokio::time::timeout(self.timeouts.first_byte, sent).await {
+                Err(_) => return Err(UpstreamError::Timeout("first byte")),
+                Ok(Err(e)) => return Err(transport_error(&e)),
+                Ok(Ok(r)) => r,
+            };
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
             }
             let wait = retry_after(response.headers());
-            let detail = match tokio::time::timeout(Duration::from_secs(5), response.bytes()).await
-            {
-                Ok(Ok(b)) => error_detail(&b),
-                _ => String::new(),
-            };
+            let detail =
+                match tokio::time::timeout(Duration::from_secs(5), read_body(response)).await {
+                    Ok(Ok(b)) => error_detail(&b),
+                    _ => String::new(),
+                };
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || matches!(
                     status,
@@ -380,15 +453,14 @@ impl ModelClient {
         let response = self
             .send(
                 endpoint,
-                endpoint.chat_url()?,
+                &endpoint.chat_uri()?.1,
                 &Self::request(endpoint, messages, params, false),
             )
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
-        let body = tokio::time::timeout(remaining, response.bytes())
+        let body = tokio::time::timeout(remaining, read_body(response))
             .await
-            .map_err(|_| UpstreamError::Timeout("total"))?
-            .map_err(|e| transport_error(&e))?;
+            .map_err(|_| UpstreamError::Timeout("total"))??;
         let parsed: WireResponse = serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::Protocol(format!("chat completion is not valid JSON: {e}"))
         })?;
@@ -433,13 +505,12 @@ impl ModelClient {
                 .then_some(endpoint.deployment.as_str()),
         };
         let response = self
-            .send(endpoint, endpoint.embeddings_url()?, &body)
+            .send(endpoint, &endpoint.embeddings_uri()?.1, &body)
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
-        let bytes = tokio::time::timeout(remaining, response.bytes())
+        let bytes = tokio::time::timeout(remaining, read_body(response))
             .await
-            .map_err(|_| UpstreamError::Timeout("total"))?
-            .map_err(|e| transport_error(&e))?;
+            .map_err(|_| UpstreamError::Timeout("total"))??;
         let mut parsed: Response = serde_json::from_slice(&bytes)
             .map_err(|e| UpstreamError::Protocol(format!("embeddings are not valid JSON: {e}")))?;
         if parsed.data.len() != inputs.len() {
@@ -464,12 +535,12 @@ impl ModelClient {
         let response = self
             .send(
                 endpoint,
-                endpoint.chat_url()?,
+                &endpoint.chat_uri()?.1,
                 &Self::request(endpoint, messages, params, true),
             )
             .await?;
         let mut stream = ChatStream {
-            inner: Box::pin(response.bytes_stream()),
+            inner: Box::pin(response.into_body().into_data_stream()),
             parser: SseParser::new(),
             pending: VecDeque::new(),
             idle: self.timeouts.idle,
@@ -480,7 +551,7 @@ impl ModelClient {
     }
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 /// Parts of a streamed answer, in order. Backpressure: nothing is read from the upstream
 /// until the caller asks for the next part.
@@ -516,7 +587,7 @@ impl ChatStream {
                 .parser
                 .push(&bytes)
                 .map_err(|e| UpstreamError::Protocol(e.to_string()))?,
-            Some(Err(e)) => return Err(transport_error(&e)),
+            Some(Err(e)) => return Err(body_error(&e)),
             None => {
                 self.done = true;
                 self.parser

@@ -9,8 +9,10 @@ use std::time::Duration;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 pub mod policy;
+pub mod transport;
 
 pub use policy::{EndpointError, UpstreamPolicy};
+pub use transport::ModelTransport;
 
 /// Why an upstream call failed, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -51,23 +53,28 @@ impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = Arc::clone(&self.policy);
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| policy.check_resolved(a.ip()).is_ok())
-                .collect();
-            if allowed.is_empty() {
-                let err: Box<dyn std::error::Error + Send + Sync> =
-                    format!("'{host}' resolves only to addresses SOPHIA may not call").into();
-                return Err(err);
-            }
+            let allowed = resolve_allowed(&policy, name.as_str()).await?;
             let iter: Addrs = Box::new(allowed.into_iter());
             Ok(iter)
         })
     }
+}
+
+/// The addresses `host` resolves to that the policy allows; an error when none is left.
+pub(crate) async fn resolve_allowed(
+    policy: &UpstreamPolicy,
+    host: &str,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let allowed: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| policy.check_resolved(a.ip()).is_ok())
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!("'{host}' resolves only to addresses SOPHIA may not call").into());
+    }
+    Ok(allowed)
 }
 
 /// The shared client for tenants' upstreams (connection pooling; policy-checked DNS).

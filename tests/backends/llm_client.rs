@@ -12,7 +12,7 @@ use sophia::llm::{
     ChatParams, ModelClient, ModelEndpoint, StreamPart, UpstreamAuth, UpstreamTimeouts, WireMessage,
 };
 use sophia::upstream::UpstreamPolicy;
-use sophia::upstream::{UpstreamError, upstream_client};
+use sophia::upstream::{ModelTransport, UpstreamError, upstream_client};
 use support::spawn_simulator;
 
 fn policy() -> UpstreamPolicy {
@@ -26,6 +26,7 @@ fn client(timeouts: UpstreamTimeouts) -> ModelClient {
 fn client_for(policy: UpstreamPolicy, timeouts: UpstreamTimeouts) -> ModelClient {
     ModelClient::new(
         upstream_client(&policy, Duration::from_secs(1)).unwrap(),
+        ModelTransport::new(&policy, Duration::from_secs(1)).unwrap(),
         policy,
         timeouts,
     )
@@ -395,6 +396,25 @@ async fn the_openai_provider_uses_v1_and_bearer() {
     let seen = &server.sim.requests()[0];
     assert_eq!(seen.body["model"], "gpt-4o-mini");
     assert!(seen.api_version.is_none());
+}
+
+/// An https endpoint gets TLS with certificate checks: the plain-HTTP simulator behind an
+/// https URL is unreachable (the handshake fails), and it never sees a request, so the key
+/// never travels in clear.
+#[tokio::test]
+async fn https_endpoints_speak_tls_and_nothing_in_clear() {
+    let server = spawn_simulator(SimConfig::default()).await;
+    let https = server.base.replacen("http://", "https://", 1);
+    let err = client(fast())
+        .complete(
+            &endpoint(&https, "d", "k"),
+            &messages("x"),
+            ChatParams::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
+    assert!(server.sim.requests().is_empty());
 }
 
 /// The Azure SDK transport for company resources (the knowledge Blob container) resolves
