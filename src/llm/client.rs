@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,9 +58,9 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
-/// Where one tenant's model lives. Built with [`ModelEndpoint::new`], which derives the
-/// operation URLs once (a tenant runtime holds its endpoints for its whole life, so no request
-/// formats or parses a URL).
+/// Where one tenant's model lives. An operation's URI is derived on its first use and kept (a
+/// tenant runtime holds its endpoints for its whole life, so no request formats or parses a
+/// URL, and an endpoint never used for embeddings keeps no embeddings URI).
 #[derive(Debug, Clone)]
 pub struct ModelEndpoint {
     pub provider: Provider,
@@ -67,8 +68,8 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
-    chat_url: Result<(Url, Uri), String>,
-    embeddings_url: Result<(Url, Uri), String>,
+    chat_uri: OnceLock<Result<Uri, String>>,
+    embeddings_uri: OnceLock<Result<Uri, String>>,
     /// The auth header of a fixed credential, built once.
     fixed_auth: Option<AuthHeader>,
 }
@@ -113,24 +114,9 @@ impl ModelEndpoint {
         api_version: String,
         auth: UpstreamAuth,
     ) -> Self {
-        let url = |operation: &str| {
-            let root = base.as_str().trim_end_matches('/');
-            let raw = match provider {
-                Provider::AzureOpenai => format!(
-                    "{root}/openai/deployments/{deployment}/{operation}?api-version={api_version}"
-                ),
-                Provider::Openai => format!("{root}/v1/{operation}"),
-            };
-            let url = Url::parse(&raw).map_err(|e| format!("invalid model endpoint: {e}"))?;
-            let uri = url
-                .as_str()
-                .parse::<Uri>()
-                .map_err(|e| format!("invalid model endpoint: {e}"))?;
-            Ok((url, uri))
-        };
         Self {
-            chat_url: url("chat/completions"),
-            embeddings_url: url("embeddings"),
+            chat_uri: OnceLock::new(),
+            embeddings_uri: OnceLock::new(),
             fixed_auth: AuthHeader::fixed(provider, &auth),
             provider,
             base,
@@ -138,6 +124,23 @@ impl ModelEndpoint {
             api_version,
             auth,
         }
+    }
+
+    fn operation_uri(&self, operation: &str) -> Result<Uri, String> {
+        let root = self.base.as_str().trim_end_matches('/');
+        let raw = match self.provider {
+            Provider::AzureOpenai => format!(
+                "{root}/openai/deployments/{}/{operation}?api-version={}",
+                self.deployment, self.api_version
+            ),
+            Provider::Openai => format!("{root}/v1/{operation}"),
+        };
+        // Parsed as a URL first: the same rules the endpoint was checked by.
+        Url::parse(&raw)
+            .map_err(|e| format!("invalid model endpoint: {e}"))?
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|e| format!("invalid model endpoint: {e}"))
     }
 
     /// The same endpoint under another provider's URL scheme.
@@ -151,22 +154,18 @@ impl ModelEndpoint {
         )
     }
 
-    pub fn chat_url(&self) -> Result<Url, UpstreamError> {
-        self.chat_uri().map(|(url, _)| url.clone())
-    }
-
-    pub fn embeddings_url(&self) -> Result<Url, UpstreamError> {
-        self.embeddings_uri().map(|(url, _)| url.clone())
-    }
-
-    fn chat_uri(&self) -> Result<&(Url, Uri), UpstreamError> {
-        self.chat_url
+    /// `…/chat/completions` of this endpoint.
+    pub fn chat_url(&self) -> Result<&Uri, UpstreamError> {
+        self.chat_uri
+            .get_or_init(|| self.operation_uri("chat/completions"))
             .as_ref()
             .map_err(|e| UpstreamError::Configuration(e.clone()))
     }
 
-    fn embeddings_uri(&self) -> Result<&(Url, Uri), UpstreamError> {
-        self.embeddings_url
+    /// `…/embeddings` of this endpoint.
+    pub fn embeddings_url(&self) -> Result<&Uri, UpstreamError> {
+        self.embeddings_uri
+            .get_or_init(|| self.operation_uri("embeddings"))
             .as_ref()
             .map_err(|e| UpstreamError::Configuration(e.clone()))
     }
@@ -453,7 +452,7 @@ impl ModelClient {
         let response = self
             .send(
                 endpoint,
-                &endpoint.chat_uri()?.1,
+                endpoint.chat_url()?,
                 &Self::request(endpoint, messages, params, false),
             )
             .await?;
@@ -505,7 +504,7 @@ impl ModelClient {
                 .then_some(endpoint.deployment.as_str()),
         };
         let response = self
-            .send(endpoint, &endpoint.embeddings_uri()?.1, &body)
+            .send(endpoint, endpoint.embeddings_url()?, &body)
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
         let bytes = tokio::time::timeout(remaining, read_body(response))
@@ -535,7 +534,7 @@ impl ModelClient {
         let response = self
             .send(
                 endpoint,
-                &endpoint.chat_uri()?.1,
+                endpoint.chat_url()?,
                 &Self::request(endpoint, messages, params, true),
             )
             .await?;
@@ -659,7 +658,7 @@ mod tests {
             UpstreamAuth::None,
         );
         assert_eq!(
-            azure.chat_url().unwrap().as_str(),
+            azure.chat_url().unwrap().to_string(),
             "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
         );
         let openai = ModelEndpoint::new(
@@ -670,7 +669,7 @@ mod tests {
             UpstreamAuth::None,
         );
         assert_eq!(
-            openai.chat_url().unwrap().as_str(),
+            openai.chat_url().unwrap().to_string(),
             "https://api.example.com/v1/chat/completions"
         );
         assert_eq!(
