@@ -68,19 +68,33 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
-    chat_uri: OnceLock<Result<Uri, String>>,
-    embeddings_uri: OnceLock<Result<Uri, String>>,
+    // Boxed: an operation never used costs a pointer, not a `Uri`.
+    chat_uri: OnceLock<Box<Result<Uri, String>>>,
+    embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
     /// The auth header of a fixed credential, built once.
     fixed_auth: Option<AuthHeader>,
 }
 
-/// A ready credential header; `Debug` shows only its name.
+/// A ready credential header: `api-key` (Azure keys) or `Authorization`. `Debug` redacts.
 #[derive(Clone)]
-struct AuthHeader(HeaderName, HeaderValue);
+struct AuthHeader {
+    api_key: bool,
+    value: HeaderValue,
+}
+
+impl AuthHeader {
+    fn name(&self) -> HeaderName {
+        if self.api_key {
+            HeaderName::from_static("api-key")
+        } else {
+            AUTHORIZATION
+        }
+    }
+}
 
 impl std::fmt::Debug for AuthHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: [REDACTED]", self.0)
+        write!(f, "{}: [REDACTED]", self.name())
     }
 }
 
@@ -96,10 +110,16 @@ impl AuthHeader {
             (UpstreamAuth::Key(key), Provider::AzureOpenai) => {
                 let mut value = HeaderValue::from_str(key.expose_secret()).ok()?;
                 value.set_sensitive(true);
-                Some(Self(HeaderName::from_static("api-key"), value))
+                Some(Self {
+                    api_key: true,
+                    value,
+                })
             }
             (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
-                Some(Self(AUTHORIZATION, bearer(key.expose_secret())?))
+                Some(Self {
+                    api_key: false,
+                    value: bearer(key.expose_secret())?,
+                })
             }
             (UpstreamAuth::Entra { .. } | UpstreamAuth::None, _) => None,
         }
@@ -156,16 +176,20 @@ impl ModelEndpoint {
 
     /// `…/chat/completions` of this endpoint.
     pub fn chat_url(&self) -> Result<&Uri, UpstreamError> {
-        self.chat_uri
-            .get_or_init(|| self.operation_uri("chat/completions"))
+        let uri = self
+            .chat_uri
+            .get_or_init(|| Box::new(self.operation_uri("chat/completions")));
+        (**uri)
             .as_ref()
             .map_err(|e| UpstreamError::Configuration(e.clone()))
     }
 
     /// `…/embeddings` of this endpoint.
     pub fn embeddings_url(&self) -> Result<&Uri, UpstreamError> {
-        self.embeddings_uri
-            .get_or_init(|| self.operation_uri("embeddings"))
+        let uri = self
+            .embeddings_uri
+            .get_or_init(|| Box::new(self.operation_uri("embeddings")));
+        (**uri)
             .as_ref()
             .map_err(|e| UpstreamError::Configuration(e.clone()))
     }
@@ -331,7 +355,7 @@ impl ModelClient {
         let mut attempt = 0u32;
         loop {
             let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
-                (Some(AuthHeader(name, value)), _) => Some((name.clone(), value.clone())),
+                (Some(header), _) => Some((header.name(), header.value.clone())),
                 (None, UpstreamAuth::Entra { tokens, scope }) => {
                     let token = tokens.token(scope).await?;
                     let value = bearer(token.expose_secret()).ok_or_else(|| {
