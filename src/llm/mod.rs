@@ -2,6 +2,7 @@
 //! parser its streams go through.
 
 pub mod client;
+pub mod endpoint;
 pub mod sse;
 pub mod wire;
 

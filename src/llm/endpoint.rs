@@ -1,0 +1,179 @@
+//! Where a tenant's model lives and how SOPHIA authenticates to it: the endpoint, its
+//! deployment and API version, the credential, and what is derived from them once per tenant
+//! runtime (the operation URIs, a fixed credential's header).
+
+use std::sync::OnceLock;
+
+use http::Uri;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::domain::Provider;
+use crate::upstream::UpstreamError;
+
+/// The default Azure OpenAI data-plane API version (GA, supports `stream_options`).
+pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// How to authenticate to the tenant's model.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// Azure `api-key` header, or `Authorization: Bearer` for the `openai` provider.
+    Key(SecretString),
+    /// A fixed bearer token.
+    Bearer(SecretString),
+    /// An Entra token for `scope`, fetched (and cached) by the process's Azure credential.
+    Entra {
+        tokens: std::sync::Arc<crate::azure_auth::EntraTokens>,
+        scope: &'static str,
+    },
+    None,
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Key(_) => "Key([REDACTED])",
+            Self::Bearer(_) => "Bearer([REDACTED])",
+            Self::Entra { .. } => "Entra([token on demand])",
+            Self::None => "None",
+        })
+    }
+}
+
+/// Where one tenant's model lives. An operation's URI is derived on its first use and kept (a
+/// tenant runtime holds its endpoints for its whole life, so no request formats or parses a
+/// URL, and an endpoint never used for embeddings keeps no embeddings URI).
+#[derive(Debug, Clone)]
+pub struct ModelEndpoint {
+    pub provider: Provider,
+    pub base: Url,
+    pub deployment: String,
+    pub api_version: String,
+    pub auth: UpstreamAuth,
+    // Boxed: an operation never used costs a pointer, not a `Uri`.
+    chat_uri: OnceLock<Box<Result<Uri, String>>>,
+    embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
+    /// The auth header of a fixed credential, built once.
+    pub(super) fixed_auth: Option<AuthHeader>,
+}
+
+/// A ready credential header: `api-key` (Azure keys) or `Authorization`. `Debug` redacts.
+#[derive(Clone)]
+pub(super) struct AuthHeader {
+    api_key: bool,
+    pub(super) value: HeaderValue,
+}
+
+impl AuthHeader {
+    pub(super) fn name(&self) -> HeaderName {
+        if self.api_key {
+            HeaderName::from_static("api-key")
+        } else {
+            AUTHORIZATION
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: [REDACTED]", self.name())
+    }
+}
+
+pub(super) fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+impl AuthHeader {
+    fn fixed(provider: Provider, auth: &UpstreamAuth) -> Option<Self> {
+        match (auth, provider) {
+            (UpstreamAuth::Key(key), Provider::AzureOpenai) => {
+                let mut value = HeaderValue::from_str(key.expose_secret()).ok()?;
+                value.set_sensitive(true);
+                Some(Self {
+                    api_key: true,
+                    value,
+                })
+            }
+            (UpstreamAuth::Key(key), Provider::Openai) | (UpstreamAuth::Bearer(key), _) => {
+                Some(Self {
+                    api_key: false,
+                    value: bearer(key.expose_secret())?,
+                })
+            }
+            (UpstreamAuth::Entra { .. } | UpstreamAuth::None, _) => None,
+        }
+    }
+}
+
+impl ModelEndpoint {
+    pub fn new(
+        provider: Provider,
+        base: Url,
+        deployment: String,
+        api_version: String,
+        auth: UpstreamAuth,
+    ) -> Self {
+        Self {
+            chat_uri: OnceLock::new(),
+            embeddings_uri: OnceLock::new(),
+            fixed_auth: AuthHeader::fixed(provider, &auth),
+            provider,
+            base,
+            deployment,
+            api_version,
+            auth,
+        }
+    }
+
+    fn operation_uri(&self, operation: &str) -> Result<Uri, String> {
+        let root = self.base.as_str().trim_end_matches('/');
+        let raw = match self.provider {
+            Provider::AzureOpenai => format!(
+                "{root}/openai/deployments/{}/{operation}?api-version={}",
+                self.deployment, self.api_version
+            ),
+            Provider::Openai => format!("{root}/v1/{operation}"),
+        };
+        // Parsed as a URL first: the same rules the endpoint was checked by.
+        Url::parse(&raw)
+            .map_err(|e| format!("invalid model endpoint: {e}"))?
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|e| format!("invalid model endpoint: {e}"))
+    }
+
+    /// The same endpoint under another provider's URL scheme.
+    pub fn with_provider(self, provider: Provider) -> Self {
+        Self::new(
+            provider,
+            self.base,
+            self.deployment,
+            self.api_version,
+            self.auth,
+        )
+    }
+
+    /// `…/chat/completions` of this endpoint.
+    pub fn chat_url(&self) -> Result<&Uri, UpstreamError> {
+        let uri = self
+            .chat_uri
+            .get_or_init(|| Box::new(self.operation_uri("chat/completions")));
+        (**uri)
+            .as_ref()
+            .map_err(|e| UpstreamError::Configuration(e.clone()))
+    }
+
+    /// `…/embeddings` of this endpoint.
+    pub fn embeddings_url(&self) -> Result<&Uri, UpstreamError> {
+        let uri = self
+            .embeddings_uri
+            .get_or_init(|| Box::new(self.operation_uri("embeddings")));
+        (**uri)
+            .as_ref()
+            .map_err(|e| UpstreamError::Configuration(e.clone()))
+    }
+}
