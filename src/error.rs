@@ -341,6 +341,17 @@ impl From<crate::auth::authenticator::AuthError> for ApiError {
     }
 }
 
+impl From<crate::jobs::StartError> for ApiError {
+    fn from(err: crate::jobs::StartError) -> Self {
+        use crate::jobs::StartError;
+        match err {
+            StartError::Runtime(e) => e.into(),
+            StartError::Store(e) => e.into(),
+            StartError::NotQueued => Self::Unavailable(err.to_string()),
+        }
+    }
+}
+
 impl From<crate::admin::AdminError> for ApiError {
     fn from(err: crate::admin::AdminError) -> Self {
         use crate::admin::AdminError;

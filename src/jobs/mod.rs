@@ -21,6 +21,71 @@ use crate::state::{App, AppState};
 use crate::store::{StoreError, TenantScope};
 use crate::tenant::runtime::RuntimeError;
 
+/// Why a refresh could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The job was recorded but no worker or queue took it; it is saved as failed.
+    #[error("the refresh could not be queued; retry later")]
+    NotQueued,
+}
+
+/// Starts a refresh of the caller's knowledge (`full`: every document, unchanged or not),
+/// requested by `client`: recorded, audited and handed to a worker. While a job of the company
+/// is active (and not stale) that job is returned instead, with `false`.
+pub async fn start(
+    app: &AppState,
+    tenant: &TenantId,
+    instance: &InstanceId,
+    full: bool,
+    client: &str,
+) -> Result<(RefreshJob, bool), StartError> {
+    let runtime = app
+        .runtimes
+        .get(&app.store, &app.secrets, tenant, instance)
+        .await?;
+    let mut job = RefreshJob::queued(
+        tenant.clone(),
+        *instance,
+        runtime.describe_source(),
+        full,
+        format!("client:{tenant}"),
+    );
+    job.request_id = Some(crate::http::request_id::current());
+    let stale_before = job.created_at
+        - chrono::Duration::from_std(app.settings.refresh_stale_after)
+            .unwrap_or(chrono::Duration::minutes(10));
+    let (job, created) = app.store.begin_refresh_job(&job, stale_before).await?;
+    if !created {
+        return Ok((job, false));
+    }
+    let entry = AuditEntry::new(
+        tenant.clone(),
+        action::REFRESH_START,
+        job.requested_by.clone(),
+        AuditOutcome::Success,
+    )
+    .instance(job.instance_id)
+    .client(client)
+    .details(serde_json::json!({"jobId": job.id, "source": job.source, "full": job.full}));
+    app.audit(entry).await;
+    if let Err(e) = dispatch(app, &job).await {
+        tracing::error!(tenant.id = %tenant, job.id = %job.id, error = ?e, "refresh job could not be queued: {e:#}");
+        let mut failed = job;
+        failed.state = JobState::Failed;
+        failed.error = Some("the job could not be queued".into());
+        failed.finished_at = Some(Utc::now());
+        failed.updated_at = Utc::now();
+        app.store.save_refresh_job(&failed).await?;
+        return Err(StartError::NotQueued);
+    }
+    tracing::info!(tenant.id = %tenant, job.id = %job.id, "refresh queued");
+    Ok((job, true))
+}
+
 /// Hands a recorded job to a worker.
 pub async fn dispatch(app: &AppState, job: &RefreshJob) -> anyhow::Result<()> {
     match &app.jobs {

@@ -1,6 +1,7 @@
 //! `POST /refresh` and `GET /refresh/{jobId}`: a company rebuilds its own knowledge from its
 //! source and follows the job. One refresh at a time per company: a request while one is
-//! queued or running answers that job.
+//! queued or running answers that job. Starting, auditing and handing it to a worker is
+//! `jobs::start`; these handlers parse and shape.
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
@@ -9,9 +10,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::audit::action;
 use crate::domain::refresh::{FileError, JobCounts, JobTimings};
-use crate::domain::{AuditEntry, AuditOutcome, InstanceId, JobState, RefreshJob, TenantId};
+use crate::domain::{InstanceId, JobState, RefreshJob, TenantId};
 use crate::error::{ApiError, NotFoundAs};
 use crate::http::extract::{ClientAddress, ServiceAuth, optional_json};
 use crate::state::AppState;
@@ -89,49 +89,8 @@ pub async fn start_refresh(
     req: Request,
 ) -> Result<Response, ApiError> {
     let body: RefreshBody = optional_json(req, &app).await?;
-    let tenant = claims.company_id.clone();
-    let runtime = app
-        .runtimes
-        .get(&app.store, &app.secrets, &tenant, &claims.sub)
-        .await?;
-    let mut job = RefreshJob::queued(
-        tenant.clone(),
-        claims.sub,
-        runtime.describe_source(),
-        body.full,
-        format!("client:{tenant}"),
-    );
-    job.request_id = Some(crate::http::request_id::current());
-    let stale_before = job.created_at
-        - chrono::Duration::from_std(app.settings.refresh_stale_after)
-            .unwrap_or(chrono::Duration::minutes(10));
-    let (job, created) = app.store.begin_refresh_job(&job, stale_before).await?;
-    if !created {
-        return Ok(accepted(job));
-    }
-    let entry = AuditEntry::new(
-        tenant.clone(),
-        action::REFRESH_START,
-        job.requested_by.clone(),
-        AuditOutcome::Success,
-    )
-    .instance(job.instance_id)
-    .client(&client)
-    .details(serde_json::json!({"jobId": job.id, "source": job.source, "full": job.full}));
-    app.audit(entry).await;
-    if let Err(e) = crate::jobs::dispatch(&app, &job).await {
-        tracing::error!(tenant.id = %tenant, job.id = %job.id, error = ?e, "refresh job could not be queued: {e:#}");
-        let mut failed = job;
-        failed.state = JobState::Failed;
-        failed.error = Some("the job could not be queued".into());
-        failed.finished_at = Some(Utc::now());
-        failed.updated_at = Utc::now();
-        app.store.save_refresh_job(&failed).await?;
-        return Err(ApiError::Unavailable(
-            "the refresh could not be queued; retry later".into(),
-        ));
-    }
-    tracing::info!(tenant.id = %tenant, job.id = %job.id, "refresh queued");
+    let (job, _created) =
+        crate::jobs::start(&app, &claims.company_id, &claims.sub, body.full, &client).await?;
     Ok(accepted(job))
 }
 
