@@ -89,6 +89,23 @@ pub const MAX_CONVERSATION_BYTES: usize = 1_500_000;
 const CUT_MARK: &str = " […]";
 
 impl Conversation {
+    /// A conversation with no messages yet, started at `now`.
+    pub fn start(
+        id: ConversationId,
+        tenant_id: TenantId,
+        instance_id: InstanceId,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            tenant_id,
+            instance_id,
+            messages: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// Appends `messages`, then drops the oldest until at most `keep_last` remain and the
     /// serialised conversation fits `max_bytes`. Returns how many messages were dropped, so
     /// the caller can say so: nothing is lost silently.

@@ -53,14 +53,7 @@ impl ConversationStore for CosmosStore {
                     let now = Utc::now();
                     let mut conversation = match current {
                         Some(doc) => doc.conversation,
-                        None => Conversation {
-                            id: *id,
-                            tenant_id: tenant.clone(),
-                            instance_id: *instance,
-                            messages: Vec::new(),
-                            created_at: now,
-                            updated_at: now,
-                        },
+                        None => Conversation::start(*id, tenant.clone(), *instance, now),
                     };
                     let dropped = conversation.append(
                         messages,

@@ -54,14 +54,7 @@ impl ConversationStore for SqliteStore {
             let mut conversation = match existing {
                 Some(doc) => serde_json::from_str::<Conversation>(&doc)
                     .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt conversation: {e}")))?,
-                None => Conversation {
-                    id,
-                    tenant_id: tenant.clone(),
-                    instance_id: instance,
-                    messages: Vec::new(),
-                    created_at: now,
-                    updated_at: now,
-                },
+                None => Conversation::start(id, tenant.clone(), instance, now),
             };
             let dropped = conversation.append(
                 &messages,
