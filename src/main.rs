@@ -64,6 +64,7 @@ fn main() -> ExitCode {
 
 fn serve(settings: Settings) -> ExitCode {
     sophia::telemetry::init(&settings);
+    let flush = settings.telemetry.flush_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +75,7 @@ fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => {
@@ -99,7 +100,12 @@ fn serve(settings: Settings) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // What the host's stop left pending goes out, within a bound.
+    if !sophia::telemetry::shutdown(flush) {
+        eprintln!("sophia: pending telemetry not flushed within {} ms", flush.as_millis());
+    }
+    code
 }
 
 fn simulate(port: u16, config: sophia::dev::simulator::SimConfig) -> ExitCode {

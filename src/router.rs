@@ -10,6 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::request_id;
@@ -18,6 +19,7 @@ use crate::routes::{
     agents, chat, config_test, health, openai, openapi, refresh, token, wellknown,
 };
 use crate::state::AppState;
+use crate::telemetry;
 
 /// Routes that need no credentials. Every other route authenticates through its extractors
 /// (`AdminAuth` or `ServiceAuth`); the auth tests walk this list.
@@ -165,28 +167,66 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// One line per request: method, route template (never the raw query), status, duration.
+/// Observes every request: its server span for App Insights (continuing an incoming
+/// `traceparent`; a streamed answer's span lasts until its body ends), and one access-log line
+/// with the method, route template (never the raw query), status and duration.
 async fn access_log(request: Request, next: Next) -> Response {
-    if !tracing::enabled!(tracing::Level::INFO) {
+    let log = tracing::enabled!(target: telemetry::ACCESS_LOG_TARGET, tracing::Level::INFO);
+    if !log && !telemetry::enabled() {
         return next.run(request).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
+    let matched = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
+        .map(|p| p.as_str().to_owned());
+    let route = matched
+        .clone()
         .unwrap_or_else(|| request.uri().path().chars().take(200).collect());
-    let response = next.run(request).await;
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(
-        http.method = %method,
-        http.route = %route,
-        http.status = response.status().as_u16(),
-        duration_ms,
-        request.id = %request_id::current(),
-        "{method} {route} {}",
-        response.status().as_u16()
+    let request_id = request_id::current();
+    // An unmatched path is not a route: one name for all of them (no cardinality from scans).
+    let span = telemetry::request_span(
+        method.as_str(),
+        matched.as_deref().unwrap_or("(unmatched)"),
+        &request.uri().path().chars().take(400).collect::<String>(),
+        &request_id,
+        request.headers(),
     );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    telemetry::end_request(&span, status);
+    if log {
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "sophia::access",
+            duration_ms,
+            http.method = %method,
+            http.route = %route,
+            http.status = status,
+            request.id = %request_id,
+            "{method} {route} {status}"
+        );
+    }
+    if span.is_disabled() || !is_event_stream(&response) {
+        return response;
+    }
+    // The request lasts until the last event has gone out.
+    let (parts, body) = response.into_parts();
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::map(
+        body.into_data_stream(),
+        move |chunk| {
+            let _ = &span;
+            chunk
+        },
+    ));
+    Response::from_parts(parts, body)
+}
+
+fn is_event_stream(response: &Response) -> bool {
     response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }

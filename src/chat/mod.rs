@@ -112,6 +112,7 @@ pub struct Turn {
     pub model: String,
     prompt_estimate: u64,
     stored: Option<Stored>,
+    started: std::time::Instant,
 }
 
 /// A stored turn's place in its conversation.
@@ -140,6 +141,12 @@ impl Turn {
     /// Loads everything the turn needs. A conversation id must name one of the caller's
     /// conversations; a `/v1` model must be one the instance allows.
     pub async fn prepare(app: &App, caller: Caller, ask: Ask) -> Result<Self, ChatError> {
+        let started = std::time::Instant::now();
+        crate::telemetry::record_caller(
+            caller.tenant.as_str(),
+            &caller.instance,
+            crate::domain::AgentType::Sophia.as_str(),
+        );
         let runtime = app
             .runtimes
             .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
@@ -216,6 +223,7 @@ impl Turn {
             params,
             prompt_estimate,
             stored,
+            started,
         })
     }
 
@@ -259,6 +267,7 @@ impl Turn {
     ) -> Answer {
         let usage = self.usage(reported, &content);
         app.usage.record(&self.caller.tenant, usage);
+        self.metrics(usage, model.as_deref(), true);
         let saved = match self.stored {
             Some(stored) => Some(save(app, &self.caller, stored, &content, &self.citations).await),
             None => None,
@@ -275,8 +284,25 @@ impl Turn {
 
     /// Records the tokens of a turn that failed part-way (nothing is stored).
     fn fail(&self, app: &App, reported: Option<WireUsage>, partial: &str) {
-        app.usage
-            .record(&self.caller.tenant, self.usage(reported, partial));
+        let usage = self.usage(reported, partial);
+        app.usage.record(&self.caller.tenant, usage);
+        self.metrics(usage, None, false);
+    }
+
+    /// The turn in the company's metrics (tokens by instance and model, outcome, latency).
+    fn metrics(&self, usage: Usage, model: Option<&str>, ok: bool) {
+        if !crate::telemetry::enabled() {
+            return;
+        }
+        crate::telemetry::metrics::turn(&crate::telemetry::metrics::TurnRecord {
+            company: self.caller.tenant.as_str(),
+            instance: &self.caller.instance.to_string(),
+            model: model.unwrap_or(&self.model),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ok,
+        });
     }
 }
 

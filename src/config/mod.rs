@@ -131,7 +131,31 @@ pub struct Settings {
     pub keyvault_url: Option<String>,
     pub azure_credential: Option<crate::azure_auth::CredentialKind>,
     pub azure_client_id: Option<String>,
-    pub appinsights_connection_string: Option<SecretString>,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Application Insights export (`APPLICATIONINSIGHTS_CONNECTION_STRING`, `SOPHIA_TELEMETRY_*`).
+#[derive(Clone)]
+pub struct TelemetrySettings {
+    /// Where telemetry goes; unset: logs on stdout only.
+    pub connection_string: Option<SecretString>,
+    /// Share of successful traces exported, 0.0–1.0 (`SOPHIA_TELEMETRY_SAMPLING`, default 1);
+    /// failures are always exported.
+    pub sampling: f64,
+    /// Spans waiting for export at most (`SOPHIA_TELEMETRY_QUEUE`, default 2048); past it
+    /// spans are dropped and counted.
+    pub queue: usize,
+    /// Longest time a span waits to be posted (`SOPHIA_TELEMETRY_EXPORT_MS`, default 1000).
+    pub export_interval: Duration,
+    /// Longest wait for one post to the ingestion endpoint (`SOPHIA_TELEMETRY_TIMEOUT_MS`,
+    /// default 5000).
+    pub post_timeout: Duration,
+    /// How often metrics are exported (`SOPHIA_TELEMETRY_METRICS_SECS`, default 60).
+    pub metrics_interval: Duration,
+    /// Longest wait for pending telemetry on shutdown (`SOPHIA_TELEMETRY_FLUSH_MS`, default 3000).
+    pub flush_timeout: Duration,
+    /// The cloud role name (`SOPHIA_TELEMETRY_ROLE`, else `WEBSITE_SITE_NAME`, else `sophia`).
+    pub role_name: String,
 }
 
 impl std::fmt::Debug for Settings {
@@ -427,9 +451,7 @@ impl Settings {
                 })?),
             },
             azure_client_id: env.get("SOPHIA_AZURE_CLIENT_ID"),
-            appinsights_connection_string: env
-                .get("APPLICATIONINSIGHTS_CONNECTION_STRING")
-                .map(SecretString::from),
+            telemetry: telemetry_settings(&env)?,
         })
     }
 
@@ -441,3 +463,60 @@ impl Settings {
 
 /// Routing preference when neither `SOPHIA_COSMOS_REGION` nor `REGION_NAME` is set.
 pub const DEFAULT_COSMOS_REGION: &str = "West Europe";
+
+fn telemetry_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<TelemetrySettings, ConfigError> {
+    let connection_string = env
+        .get("APPLICATIONINSIGHTS_CONNECTION_STRING")
+        .filter(|v| !v.trim().is_empty());
+    if let Some(raw) = &connection_string {
+        crate::telemetry::ConnectionString::parse(raw)
+            .map_err(|e| err("APPLICATIONINSIGHTS_CONNECTION_STRING", e))?;
+    }
+    let sampling = match env.get("SOPHIA_TELEMETRY_SAMPLING") {
+        None => 1.0,
+        Some(raw) => match raw.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => v,
+            _ => {
+                return Err(err(
+                    "SOPHIA_TELEMETRY_SAMPLING",
+                    format!("'{raw}' is not a number from 0 to 1"),
+                ));
+            }
+        },
+    };
+    Ok(TelemetrySettings {
+        connection_string: connection_string.map(SecretString::from),
+        sampling,
+        queue: env.range("SOPHIA_TELEMETRY_QUEUE", 2048usize, 16, 1_000_000)?,
+        export_interval: Duration::from_millis(env.range(
+            "SOPHIA_TELEMETRY_EXPORT_MS",
+            1_000u64,
+            10,
+            60_000,
+        )?),
+        post_timeout: Duration::from_millis(env.range(
+            "SOPHIA_TELEMETRY_TIMEOUT_MS",
+            5_000u64,
+            100,
+            60_000,
+        )?),
+        metrics_interval: Duration::from_secs(env.range(
+            "SOPHIA_TELEMETRY_METRICS_SECS",
+            60u64,
+            1,
+            3_600,
+        )?),
+        flush_timeout: Duration::from_millis(env.range(
+            "SOPHIA_TELEMETRY_FLUSH_MS",
+            3_000u64,
+            0,
+            60_000,
+        )?),
+        role_name: env
+            .get("SOPHIA_TELEMETRY_ROLE")
+            .or_else(|| env.get("WEBSITE_SITE_NAME"))
+            .unwrap_or_else(|| "sophia".to_owned()),
+    })
+}

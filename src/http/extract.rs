@@ -221,7 +221,9 @@ impl FromRequestParts<AppState> for ServiceAuth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
-        Ok(Self(state.auth.service_token(token).await?))
+        let claims = state.auth.service_token(token).await?;
+        crate::telemetry::record_caller(claims.company_id.as_str(), &claims.sub, &claims.agent_type);
+        Ok(Self(claims))
     }
 }
 

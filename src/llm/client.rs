@@ -26,6 +26,9 @@ use super::wire::{
     WireUsage,
 };
 use crate::domain::Provider;
+use crate::telemetry;
+use http::header::HeaderName;
+use tracing::Instrument;
 use crate::upstream::transport::TransportError;
 use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
 
@@ -187,6 +190,12 @@ impl ModelClient {
         );
         let started = Instant::now();
         let mut attempt = 0u32;
+        let span = tracing::Span::current();
+        let traceparent = telemetry::traceparent_of(&span);
+        if !span.is_disabled() {
+            span.record("url.full", tracing::field::display(uri));
+        }
+        let mut throttled = 0u64;
         loop {
             let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
                 (Some(header), _) => Some((header.name(), header.value.clone())),
@@ -199,13 +208,29 @@ impl ModelClient {
                 }
                 (None, _) => None,
             };
-            let sent = self.transport.post_json(uri, auth, body.clone());
+            let headers = auth.into_iter().chain(
+                traceparent
+                    .clone()
+                    .map(|v| (HeaderName::from_static("traceparent"), v)),
+            );
+            let sent = self.transport.post_json(uri, headers, body.clone());
             let response = match tokio::time::timeout(self.timeouts.first_byte, sent).await {
                 Err(_) => return Err(UpstreamError::Timeout("first byte")),
                 Ok(Err(e)) => return Err(transport_error(&e)),
                 Ok(Ok(r)) => r,
             };
             let status = response.status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                throttled += 1;
+                if let Some(company) = &endpoint.company {
+                    telemetry::metrics::upstream_throttled(company, 1);
+                }
+            }
+            if !span.is_disabled() {
+                span.record("http.response.status_code", status.as_u16());
+                span.record("sophia.retries", attempt);
+                span.record("sophia.throttled", throttled);
+            }
             if status.is_success() {
                 return Ok(response);
             }
@@ -299,8 +324,31 @@ impl ModelClient {
         }
     }
 
-    /// A whole answer.
+    /// A whole answer (one dependency in the caller's trace).
     pub async fn complete(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: ChatParams,
+    ) -> Result<Completion, UpstreamError> {
+        let span = telemetry::model_span("chat", endpoint, false);
+        let result = self
+            .complete_inner(endpoint, messages, params)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(c) => model_span_done(
+                &span,
+                Some(&c.model),
+                Some(&c.usage),
+                c.finish_reason.as_deref(),
+            ),
+            Err(e) => model_span_failed(&span, endpoint, e),
+        }
+        result
+    }
+
+    async fn complete_inner(
         &self,
         endpoint: &ModelEndpoint,
         messages: &[WireMessage],
@@ -334,8 +382,25 @@ impl ModelClient {
         })
     }
 
-    /// Embeddings of `inputs`, in order.
+    /// Embeddings of `inputs`, in order (one dependency in the caller's trace).
     pub async fn embed(
+        &self,
+        endpoint: &ModelEndpoint,
+        inputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, UpstreamError> {
+        let span = telemetry::model_span("embeddings", endpoint, false);
+        let result = self
+            .embed_inner(endpoint, inputs)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(_) => model_span_done(&span, None, None, None),
+            Err(e) => model_span_failed(&span, endpoint, e),
+        }
+        result
+    }
+
+    async fn embed_inner(
         &self,
         endpoint: &ModelEndpoint,
         inputs: &[String],
@@ -389,22 +454,42 @@ impl ModelClient {
         messages: &[WireMessage],
         params: ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
-        let response = self
-            .send(
-                endpoint,
-                endpoint.chat_url()?,
-                &Self::request(endpoint, messages, params, true),
-            )
-            .await?;
-        let mut stream = ChatStream {
-            inner: Box::pin(response.into_body().into_data_stream()),
-            parser: SseParser::new(),
-            pending: VecDeque::new(),
-            idle: self.timeouts.idle,
-            done: false,
-        };
-        stream.prime().await?;
-        Ok(stream)
+        // The dependency lasts until the stream ends (or is dropped).
+        let span = telemetry::model_span("chat", endpoint, true);
+        let started = async {
+            let response = self
+                .send(
+                    endpoint,
+                    endpoint.chat_url()?,
+                    &Self::request(endpoint, messages, params, true),
+                )
+                .await?;
+            let mut stream = ChatStream {
+                inner: Box::pin(response.into_body().into_data_stream()),
+                parser: SseParser::new(),
+                pending: VecDeque::new(),
+                idle: self.timeouts.idle,
+                done: false,
+                span: tracing::Span::none(),
+                company: endpoint.company.clone(),
+                seen: StreamSeen::default(),
+                failed: false,
+            };
+            stream.prime().await?;
+            Ok(stream)
+        }
+        .instrument(span.clone())
+        .await;
+        match started {
+            Ok(mut stream) => {
+                stream.span = span;
+                Ok(stream)
+            }
+            Err(e) => {
+                model_span_failed(&span, endpoint, &e);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -418,6 +503,76 @@ pub struct ChatStream {
     pending: VecDeque<StreamPart>,
     idle: Duration,
     done: bool,
+    /// The model call's dependency span, ended with the stream.
+    span: tracing::Span,
+    company: Option<String>,
+    seen: StreamSeen,
+    failed: bool,
+}
+
+/// What a stream said about itself, for its dependency span.
+#[derive(Default)]
+struct StreamSeen {
+    model: Option<String>,
+    usage: Option<WireUsage>,
+    finish: Option<String>,
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        if self.span.is_disabled() {
+            return;
+        }
+        if self.failed {
+            return;
+        }
+        if self.done {
+            model_span_done(
+                &self.span,
+                self.seen.model.as_deref(),
+                self.seen.usage.as_ref(),
+                self.seen.finish.as_deref(),
+            );
+        } else {
+            // Ended before the upstream did: an error, or a reader that stopped.
+            self.span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// Records a model call's answer on its dependency span.
+fn model_span_done(
+    span: &tracing::Span,
+    model: Option<&str>,
+    usage: Option<&WireUsage>,
+    finish: Option<&str>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("otel.status_code", "OK");
+    if let Some(m) = model.filter(|m| !m.is_empty()) {
+        span.record("gen_ai.response.model", m);
+    }
+    if let Some(u) = usage {
+        span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+    }
+    if let Some(f) = finish {
+        span.record("gen_ai.response.finish_reasons", f);
+    }
+}
+
+/// Records a failed model call on its span and in the company's metrics.
+fn model_span_failed(span: &tracing::Span, endpoint: &ModelEndpoint, error: &UpstreamError) {
+    if let Some(company) = &endpoint.company {
+        telemetry::metrics::upstream_failure(company);
+    }
+    if span.is_disabled() {
+        return;
+    }
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error.kind());
 }
 
 impl ChatStream {
@@ -479,6 +634,14 @@ impl ChatStream {
     pub async fn next(&mut self) -> Option<Result<StreamPart, UpstreamError>> {
         loop {
             if let Some(part) = self.pending.pop_front() {
+                if !self.span.is_disabled() {
+                    match &part {
+                        StreamPart::Model(m) => self.seen.model = Some(m.clone()),
+                        StreamPart::Usage(u) => self.seen.usage = Some(*u),
+                        StreamPart::Finish(f) => self.seen.finish = Some(f.clone()),
+                        StreamPart::Delta(_) => {}
+                    }
+                }
                 return Some(Ok(part));
             }
             if self.done {
@@ -486,6 +649,11 @@ impl ChatStream {
             }
             if let Err(e) = self.fill().await {
                 self.done = true;
+                self.span.record("otel.status_code", "ERROR");
+                if let Some(company) = &self.company {
+                    telemetry::metrics::upstream_failure(company);
+                }
+                self.failed = true;
                 return Some(Err(e));
             }
         }

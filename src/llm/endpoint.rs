@@ -51,6 +51,9 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
+    /// The company whose model this is (for its telemetry); `None` for a candidate endpoint
+    /// under test.
+    pub company: Option<String>,
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
@@ -126,7 +129,14 @@ impl ModelEndpoint {
             deployment,
             api_version,
             auth,
+            company: None,
         }
+    }
+
+    /// The same endpoint, attributed to `company` in telemetry.
+    pub fn for_company(mut self, company: &str) -> Self {
+        self.company = Some(company.to_owned());
+        self
     }
 
     fn operation_uri(&self, operation: &str) -> Result<Uri, String> {
@@ -148,13 +158,16 @@ impl ModelEndpoint {
 
     /// The same endpoint under another provider's URL scheme.
     pub fn with_provider(self, provider: Provider) -> Self {
-        Self::new(
+        let company = self.company;
+        let mut endpoint = Self::new(
             provider,
             self.base,
             self.deployment,
             self.api_version,
             self.auth,
-        )
+        );
+        endpoint.company = company;
+        endpoint
     }
 
     /// `…/chat/completions` of this endpoint.

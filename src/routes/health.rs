@@ -25,11 +25,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     }
     let tenant_cache = app.runtimes.stats().await;
     let (hs256, jwks) = app.admin.modes();
-    let telemetry = if app.settings.appinsights_connection_string.is_some() {
-        "appinsights"
-    } else {
-        "stdout-json"
-    };
+    let telemetry = crate::telemetry::stats();
     (
         status,
         Json(json!({
@@ -38,12 +34,13 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "backends": {
                 "store": app.store.backend(),
                 "secrets": app.secrets.backend(),
-                "telemetry": telemetry,
+                "telemetry": telemetry.exporter,
                 "adminAuth": { "hs256": hs256, "jwks": jwks },
                 "azureCredential": app.entra.as_ref().map(|e| e.kind().as_str()),
             },
             "checks": { "store": store_ok.is_ok() },
             "tenantCache": tenant_cache,
+            "telemetry": telemetry,
             "auth": { "unknownCompanyFailures": app.auth.key_checks.unknown_total() },
             "uptimeSeconds": app.started_at.elapsed().as_secs(),
         })),

@@ -164,6 +164,7 @@ impl TenantRuntime {
                 api_version.clone(),
                 auth,
             )
+            .for_company(instance.tenant_id.as_str())
         };
         let chat = match (base.clone(), deployment, auth.clone()) {
             (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),

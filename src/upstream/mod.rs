@@ -34,6 +34,20 @@ pub enum UpstreamError {
     Configuration(String),
 }
 
+impl UpstreamError {
+    /// A short, stable name of the failure (telemetry's `error.type`; never a detail).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Timeout(_) => "timeout",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected { .. } => "rejected",
+            Self::Protocol(_) => "protocol",
+            Self::Configuration(_) => "configuration",
+        }
+    }
+}
+
 /// A DNS resolver that drops addresses the upstream policy forbids, and fails when none is
 /// left, so a tenant's host name cannot be pointed at an internal address.
 #[derive(Clone)]

@@ -24,7 +24,7 @@ const KV_API_VERSIONS: &[&str] = &["7.4", "7.5", "7.6", "2025-07-01"];
 /// The Entra tenant the challenge names.
 pub const KV_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
-fn serve(app: axum::Router) -> u16 {
+pub fn serve_router(app: axum::Router) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -338,7 +338,7 @@ impl KeyVault {
                 kv_handle(s.clone(), method, uri, headers, body)
             },
         );
-        let port = serve(app);
+        let port = serve_router(app);
         Self {
             url: format!("http://127.0.0.1:{port}"),
             state,
@@ -510,7 +510,7 @@ impl ManagedIdentity {
                 },
             ),
         );
-        let port = serve(app);
+        let port = serve_router(app);
         Self {
             endpoint: format!("http://127.0.0.1:{port}/msi/token"),
             header,

@@ -2,6 +2,7 @@
 //! and the store and knowledge-index contract suites.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod appinsights;
 pub mod azure;
 pub mod azurite;
 pub mod binary;

@@ -66,6 +66,9 @@ pub struct Recorded {
     pub deployment: Option<String>,
     pub key: Option<String>,
     pub api_version: Option<String>,
+    /// The W3C `traceparent` the caller sent (distributed tracing reaches the model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -208,6 +211,10 @@ async fn admit(
         deployment: call.deployment.clone(),
         key: key.clone(),
         api_version: call.api_version.clone(),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         body: body.clone(),
     });
     if call.azure && call.api_version.is_none() {

@@ -1,0 +1,251 @@
+//! The spans SOPHIA exports: one server span per request (an App Insights request) and one
+//! client span per outbound call (a dependency), joined into the caller's trace by W3C
+//! `traceparent` in and out. With telemetry off every function here is a cheap no-op.
+
+use axum::http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::domain::Provider;
+use crate::llm::ModelEndpoint;
+
+/// The target of every exported span (the log output never shows these spans).
+pub const SPAN_TARGET: &str = "sophia::telemetry";
+
+/// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`) as a remote span context; `None`
+/// when it is not one (an all-zero id included), so a malformed header starts a new trace.
+pub fn parse_traceparent(raw: &str) -> Option<SpanContext> {
+    let mut parts = raw.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    // Version 00 has exactly four parts; a later version may add more (and is read as 00).
+    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(version, 2) || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    let trace = TraceId::from_hex(trace).ok()?;
+    let parent = SpanId::from_hex(parent).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let cx = SpanContext::new(
+        trace,
+        parent,
+        TraceFlags::new(flags & 1),
+        true,
+        TraceState::NONE,
+    );
+    cx.is_valid().then_some(cx)
+}
+
+/// The `traceparent` that names `cx` as the parent.
+pub fn format_traceparent(cx: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        cx.trace_id(),
+        cx.span_id(),
+        cx.trace_flags().to_u8()
+    )
+}
+
+/// The server span of one request, continuing the caller's trace when it sent a valid
+/// `traceparent`. `route` is the route template (`/admin/agent-instances/{id}`).
+pub fn request_span(method: &str, route: &str, path: &str, request_id: &str, headers: &HeaderMap) -> Span {
+    if !super::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = Empty,
+        request.id = request_id,
+        companyId = Empty,
+        instanceId = Empty,
+        agentType = Empty,
+    );
+    if let Some(parent) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    span
+}
+
+/// Records how a request ended on its span: 5xx is a failure (4xx is the caller's).
+pub fn end_request(span: &Span, status: u16) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Names the company, instance and agent type a request acts for on the current request span.
+pub fn record_caller(company: &str, instance: &dyn std::fmt::Display, agent_type: &str) {
+    if !super::enabled() {
+        return;
+    }
+    let span = Span::current();
+    span.record("companyId", company);
+    span.record("instanceId", tracing::field::display(instance));
+    span.record("agentType", agent_type);
+}
+
+/// The dependency span of one call to a company's model (`operation`: `chat` or
+/// `embeddings`), with the GenAI semantic-convention attributes.
+pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: bool) -> Span {
+    if !super::enabled() {
+        return Span::none();
+    }
+    let system = match endpoint.provider {
+        Provider::AzureOpenai => "az.ai.openai",
+        Provider::Openai => "openai",
+    };
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "model",
+        otel.name = %format_args!("{operation} {}", endpoint.deployment),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        companyId = endpoint.company.as_deref(),
+        gen_ai.system = system,
+        gen_ai.operation.name = operation,
+        gen_ai.request.model = endpoint.deployment.as_str(),
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        gen_ai.response.finish_reasons = Empty,
+        error.type = Empty,
+        sophia.stream = stream,
+        sophia.retries = Empty,
+        sophia.throttled = Empty,
+        server.address = endpoint.base.host_str().unwrap_or(""),
+        server.port = endpoint.base.port_or_known_default().unwrap_or(443),
+        http.request.method = "POST",
+        http.response.status_code = Empty,
+        url.full = Empty,
+    )
+}
+
+/// The dependency span of one other outbound HTTP call (`kind`: `search`, `keyvault`, …).
+pub fn http_span(kind: &'static str, company: Option<&str>, method: &str, url: &url::Url) -> Span {
+    if !super::enabled() {
+        return Span::none();
+    }
+    let path = url.path();
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "http",
+        otel.name = %format_args!("{method} {path}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        companyId = company,
+        sophia.dependency = kind,
+        server.address = url.host_str().unwrap_or(""),
+        server.port = url.port_or_known_default().unwrap_or(443),
+        http.request.method = method,
+        http.response.status_code = Empty,
+        url.full = %redacted_url(url),
+    )
+}
+
+/// `url` without its query (a SAS token or key may ride there).
+pub fn redacted_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    if u.query().is_some() {
+        u.set_query(Some("[REDACTED]"));
+    }
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// Records a dependency's answer on `span`: a status of 400 or more, or none, is a failure.
+pub fn end_dependency(span: &Span, status: Option<u16>) {
+    if span.is_disabled() {
+        return;
+    }
+    match status {
+        Some(s) => {
+            span.record("http.response.status_code", s);
+            span.record("otel.status_code", if s < 400 { "OK" } else { "ERROR" });
+        }
+        None => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// The `traceparent` to send on an outbound call made inside `span`.
+pub fn traceparent_of(span: &Span) -> Option<HeaderValue> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return None;
+    }
+    HeaderValue::from_str(&format_traceparent(&sc)).ok()
+}
+
+/// The `traceparent` for an outbound call made in the current span.
+pub fn traceparent() -> Option<HeaderValue> {
+    if !super::enabled() {
+        return None;
+    }
+    traceparent_of(&Span::current())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_junk() {
+        let raw = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cx = parse_traceparent(raw).unwrap();
+        assert_eq!(cx.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert!(cx.is_remote());
+        assert_eq!(format_traceparent(&cx), raw);
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
+            "zz-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        // A later version with more fields is read as version 00.
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x").is_some()
+        );
+    }
+
+    #[test]
+    fn urls_lose_their_query_and_userinfo() {
+        let u = url::Url::parse("https://u:p@acct.blob.core.windows.net/c/b?sig=SECRET").unwrap();
+        let r = redacted_url(&u);
+        assert!(!r.contains("SECRET") && !r.contains("u:p"), "{r}");
+    }
+}
