@@ -103,7 +103,10 @@ fn serve(settings: Settings) -> ExitCode {
     });
     // What the host's stop left pending goes out, within a bound.
     if !sophia::telemetry::shutdown(flush) {
-        eprintln!("sophia: pending telemetry not flushed within {} ms", flush.as_millis());
+        eprintln!(
+            "sophia: pending telemetry not flushed within {} ms",
+            flush.as_millis()
+        );
     }
     code
 }

@@ -222,7 +222,11 @@ impl FromRequestParts<AppState> for ServiceAuth {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
         let claims = state.auth.service_token(token).await?;
-        crate::telemetry::record_caller(claims.company_id.as_str(), &claims.sub, &claims.agent_type);
+        crate::telemetry::record_caller(
+            claims.company_id.as_str(),
+            &claims.sub,
+            &claims.agent_type,
+        );
         Ok(Self(claims))
     }
 }

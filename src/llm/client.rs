@@ -27,10 +27,10 @@ use super::wire::{
 };
 use crate::domain::Provider;
 use crate::telemetry;
-use http::header::HeaderName;
-use tracing::Instrument;
 use crate::upstream::transport::TransportError;
 use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
+use http::header::HeaderName;
+use tracing::Instrument;
 
 /// Generation settings.
 #[derive(Debug, Clone, Copy, Default)]

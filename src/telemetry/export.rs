@@ -155,7 +155,6 @@ impl Pipeline {
         }
     }
 
-
     pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
     }
@@ -327,7 +326,11 @@ impl Pipeline {
     /// own resource as well (never anyone else's).
     async fn export(&self, batch: Vec<(Box<SpanData>, bool)>) {
         let mut per_company: HashMap<String, Vec<(SpanData, bool)>> = HashMap::new();
-        let registered = self.companies.read().map(|m| !m.is_empty()).unwrap_or(false);
+        let registered = self
+            .companies
+            .read()
+            .map(|m| !m.is_empty())
+            .unwrap_or(false);
         if registered {
             for (span, kept) in &batch {
                 if let Some(company) = company_of(span)
@@ -341,7 +344,12 @@ impl Pipeline {
             }
         }
         let n = batch.len() as u64;
-        let ok = send(&self.global, batch.into_iter().map(|(s, k)| (*s, k)), self.post_timeout).await;
+        let ok = send(
+            &self.global,
+            batch.into_iter().map(|(s, k)| (*s, k)),
+            self.post_timeout,
+        )
+        .await;
         if ok {
             self.counters.exported.fetch_add(n, Ordering::Relaxed);
         } else {
@@ -359,7 +367,11 @@ impl Pipeline {
 }
 
 /// Posts spans to one sink (sampled and kept ones through their own exporter), bounded in time.
-async fn send(sink: &Sink, spans: impl Iterator<Item = (SpanData, bool)>, timeout: Duration) -> bool {
+async fn send(
+    sink: &Sink,
+    spans: impl Iterator<Item = (SpanData, bool)>,
+    timeout: Duration,
+) -> bool {
     let (kept, sampled): (Vec<_>, Vec<_>) = spans.partition(|(_, kept)| *kept);
     let mut ok = true;
     for (exporter, spans) in [(&sink.kept, kept), (&sink.sampled, sampled)] {
@@ -395,8 +407,7 @@ fn build_sink(
     client: IngestionClient,
     meters: Option<Arc<CompanyMeters>>,
 ) -> anyhow::Result<Sink> {
-    let mut exporter = Exporter::new_from_connection_string(connection.canonical(), client)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut exporter = connection.exporter(client)?;
     exporter.set_resource(resource);
     Ok(Sink {
         sampled: exporter.clone().with_sample_rate(sampling),

@@ -84,6 +84,25 @@ impl ConnectionString {
         })
     }
 
+    /// The exporter for this resource. Its own parser turns every `http://` endpoint into
+    /// `https://`; the endpoint is set again as checked here, so a local stand-in (and an
+    /// `http` endpoint the operator chose) is posted to as given.
+    pub(super) fn exporter<C>(
+        &self,
+        client: C,
+    ) -> anyhow::Result<opentelemetry_application_insights::Exporter<C>> {
+        let exporter = opentelemetry_application_insights::Exporter::new_from_connection_string(
+            self.canonical(),
+            client,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        #[allow(deprecated)]
+        let exporter = exporter
+            .with_endpoint(self.ingestion_endpoint.as_str())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(exporter)
+    }
+
     /// The canonical form the exporter is built from.
     pub(super) fn canonical(&self) -> String {
         format!(
@@ -173,12 +192,16 @@ mod tests {
             cs.ingestion_endpoint.as_str(),
             "https://westeurope-5.in.applicationinsights.azure.com/"
         );
-        assert!(cs.canonical().starts_with("InstrumentationKey=00000000-1111"));
+        assert!(
+            cs.canonical()
+                .starts_with("InstrumentationKey=00000000-1111")
+        );
         // Without an endpoint: the global one; a path gains its slash.
         let cs = ConnectionString::parse("instrumentationkey=abcdef").unwrap();
         assert_eq!(cs.ingestion_endpoint.as_str(), DEFAULT_INGESTION);
-        let cs = ConnectionString::parse("InstrumentationKey=ab;IngestionEndpoint=http://127.0.0.1:9/x")
-            .unwrap();
+        let cs =
+            ConnectionString::parse("InstrumentationKey=ab;IngestionEndpoint=http://127.0.0.1:9/x")
+                .unwrap();
         assert_eq!(cs.ingestion_endpoint.as_str(), "http://127.0.0.1:9/x/");
     }
 

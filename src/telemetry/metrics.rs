@@ -7,7 +7,6 @@ use std::sync::OnceLock;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
-use opentelemetry_application_insights::Exporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use super::export::Pipeline;
@@ -81,8 +80,7 @@ fn meters_for(
     connection: &ConnectionString,
     client: IngestionClient,
 ) -> anyhow::Result<CompanyMeters> {
-    let exporter = Exporter::new_from_connection_string(connection.canonical(), client)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let exporter = connection.exporter(client)?;
     let reader = PeriodicReader::builder(exporter)
         .with_interval(pipeline.metrics_interval())
         .build();
@@ -105,7 +103,10 @@ pub(super) fn company_meters(
 static GLOBAL: OnceLock<CompanyMeters> = OnceLock::new();
 
 /// Builds the operator's meters (once, at start-up).
-pub(super) fn start_global(pipeline: &Pipeline, connection: &ConnectionString) -> anyhow::Result<()> {
+pub(super) fn start_global(
+    pipeline: &Pipeline,
+    connection: &ConnectionString,
+) -> anyhow::Result<()> {
     let client = IngestionClient::new(
         pipeline.http(),
         pipeline.runtime().clone(),

@@ -188,10 +188,12 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
     let _ = PIPELINE.set(pipeline);
     // Exported: SOPHIA's own spans, and the events inside them at the log level (the
     // access-log line is left out: the request itself is exported).
-    let events = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = filter_fn(|m| m.is_span() && m.target() == SPAN_TARGET).or(events.and(
-        filter_fn(|m| m.is_event() && m.target() != ACCESS_LOG_TARGET),
-    ));
+    let events =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        filter_fn(|m| m.is_span() && m.target() == SPAN_TARGET).or(events.and(filter_fn(|m| {
+            m.is_event() && m.target() != ACCESS_LOG_TARGET
+        })));
     Ok(tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)

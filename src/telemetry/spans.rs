@@ -25,7 +25,9 @@ pub fn parse_traceparent(raw: &str) -> Option<SpanContext> {
         return None;
     }
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !hex(version, 2) || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
         return None;
@@ -55,7 +57,13 @@ pub fn format_traceparent(cx: &SpanContext) -> String {
 
 /// The server span of one request, continuing the caller's trace when it sent a valid
 /// `traceparent`. `route` is the route template (`/admin/agent-instances/{id}`).
-pub fn request_span(method: &str, route: &str, path: &str, request_id: &str, headers: &HeaderMap) -> Span {
+pub fn request_span(
+    method: &str,
+    route: &str,
+    path: &str,
+    request_id: &str,
+    headers: &HeaderMap,
+) -> Span {
     if !super::enabled() {
         return Span::none();
     }
@@ -220,7 +228,10 @@ mod tests {
     fn traceparent_round_trips_and_rejects_junk() {
         let raw = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let cx = parse_traceparent(raw).unwrap();
-        assert_eq!(cx.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
         assert!(cx.is_remote());
         assert_eq!(format_traceparent(&cx), raw);
         for bad in [
@@ -238,7 +249,8 @@ mod tests {
         }
         // A later version with more fields is read as version 00.
         assert!(
-            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x").is_some()
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")
+                .is_some()
         );
     }
 

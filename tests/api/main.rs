@@ -24,6 +24,7 @@ mod packaging;
 mod refresh;
 mod restart;
 mod retrieval;
+mod telemetry;
 mod token_exchange;
 mod upstream_faults;
 mod usage;

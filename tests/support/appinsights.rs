@@ -88,7 +88,9 @@ async fn track(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) -> 
     for (index, item) in items.iter().enumerate() {
         match check(item) {
             Ok(()) => accepted.push(item.clone()),
-            Err(message) => errors.push(json!({"index": index, "statusCode": 400, "message": message})),
+            Err(message) => {
+                errors.push(json!({"index": index, "statusCode": 400, "message": message}))
+            }
         }
     }
     let received = items.len();
@@ -101,7 +103,9 @@ async fn track(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) -> 
     };
     (
         status,
-        axum::Json(json!({"itemsReceived": received, "itemsAccepted": n_accepted, "errors": errors})),
+        axum::Json(
+            json!({"itemsReceived": received, "itemsAccepted": n_accepted, "errors": errors}),
+        ),
     )
         .into_response()
 }
@@ -116,21 +120,32 @@ fn bad(message: &str) -> Response {
 
 /// What the service requires of an envelope.
 fn check(item: &Value) -> Result<(), &'static str> {
-    let name = item["name"].as_str().ok_or("Field 'name' on type 'Envelope' is required but missing or empty")?;
+    let name = item["name"]
+        .as_str()
+        .ok_or("Field 'name' on type 'Envelope' is required but missing or empty")?;
     if name.is_empty() {
         return Err("Field 'name' on type 'Envelope' is required but missing or empty");
     }
-    let time = item["time"].as_str().ok_or("Field 'time' on type 'Envelope' is required")?;
+    let time = item["time"]
+        .as_str()
+        .ok_or("Field 'time' on type 'Envelope' is required")?;
     if chrono::DateTime::parse_from_rfc3339(time).is_err() {
         return Err("Field 'time' on type 'Envelope' is not a valid date");
     }
     if item["iKey"].as_str().is_none_or(str::is_empty) {
         return Err("Invalid instrumentation key");
     }
-    let base = item["data"]["baseType"].as_str().ok_or("Field 'baseType' is required")?;
+    let base = item["data"]["baseType"]
+        .as_str()
+        .ok_or("Field 'baseType' is required")?;
     if !matches!(
         base,
-        "RequestData" | "RemoteDependencyData" | "MessageData" | "ExceptionData" | "MetricData" | "EventData"
+        "RequestData"
+            | "RemoteDependencyData"
+            | "MessageData"
+            | "ExceptionData"
+            | "MetricData"
+            | "EventData"
     ) {
         return Err("Unknown baseType");
     }

@@ -1,0 +1,407 @@
+//! Application Insights export, checked from outside: the real binary posts to an ingestion
+//! stand-in speaking the Breeze protocol, and the model simulator records what reached it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::appinsights::{Ingestion, of_type};
+use crate::support::binary::{Server, admin_token_with, create_and_exchange, start_simulator};
+
+const MODEL_KEY: &str = "CRED-TELEMETRY-MODEL-7777";
+const ADMIN_SECRET: &str = "telemetry-admin-secret-0123456789abcdef";
+const IKEY: &str = "11111111-2222-3333-4444-555555555555";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn start(ingestion: &Ingestion, extra: &[(&str, &str)]) -> (Server, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = ingestion.connection_string(IKEY);
+    let mut env = vec![
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", cs.as_str()),
+        ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("SOPHIA_TELEMETRY_EXPORT_MS", "50"),
+        ("SOPHIA_TELEMETRY_METRICS_SECS", "1"),
+        ("SOPHIA_LOG", "debug"),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start(dir.path(), &env);
+    let admin = admin_token_with(
+        dir.path(),
+        &[("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)],
+        &["--role", "PLATFORM_ADMIN"],
+    );
+    (server, dir, admin)
+}
+
+fn instance(company: &str, sim_url: &str) -> Value {
+    json!({"companyId": company, "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url,
+           "azureOpenaiDeployment": "gpt-4o", "credentials": {"azureOpenaiKey": MODEL_KEY}})
+}
+
+fn prop<'a>(e: &'a Value, name: &str) -> &'a Value {
+    &e["data"]["baseData"]["properties"][name]
+}
+
+fn op_id(e: &Value) -> &str {
+    e["tags"]["ai.operation.id"].as_str().unwrap_or("")
+}
+
+#[test]
+fn requests_dependencies_traces_and_metrics_reach_app_insights() {
+    let ingestion = Ingestion::start();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, _dir, admin) = start(&ingestion, &[]);
+    let (created, token) = create_and_exchange(&server, &admin, &instance("acme", &sim_url));
+    let key = created["agentAccessKey"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let client = reqwest::blocking::Client::new();
+
+    // A whole answer inside the caller's trace, then a streamed one.
+    let parent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let resp = client
+        .post(server.url("/chat"))
+        .bearer_auth(&token)
+        .header("traceparent", &parent)
+        .header("x-request-id", "telemetry-req-1")
+        .json(&json!({"message": "hello"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .post(server.url("/chat"))
+        .bearer_auth(&token)
+        .json(&json!({"message": "stream please", "stream": true}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().unwrap();
+    // The model fails (500): SOPHIA answers 502.
+    client
+        .post(format!("{sim_url}/_sim/faults"))
+        .json(&json!({"status": 500}))
+        .send()
+        .unwrap();
+    let resp = client
+        .post(server.url("/chat"))
+        .bearer_auth(&token)
+        .json(&json!({"message": "this one fails"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    // Other routes, by their templates.
+    assert_eq!(
+        client
+            .get(server.url("/agents/me"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(server.url(&format!("/admin/agent-instances/{id}")))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client.get(server.url("/health")).send().unwrap().status(),
+        200
+    );
+
+    let all = ingestion.wait_for("requests, dependencies and metrics", |e| {
+        let names: Vec<&str> = of_type(e, "RequestData")
+            .iter()
+            .filter_map(|r| r["data"]["baseData"]["name"].as_str())
+            .collect();
+        names.iter().filter(|n| **n == "POST /chat").count() >= 3
+            && names.contains(&"GET /agents/me")
+            && names.contains(&"GET /admin/agent-instances/{id}")
+            && of_type(e, "RemoteDependencyData").len() >= 3
+            && of_type(e, "MetricData")
+                .iter()
+                .any(|m| m["data"]["baseData"]["metrics"][0]["name"] == "sophia.tokens.prompt")
+    });
+    for e in &all {
+        assert_eq!(e["iKey"], IKEY);
+    }
+    let requests = of_type(&all, "RequestData");
+    let deps = of_type(&all, "RemoteDependencyData");
+
+    // The traced request continues the caller's trace and names the caller.
+    let traced = requests
+        .iter()
+        .find(|r| op_id(r) == TRACE)
+        .expect("the request continues the incoming traceparent");
+    let base = &traced["data"]["baseData"];
+    assert_eq!(base["name"], "POST /chat");
+    assert_eq!(base["responseCode"], "200");
+    assert_eq!(base["success"], true);
+    assert_eq!(traced["tags"]["ai.operation.parentId"], "00f067aa0ba902b7");
+    assert_eq!(prop(traced, "companyId"), "acme");
+    assert_eq!(prop(traced, "instanceId"), id.as_str());
+    assert_eq!(prop(traced, "agentType"), "SOPHIA");
+    assert_eq!(prop(traced, "request.id"), "telemetry-req-1");
+    // Its model call is a dependency under the same operation, with the GenAI attributes.
+    let dep = deps
+        .iter()
+        .find(|d| op_id(d) == TRACE)
+        .expect("the model call is in the same operation");
+    let db = &dep["data"]["baseData"];
+    assert_eq!(dep["tags"]["ai.operation.parentId"], base["id"]);
+    assert_eq!(db["type"], "HTTP");
+    assert_eq!(db["resultCode"], "200");
+    assert_eq!(db["success"], true);
+    assert!(
+        db["target"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{db}"
+    );
+    assert_eq!(prop(dep, "gen_ai.system"), "az.ai.openai");
+    assert_eq!(prop(dep, "gen_ai.operation.name"), "chat");
+    assert_eq!(prop(dep, "gen_ai.request.model"), "gpt-4o");
+    assert!(prop(dep, "gen_ai.response.model").is_string(), "{dep}");
+    let tokens = |k: &str| {
+        prop(dep, k)
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(tokens("gen_ai.usage.input_tokens") > 0, "{dep}");
+    assert!(tokens("gen_ai.usage.output_tokens") > 0, "{dep}");
+    assert_eq!(prop(dep, "sophia.stream"), "false");
+    assert_eq!(prop(dep, "companyId"), "acme");
+    // The model stand-in got the traceparent of that dependency.
+    let seen: Vec<Value> = client
+        .get(format!("{sim_url}/_sim/requests"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let expected = format!("00-{TRACE}-{}-01", db["id"].as_str().unwrap());
+    assert!(
+        seen.iter().any(|r| r["traceparent"] == expected.as_str()),
+        "the model call carried {expected}: {seen:?}"
+    );
+    // The streamed call is a streaming dependency with its tokens.
+    assert!(
+        deps.iter().any(|d| prop(d, "sophia.stream") == "true"
+            && prop(d, "gen_ai.usage.output_tokens").is_string())
+    );
+    // The failure: a failed 502 request over a failed 500 dependency, in one operation.
+    let failed = requests
+        .iter()
+        .find(|r| r["data"]["baseData"]["responseCode"] == "502")
+        .expect("the failed request");
+    assert_eq!(failed["data"]["baseData"]["success"], false);
+    let failed_dep = deps
+        .iter()
+        .find(|d| op_id(d) == op_id(failed))
+        .expect("the failed dependency");
+    assert_eq!(failed_dep["data"]["baseData"]["resultCode"], "500");
+    assert_eq!(failed_dep["data"]["baseData"]["success"], false);
+    // Log events inside requests are traces in their operation, with a severity.
+    let messages = of_type(&all, "MessageData");
+    assert!(
+        messages
+            .iter()
+            .any(|m| op_id(m) == TRACE && m["data"]["baseData"]["severityLevel"].is_number()),
+        "a log event of the traced request: {messages:?}"
+    );
+    // Metrics carry the company, never a conversation.
+    let metrics = of_type(&all, "MetricData");
+    let tokens_metric = metrics
+        .iter()
+        .find(|m| m["data"]["baseData"]["metrics"][0]["name"] == "sophia.tokens.prompt")
+        .unwrap();
+    assert_eq!(
+        tokens_metric["data"]["baseData"]["properties"]["companyId"],
+        "acme"
+    );
+    assert!(!ingestion.raw().contains("conversationId"));
+
+    // /health counts what went out.
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["telemetry"]["exporter"], "appinsights", "{health}");
+    assert!(
+        health["telemetry"]["exported"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert_eq!(health["telemetry"]["dropped"], 0, "{health}");
+
+    let (status, logs) = server.stop();
+    assert!(status.success());
+    let _ = sim.kill();
+    let _ = sim.wait();
+    // No credential in any byte sent.
+    let raw = ingestion.raw();
+    for secret in [
+        MODEL_KEY,
+        key.as_str(),
+        token.as_str(),
+        admin.as_str(),
+        ADMIN_SECRET,
+    ] {
+        assert!(!raw.contains(secret), "a secret reached App Insights");
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}
+
+#[test]
+fn slow_or_down_ingestion_never_slows_chat() {
+    let ingestion = Ingestion::start();
+    ingestion.hang();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, _dir, admin) = start(
+        &ingestion,
+        &[
+            ("SOPHIA_TELEMETRY_QUEUE", "16"),
+            ("SOPHIA_TELEMETRY_TIMEOUT_MS", "300"),
+            ("SOPHIA_TELEMETRY_FLUSH_MS", "1000"),
+        ],
+    );
+    let (_, token) = create_and_exchange(&server, &admin, &instance("acme", &sim_url));
+    let client = reqwest::blocking::Client::new();
+    let chat = |n: usize| {
+        let started = Instant::now();
+        for _ in 0..n {
+            let resp = client
+                .post(server.url("/chat"))
+                .bearer_auth(&token)
+                .json(&json!({"message": "hello"}))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        started.elapsed()
+    };
+    // A hanging endpoint: every chat still answers at once; the queue overflows and counts.
+    let hanging = chat(40);
+    assert!(hanging < Duration::from_secs(20), "{hanging:?}");
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        health["telemetry"]["dropped"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    // A 503 endpoint: the same.
+    ingestion.unavailable();
+    let down = chat(10);
+    assert!(down < Duration::from_secs(10), "{down:?}");
+    // SIGTERM: pending telemetry is given its bound, no more.
+    let stopping = Instant::now();
+    let (status, _) = server.stop();
+    assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+#[test]
+fn failures_are_kept_whatever_the_sampling() {
+    let ingestion = Ingestion::start();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, _dir, admin) = start(&ingestion, &[("SOPHIA_TELEMETRY_SAMPLING", "0")]);
+    let (_, token) = create_and_exchange(&server, &admin, &instance("acme", &sim_url));
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..3 {
+        let resp = client
+            .post(server.url("/chat"))
+            .bearer_auth(&token)
+            .json(&json!({"message": "hi"}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    client
+        .post(format!("{sim_url}/_sim/faults"))
+        .json(&json!({"status": 500}))
+        .send()
+        .unwrap();
+    let resp = client
+        .post(server.url("/chat"))
+        .bearer_auth(&token)
+        .json(&json!({"message": "fails"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let all = ingestion.wait_for("the failed request", |e| {
+        of_type(e, "RequestData")
+            .iter()
+            .any(|r| r["data"]["baseData"]["responseCode"] == "502")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let all = ingestion
+        .envelopes()
+        .into_iter()
+        .chain(all)
+        .collect::<Vec<_>>();
+    for r in of_type(&all, "RequestData") {
+        assert_eq!(
+            r["data"]["baseData"]["success"], false,
+            "only failures at sampling 0: {r}"
+        );
+        assert_eq!(r["sampleRate"], 100.0);
+    }
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        health["telemetry"]["sampledOut"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert_eq!(health["telemetry"]["sampling"], 0.0);
+    server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+#[test]
+fn a_bad_connection_string_or_sampling_stops_start_up_with_a_clear_error() {
+    for (var, value, says) in [
+        (
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "InstrumentationKey=not a key",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        ),
+        (
+            "SOPHIA_TELEMETRY_SAMPLING",
+            "2",
+            "SOPHIA_TELEMETRY_SAMPLING",
+        ),
+        (
+            "SOPHIA_TELEMETRY_SAMPLING",
+            "NaN",
+            "SOPHIA_TELEMETRY_SAMPLING",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = crate::support::binary::command(dir.path(), 0)
+            .env(var, value)
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
