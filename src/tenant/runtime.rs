@@ -418,9 +418,11 @@ impl RuntimeCache {
         let key = (tenant.clone(), *id);
         if let Some(runtime) = self.fresh.get(&key).await {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics::cache_lookup("tenant", true);
             return Ok(runtime);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::cache_lookup("tenant", false);
         let stats = Arc::clone(&self.stats);
         let (store, secrets) = (Arc::clone(store), Arc::clone(secrets));
         let resolver = Arc::clone(&self.resolver);
