@@ -202,8 +202,13 @@ impl Pipeline {
             self.post_timeout,
             Some(Arc::clone(&self.policy)),
         );
-        let meters = super::metrics::company_meters(self, connection, client.clone())
-            .map_err(|e| format!("cannot build the company's meters: {e}"))?;
+        let meters = super::metrics::meters_for(
+            connection,
+            client.clone(),
+            &self.resource,
+            self.metrics_interval,
+        )
+        .map_err(|e| format!("cannot build the company's meters: {e}"))?;
         let sink = build_sink(
             connection,
             &self.resource,

@@ -9,7 +9,10 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
-use super::export::Pipeline;
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+
 use super::ingestion::{ConnectionString, IngestionClient};
 
 /// One resource's instruments.
@@ -75,47 +78,29 @@ impl CompanyMeters {
     }
 }
 
-fn meters_for(
-    pipeline: &Pipeline,
+/// Meters exporting to one resource every `interval`.
+pub(super) fn meters_for(
     connection: &ConnectionString,
     client: IngestionClient,
+    resource: &Resource,
+    interval: Duration,
 ) -> anyhow::Result<CompanyMeters> {
     let exporter = connection.exporter(client)?;
     let reader = PeriodicReader::builder(exporter)
-        .with_interval(pipeline.metrics_interval())
+        .with_interval(interval)
         .build();
     let provider = SdkMeterProvider::builder()
-        .with_resource(pipeline.resource().clone())
+        .with_resource(resource.clone())
         .with_reader(reader)
         .build();
     Ok(CompanyMeters::new(provider))
 }
 
-/// A company's own meters, exporting to its resource.
-pub(super) fn company_meters(
-    pipeline: &Pipeline,
-    connection: &ConnectionString,
-    client: IngestionClient,
-) -> anyhow::Result<CompanyMeters> {
-    meters_for(pipeline, connection, client)
-}
-
 static GLOBAL: OnceLock<CompanyMeters> = OnceLock::new();
 
-/// Builds the operator's meters (once, at start-up).
-pub(super) fn start_global(
-    pipeline: &Pipeline,
-    connection: &ConnectionString,
-) -> anyhow::Result<()> {
-    let client = IngestionClient::new(
-        pipeline.http(),
-        pipeline.runtime().clone(),
-        pipeline.post_timeout(),
-        None,
-    );
-    let meters = meters_for(pipeline, connection, client)?;
+/// Installs the operator's meters (once, at start-up).
+pub(super) fn start_global(meters: CompanyMeters) {
     let _ = GLOBAL.set(meters);
-    Ok(())
 }
 
 /// Exports the operator's meters now.
@@ -131,10 +116,8 @@ fn record(company: &str, f: impl Fn(&CompanyMeters)) {
         return;
     };
     f(global);
-    if let Some(sink) = super::pipeline().and_then(|p| p.company_sink(company))
-        && let Some(own) = &sink.meters
-    {
-        f(own);
+    if let Some(own) = super::company_meters(company) {
+        f(&own);
     }
 }
 

@@ -43,8 +43,9 @@ pub const ACCESS_LOG_TARGET: &str = "sophia::access";
 static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-pub(crate) fn pipeline() -> Option<&'static Arc<export::Pipeline>> {
-    PIPELINE.get()
+/// A company's own meters, when it exports to its own resource.
+pub(crate) fn company_meters(company: &str) -> Option<Arc<metrics::CompanyMeters>> {
+    PIPELINE.get()?.company_sink(company)?.meters
 }
 
 /// Whether telemetry is exported (a connection string is set and the pipeline started).
@@ -178,7 +179,18 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
         connect_timeout: settings.upstream_connect_timeout,
         resource,
     })?;
-    metrics::start_global(&pipeline, &connection)?;
+    let client = ingestion::IngestionClient::new(
+        pipeline.http(),
+        pipeline.runtime().clone(),
+        pipeline.post_timeout(),
+        None,
+    );
+    metrics::start_global(metrics::meters_for(
+        &connection,
+        client,
+        pipeline.resource(),
+        pipeline.metrics_interval(),
+    )?);
     let provider = SdkTracerProvider::builder()
         .with_sampler(Sampler::AlwaysOn)
         .with_span_processor(export::Processor(Arc::clone(&pipeline)))
