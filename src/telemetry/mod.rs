@@ -31,8 +31,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 pub use export::{COMPANY_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
 pub use spans::{
-    SPAN_TARGET, end_dependency, end_request, format_traceparent, http_span, model_span,
-    parse_traceparent, record_caller, redacted_url, request_span, traceparent, traceparent_of,
+    SPAN_TARGET, end_request, format_traceparent, model_span, parse_traceparent, record_caller,
+    request_span, traceparent, traceparent_of,
 };
 
 use crate::config::{LogFormat, Settings};

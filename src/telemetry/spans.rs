@@ -150,55 +150,6 @@ pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: boo
     )
 }
 
-/// The dependency span of one other outbound HTTP call (`kind`: `search`, `keyvault`, …).
-pub fn http_span(kind: &'static str, company: Option<&str>, method: &str, url: &url::Url) -> Span {
-    if !super::enabled() {
-        return Span::none();
-    }
-    let path = url.path();
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "http",
-        otel.name = %format_args!("{method} {path}"),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        companyId = company,
-        sophia.dependency = kind,
-        server.address = url.host_str().unwrap_or(""),
-        server.port = url.port_or_known_default().unwrap_or(443),
-        http.request.method = method,
-        http.response.status_code = Empty,
-        url.full = %redacted_url(url),
-    )
-}
-
-/// `url` without its query (a SAS token or key may ride there).
-pub fn redacted_url(url: &url::Url) -> String {
-    let mut u = url.clone();
-    if u.query().is_some() {
-        u.set_query(Some("[REDACTED]"));
-    }
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.to_string()
-}
-
-/// Records a dependency's answer on `span`: a status of 400 or more, or none, is a failure.
-pub fn end_dependency(span: &Span, status: Option<u16>) {
-    if span.is_disabled() {
-        return;
-    }
-    match status {
-        Some(s) => {
-            span.record("http.response.status_code", s);
-            span.record("otel.status_code", if s < 400 { "OK" } else { "ERROR" });
-        }
-        None => {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
-}
-
 /// The `traceparent` to send on an outbound call made inside `span`.
 pub fn traceparent_of(span: &Span) -> Option<HeaderValue> {
     if span.is_disabled() {
@@ -252,12 +203,5 @@ mod tests {
             parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")
                 .is_some()
         );
-    }
-
-    #[test]
-    fn urls_lose_their_query_and_userinfo() {
-        let u = url::Url::parse("https://u:p@acct.blob.core.windows.net/c/b?sig=SECRET").unwrap();
-        let r = redacted_url(&u);
-        assert!(!r.contains("SECRET") && !r.contains("u:p"), "{r}");
     }
 }

@@ -47,6 +47,28 @@ fn op_id(e: &Value) -> &str {
     e["tags"]["ai.operation.id"].as_str().unwrap_or("")
 }
 
+/// `POST /chat` with `body`; its status.
+fn chat(server: &Server, token: &str, body: Value) -> u16 {
+    let resp = reqwest::blocking::Client::new()
+        .post(server.url("/chat"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.text();
+    status
+}
+
+/// Makes the simulator's next model call answer 500.
+fn fail_next_model_call(sim_url: &str) {
+    reqwest::blocking::Client::new()
+        .post(format!("{sim_url}/_sim/faults"))
+        .json(&json!({"status": 500}))
+        .send()
+        .unwrap();
+}
+
 #[test]
 fn requests_dependencies_traces_and_metrics_reach_app_insights() {
     let ingestion = Ingestion::start();
@@ -68,27 +90,20 @@ fn requests_dependencies_traces_and_metrics_reach_app_insights() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = client
-        .post(server.url("/chat"))
-        .bearer_auth(&token)
-        .json(&json!({"message": "stream please", "stream": true}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let _ = resp.text().unwrap();
+    assert_eq!(
+        chat(
+            &server,
+            &token,
+            json!({"message": "stream please", "stream": true})
+        ),
+        200
+    );
     // The model fails (500): SOPHIA answers 502.
-    client
-        .post(format!("{sim_url}/_sim/faults"))
-        .json(&json!({"status": 500}))
-        .send()
-        .unwrap();
-    let resp = client
-        .post(server.url("/chat"))
-        .bearer_auth(&token)
-        .json(&json!({"message": "this one fails"}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    fail_next_model_call(&sim_url);
+    assert_eq!(
+        chat(&server, &token, json!({"message": "this one fails"})),
+        502
+    );
     // Other routes, by their templates.
     assert_eq!(
         client
@@ -273,13 +288,7 @@ fn slow_or_down_ingestion_never_slows_chat() {
     let chat = |n: usize| {
         let started = Instant::now();
         for _ in 0..n {
-            let resp = client
-                .post(server.url("/chat"))
-                .bearer_auth(&token)
-                .json(&json!({"message": "hello"}))
-                .send()
-                .unwrap();
-            assert_eq!(resp.status(), 200);
+            assert_eq!(chat(&server, &token, json!({"message": "hello"})), 200);
         }
         started.elapsed()
     };
@@ -321,26 +330,10 @@ fn failures_are_kept_whatever_the_sampling() {
     let (_, token) = create_and_exchange(&server, &admin, &instance("acme", &sim_url));
     let client = reqwest::blocking::Client::new();
     for _ in 0..3 {
-        let resp = client
-            .post(server.url("/chat"))
-            .bearer_auth(&token)
-            .json(&json!({"message": "hi"}))
-            .send()
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(chat(&server, &token, json!({"message": "hi"})), 200);
     }
-    client
-        .post(format!("{sim_url}/_sim/faults"))
-        .json(&json!({"status": 500}))
-        .send()
-        .unwrap();
-    let resp = client
-        .post(server.url("/chat"))
-        .bearer_auth(&token)
-        .json(&json!({"message": "fails"}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    fail_next_model_call(&sim_url);
+    assert_eq!(chat(&server, &token, json!({"message": "fails"})), 502);
     let all = ingestion.wait_for("the failed request", |e| {
         of_type(e, "RequestData")
             .iter()
