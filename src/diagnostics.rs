@@ -228,6 +228,7 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
         &bundle.azure_openai_key,
         &bundle.azure_search_key,
         &bundle.knowledge_sas,
+        &bundle.app_insights_connection_string,
     ]
     .into_iter()
     .flatten()

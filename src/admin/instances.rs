@@ -169,6 +169,9 @@ pub async fn create(
             "give either credentials (stored for you) or keyvaultSecretId (an existing secret), not both",
         ));
     }
+    if let Some(bundle) = &credentials {
+        validate::credentials(&app.upstreams, "credentials", bundle)?;
+    }
     if app
         .store
         .find_live_instance(&body.company_id, body.agent_type)
@@ -182,7 +185,11 @@ pub async fn create(
         )));
     }
     let referenced = match &body.keyvault_secret_id {
-        Some(raw) => Some(referenced_secret(app, admin, &body.company_id, raw).await?),
+        Some(raw) => {
+            let secret = referenced_secret(app, admin, &body.company_id, raw).await?;
+            validate::credentials(&app.upstreams, "keyvaultSecretId", &secret.bundle)?;
+            Some(secret)
+        }
         None => None,
     };
 
@@ -412,6 +419,7 @@ pub async fn patch(
             ));
         }
         (Patch::Value(bundle), _) if !bundle.is_empty() => {
+            validate::credentials(&app.upstreams, "credentials", &bundle)?;
             credential_fields = bundle.present_fields();
             // Merged over the current bundle.
             let base = current_bundle(app, &current).await?;
@@ -420,7 +428,9 @@ pub async fn patch(
         }
         (_, Patch::Value(raw)) => {
             changed.push("keyvaultSecretId");
-            Credentials::Reference(referenced_secret(app, admin, &next.tenant_id, &raw).await?)
+            let secret = referenced_secret(app, admin, &next.tenant_id, &raw).await?;
+            validate::credentials(&app.upstreams, "keyvaultSecretId", &secret.bundle)?;
+            Credentials::Reference(secret)
         }
         (_, Patch::Null) => {
             changed.push("keyvaultSecretId");

@@ -3,7 +3,11 @@
 use serde_json::{Map, Value};
 
 use super::AdminError;
+use secrecy::ExposeSecret;
+
 use crate::domain::{ConfigField, InstanceConfig, InstanceSettings};
+use crate::secrets::CredentialBundle;
+use crate::telemetry::ConnectionString;
 use crate::upstream::UpstreamPolicy;
 
 /// Free text such as a region, model or project id: 1–`max` characters, no control
@@ -91,6 +95,33 @@ pub fn settings(
         endpoint(policy, "settings.knowledgeContainerUrl", url)?;
     }
     Ok(settings)
+}
+
+/// The credentials that can be checked before they are stored: the App Insights connection
+/// string parses and its ingestion endpoint passes the upstream policy (a company admin must not
+/// make SOPHIA post telemetry to a private address or a host off the list). `field` is where
+/// the bundle came from (`credentials`, or `keyvaultSecretId` for a referenced secret). No
+/// message repeats a value.
+pub fn credentials(
+    policy: &UpstreamPolicy,
+    field: &str,
+    bundle: &CredentialBundle,
+) -> Result<(), AdminError> {
+    let Some(raw) = &bundle.app_insights_connection_string else {
+        return Ok(());
+    };
+    let name = if field == "credentials" {
+        "credentials.appInsightsConnectionString".to_owned()
+    } else {
+        field.to_owned()
+    };
+    let connection = ConnectionString::parse(raw.expose_secret()).map_err(|e| {
+        AdminError::invalid(&name, format!("not an App Insights connection string: {e}"))
+    })?;
+    policy
+        .check_url(&connection.ingestion_endpoint)
+        .map_err(|e| AdminError::invalid(&name, format!("IngestionEndpoint: {e}")))?;
+    Ok(())
 }
 
 #[cfg(test)]

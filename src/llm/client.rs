@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -222,8 +223,8 @@ impl ModelClient {
             let status = response.status();
             if status == StatusCode::TOO_MANY_REQUESTS {
                 throttled += 1;
-                if let Some(company) = &endpoint.company {
-                    telemetry::metrics::upstream_throttled(company, 1);
+                if let Some(owner) = &endpoint.owner {
+                    telemetry::metrics::upstream_throttled(owner, 1);
                 }
             }
             if !span.is_disabled() {
@@ -471,7 +472,7 @@ impl ModelClient {
                 idle: self.timeouts.idle,
                 done: false,
                 span: tracing::Span::none(),
-                company: endpoint.company.clone(),
+                owner: endpoint.owner.clone(),
                 seen: StreamSeen::default(),
                 failed: false,
             };
@@ -505,7 +506,7 @@ pub struct ChatStream {
     done: bool,
     /// The model call's dependency span, ended with the stream.
     span: tracing::Span,
-    company: Option<String>,
+    owner: Option<Arc<telemetry::Owner>>,
     seen: StreamSeen,
     failed: bool,
 }
@@ -565,8 +566,8 @@ fn model_span_done(
 
 /// Records a failed model call on its span and in the company's metrics.
 fn model_span_failed(span: &tracing::Span, endpoint: &ModelEndpoint, error: &UpstreamError) {
-    if let Some(company) = &endpoint.company {
-        telemetry::metrics::upstream_failure(company);
+    if let Some(owner) = &endpoint.owner {
+        telemetry::metrics::upstream_failure(owner);
     }
     if span.is_disabled() {
         return;
@@ -650,8 +651,8 @@ impl ChatStream {
             if let Err(e) = self.fill().await {
                 self.done = true;
                 self.span.record("otel.status_code", "ERROR");
-                if let Some(company) = &self.company {
-                    telemetry::metrics::upstream_failure(company);
+                if let Some(owner) = &self.owner {
+                    telemetry::metrics::upstream_failure(owner);
                 }
                 self.failed = true;
                 return Some(Err(e));

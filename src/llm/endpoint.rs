@@ -2,7 +2,7 @@
 //! deployment and API version, the credential, and what is derived from them once per tenant
 //! runtime (the operation URIs, a fixed credential's header).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::Uri;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::domain::Provider;
+use crate::telemetry;
 use crate::upstream::UpstreamError;
 
 /// The default Azure OpenAI data-plane API version (GA, supports `stream_options`).
@@ -51,9 +52,9 @@ pub struct ModelEndpoint {
     pub deployment: String,
     pub api_version: String,
     pub auth: UpstreamAuth,
-    /// The company whose model this is (for its telemetry); `None` for a candidate endpoint
-    /// under test.
-    pub company: Option<String>,
+    /// The company instance whose model this is (for its telemetry); `None` for a candidate
+    /// endpoint under test.
+    pub owner: Option<Arc<telemetry::Owner>>,
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
@@ -129,13 +130,13 @@ impl ModelEndpoint {
             deployment,
             api_version,
             auth,
-            company: None,
+            owner: None,
         }
     }
 
-    /// The same endpoint, attributed to `company` in telemetry.
-    pub fn for_company(mut self, company: &str) -> Self {
-        self.company = Some(company.to_owned());
+    /// The same endpoint, attributed to `owner` (a company's instance) in telemetry.
+    pub fn owned_by(mut self, owner: Arc<telemetry::Owner>) -> Self {
+        self.owner = Some(owner);
         self
     }
 
@@ -158,7 +159,7 @@ impl ModelEndpoint {
 
     /// The same endpoint under another provider's URL scheme.
     pub fn with_provider(self, provider: Provider) -> Self {
-        let company = self.company;
+        let owner = self.owner;
         let mut endpoint = Self::new(
             provider,
             self.base,
@@ -166,7 +167,7 @@ impl ModelEndpoint {
             self.api_version,
             self.auth,
         );
-        endpoint.company = company;
+        endpoint.owner = owner;
         endpoint
     }
 

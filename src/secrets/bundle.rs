@@ -16,6 +16,9 @@ pub struct CredentialBundle {
     /// A SAS token (`sv=…&sig=…`) for the company's knowledge Blob container, when it does not
     /// use SOPHIA's managed identity.
     pub knowledge_sas: Option<SecretString>,
+    /// The company's own Application Insights connection string: the instance's requests,
+    /// dependencies, traces and metrics are exported there too.
+    pub app_insights_connection_string: Option<SecretString>,
 }
 
 #[derive(Serialize)]
@@ -27,6 +30,8 @@ struct Exposed<'a> {
     azure_search_key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     knowledge_sas: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_insights_connection_string: Option<&'a str>,
 }
 
 impl CredentialBundle {
@@ -34,6 +39,7 @@ impl CredentialBundle {
         self.azure_openai_key.is_none()
             && self.azure_search_key.is_none()
             && self.knowledge_sas.is_none()
+            && self.app_insights_connection_string.is_none()
     }
 
     /// Names of the credentials present (for audit details; never values).
@@ -48,6 +54,9 @@ impl CredentialBundle {
         if self.knowledge_sas.is_some() {
             out.push("knowledgeSas");
         }
+        if self.app_insights_connection_string.is_some() {
+            out.push("appInsightsConnectionString");
+        }
         out
     }
 
@@ -57,6 +66,10 @@ impl CredentialBundle {
             azure_openai_key: self.azure_openai_key.as_ref().map(|s| s.expose_secret()),
             azure_search_key: self.azure_search_key.as_ref().map(|s| s.expose_secret()),
             knowledge_sas: self.knowledge_sas.as_ref().map(|s| s.expose_secret()),
+            app_insights_connection_string: self
+                .app_insights_connection_string
+                .as_ref()
+                .map(|s| s.expose_secret()),
         };
         SecretString::from(serde_json::to_string(&exposed).unwrap_or_default())
     }
@@ -66,8 +79,7 @@ impl CredentialBundle {
     pub fn from_secret(secret: &SecretString) -> Self {
         serde_json::from_str(secret.expose_secret()).unwrap_or_else(|_| Self {
             azure_openai_key: Some(secret.clone()),
-            azure_search_key: None,
-            knowledge_sas: None,
+            ..Self::default()
         })
     }
 
@@ -81,6 +93,9 @@ impl CredentialBundle {
         }
         if patch.knowledge_sas.is_some() {
             self.knowledge_sas = patch.knowledge_sas;
+        }
+        if patch.app_insights_connection_string.is_some() {
+            self.app_insights_connection_string = patch.app_insights_connection_string;
         }
         self
     }
@@ -100,6 +115,13 @@ impl fmt::Debug for CredentialBundle {
             .field(
                 "knowledge_sas",
                 &self.knowledge_sas.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "app_insights_connection_string",
+                &self
+                    .app_insights_connection_string
+                    .as_ref()
+                    .map(|_| "[REDACTED]"),
             )
             .finish()
     }
@@ -133,12 +155,13 @@ mod tests {
         let old = CredentialBundle {
             azure_openai_key: Some("a".into()),
             azure_search_key: Some("b".into()),
-            knowledge_sas: None,
+            ..CredentialBundle::default()
         };
         let merged = old.merged(CredentialBundle {
             azure_openai_key: Some("c".into()),
             azure_search_key: None,
             knowledge_sas: Some("sv=1&sig=x".into()),
+            app_insights_connection_string: None,
         });
         assert_eq!(merged.azure_openai_key.unwrap().expose_secret(), "c");
         assert_eq!(merged.azure_search_key.unwrap().expose_secret(), "b");

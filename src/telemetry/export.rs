@@ -17,11 +17,14 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ingestion::{ConnectionString, IngestionClient};
+use super::Owner;
 use super::metrics::CompanyMeters;
 use crate::upstream::policy::UpstreamPolicy;
 
 /// The span attribute that names the company a span belongs to.
 pub const COMPANY_ATTRIBUTE: &str = "companyId";
+/// The span attribute that names the agent instance a span belongs to.
+pub const INSTANCE_ATTRIBUTE: &str = "instanceId";
 
 /// Most spans one post carries.
 const BATCH: usize = 512;
@@ -44,6 +47,8 @@ pub(super) struct Sink {
     kept: Exporter<IngestionClient>,
     /// The company's own meters (`None` for the operator's sink, which has the global ones).
     pub(super) meters: Option<Arc<CompanyMeters>>,
+    /// The company whose resource this is (`None`: the operator's).
+    company: Option<String>,
     /// The connection string it was built from (a re-registration with the same one is a no-op).
     source: ConnectionString,
 }
@@ -60,7 +65,8 @@ pub struct Pipeline {
     pub counters: Counters,
     sampling: f64,
     global: Sink,
-    companies: RwLock<HashMap<String, Sink>>,
+    /// Companies' own resources, by the instance id whose credentials name them.
+    owners: RwLock<HashMap<String, Sink>>,
     resource: Resource,
     runtime: tokio::runtime::Handle,
     http: reqwest::Client,
@@ -113,13 +119,14 @@ impl Pipeline {
             options.sampling,
             IngestionClient::new(http.clone(), handle.clone(), options.post_timeout, None),
             None,
+            None,
         )?;
         let pipeline = Arc::new(Self {
             queue: tx,
             counters: Counters::default(),
             sampling: options.sampling,
             global,
-            companies: RwLock::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
             resource: options.resource,
             runtime: handle,
             http,
@@ -141,12 +148,12 @@ impl Pipeline {
     }
 
     pub(super) fn company_count(&self) -> usize {
-        self.companies.read().map(|m| m.len()).unwrap_or(0)
+        self.owners.read().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Exports the companies' own meters now (blocking).
     pub(super) fn flush_company_meters(&self) {
-        let meters: Vec<Arc<CompanyMeters>> = match self.companies.read() {
+        let meters: Vec<Arc<CompanyMeters>> = match self.owners.read() {
             Ok(map) => map.values().filter_map(|s| s.meters.clone()).collect(),
             Err(_) => return,
         };
@@ -175,21 +182,26 @@ impl Pipeline {
         &self.resource
     }
 
-    /// Sends `company`'s telemetry to its own resource too (replacing an earlier one), or stops
-    /// (`None`). Its endpoint is held to the upstream policy, like the company's model.
+    /// Sends `owner`'s telemetry to its company's own resource too (replacing an earlier one),
+    /// or stops (`None`). Its endpoint is held to the upstream policy, like the company's model.
     pub(super) fn register(
         &self,
-        company: &str,
+        owner: &Owner,
         connection: Option<&ConnectionString>,
     ) -> Result<(), String> {
         let Some(connection) = connection else {
-            if let Ok(mut map) = self.companies.write() {
-                map.remove(company);
-            }
+            let old = self
+                .owners
+                .write()
+                .ok()
+                .and_then(|mut map| map.remove(&owner.instance));
+            self.retire(old);
             return Ok(());
         };
-        if let Ok(map) = self.companies.read()
-            && map.get(company).is_some_and(|s| &s.source == connection)
+        if let Ok(map) = self.owners.read()
+            && map.get(&owner.instance).is_some_and(|s| {
+                &s.source == connection && s.company.as_deref() == Some(owner.company.as_str())
+            })
         {
             return Ok(());
         }
@@ -215,17 +227,38 @@ impl Pipeline {
             self.sampling,
             client,
             Some(Arc::new(meters)),
+            Some(owner.company.clone()),
         )
         .map_err(|e| format!("invalid App Insights connection string: {e}"))?;
-        if let Ok(mut map) = self.companies.write() {
-            map.insert(company.to_owned(), sink);
-        }
+        let old = self
+            .owners
+            .write()
+            .ok()
+            .and_then(|mut map| map.insert(owner.instance.clone(), sink));
+        self.retire(old);
         Ok(())
     }
 
-    /// The company's own sink, when it has one.
-    pub(super) fn company_sink(&self, company: &str) -> Option<Sink> {
-        self.companies.read().ok()?.get(company).cloned()
+    /// A replaced or removed sink's meters are exported one last time and shut down, on the
+    /// telemetry runtime's blocking pool (never on a request's thread).
+    fn retire(&self, old: Option<Sink>) {
+        if let Some(meters) = old.and_then(|s| s.meters) {
+            drop(self.runtime.spawn_blocking(move || {
+                meters.flush();
+                drop(meters);
+            }));
+        }
+    }
+
+    /// The own sink of `instance` of `company`, when it has one. An instance id under another
+    /// company never matches.
+    pub(super) fn owner_sink(&self, company: &str, instance: &str) -> Option<Sink> {
+        self.owners
+            .read()
+            .ok()?
+            .get(instance)
+            .filter(|s| s.company.as_deref() == Some(company))
+            .cloned()
     }
 
     /// Whether a finished span is exported: failures always; the rest when its trace is in
@@ -327,24 +360,22 @@ impl Pipeline {
         }
     }
 
-    /// Exports one batch: everything to the operator's resource; each company's spans to its
-    /// own resource as well (never anyone else's).
+    /// Exports one batch: everything to the operator's resource; each instance's spans to its
+    /// company's own resource as well (never anyone else's).
     async fn export(&self, batch: Vec<(Box<SpanData>, bool)>) {
-        let mut per_company: HashMap<String, Vec<(SpanData, bool)>> = HashMap::new();
-        let registered = self
-            .companies
-            .read()
-            .map(|m| !m.is_empty())
-            .unwrap_or(false);
+        let mut per_owner: HashMap<String, (Sink, Vec<(SpanData, bool)>)> = HashMap::new();
+        let registered = self.owners.read().map(|m| !m.is_empty()).unwrap_or(false);
         if registered {
             for (span, kept) in &batch {
-                if let Some(company) = company_of(span)
-                    && self.company_sink(&company).is_some()
-                {
-                    per_company
-                        .entry(company)
-                        .or_default()
-                        .push(((**span).clone(), *kept));
+                let Some((company, instance)) = owner_of(span) else {
+                    continue;
+                };
+                if let Some(entry) = per_owner.get_mut(&instance) {
+                    if entry.0.company.as_deref() == Some(company.as_str()) {
+                        entry.1.push(((**span).clone(), *kept));
+                    }
+                } else if let Some(sink) = self.owner_sink(&company, &instance) {
+                    per_owner.insert(instance, (sink, vec![((**span).clone(), *kept)]));
                 }
             }
         }
@@ -360,12 +391,10 @@ impl Pipeline {
         } else {
             self.counters.failed.fetch_add(n, Ordering::Relaxed);
         }
-        for (company, spans) in per_company {
-            if let Some(sink) = self.company_sink(&company) {
-                let n = spans.len() as u64;
-                if !send(&sink, spans.into_iter(), self.post_timeout).await {
-                    self.counters.failed.fetch_add(n, Ordering::Relaxed);
-                }
+        for (_, (sink, spans)) in per_owner {
+            let n = spans.len() as u64;
+            if !send(&sink, spans.into_iter(), self.post_timeout).await {
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -394,15 +423,18 @@ async fn send(
     ok
 }
 
-/// The company a span belongs to.
-fn company_of(span: &SpanData) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == COMPANY_ATTRIBUTE)
-        .map(|kv| match &kv.value {
-            Value::String(s) => s.as_str().to_owned(),
-            other => other.to_string(),
-        })
+/// The company and instance a span belongs to (both must be named).
+fn owner_of(span: &SpanData) -> Option<(String, String)> {
+    let text = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| match &kv.value {
+                Value::String(s) => s.as_str().to_owned(),
+                other => other.to_string(),
+            })
+    };
+    Some((text(COMPANY_ATTRIBUTE)?, text(INSTANCE_ATTRIBUTE)?))
 }
 
 fn build_sink(
@@ -411,6 +443,7 @@ fn build_sink(
     sampling: f64,
     client: IngestionClient,
     meters: Option<Arc<CompanyMeters>>,
+    company: Option<String>,
 ) -> anyhow::Result<Sink> {
     let mut exporter = connection.exporter(client)?;
     exporter.set_resource(resource);
@@ -418,6 +451,7 @@ fn build_sink(
         sampled: exporter.clone().with_sample_rate(sampling),
         kept: exporter.with_sample_rate(1.0),
         meters,
+        company,
         source: connection.clone(),
     })
 }

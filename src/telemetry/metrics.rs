@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use opentelemetry_sdk::Resource;
 
+use super::Owner;
 use super::ingestion::{ConnectionString, IngestionClient};
 
 /// One resource's instruments.
@@ -110,13 +111,13 @@ pub(super) fn flush_global() {
     }
 }
 
-/// Records into the operator's meters and the company's own (when it has a resource).
-fn record(company: &str, f: impl Fn(&CompanyMeters)) {
+/// Records into the operator's meters and the company's own (when the instance has one).
+fn record(company: &str, instance: &str, f: impl Fn(&CompanyMeters)) {
     let Some(global) = GLOBAL.get() else {
         return;
     };
     f(global);
-    if let Some(own) = super::company_meters(company) {
+    if let Some(own) = super::owner_meters(company, instance) {
         f(&own);
     }
 }
@@ -134,7 +135,7 @@ pub struct TurnRecord<'a> {
 
 /// A finished (or failed) chat turn.
 pub fn turn(t: &TurnRecord<'_>) {
-    record(t.company, |m| {
+    record(t.company, t.instance, |m| {
         let who = [
             KeyValue::new("companyId", t.company.to_owned()),
             KeyValue::new("instanceId", t.instance.to_owned()),
@@ -157,21 +158,21 @@ pub fn turn(t: &TurnRecord<'_>) {
 }
 
 /// A model call that failed (its 429s are counted by [`upstream_throttled`]).
-pub fn upstream_failure(company: &str) {
-    record(company, |m| {
+pub fn upstream_failure(owner: &Owner) {
+    record(&owner.company, &owner.instance, |m| {
         m.failures
-            .add(1, &[KeyValue::new("companyId", company.to_owned())]);
+            .add(1, &[KeyValue::new("companyId", owner.company.clone())]);
     });
 }
 
 /// 429s a model call met (retried or not).
-pub fn upstream_throttled(company: &str, count: u64) {
+pub fn upstream_throttled(owner: &Owner, count: u64) {
     if count == 0 {
         return;
     }
-    record(company, |m| {
+    record(&owner.company, &owner.instance, |m| {
         m.throttled
-            .add(count, &[KeyValue::new("companyId", company.to_owned())]);
+            .add(count, &[KeyValue::new("companyId", owner.company.clone())]);
     });
 }
 

@@ -28,7 +28,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-pub use export::{COMPANY_ATTRIBUTE, sampled};
+pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
 pub use spans::{
     SPAN_TARGET, end_request, format_traceparent, model_span, parse_traceparent, record_caller,
@@ -43,9 +43,26 @@ pub const ACCESS_LOG_TARGET: &str = "sophia::access";
 static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-/// A company's own meters, when it exports to its own resource.
-pub(crate) fn company_meters(company: &str) -> Option<Arc<metrics::CompanyMeters>> {
-    PIPELINE.get()?.company_sink(company)?.meters
+/// Whose telemetry an item is: one company's agent instance. An instance may send its
+/// company's telemetry to the company's own App Insights as well (`register_owner`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub company: String,
+    pub instance: String,
+}
+
+impl Owner {
+    pub fn new(company: &str, instance: &str) -> Self {
+        Self {
+            company: company.to_owned(),
+            instance: instance.to_owned(),
+        }
+    }
+}
+
+/// The instance's own meters, when it exports to its company's own resource.
+pub(crate) fn owner_meters(company: &str, instance: &str) -> Option<Arc<metrics::CompanyMeters>> {
+    PIPELINE.get()?.owner_sink(company, instance)?.meters
 }
 
 /// Whether telemetry is exported (a connection string is set and the pipeline started).
@@ -96,17 +113,19 @@ pub fn stats() -> Stats {
     }
 }
 
-/// Sends `company`'s telemetry to its own App Insights too (`Some`), or stops (`None`).
-/// A no-op when telemetry is off. The error says why the connection string was refused.
-pub fn register_company(company: &str, connection: Option<&str>) -> Result<(), String> {
+/// Sends the telemetry of `owner` (its requests, dependencies, traces and metrics) to the
+/// company's own App Insights too (`Some`), or stops (`None`). A no-op when telemetry is off
+/// (the operator's resource is the anchor). The error says why the connection string was
+/// refused, never repeating it.
+pub fn register_owner(owner: &Owner, connection: Option<&str>) -> Result<(), String> {
     let Some(p) = PIPELINE.get() else {
         return Ok(());
     };
     match connection {
-        None => p.register(company, None),
+        None => p.register(owner, None),
         Some(raw) => {
             let cs = ConnectionString::parse(raw)?;
-            p.register(company, Some(&cs))
+            p.register(owner, Some(&cs))
         }
     }
 }

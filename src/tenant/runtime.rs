@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use crate::azure_auth::{CompanyIdentities, EntraTokens};
@@ -28,6 +28,7 @@ use crate::llm::client::DEFAULT_API_VERSION;
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
 use crate::secrets::{CredentialBundle, SecretError, SecretStore};
 use crate::store::{Store, StoreError, TenantScope};
+use crate::telemetry;
 use crate::upstream::UpstreamPolicy;
 
 /// What turning an instance into a runtime needs besides the instance and its credentials:
@@ -156,6 +157,10 @@ impl TenantRuntime {
             .clone()
             .or_else(|| instance.config.model.clone())
             .ok_or_else(|| "the instance names neither azureOpenaiDeployment nor model".to_owned());
+        let owner = Arc::new(telemetry::Owner::new(
+            instance.tenant_id.as_str(),
+            &instance.id.to_string(),
+        ));
         let endpoint = |deployment: String, auth: UpstreamAuth, base: url::Url| {
             ModelEndpoint::new(
                 instance.config.provider,
@@ -164,7 +169,7 @@ impl TenantRuntime {
                 api_version.clone(),
                 auth,
             )
-            .for_company(instance.tenant_id.as_str())
+            .owned_by(Arc::clone(&owner))
         };
         let chat = match (base.clone(), deployment, auth.clone()) {
             (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),
@@ -506,5 +511,16 @@ async fn load(
         }
         None => CredentialBundle::default(),
     };
+    // The company's own App Insights (or none any more), held to the upstream policy like its
+    // model; a refused one is logged and the instance serves on without it.
+    if let Err(reason) = telemetry::register_owner(
+        &telemetry::Owner::new(tenant.as_str(), &id.to_string()),
+        credentials
+            .app_insights_connection_string
+            .as_ref()
+            .map(|s| s.expose_secret()),
+    ) {
+        tracing::warn!(tenant.id = %tenant, instance.id = %id, "the instance's App Insights is not used: {reason}");
+    }
     Ok(TenantRuntime::build(instance, credentials, resolver))
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use url::{Host, Url};
 
 /// The hosts an admin may point an instance at, by default.
-pub const DEFAULT_ALLOWED_HOSTS: &str = "*.openai.azure.com,*.cognitiveservices.azure.com,*.services.ai.azure.com,*.search.windows.net,*.blob.core.windows.net";
+pub const DEFAULT_ALLOWED_HOSTS: &str = "*.openai.azure.com,*.cognitiveservices.azure.com,*.services.ai.azure.com,*.search.windows.net,*.blob.core.windows.net,*.applicationinsights.azure.com,dc.services.visualstudio.com";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
@@ -197,6 +197,12 @@ mod tests {
         assert!(p.check("https://x.search.windows.net").is_ok());
         assert!(p.check("https://acct.blob.core.windows.net/docs").is_ok());
         assert!(p.check("https://ACME.OpenAI.Azure.com.").is_ok());
+        assert!(
+            p.check("https://westeurope-5.in.applicationinsights.azure.com/")
+                .is_ok()
+        );
+        assert!(p.check("https://dc.services.visualstudio.com/").is_ok());
+        assert!(p.check("https://evil.dc.services.visualstudio.com/").is_err());
     }
 
     #[test]
