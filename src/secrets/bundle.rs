@@ -134,15 +134,27 @@ mod tests {
     #[test]
     fn round_trips_and_redacts() {
         let bundle: CredentialBundle =
-            serde_json::from_str(r#"{"azureOpenaiKey":"k-123","azureSearchKey":"s-456"}"#).unwrap();
+            serde_json::from_str(r#"{"azureOpenaiKey":"k-123","azureSearchKey":"s-456","appInsightsConnectionString":"InstrumentationKey=c-789"}"#).unwrap();
         let debug = format!("{bundle:?}");
         assert!(
-            !debug.contains("k-123") && !debug.contains("s-456"),
+            !debug.contains("k-123") && !debug.contains("s-456") && !debug.contains("c-789"),
             "{debug}"
+        );
+        assert_eq!(
+            bundle.present_fields(),
+            [
+                "azureOpenaiKey",
+                "azureSearchKey",
+                "appInsightsConnectionString"
+            ]
         );
         let back = CredentialBundle::from_secret(&bundle.to_secret());
         assert_eq!(back.azure_openai_key.unwrap().expose_secret(), "k-123");
         assert_eq!(back.azure_search_key.unwrap().expose_secret(), "s-456");
+        assert_eq!(
+            back.app_insights_connection_string.unwrap().expose_secret(),
+            "InstrumentationKey=c-789"
+        );
     }
 
     #[test]

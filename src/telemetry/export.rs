@@ -16,8 +16,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::ingestion::{ConnectionString, IngestionClient};
 use super::Owner;
+use super::ingestion::{ConnectionString, IngestionClient};
 use super::metrics::CompanyMeters;
 use crate::upstream::policy::UpstreamPolicy;
 

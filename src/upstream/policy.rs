@@ -202,7 +202,10 @@ mod tests {
                 .is_ok()
         );
         assert!(p.check("https://dc.services.visualstudio.com/").is_ok());
-        assert!(p.check("https://evil.dc.services.visualstudio.com/").is_err());
+        assert!(
+            p.check("https://evil.dc.services.visualstudio.com/")
+                .is_err()
+        );
     }
 
     #[test]

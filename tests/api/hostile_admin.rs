@@ -543,3 +543,119 @@ async fn a_foreign_credential_bundle_is_never_used() {
         "BETA's key reached the model on ACME's behalf"
     );
 }
+
+/// A company's own App Insights connection string is a credential SOPHIA posts telemetry to:
+/// a company admin must not aim it at a private or metadata address, a host off the upstream
+/// list, or anything that is not a connection string. Each attempt names the field and writes
+/// nothing; the value is never echoed.
+#[tokio::test]
+async fn a_company_admin_cannot_aim_its_telemetry_at_a_private_or_foreign_endpoint() {
+    const IKEY: &str = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+    let app = spawn().await;
+    let acme = app.admin_token("acme");
+    let created = app
+        .create_instance_with(
+            "acme",
+            json!({"credentials": {"azureOpenaiKey": "acme-key"}}),
+        )
+        .await;
+    let id = created.id.as_str();
+    let field = "credentials.appInsightsConnectionString";
+    let bad = [
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=http://169.254.169.254/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://169.254.169.254/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://10.0.0.5/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://[fd00::1]/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://127.0.0.1:8080/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://collector.attacker.example/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://in.applicationinsights.azure.com.attacker.example/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://u:p@westeurope-5.in.applicationinsights.azure.com/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/?x=1"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=ftp://westeurope-5.in.applicationinsights.azure.com/"),
+        format!("InstrumentationKey={IKEY};IngestionEndpoint=http://westeurope-5.in.applicationinsights.azure.com/"),
+        "InstrumentationKey=not-a-guid!;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/".to_owned(),
+        "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/".to_owned(),
+        "just some text".to_owned(),
+        String::new(),
+    ];
+    for cs in &bad {
+        let body = json!({"credentials": {"appInsightsConnectionString": cs}});
+        let before = snapshot(&app, id).await;
+        let resp = app
+            .request(
+                Method::PATCH,
+                &format!("/admin/agent-instances/{id}"),
+                Some(&acme),
+                Some(body.clone()),
+            )
+            .await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{cs}: {problem}");
+        assert!(
+            !problem.to_string().contains(IKEY),
+            "the key was echoed: {problem}"
+        );
+        let after = snapshot(&app, id).await;
+        assert_eq!(
+            after.instance, before.instance,
+            "{cs}: the instance changed"
+        );
+        assert_eq!(after.secrets, before.secrets, "{cs}: a secret was written");
+        assert_eq!(after.updates, before.updates, "{cs}: an update was audited");
+    }
+    // Not at create time either (checked before anything else about the new instance).
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&acme),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA",
+                        "azureOpenaiEndpoint": "https://acme.openai.azure.com",
+                        "credentials": {"appInsightsConnectionString": &bad[0]}})),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], field);
+    // Nor through a referenced secret that carries one.
+    let secret = app
+        .state
+        .secrets
+        .set_owned(
+            &sophia::secrets::SecretName::parse("acme-telemetry").unwrap(),
+            &secrecy::SecretString::from(
+                json!({"azureOpenaiKey": "k", "appInsightsConnectionString": &bad[0]}).to_string(),
+            ),
+            Some(&sophia::domain::TenantId::parse("acme").unwrap()),
+        )
+        .await
+        .unwrap();
+    refused_patch(
+        &app,
+        &acme,
+        id,
+        json!({"keyvaultSecretId": secret}),
+        StatusCode::BAD_REQUEST,
+        "keyvaultSecretId",
+    )
+    .await;
+
+    // Its own resource in the public cloud is accepted, stored as a secret, never returned.
+    let good = format!(
+        "InstrumentationKey={IKEY};IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/;LiveEndpoint=https://westeurope.livediagnostics.monitor.azure.com/"
+    );
+    let resp = app
+        .request(
+            Method::PATCH,
+            &format!("/admin/agent-instances/{id}"),
+            Some(&acme),
+            Some(json!({"credentials": {"appInsightsConnectionString": good}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains(IKEY), "{body}");
+    let audit = app.audit("action=agent_instance.update&limit=200").await;
+    let audit = serde_json::to_string(&audit).unwrap();
+    assert!(audit.contains("appInsightsConnectionString"), "{audit}");
+    assert!(!audit.contains(IKEY), "{audit}");
+}

@@ -398,3 +398,191 @@ fn a_bad_connection_string_or_sampling_stops_start_up_with_a_clear_error() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+/// Two companies with their own App Insights (and a third without): each company's resource
+/// receives that company's requests, dependencies, traces and metrics, and not one byte of
+/// anyone else's; the operator's resource receives everything.
+#[test]
+fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
+    const ACME_IKEY: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
+    const BETA_IKEY: &str = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb";
+    let operator = Ingestion::start();
+    let acme_ai = Ingestion::start();
+    let beta_ai = Ingestion::start();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, dir, platform) = start(&operator, &[]);
+    let client = reqwest::blocking::Client::new();
+
+    let (acme, acme_token) = create_and_exchange(&server, &platform, &instance("acme", &sim_url));
+    let (beta, beta_token) = create_and_exchange(&server, &platform, &instance("beta", &sim_url));
+    let (gamma, gamma_token) =
+        create_and_exchange(&server, &platform, &instance("gamma", &sim_url));
+    // ACME's company admin sets ACME's resource; BETA's is set at the platform level.
+    let acme_admin = admin_token_with(
+        dir.path(),
+        &[("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)],
+        &["--role", "ADMIN", "--company", "acme"],
+    );
+    for (id, admin, cs) in [
+        (
+            &acme["id"],
+            &acme_admin,
+            acme_ai.connection_string(ACME_IKEY),
+        ),
+        (&beta["id"], &platform, beta_ai.connection_string(BETA_IKEY)),
+    ] {
+        let resp = client
+            .patch(server.url(&format!("/admin/agent-instances/{}", id.as_str().unwrap())))
+            .bearer_auth(admin)
+            .header("content-type", "application/merge-patch+json")
+            .body(json!({"credentials": {"appInsightsConnectionString": cs}}).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().unwrap());
+    }
+    // ACME's admin cannot set anything on BETA's instance.
+    let resp = client
+        .patch(server.url(&format!(
+            "/admin/agent-instances/{}",
+            beta["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&acme_admin)
+        .header("content-type", "application/merge-patch+json")
+        .body(
+            json!({"credentials": {"appInsightsConnectionString": acme_ai.connection_string(ACME_IKEY)}})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    for token in [&acme_token, &beta_token, &gamma_token] {
+        assert_eq!(chat(&server, token, json!({"message": "hello"})), 200);
+        assert_eq!(
+            chat(&server, token, json!({"message": "stream", "stream": true})),
+            200
+        );
+    }
+    fail_next_model_call(&sim_url);
+    assert_eq!(chat(&server, &beta_token, json!({"message": "fails"})), 502);
+
+    let complete = |company: &'static str| {
+        move |e: &[Value]| {
+            let mine = |t: &str| {
+                of_type(e, t)
+                    .iter()
+                    .filter(|x| prop(x, "companyId") == company)
+                    .count()
+            };
+            mine("RequestData") >= 2
+                && mine("RemoteDependencyData") >= 2
+                && of_type(e, "MetricData")
+                    .iter()
+                    .any(|m| m["data"]["baseData"]["metrics"][0]["name"] == "sophia.turns")
+        }
+    };
+    let _acme_seen = acme_ai.wait_for("ACME's telemetry", complete("acme"));
+    let beta_seen = beta_ai.wait_for("BETA's telemetry", complete("beta"));
+    let op_seen = operator.wait_for("everyone's telemetry at the operator", |e| {
+        ["acme", "beta", "gamma"].iter().all(|c| {
+            of_type(e, "RequestData")
+                .iter()
+                .any(|r| prop(r, "companyId") == *c)
+        })
+    });
+    // BETA's failure reached BETA's resource, as a failed request over a failed dependency.
+    assert!(
+        of_type(&beta_seen, "RequestData")
+            .iter()
+            .any(|r| r["data"]["baseData"]["success"] == false)
+    );
+    assert!(
+        of_type(&beta_seen, "RemoteDependencyData")
+            .iter()
+            .any(|d| d["data"]["baseData"]["resultCode"] == "500")
+    );
+    // Traces (log events) of a company's requests go with them.
+    assert!(!of_type(&beta_seen, "MessageData").is_empty());
+    assert!(op_seen.iter().all(|e| e["iKey"] == IKEY));
+
+    // Let anything still queued arrive, then check every byte each company received.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, logs) = server.stop();
+    assert!(status.success());
+    let _ = sim.kill();
+    let _ = sim.wait();
+    for (ai, company, ikey, others) in [
+        (
+            &acme_ai,
+            "acme",
+            ACME_IKEY,
+            [("beta", &beta, BETA_IKEY), ("gamma", &gamma, IKEY)],
+        ),
+        (
+            &beta_ai,
+            "beta",
+            BETA_IKEY,
+            [("acme", &acme, ACME_IKEY), ("gamma", &gamma, IKEY)],
+        ),
+    ] {
+        let own = &if company == "acme" { &acme } else { &beta }["id"];
+        for e in ai.envelopes() {
+            assert_eq!(
+                e["iKey"], ikey,
+                "{company} got an envelope for another resource: {e}"
+            );
+            let base = e["data"]["baseType"].as_str().unwrap_or("");
+            if base == "RequestData" || base == "RemoteDependencyData" {
+                assert_eq!(prop(&e, "companyId"), company, "{e}");
+                assert_eq!(prop(&e, "instanceId"), own, "{e}");
+            }
+            if base == "MetricData" {
+                let p = &e["data"]["baseData"]["properties"];
+                assert!(
+                    p["companyId"].is_null() || p["companyId"] == company,
+                    "{company} got another company's metric: {e}"
+                );
+            }
+        }
+        let raw = ai.raw();
+        for (other, created, other_ikey) in others {
+            assert!(
+                !raw.contains(&format!("\"{other}\"")),
+                "{company} saw {other}"
+            );
+            assert!(
+                !raw.contains(created["id"].as_str().unwrap()),
+                "{company} saw {other}'s instance"
+            );
+            assert!(
+                !raw.contains(other_ikey),
+                "{company} saw {other}'s resource key"
+            );
+        }
+    }
+    // The operator's resource has everyone, and no company's own key.
+    let op_raw = operator.raw();
+    assert!(!op_raw.contains(ACME_IKEY) && !op_raw.contains(BETA_IKEY));
+    // No credential anywhere: not in what was posted, not in the logs.
+    let raws = [operator.raw(), acme_ai.raw(), beta_ai.raw()];
+    for secret in [
+        MODEL_KEY,
+        acme_token.as_str(),
+        beta_token.as_str(),
+        acme["agentAccessKey"].as_str().unwrap(),
+        beta["agentAccessKey"].as_str().unwrap(),
+        acme_admin.as_str(),
+        platform.as_str(),
+    ] {
+        for raw in &raws {
+            assert!(!raw.contains(secret), "a secret reached App Insights");
+        }
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    for ikey in [ACME_IKEY, BETA_IKEY] {
+        assert!(
+            !logs.contains(ikey),
+            "a company's connection string reached the logs"
+        );
+    }
+}
