@@ -141,7 +141,19 @@ impl JobQueue {
                 )
             })?)
         };
-        let client = azure_storage_queue::QueueClient::new(parsed, credential, None).map_err(|e| {
+        // Sends made inside a request are Queue dependencies in App Insights (the polling loop
+        // runs outside any request and is not recorded).
+        let options = azure_storage_queue::QueueClientOptions {
+            client_options: azure_core::http::ClientOptions {
+                transport: Some(crate::telemetry::deps::TracedHttp::transport(
+                    azure_core::http::new_http_client(None),
+                    crate::telemetry::deps::Service::Queue,
+                )),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = azure_storage_queue::QueueClient::new(parsed, credential, Some(options)).map_err(|e| {
             anyhow::anyhow!("SOPHIA_REFRESH_QUEUE_URL is not usable ({}): https is required with SOPHIA's identity", e.kind())
         })?;
         Ok(Self::Storage { client, signer })

@@ -4,6 +4,8 @@
 //! delete lookup — isolation is enforced server-side even when several companies share one
 //! index. Auth is the `api-key` header (the tenant's `azureSearchKey`) or an Entra bearer token.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -12,6 +14,9 @@ use url::Url;
 
 use super::{Chunk, IndexError, KnowledgeIndex, Passage};
 use crate::domain::TenantId;
+use crate::telemetry::Owner;
+use crate::telemetry::deps::{self, Service};
+use tracing::Instrument;
 
 pub const API_VERSION: &str = "2024-07-01";
 /// Index used when the instance names none (`settings.searchIndex`).
@@ -51,6 +56,8 @@ pub struct AzureSearchIndex {
     endpoint: Url,
     index: String,
     auth: SearchAuth,
+    /// The company instance whose search service this is (its telemetry).
+    owner: Option<Arc<Owner>>,
 }
 
 /// An OData string literal (single quotes doubled).
@@ -118,7 +125,14 @@ impl AzureSearchIndex {
             endpoint,
             index: index.into(),
             auth,
+            owner: None,
         }
+    }
+
+    /// The same index, attributed to `owner` (a company's instance) in telemetry.
+    pub fn owned_by(mut self, owner: Arc<Owner>) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url, IndexError> {
@@ -161,8 +175,27 @@ impl AzureSearchIndex {
         }
     }
 
+    /// One call to the search service: an AI Search dependency in App Insights.
     async fn send(
         &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, IndexError> {
+        let span = deps::dependency_span(
+            Service::Search,
+            method.as_str(),
+            &url,
+            self.owner.as_deref(),
+        );
+        self.send_in(&span, method, url, body)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn send_in(
+        &self,
+        span: &tracing::Span,
         method: reqwest::Method,
         url: Url,
         body: Option<&Value>,
@@ -171,6 +204,9 @@ impl AzureSearchIndex {
             .http
             .request(method, url)
             .timeout(std::time::Duration::from_secs(30));
+        if let Some(tp) = crate::telemetry::traceparent_of(span) {
+            request = request.header("traceparent", tp);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -188,12 +224,14 @@ impl AzureSearchIndex {
             }
         };
         let response = request.send().await.map_err(|e| {
+            deps::end_dependency(span, None, Some("connection"));
             IndexError::Unavailable(anyhow::anyhow!(
                 "search service unreachable: {}",
                 e.without_url()
             ))
         })?;
         let status = response.status();
+        deps::end_dependency(span, Some(status.as_u16()), None);
         let bytes = response.bytes().await.map_err(|e| {
             IndexError::Unavailable(anyhow::anyhow!(
                 "search response failed: {}",

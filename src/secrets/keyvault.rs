@@ -22,13 +22,15 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{
     AsyncRawResponse, ClientOptions, ExponentialRetryOptions, HttpClient, Request, RetryOptions,
-    StatusCode, Transport, Url,
+    StatusCode, Url,
 };
 use azure_security_keyvault_secrets::models::{
     Secret, SecretClientGetSecretOptions, SecretClientUpdateSecretPropertiesOptions,
     SetSecretParameters, UpdateSecretPropertiesParameters,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+
+use crate::telemetry::deps::{Service, TracedHttp};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{OWNER_TAG, SecretError, SecretName, SecretRef, SecretResult, SecretStore};
@@ -113,11 +115,15 @@ impl KeyVaultSecretStore {
             }),
             ..Default::default()
         };
-        if local {
-            client_options.transport = Some(Transport::new(Arc::new(LoopbackHttp {
+        let http: Arc<dyn HttpClient> = if local {
+            Arc::new(LoopbackHttp {
                 inner: azure_core::http::new_http_client(None),
-            })));
-        }
+            })
+        } else {
+            azure_core::http::new_http_client(None)
+        };
+        // Every secret read inside a request is a Key Vault dependency in App Insights.
+        client_options.transport = Some(TracedHttp::transport(http, Service::KeyVault));
         let options = SecretClientOptions {
             client_options,
             // A loopback stand-in cannot be a subdomain of the challenge's resource.

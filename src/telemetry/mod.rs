@@ -8,6 +8,7 @@
 //! Nothing here may slow a request: spans go through a bounded queue to a worker on its own
 //! thread and runtime; what does not fit is dropped and counted (`/health`).
 
+pub mod deps;
 mod export;
 mod ingestion;
 pub mod metrics;

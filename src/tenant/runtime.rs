@@ -99,6 +99,8 @@ pub struct TenantRuntime {
     /// The tenant's knowledge index, or why it cannot be used.
     pub knowledge: Result<Knowledge, String>,
     pub loaded_at: Instant,
+    /// Whose telemetry its calls are.
+    owner: Arc<telemetry::Owner>,
     resolver: Arc<Resolver>,
 }
 
@@ -184,7 +186,7 @@ impl TenantRuntime {
             top_p: settings.top_p.as_ref().map(|t| *t.get()),
             max_tokens: settings.max_tokens.as_ref().map(|n| *n.get()),
         };
-        let knowledge = search_index(&instance, &identity, &credentials, resolver);
+        let knowledge = search_index(&instance, &identity, &credentials, resolver, &owner);
         Self {
             chat,
             embeddings,
@@ -198,6 +200,7 @@ impl TenantRuntime {
             top_k: settings.top_k(),
             allowed_models: settings.allowed_models().to_vec(),
             loaded_at: Instant::now(),
+            owner,
             instance,
         }
     }
@@ -248,9 +251,15 @@ impl TenantRuntime {
                 );
             }
         };
-        let transport: Arc<dyn azure_core::http::HttpClient> = Arc::new(
-            crate::upstream::PolicyTransport::new(self.resolver.http.clone()),
-        );
+        // The company's container: each call a Blob dependency of the company's telemetry.
+        let transport: Arc<dyn azure_core::http::HttpClient> =
+            Arc::new(telemetry::deps::TracedHttp::new(
+                Arc::new(crate::upstream::PolicyTransport::new(
+                    self.resolver.http.clone(),
+                )),
+                telemetry::deps::Service::Blob,
+                Some(Arc::clone(&self.owner)),
+            ));
         BlobSource::new(&url, prefix, auth, Some(transport))
             .map(|s| Box::new(s) as Box<dyn KnowledgeSource>)
             .map_err(|e| e.to_string())
@@ -281,6 +290,7 @@ fn search_index(
     identity: &Option<Result<Arc<EntraTokens>, String>>,
     credentials: &CredentialBundle,
     resolver: &Resolver,
+    owner: &Arc<telemetry::Owner>,
 ) -> Result<Knowledge, String> {
     let Some(endpoint) = &instance.config.azure_search_endpoint else {
         return Ok(Knowledge::Embedded(Arc::clone(&resolver.embedded)));
@@ -302,12 +312,9 @@ fn search_index(
             "the instance has an azureSearchEndpoint but no azureSearchKey credential".to_owned()
         })?),
     };
-    Ok(Knowledge::Search(Arc::new(AzureSearchIndex::new(
-        resolver.http.clone(),
-        url,
-        index,
-        auth,
-    ))))
+    Ok(Knowledge::Search(Arc::new(
+        AzureSearchIndex::new(resolver.http.clone(), url, index, auth).owned_by(Arc::clone(owner)),
+    )))
 }
 
 /// Cache counters, exposed on `/health`.

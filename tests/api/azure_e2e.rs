@@ -8,6 +8,7 @@ use crate::support;
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
+use support::appinsights::{Ingestion, of_type};
 use support::azure::{KeyVault, ManagedIdentity};
 use support::binary::*;
 
@@ -96,7 +97,11 @@ fn cosmos_and_keyvault_with_managed_identity() {
     let cosmos = support::rig::cosmos_endpoint();
     let database = support::rig::fresh_database();
     let (mut sim, sim_url) = start_simulator(OPENAI_KEY);
+    let ingestion = Ingestion::start();
+    let telemetry = ingestion.connection_string("12345678-aaaa-4bbb-8ccc-1234567890ab");
     let env = [
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", telemetry.as_str()),
+        ("SOPHIA_TELEMETRY_EXPORT_MS", "50"),
         ("SOPHIA_STORE", "cosmos"),
         ("SOPHIA_COSMOS_ENDPOINT", cosmos.as_str()),
         ("SOPHIA_COSMOS_DATABASE", database.as_str()),
@@ -152,8 +157,91 @@ fn cosmos_and_keyvault_with_managed_identity() {
         resources.iter().any(|r| r.contains("cosmos")),
         "{resources:?}"
     );
+    // Key Vault and Cosmos DB calls made inside requests are dependencies of those requests
+    // in App Insights (same operation), named by operation, never by a secret or item id.
+    let seen = ingestion.wait_for("Key Vault and Cosmos DB dependencies", |e| {
+        let deps = of_type(e, "RemoteDependencyData");
+        let named = |p: &str| {
+            deps.iter().any(|d| {
+                d["data"]["baseData"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(p))
+            })
+        };
+        named("Key Vault ")
+            && named("Cosmos DB ")
+            && named("chat ")
+            && of_type(e, "RequestData")
+                .iter()
+                .any(|r| r["data"]["baseData"]["name"] == "POST /chat")
+    });
+    let requests = of_type(&seen, "RequestData");
+    let deps = of_type(&seen, "RemoteDependencyData");
+    let chat = requests
+        .iter()
+        .find(|r| r["data"]["baseData"]["name"] == "POST /chat")
+        .expect("the chat request");
+    let op = chat["tags"]["ai.operation.id"].as_str().unwrap();
+    let in_chat: Vec<&str> = deps
+        .iter()
+        .filter(|d| d["tags"]["ai.operation.id"] == op)
+        .filter_map(|d| d["data"]["baseData"]["name"].as_str())
+        .collect();
+    assert!(
+        in_chat.iter().any(|n| n.starts_with("Cosmos DB ")),
+        "the chat request's store calls: {in_chat:?}"
+    );
+    assert!(
+        in_chat.iter().any(|n| n.starts_with("chat ")),
+        "the chat request's model call: {in_chat:?}"
+    );
+    for d in &deps {
+        let name = d["data"]["baseData"]["name"].as_str().unwrap_or("");
+        assert!(
+            !name.contains(&flow.instance_id),
+            "an id in a dependency name: {name}"
+        );
+        if name.starts_with("Key Vault ") {
+            assert_eq!(name.split(' ').nth(3), Some("/secrets/{}"), "{name}");
+            assert_eq!(d["data"]["baseData"]["type"], "HTTP", "{d}");
+            assert!(d["data"]["baseData"]["resultCode"].is_string(), "{d}");
+        }
+        if name.starts_with("Cosmos DB ") {
+            assert_eq!(d["data"]["baseData"]["type"], "azure.cosmosdb", "{d}");
+        }
+    }
+    // The vault got the traceparent of its dependency span.
+    let kv_dep = deps
+        .iter()
+        .find(|d| {
+            d["data"]["baseData"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("Key Vault GET"))
+        })
+        .expect("a secret read");
+    let expected = format!(
+        "00-{}-{}-01",
+        kv_dep["tags"]["ai.operation.id"].as_str().unwrap(),
+        kv_dep["data"]["baseData"]["id"].as_str().unwrap()
+    );
+    assert!(
+        vault
+            .requests()
+            .iter()
+            .any(|r| r.traceparent.as_deref() == Some(expected.as_str())),
+        "the vault saw {expected}"
+    );
     let (status, logs) = server.stop();
     assert!(status.success());
+    let raw = ingestion.raw();
+    for secret in [
+        MSI_TOKEN,
+        OPENAI_KEY,
+        flow.access_key.as_str(),
+        "BEGIN PRIVATE KEY",
+    ] {
+        assert!(!raw.contains(secret), "a secret reached App Insights");
+    }
 
     // A second process on an empty data dir: nothing SOPHIA needs was local. The service
     // token minted by the first process still verifies (same signing key, from the vault),

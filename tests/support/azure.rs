@@ -56,6 +56,8 @@ pub struct KvRequest {
     pub path: String,
     pub api_version: Option<String>,
     pub authorized: bool,
+    /// The W3C `traceparent` the caller sent, if any.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -136,6 +138,10 @@ async fn kv_handle(
         path: uri.path().to_owned(),
         api_version: query.get("api-version").cloned(),
         authorized,
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     match query.get("api-version") {
         Some(v) if KV_API_VERSIONS.contains(&v.as_str()) => {}

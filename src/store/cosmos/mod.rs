@@ -220,9 +220,16 @@ impl CosmosStore {
             .await
             .map_err(|e| anyhow::anyhow!("Cosmos DB runtime: {e}"))?;
         let binary = BinaryEncodingOptions::new().with_enabled(!local);
-        let client = CosmosClient::builder()
+        let mut builder = CosmosClient::builder()
             .with_runtime(runtime)
-            .with_binary_encoding_options(binary)
+            .with_binary_encoding_options(binary);
+        // Each operation inside a traced request is a Cosmos DB dependency in App Insights
+        // (no handler at all when telemetry is off: the SDK then builds no diagnostics context).
+        if crate::telemetry::enabled() {
+            builder = builder
+                .with_diagnostics_handler(Arc::new(crate::telemetry::deps::CosmosDependencies));
+        }
+        let client = builder
             .build(
                 account,
                 RoutingStrategy::ProximityTo(config.region.clone().into()),
