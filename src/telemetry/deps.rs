@@ -50,30 +50,37 @@ impl Service {
     }
 }
 
-/// Path segments that name an operation, not a resource: kept in the template.
-const KEYWORDS: &[&str] = &[
-    "secrets",
-    "deletedsecrets",
-    "messages",
-    "indexes",
-    "docs",
-    "search",
-    "search.post.search",
-    "index",
-    "dbs",
-    "colls",
-    "pkranges",
-    "servicestats",
-];
+impl Service {
+    /// Path segments that name an operation, not a resource (kept in a path template). The
+    /// first segment of a Storage path is always the container or queue, whatever its name.
+    fn keywords(self) -> &'static [&'static str] {
+        match self {
+            Self::KeyVault => &["secrets", "deletedsecrets"],
+            Self::Blob => &[],
+            Self::Queue => &["messages"],
+            Self::Search => &[
+                "indexes",
+                "docs",
+                "search",
+                "search.post.search",
+                "index",
+                "servicestats",
+            ],
+            Self::Cosmos => &["dbs", "colls", "docs", "pkranges"],
+        }
+    }
+}
 
 /// The path as a low-cardinality template: operation keywords kept, every other segment `{}`
 /// (a run of them collapsed, since a blob name may hold slashes), plus the Storage `comp`
 /// operation when the query names one.
-pub fn path_template(url: &Url) -> String {
+pub fn path_template(service: Service, url: &Url) -> String {
     let mut out = String::new();
     let mut last_placeholder = false;
-    for segment in url.path().split('/').filter(|s| !s.is_empty()) {
-        let keep = KEYWORDS.contains(&segment) || segment.starts_with('$');
+    let storage = matches!(service, Service::Blob | Service::Queue);
+    for (i, segment) in url.path().split('/').filter(|s| !s.is_empty()).enumerate() {
+        let keep = !(storage && i == 0)
+            && (service.keywords().contains(&segment) || segment.starts_with('$'));
         if keep {
             out.push('/');
             out.push_str(segment);
@@ -126,7 +133,7 @@ pub fn dependency_span(service: Service, method: &str, url: &Url, owner: Option<
         "dependency",
         companyId = owner.map(|o| o.company.as_str()),
         instanceId = owner.map(|o| o.instance.as_str()),
-        otel.name = %format_args!("{} {method} {}", service.label(), path_template(url)),
+        otel.name = %format_args!("{} {method} {}", service.label(), path_template(service, url)),
         otel.kind = "client",
         otel.status_code = Empty,
         az.namespace = service.namespace(),
@@ -324,7 +331,14 @@ mod tests {
     use super::*;
 
     fn t(raw: &str) -> String {
-        path_template(&Url::parse(raw).unwrap())
+        let url = Url::parse(raw).unwrap();
+        let service = match url.host_str().unwrap_or("") {
+            h if h.contains(".vault.") => Service::KeyVault,
+            h if h.contains(".blob.") => Service::Blob,
+            h if h.contains(".queue.") => Service::Queue,
+            _ => Service::Search,
+        };
+        path_template(service, &url)
     }
 
     #[test]
@@ -350,6 +364,12 @@ mod tests {
             "/indexes/{}/docs/search"
         );
         assert_eq!(t("https://s.search.windows.net/"), "/");
+        // A container or queue named like an operation is still a name.
+        assert_eq!(t("https://a.blob.core.windows.net/secrets/docs/x"), "/{}");
+        assert_eq!(
+            t("https://a.queue.core.windows.net/messages/messages/abc"),
+            "/{}/messages/{}"
+        );
     }
 
     #[test]

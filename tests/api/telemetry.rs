@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::appinsights::{Ingestion, of_type};
 use crate::support::binary::{Server, admin_token_with, create_and_exchange, start_simulator};
+use crate::support::search_standin::SearchStandIn;
 
 const MODEL_KEY: &str = "CRED-TELEMETRY-MODEL-7777";
 const ADMIN_SECRET: &str = "telemetry-admin-secret-0123456789abcdef";
@@ -413,7 +414,13 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
     let (server, dir, platform) = start(&operator, &[]);
     let client = reqwest::blocking::Client::new();
 
-    let (acme, acme_token) = create_and_exchange(&server, &platform, &instance("acme", &sim_url));
+    // ACME's knowledge is in its own AI Search service: those calls are ACME's dependencies.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let search = rt.block_on(SearchStandIn::start("acme-search-key-5150"));
+    let mut acme_body = instance("acme", &sim_url);
+    acme_body["azureSearchEndpoint"] = json!(search.base);
+    acme_body["credentials"]["azureSearchKey"] = json!(search.key);
+    let (acme, acme_token) = create_and_exchange(&server, &platform, &acme_body);
     let (beta, beta_token) = create_and_exchange(&server, &platform, &instance("beta", &sim_url));
     let (gamma, gamma_token) =
         create_and_exchange(&server, &platform, &instance("gamma", &sim_url));
@@ -475,13 +482,13 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
                     .count()
             };
             mine("RequestData") >= 2
-                && mine("RemoteDependencyData") >= 2
+                && mine("RemoteDependencyData") >= if company == "acme" { 4 } else { 2 }
                 && of_type(e, "MetricData")
                     .iter()
                     .any(|m| m["data"]["baseData"]["metrics"][0]["name"] == "sophia.turns")
         }
     };
-    let _acme_seen = acme_ai.wait_for("ACME's telemetry", complete("acme"));
+    let acme_seen = acme_ai.wait_for("ACME's telemetry", complete("acme"));
     let beta_seen = beta_ai.wait_for("BETA's telemetry", complete("beta"));
     let op_seen = operator.wait_for("everyone's telemetry at the operator", |e| {
         ["acme", "beta", "gamma"].iter().all(|c| {
@@ -501,6 +508,21 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
             .iter()
             .any(|d| d["data"]["baseData"]["resultCode"] == "500")
     );
+    // ACME's search calls reached ACME's resource as AI Search dependencies with the
+    // traceparent sent; nobody else's resource has one.
+    let acme_search = of_type(&acme_seen, "RemoteDependencyData")
+        .into_iter()
+        .find(|d| d["data"]["baseData"]["name"] == "AI Search POST /indexes/{}/docs/search")
+        .expect("ACME's search dependency");
+    assert_eq!(acme_search["data"]["baseData"]["resultCode"], "200");
+    assert!(
+        !acme_search["data"]["baseData"]["data"]
+            .as_str()
+            .unwrap_or("")
+            .contains('?'),
+        "url.full carries no query: {acme_search}"
+    );
+    assert!(!beta_ai.raw().contains("AI Search"));
     // Traces (log events) of a company's requests go with them.
     assert!(!of_type(&beta_seen, "MessageData").is_empty());
     assert!(op_seen.iter().all(|e| e["iKey"] == IKEY));
@@ -573,6 +595,7 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
         beta["agentAccessKey"].as_str().unwrap(),
         acme_admin.as_str(),
         platform.as_str(),
+        search.key.as_str(),
     ] {
         for raw in &raws {
             assert!(!raw.contains(secret), "a secret reached App Insights");
