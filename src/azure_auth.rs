@@ -56,6 +56,9 @@ impl CredentialKind {
 pub struct EntraTokens {
     kind: CredentialKind,
     credential: Arc<dyn TokenCredential>,
+    /// The expiry of the last token handed out per scope: the same expiry again means the
+    /// credential answered from its cache (the token-cache hit-rate metric).
+    last_expiry: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for EntraTokens {
@@ -100,7 +103,11 @@ impl EntraTokens {
                 ClientSecretCredential::new(&tenant, app, secret.into(), None)?
             }
         };
-        Ok(Self { kind, credential })
+        Ok(Self {
+            kind,
+            credential,
+            last_expiry: Default::default(),
+        })
     }
 
     pub fn kind(&self) -> CredentialKind {
@@ -115,7 +122,16 @@ impl EntraTokens {
     /// A bearer token for `scope` (cached and refreshed by the credential).
     pub async fn token(&self, scope: &str) -> Result<SecretString, UpstreamError> {
         match self.credential.get_token(&[scope], None).await {
-            Ok(token) => Ok(SecretString::from(token.token.secret().to_owned())),
+            Ok(token) => {
+                if crate::telemetry::enabled() {
+                    let expiry = token.expires_on.unix_timestamp();
+                    let hit = self.last_expiry.lock().is_ok_and(|mut seen| {
+                        seen.insert(scope.to_owned(), expiry) == Some(expiry)
+                    });
+                    crate::telemetry::metrics::cache_lookup("token", hit);
+                }
+                Ok(SecretString::from(token.token.secret().to_owned()))
+            }
             Err(e) => Err(UpstreamError::Configuration(format!(
                 "no Entra token from the {} credential: {e}",
                 self.kind.as_str()
@@ -184,6 +200,7 @@ impl CompanyIdentities {
         let entry = Arc::new(EntraTokens {
             kind: self.kind,
             credential: built,
+            last_expiry: Default::default(),
         });
         tokens.insert(client_id.to_owned(), Arc::clone(&entry));
         Ok(entry)

@@ -16,6 +16,7 @@ const MSI_TOKEN: &str = "MSI-TOKEN-e2e-31337";
 const OPENAI_KEY: &str = "acme-openai-key-e2e-0042";
 const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789-abcdefghijklmnopqrstuv";
 const EMULATOR_KEY: &str = support::COSMOS_EMULATOR_KEY;
+const CONTOSO_IDENTITY: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
 
 struct Flow {
     instance_id: String,
@@ -92,7 +93,8 @@ fn health(server: &Server) -> Value {
 
 #[test]
 fn cosmos_and_keyvault_with_managed_identity() {
-    let msi = ManagedIdentity::start(MSI_TOKEN);
+    // CONTOSO's own identity gets a token the model stand-in accepts as a bearer key.
+    let msi = ManagedIdentity::start(MSI_TOKEN).with_identity(CONTOSO_IDENTITY, OPENAI_KEY);
     let vault = KeyVault::start(MSI_TOKEN);
     let cosmos = support::rig::cosmos_endpoint();
     let database = support::rig::fresh_database();
@@ -102,6 +104,7 @@ fn cosmos_and_keyvault_with_managed_identity() {
     let env = [
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", telemetry.as_str()),
         ("SOPHIA_TELEMETRY_EXPORT_MS", "50"),
+        ("SOPHIA_TELEMETRY_METRICS_SECS", "1"),
         ("SOPHIA_STORE", "cosmos"),
         ("SOPHIA_COSMOS_ENDPOINT", cosmos.as_str()),
         ("SOPHIA_COSMOS_DATABASE", database.as_str()),
@@ -157,6 +160,41 @@ fn cosmos_and_keyvault_with_managed_identity() {
         resources.iter().any(|r| r.contains("cosmos")),
         "{resources:?}"
     );
+    // A company on its own managed identity: its Entra tokens come from the credential's
+    // cache after the first, and the token-cache lookups are a metric.
+    let platform = admin_token_with(
+        dir.path(),
+        &[("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)],
+        &["--role", "PLATFORM_ADMIN"],
+    );
+    let (_, contoso) = create_and_exchange(
+        &server,
+        &platform,
+        &json!({"companyId": "contoso", "agentType": "SOPHIA", "azureOpenaiEndpoint": sim_url,
+                "azureOpenaiDeployment": "gpt-4o",
+                "settings": {"authMode": "managedIdentity", "managedIdentityClientId": CONTOSO_IDENTITY}}),
+    );
+    for _ in 0..3 {
+        let res = Client::new()
+            .post(server.url("/chat"))
+            .bearer_auth(&contoso)
+            .json(&json!({"message": "hello on my own identity"}))
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    }
+    let metrics = ingestion.wait_for("token-cache lookups", |e| {
+        let token = |result: &str| {
+            of_type(e, "MetricData").iter().any(|m| {
+                m["data"]["baseData"]["metrics"][0]["name"] == "sophia.cache.lookups"
+                    && m["data"]["baseData"]["properties"]["cache"] == "token"
+                    && m["data"]["baseData"]["properties"]["result"] == result
+            })
+        };
+        token("miss") && token("hit")
+    });
+    assert!(!metrics.is_empty());
+
     // Key Vault and Cosmos DB calls made inside requests are dependencies of those requests
     // in App Insights (same operation), named by operation, never by a secret or item id.
     let seen = ingestion.wait_for("Key Vault and Cosmos DB dependencies", |e| {
