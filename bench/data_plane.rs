@@ -170,7 +170,7 @@ fn workers(master: u32) -> Vec<u32> {
 
 /// A fixed-answer upstream (`upstream_port`) and a keep-alive reverse proxy to it
 /// (`proxy_port`), in one nginx with two workers (SOPHIA has two cores too).
-fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16) -> Child {
+fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16, ingest_port: u16) -> Child {
     let answer = json!({"id": "chatcmpl-fixed", "object": "chat.completion", "created": 1, "model": "gpt-4o",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "I am fine, thank you."}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}})
@@ -183,6 +183,7 @@ fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16) -> Child {
            upstream fixed {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
            server {{ listen 127.0.0.1:{upstream_port}; location / {{ default_type application/json; return 200 '{answer}'; }} }}\n\
            server {{ listen 127.0.0.1:{proxy_port}; location / {{ proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+           server {{ listen 127.0.0.1:{ingest_port}; client_max_body_size 64m; location / {{ default_type application/json; return 200 '{{\"itemsReceived\":0,\"itemsAccepted\":0,\"errors\":[]}}'; }} }}\n\
          }}\n",
         dir = dir.display()
     );
@@ -196,6 +197,78 @@ fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx is installed (apt-get install nginx-light)")
+}
+
+/// Starts SOPHIA on `dir` and `port` with the bench settings and `extra`.
+fn spawn_sophia(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut server = Command::new(BIN);
+    server.env_clear();
+    // Allocator tuning under test (e.g. MIMALLOC_PURGE_DELAY) reaches the server.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+        server.env(k, v);
+    }
+    for (k, v) in extra {
+        server.env(k, v);
+    }
+    server
+        .env("SOPHIA_DATA_DIR", dir)
+        .env("SOPHIA_PORT", port.to_string())
+        .env("SOPHIA_LOG", "warn")
+        .env("SOPHIA_BCRYPT_COST", "4")
+        .env("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")
+        .env("SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS", "0")
+        .env("SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A platform admin token for the SOPHIA on `dir`.
+fn admin_token(dir: &std::path::Path) -> String {
+    String::from_utf8(
+        Command::new(BIN)
+            .env_clear()
+            .env("SOPHIA_DATA_DIR", dir)
+            .args(["admin-token", "--role", "PLATFORM_ADMIN", "--ttl", "36000"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+/// Creates `company`'s instance on `upstream` through SOPHIA at `base`; its service token.
+fn tenant(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    admin: &str,
+    company: &str,
+    upstream: &str,
+) -> String {
+    let created: Value = client
+        .post(format!("{base}/admin/agent-instances"))
+        .bearer_auth(admin)
+        .json(
+            &json!({"companyId": company, "agentType": "SOPHIA", "azureProjectId": "p",
+                       "azureOpenaiEndpoint": upstream, "azureOpenaiDeployment": "gpt-4o",
+                       "credentials": {"azureOpenaiKey": SIM_KEY}, "settings": {"topK": 1}}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = created["agentAccessKey"].as_str().unwrap().to_owned();
+    let token: Value = client
+        .post(format!("{base}/agents/auth/token"))
+        .json(&json!({"companyId": company, "agentAccessKey": key}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    token["access_token"].as_str().unwrap().to_owned()
 }
 
 fn stop(mut child: Child) {
@@ -227,24 +300,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut server = Command::new(BIN);
-    server.env_clear();
-    // Allocator tuning under test (e.g. MIMALLOC_PURGE_DELAY) reaches the server.
-    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
-        server.env(k, v);
-    }
-    let server = server
-        .env("SOPHIA_DATA_DIR", dir.path())
-        .env("SOPHIA_PORT", port.to_string())
-        .env("SOPHIA_LOG", "warn")
-        .env("SOPHIA_BCRYPT_COST", "4")
-        .env("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")
-        .env("SOPHIA_TOKEN_RATE_LIMIT_PER_ADDRESS", "0")
-        .env("SOPHIA_TOKEN_RATE_LIMIT_PER_COMPANY", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = spawn_sophia(dir.path(), port, &[]);
     let (sim_base, base) = (
         format!("http://127.0.0.1:{sim_port}"),
         format!("http://127.0.0.1:{port}"),
@@ -254,42 +310,10 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_mib(server.id());
 
-    let admin = String::from_utf8(
-        Command::new(BIN)
-            .env_clear()
-            .env("SOPHIA_DATA_DIR", dir.path())
-            .args(["admin-token", "--role", "PLATFORM_ADMIN", "--ttl", "36000"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let admin = admin_token(dir.path());
     let client = reqwest::blocking::Client::new();
-    let create_on = |company: &str, upstream: &str| -> String {
-        let created: Value = client
-            .post(format!("{base}/admin/agent-instances"))
-            .bearer_auth(&admin)
-            .json(
-                &json!({"companyId": company, "agentType": "SOPHIA", "azureProjectId": "p",
-                           "azureOpenaiEndpoint": upstream, "azureOpenaiDeployment": "gpt-4o",
-                           "credentials": {"azureOpenaiKey": SIM_KEY}, "settings": {"topK": 1}}),
-            )
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let key = created["agentAccessKey"].as_str().unwrap().to_owned();
-        let token: Value = client
-            .post(format!("{base}/agents/auth/token"))
-            .json(&json!({"companyId": company, "agentAccessKey": key}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        token["access_token"].as_str().unwrap().to_owned()
-    };
+    let create_on =
+        |company: &str, upstream: &str| tenant(&client, &base, &admin, company, upstream);
     let create = |company: &str| create_on(company, &sim_base);
     let token = create("bench");
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you today?"}]});
@@ -306,12 +330,34 @@ fn main() {
 
     // The floor: a fixed-answer nginx upstream, directly, through an nginx hop, through SOPHIA.
     let nginx_dir = tempfile::tempdir().unwrap();
-    let (fixed_port, hop_port) = (free_port(), free_port());
-    let proxy = nginx(nginx_dir.path(), fixed_port, hop_port);
+    let (fixed_port, hop_port, ingest_port) = (free_port(), free_port(), free_port());
+    let proxy = nginx(nginx_dir.path(), fixed_port, hop_port, ingest_port);
     let fixed_base = format!("http://127.0.0.1:{fixed_port}");
     wait_ready(&format!("{fixed_base}/"));
     let floor_token = create_on("floor", &fixed_base);
     let floor_bearer = format!("Bearer {floor_token}");
+    // The same SOPHIA with Application Insights export on (every request and model call kept,
+    // sampling 1.0), posting to an accept-all ingestion endpoint in the same nginx.
+    let otel_dir = tempfile::tempdir().unwrap();
+    let otel_port = free_port();
+    let connection = format!(
+        "InstrumentationKey=00000000-0000-4000-8000-000000000000;IngestionEndpoint=http://127.0.0.1:{ingest_port}/"
+    );
+    let otel_server = spawn_sophia(
+        otel_dir.path(),
+        otel_port,
+        &[("APPLICATIONINSIGHTS_CONNECTION_STRING", connection.as_str())],
+    );
+    let otel_base = format!("http://127.0.0.1:{otel_port}");
+    wait_ready(&format!("{otel_base}/"));
+    let otel_token = tenant(
+        &client,
+        &otel_base,
+        &admin_token(otel_dir.path()),
+        "floor",
+        &fixed_base,
+    );
+    let otel_bearer = format!("Bearer {otel_token}");
     let fixed_path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
     let targets = [
         (
@@ -332,6 +378,12 @@ fn main() {
             vec![("Authorization", floor_bearer.as_str())],
             Some(server.id()),
         ),
+        (
+            "SOPHIA, App Insights export on (sampling 1.0)",
+            format!("{otel_base}/v1/chat/completions"),
+            vec![("Authorization", otel_bearer.as_str())],
+            Some(otel_server.id()),
+        ),
     ];
     let mut floor_rows = Vec::new();
     for (_, url, headers, _) in &targets {
@@ -351,6 +403,24 @@ fn main() {
         floor_rows.push((name.to_string(), r, cpu));
     }
     let floor_rss_after = rss_mib(server.id());
+    let otel_rss = rss_mib(otel_server.id());
+    let otel_health: Value = client
+        .get(format!("{otel_base}/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let otel_stats = &otel_health["telemetry"];
+    let telemetry_line = format!(
+        "Telemetry on vs off (the last two rows): {:+.1} µs CPU per request, p99 {:+.2} ms, req/s × {:.2}; exported {}, dropped {} (queue full), failed {}; RSS {otel_rss:.1} MiB.",
+        floor_rows[3].2.unwrap_or(f64::NAN) - floor_rows[2].2.unwrap_or(f64::NAN),
+        floor_rows[3].1.p99_ms - floor_rows[2].1.p99_ms,
+        floor_rows[3].1.rps / floor_rows[2].1.rps,
+        otel_stats["exported"],
+        otel_stats["dropped"],
+        otel_stats["failed"],
+    );
+    stop(otel_server);
     stop(proxy);
     if std::env::var_os("BENCH_FLOOR_ONLY").is_some() {
         // Quick iteration on the hot path: the floor table only, not appended anywhere.
@@ -365,6 +435,7 @@ fn main() {
             );
         }
         println!("SOPHIA RSS {floor_rss_before:.1} → {floor_rss_after:.1} MiB");
+        println!("{telemetry_line}");
         stop(server);
         stop(sim);
         return;
@@ -473,7 +544,7 @@ fn main() {
         ));
     }
     table.push_str(&format!(
-        "\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+        "\n{telemetry_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
          Against the simulator (zero latency), several concurrencies:\n\n"
     ));
     for r in &rows {

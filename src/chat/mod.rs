@@ -142,11 +142,6 @@ impl Turn {
     /// conversations; a `/v1` model must be one the instance allows.
     pub async fn prepare(app: &App, caller: Caller, ask: Ask) -> Result<Self, ChatError> {
         let started = std::time::Instant::now();
-        crate::telemetry::record_caller(
-            caller.tenant.as_str(),
-            &caller.instance,
-            crate::domain::AgentType::Sophia.as_str(),
-        );
         let runtime = app
             .runtimes
             .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)

@@ -193,9 +193,7 @@ impl ModelClient {
         let mut attempt = 0u32;
         let span = tracing::Span::current();
         let traceparent = telemetry::traceparent_of(&span);
-        if !span.is_disabled() {
-            span.record("url.full", tracing::field::display(uri));
-        }
+        telemetry::spans::set(&span, "url.full", uri.to_string());
         let mut throttled = 0u64;
         loop {
             let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
@@ -228,9 +226,18 @@ impl ModelClient {
                 }
             }
             if !span.is_disabled() {
-                span.record("http.response.status_code", status.as_u16());
-                span.record("sophia.retries", attempt);
-                span.record("sophia.throttled", throttled);
+                telemetry::spans::set(
+                    &span,
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                );
+                // Absent means none (less work per call on the common path).
+                if attempt > 0 {
+                    telemetry::spans::set(&span, "sophia.retries", i64::from(attempt));
+                }
+                if throttled > 0 {
+                    telemetry::spans::set(&span, "sophia.throttled", throttled as i64);
+                }
             }
             if status.is_success() {
                 return Ok(response);
@@ -536,7 +543,7 @@ impl Drop for ChatStream {
             );
         } else {
             // Ended before the upstream did: an error, or a reader that stopped.
-            self.span.record("otel.status_code", "ERROR");
+            telemetry::spans::fail(&self.span);
         }
     }
 }
@@ -551,16 +558,21 @@ fn model_span_done(
     if span.is_disabled() {
         return;
     }
-    span.record("otel.status_code", "OK");
+    use telemetry::spans::set;
+    telemetry::spans::ok(span);
     if let Some(m) = model.filter(|m| !m.is_empty()) {
-        span.record("gen_ai.response.model", m);
+        set(span, "gen_ai.response.model", m.to_owned());
     }
     if let Some(u) = usage {
-        span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
-        span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+        set(span, "gen_ai.usage.input_tokens", u.prompt_tokens as i64);
+        set(
+            span,
+            "gen_ai.usage.output_tokens",
+            u.completion_tokens as i64,
+        );
     }
     if let Some(f) = finish {
-        span.record("gen_ai.response.finish_reasons", f);
+        set(span, "gen_ai.response.finish_reasons", f.to_owned());
     }
 }
 
@@ -569,11 +581,8 @@ fn model_span_failed(span: &tracing::Span, endpoint: &ModelEndpoint, error: &Ups
     if let Some(owner) = &endpoint.owner {
         telemetry::metrics::upstream_failure(owner);
     }
-    if span.is_disabled() {
-        return;
-    }
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", error.kind());
+    telemetry::spans::fail(span);
+    telemetry::spans::set(span, "error.type", error.kind());
 }
 
 impl ChatStream {
@@ -650,7 +659,7 @@ impl ChatStream {
             }
             if let Err(e) = self.fill().await {
                 self.done = true;
-                self.span.record("otel.status_code", "ERROR");
+                telemetry::spans::fail(&self.span);
                 if let Some(owner) = &self.owner {
                     telemetry::metrics::upstream_failure(owner);
                 }

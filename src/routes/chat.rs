@@ -112,6 +112,11 @@ pub async fn chat(
         }
         None => body_key_caller(&app, &client, &body).await?,
     };
+    crate::telemetry::record_caller(
+        caller.tenant.as_str(),
+        &caller.instance,
+        crate::domain::AgentType::Sophia.as_str(),
+    );
     let message = body.message.as_deref().unwrap_or("").trim().to_owned();
     if message.is_empty() || message.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::validation(

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use url::Url;
 
@@ -135,14 +134,11 @@ pub fn dependency_span(service: Service, method: &str, url: &Url, owner: Option<
         instanceId = owner.map(|o| o.instance.as_str()),
         otel.name = %format_args!("{} {method} {}", service.label(), path_template(service, url)),
         otel.kind = "client",
-        otel.status_code = Empty,
         az.namespace = service.namespace(),
         http.request.method = method,
-        http.response.status_code = Empty,
         url.full = %redacted_url(url),
         server.address = url.host_str().unwrap_or(""),
         server.port = url.port_or_known_default().unwrap_or(443),
-        error.type = Empty,
     )
 }
 
@@ -153,7 +149,7 @@ pub fn end_dependency(span: &Span, status: Option<u16>, error: Option<&str>) {
         return;
     }
     if let Some(status) = status {
-        span.record("http.response.status_code", status);
+        super::spans::set(span, "http.response.status_code", i64::from(status));
     }
     let failed = match status {
         None => Some(error.unwrap_or("unavailable")),
@@ -162,8 +158,10 @@ pub fn end_dependency(span: &Span, status: Option<u16>, error: Option<&str>) {
         Some(_) => None,
     };
     if let Some(kind) = failed {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", kind);
+        super::spans::fail(span);
+        super::spans::set(span, "error.type", kind.to_owned());
+    } else {
+        super::spans::ok(span);
     }
 }
 

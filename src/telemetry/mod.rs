@@ -12,7 +12,7 @@ pub mod deps;
 mod export;
 mod ingestion;
 pub mod metrics;
-mod spans;
+pub mod spans;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

@@ -5,7 +5,6 @@
 use axum::http::{HeaderMap, HeaderValue};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
-use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::domain::Provider;
@@ -72,15 +71,10 @@ pub fn request_span(
         "request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
-        otel.status_code = Empty,
         http.request.method = method,
         http.route = route,
         url.path = path,
-        http.response.status_code = Empty,
         request.id = request_id,
-        companyId = Empty,
-        instanceId = Empty,
-        agentType = Empty,
     );
     if let Some(parent) = headers
         .get("traceparent")
@@ -92,14 +86,41 @@ pub fn request_span(
     span
 }
 
+/// Sets an attribute of an exported span straight on its OpenTelemetry data. Much cheaper
+/// than `Span::record`, which runs every layer's filter and a field visitor (the benchmark's
+/// telemetry cost halved with it); a no-op on a disabled span.
+#[inline]
+pub fn set(span: &Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    if !span.is_disabled() {
+        span.set_attribute(key, value);
+    }
+}
+
+/// Marks an exported span failed (an App Insights `success = false`, always kept).
+#[inline]
+pub fn fail(span: &Span) {
+    if !span.is_disabled() {
+        span.set_status(opentelemetry::trace::Status::error(""));
+    }
+}
+
+/// Marks an exported dependency span successful (App Insights reads an unset status of a
+/// dependency as "unknown", not as a success).
+#[inline]
+pub fn ok(span: &Span) {
+    if !span.is_disabled() {
+        span.set_status(opentelemetry::trace::Status::Ok);
+    }
+}
+
 /// Records how a request ended on its span: 5xx is a failure (4xx is the caller's).
 pub fn end_request(span: &Span, status: u16) {
     if span.is_disabled() {
         return;
     }
-    span.record("http.response.status_code", status);
+    set(span, "http.response.status_code", i64::from(status));
     if status >= 500 {
-        span.record("otel.status_code", "ERROR");
+        fail(span);
     }
 }
 
@@ -109,9 +130,9 @@ pub fn record_caller(company: &str, instance: &dyn std::fmt::Display, agent_type
         return;
     }
     let span = Span::current();
-    span.record("companyId", company);
-    span.record("instanceId", tracing::field::display(instance));
-    span.record("agentType", agent_type);
+    set(&span, "companyId", company.to_owned());
+    set(&span, "instanceId", instance.to_string());
+    set(&span, "agentType", agent_type.to_owned());
 }
 
 /// The dependency span of one call to a company's model (`operation`: `chat` or
@@ -129,25 +150,15 @@ pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: boo
         "model",
         otel.name = %format_args!("{operation} {}", endpoint.deployment),
         otel.kind = "client",
-        otel.status_code = Empty,
         companyId = endpoint.owner.as_ref().map(|o| o.company.as_str()),
         instanceId = endpoint.owner.as_ref().map(|o| o.instance.as_str()),
         gen_ai.system = system,
         gen_ai.operation.name = operation,
         gen_ai.request.model = endpoint.deployment.as_str(),
-        gen_ai.response.model = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        gen_ai.response.finish_reasons = Empty,
-        error.type = Empty,
         sophia.stream = stream,
-        sophia.retries = Empty,
-        sophia.throttled = Empty,
         server.address = endpoint.base.host_str().unwrap_or(""),
         server.port = endpoint.base.port_or_known_default().unwrap_or(443),
         http.request.method = "POST",
-        http.response.status_code = Empty,
-        url.full = Empty,
     )
 }
 
