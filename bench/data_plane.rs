@@ -138,7 +138,12 @@ fn ttfb(
 
 /// CPU time (user + system) a process and its reaped children have used, in µs.
 fn cpu_us(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_us_of(&format!("/proc/{pid}/stat"))
+}
+
+/// The user + system CPU of a `/proc/…/stat` file, in µs.
+fn cpu_us_of(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -147,6 +152,19 @@ fn cpu_us(pid: u32) -> f64 {
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
     ticks * 1_000_000.0 / clock_ticks()
+}
+
+/// CPU time of the threads of `pid` named `name` (the telemetry exporter's), in µs.
+fn thread_cpu_us(pid: u32, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .map(|tid| cpu_us_of(&format!("/proc/{pid}/task/{tid}/stat")))
+        .sum()
 }
 
 fn clock_ticks() -> f64 {
@@ -358,6 +376,28 @@ fn main() {
         &fixed_base,
     );
     let otel_bearer = format!("Bearer {otel_token}");
+    // And with sampling 0: every span is still built, only failures leave; what remains over
+    // the plain row is the cost on the request threads alone.
+    let hot_dir = tempfile::tempdir().unwrap();
+    let hot_port = free_port();
+    let hot_server = spawn_sophia(
+        hot_dir.path(),
+        hot_port,
+        &[
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", connection.as_str()),
+            ("SOPHIA_TELEMETRY_SAMPLING", "0"),
+        ],
+    );
+    let hot_base = format!("http://127.0.0.1:{hot_port}");
+    wait_ready(&format!("{hot_base}/"));
+    let hot_token = tenant(
+        &client,
+        &hot_base,
+        &admin_token(hot_dir.path()),
+        "floor",
+        &fixed_base,
+    );
+    let hot_bearer = format!("Bearer {hot_token}");
     let fixed_path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
     let targets = [
         (
@@ -384,8 +424,16 @@ fn main() {
             vec![("Authorization", otel_bearer.as_str())],
             Some(otel_server.id()),
         ),
+        (
+            "SOPHIA, App Insights on, sampling 0 (failures only leave)",
+            format!("{hot_base}/v1/chat/completions"),
+            vec![("Authorization", hot_bearer.as_str())],
+            Some(hot_server.id()),
+        ),
     ];
     let mut floor_rows = Vec::new();
+    // The exporter thread's share of each row's CPU (µs per request).
+    let mut export_cpu = Vec::new();
     for (_, url, headers, _) in &targets {
         hey(url, headers, &body_text, 8, 2);
     }
@@ -397,9 +445,18 @@ fn main() {
             None => vec![],
         };
         let cpu_before: f64 = pids.iter().map(|p| cpu_us(*p)).sum();
+        let export_before: f64 = pids
+            .iter()
+            .map(|p| thread_cpu_us(*p, "sophia-telemetr"))
+            .sum();
         let r = hey(url, headers, &body_text, 32, 10);
         let cpu_after: f64 = pids.iter().map(|p| cpu_us(*p)).sum();
+        let export_after: f64 = pids
+            .iter()
+            .map(|p| thread_cpu_us(*p, "sophia-telemetr"))
+            .sum();
         let cpu = (!pids.is_empty()).then(|| (cpu_after - cpu_before) / (r.rps * 10.0));
+        export_cpu.push((export_after - export_before) / (r.rps * 10.0));
         floor_rows.push((name.to_string(), r, cpu));
     }
     let floor_rss_after = rss_mib(server.id());
@@ -411,16 +468,22 @@ fn main() {
         .json()
         .unwrap();
     let otel_stats = &otel_health["telemetry"];
+    let cpu = |i: usize| floor_rows[i].2.unwrap_or(f64::NAN);
     let telemetry_line = format!(
-        "Telemetry on vs off (the last two rows): {:+.1} µs CPU per request, p99 {:+.2} ms, req/s × {:.2}; exported {}, dropped {} (queue full), failed {}; RSS {otel_rss:.1} MiB.",
-        floor_rows[3].2.unwrap_or(f64::NAN) - floor_rows[2].2.unwrap_or(f64::NAN),
+        "Telemetry on vs off (rows 4 and 3): {:+.1} µs CPU per request ({:+.1} on the request threads, {:.1} on the exporter thread), p99 {:+.2} ms, req/s × {:.2}; exported {}, dropped {} (queue full), failed {}; RSS {otel_rss:.1} MiB. Sampling 0 vs off (rows 5 and 3, the request threads' share alone): {:+.1} µs CPU per request, p99 {:+.2} ms.",
+        cpu(3) - cpu(2),
+        cpu(3) - export_cpu[3] - cpu(2),
+        export_cpu[3],
         floor_rows[3].1.p99_ms - floor_rows[2].1.p99_ms,
         floor_rows[3].1.rps / floor_rows[2].1.rps,
         otel_stats["exported"],
         otel_stats["dropped"],
         otel_stats["failed"],
+        cpu(4) - cpu(2),
+        floor_rows[4].1.p99_ms - floor_rows[2].1.p99_ms,
     );
     stop(otel_server);
+    stop(hot_server);
     stop(proxy);
     if std::env::var_os("BENCH_FLOOR_ONLY").is_some() {
         // Quick iteration on the hot path: the floor table only, not appended anywhere.

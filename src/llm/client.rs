@@ -31,7 +31,6 @@ use crate::telemetry;
 use crate::upstream::transport::TransportError;
 use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
 use http::header::HeaderName;
-use tracing::Instrument;
 
 /// Generation settings.
 #[derive(Debug, Clone, Copy, Default)]
@@ -181,6 +180,7 @@ impl ModelClient {
         endpoint: &ModelEndpoint,
         uri: &Uri,
         body: &impl serde::Serialize,
+        dep: &mut telemetry::Dependency,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         // The endpoint was checked when an admin set it; check again now (policy may have changed).
         self.policy.check_url(&endpoint.base).map_err(|e| {
@@ -191,9 +191,10 @@ impl ModelClient {
         );
         let started = Instant::now();
         let mut attempt = 0u32;
-        let span = tracing::Span::current();
-        let traceparent = telemetry::traceparent_of(&span);
-        telemetry::spans::set(&span, "url.full", uri.to_string());
+        let traceparent = dep.traceparent();
+        if dep.is_recording() {
+            dep.set("url.full", uri.to_string());
+        }
         let mut throttled = 0u64;
         loop {
             let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
@@ -225,18 +226,14 @@ impl ModelClient {
                     telemetry::metrics::upstream_throttled(owner, 1);
                 }
             }
-            if !span.is_disabled() {
-                telemetry::spans::set(
-                    &span,
-                    "http.response.status_code",
-                    i64::from(status.as_u16()),
-                );
+            if dep.is_recording() {
+                dep.set("http.response.status_code", i64::from(status.as_u16()));
                 // Absent means none (less work per call on the common path).
                 if attempt > 0 {
-                    telemetry::spans::set(&span, "sophia.retries", i64::from(attempt));
+                    dep.set("sophia.retries", i64::from(attempt));
                 }
                 if throttled > 0 {
-                    telemetry::spans::set(&span, "sophia.throttled", throttled as i64);
+                    dep.set("sophia.throttled", throttled as i64);
                 }
             }
             if status.is_success() {
@@ -339,19 +336,18 @@ impl ModelClient {
         messages: &[WireMessage],
         params: ChatParams,
     ) -> Result<Completion, UpstreamError> {
-        let span = telemetry::model_span("chat", endpoint, false);
+        let mut dep = telemetry::model_span("chat", endpoint, false);
         let result = self
-            .complete_inner(endpoint, messages, params)
-            .instrument(span.clone())
+            .complete_inner(endpoint, messages, params, &mut dep)
             .await;
         match &result {
             Ok(c) => model_span_done(
-                &span,
+                &mut dep,
                 Some(&c.model),
                 Some(&c.usage),
                 c.finish_reason.as_deref(),
             ),
-            Err(e) => model_span_failed(&span, endpoint, e),
+            Err(e) => model_span_failed(&mut dep, endpoint, e),
         }
         result
     }
@@ -361,6 +357,7 @@ impl ModelClient {
         endpoint: &ModelEndpoint,
         messages: &[WireMessage],
         params: ChatParams,
+        dep: &mut telemetry::Dependency,
     ) -> Result<Completion, UpstreamError> {
         let started = Instant::now();
         let response = self
@@ -368,6 +365,7 @@ impl ModelClient {
                 endpoint,
                 endpoint.chat_url()?,
                 &Self::request(endpoint, messages, params, false),
+                dep,
             )
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
@@ -396,14 +394,11 @@ impl ModelClient {
         endpoint: &ModelEndpoint,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, UpstreamError> {
-        let span = telemetry::model_span("embeddings", endpoint, false);
-        let result = self
-            .embed_inner(endpoint, inputs)
-            .instrument(span.clone())
-            .await;
+        let mut dep = telemetry::model_span("embeddings", endpoint, false);
+        let result = self.embed_inner(endpoint, inputs, &mut dep).await;
         match &result {
-            Ok(_) => model_span_done(&span, None, None, None),
-            Err(e) => model_span_failed(&span, endpoint, e),
+            Ok(_) => model_span_done(&mut dep, None, None, None),
+            Err(e) => model_span_failed(&mut dep, endpoint, e),
         }
         result
     }
@@ -412,6 +407,7 @@ impl ModelClient {
         &self,
         endpoint: &ModelEndpoint,
         inputs: &[String],
+        dep: &mut telemetry::Dependency,
     ) -> Result<Vec<Vec<f32>>, UpstreamError> {
         #[derive(serde::Serialize)]
         struct Request<'a> {
@@ -435,7 +431,7 @@ impl ModelClient {
                 .then_some(endpoint.deployment.as_str()),
         };
         let response = self
-            .send(endpoint, endpoint.embeddings_url()?, &body)
+            .send(endpoint, endpoint.embeddings_url()?, &body, dep)
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
         let bytes = tokio::time::timeout(remaining, read_body(response))
@@ -463,13 +459,14 @@ impl ModelClient {
         params: ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
         // The dependency lasts until the stream ends (or is dropped).
-        let span = telemetry::model_span("chat", endpoint, true);
+        let mut dep = telemetry::model_span("chat", endpoint, true);
         let started = async {
             let response = self
                 .send(
                     endpoint,
                     endpoint.chat_url()?,
                     &Self::request(endpoint, messages, params, true),
+                    &mut dep,
                 )
                 .await?;
             let mut stream = ChatStream {
@@ -478,7 +475,7 @@ impl ModelClient {
                 pending: VecDeque::new(),
                 idle: self.timeouts.idle,
                 done: false,
-                span: tracing::Span::none(),
+                span: telemetry::Dependency::none(),
                 owner: endpoint.owner.clone(),
                 seen: StreamSeen::default(),
                 failed: false,
@@ -486,15 +483,14 @@ impl ModelClient {
             stream.prime().await?;
             Ok(stream)
         }
-        .instrument(span.clone())
         .await;
         match started {
             Ok(mut stream) => {
-                stream.span = span;
+                stream.span = dep;
                 Ok(stream)
             }
             Err(e) => {
-                model_span_failed(&span, endpoint, &e);
+                model_span_failed(&mut dep, endpoint, &e);
                 Err(e)
             }
         }
@@ -512,7 +508,7 @@ pub struct ChatStream {
     idle: Duration,
     done: bool,
     /// The model call's dependency span, ended with the stream.
-    span: tracing::Span,
+    span: telemetry::Dependency,
     owner: Option<Arc<telemetry::Owner>>,
     seen: StreamSeen,
     failed: bool,
@@ -528,61 +524,57 @@ struct StreamSeen {
 
 impl Drop for ChatStream {
     fn drop(&mut self) {
-        if self.span.is_disabled() {
-            return;
-        }
-        if self.failed {
+        if !self.span.is_recording() || self.failed {
             return;
         }
         if self.done {
             model_span_done(
-                &self.span,
+                &mut self.span,
                 self.seen.model.as_deref(),
                 self.seen.usage.as_ref(),
                 self.seen.finish.as_deref(),
             );
         } else {
             // Ended before the upstream did: an error, or a reader that stopped.
-            telemetry::spans::fail(&self.span);
+            self.span.fail();
         }
     }
 }
 
 /// Records a model call's answer on its dependency span.
 fn model_span_done(
-    span: &tracing::Span,
+    span: &mut telemetry::Dependency,
     model: Option<&str>,
     usage: Option<&WireUsage>,
     finish: Option<&str>,
 ) {
-    if span.is_disabled() {
+    if !span.is_recording() {
         return;
     }
-    use telemetry::spans::set;
-    telemetry::spans::ok(span);
+    span.ok();
     if let Some(m) = model.filter(|m| !m.is_empty()) {
-        set(span, "gen_ai.response.model", m.to_owned());
+        span.set("gen_ai.response.model", m.to_owned());
     }
     if let Some(u) = usage {
-        set(span, "gen_ai.usage.input_tokens", u.prompt_tokens as i64);
-        set(
-            span,
-            "gen_ai.usage.output_tokens",
-            u.completion_tokens as i64,
-        );
+        span.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
+        span.set("gen_ai.usage.output_tokens", u.completion_tokens as i64);
     }
     if let Some(f) = finish {
-        set(span, "gen_ai.response.finish_reasons", f.to_owned());
+        span.set("gen_ai.response.finish_reasons", f.to_owned());
     }
 }
 
 /// Records a failed model call on its span and in the company's metrics.
-fn model_span_failed(span: &tracing::Span, endpoint: &ModelEndpoint, error: &UpstreamError) {
+fn model_span_failed(
+    span: &mut telemetry::Dependency,
+    endpoint: &ModelEndpoint,
+    error: &UpstreamError,
+) {
     if let Some(owner) = &endpoint.owner {
         telemetry::metrics::upstream_failure(owner);
     }
-    telemetry::spans::fail(span);
-    telemetry::spans::set(span, "error.type", error.kind());
+    span.fail();
+    span.set("error.type", error.kind());
 }
 
 impl ChatStream {
@@ -644,7 +636,7 @@ impl ChatStream {
     pub async fn next(&mut self) -> Option<Result<StreamPart, UpstreamError>> {
         loop {
             if let Some(part) = self.pending.pop_front() {
-                if !self.span.is_disabled() {
+                if self.span.is_recording() {
                     match &part {
                         StreamPart::Model(m) => self.seen.model = Some(m.clone()),
                         StreamPart::Usage(u) => self.seen.usage = Some(*u),
@@ -659,7 +651,7 @@ impl ChatStream {
             }
             if let Err(e) = self.fill().await {
                 self.done = true;
-                telemetry::spans::fail(&self.span);
+                self.span.fail();
                 if let Some(owner) = &self.owner {
                     telemetry::metrics::upstream_failure(owner);
                 }

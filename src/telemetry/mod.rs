@@ -24,7 +24,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -32,8 +32,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
 pub use spans::{
-    SPAN_TARGET, end_request, format_traceparent, model_span, parse_traceparent, record_caller,
-    request_span, traceparent, traceparent_of,
+    Dependency, SPAN_TARGET, end_request, format_traceparent, model_span, parse_traceparent,
+    record_caller, request_span, traceparent, traceparent_of,
 };
 
 use crate::config::{LogFormat, Settings};
@@ -43,6 +43,8 @@ pub const ACCESS_LOG_TARGET: &str = "sophia::access";
 
 static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// SOPHIA's tracer on `PROVIDER`, for the spans built without `tracing` (`spans::Dependency`).
+static TRACER: OnceLock<opentelemetry_sdk::trace::SdkTracer> = OnceLock::new();
 
 /// Whose telemetry an item is: one company's agent instance. An instance may send its
 /// company's telemetry to the company's own App Insights as well (`register_owner`).
@@ -216,12 +218,21 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
         .with_span_processor(export::Processor(Arc::clone(&pipeline)))
         .build();
     let tracer = provider.tracer("sophia");
+    let _ = TRACER.set(tracer.clone());
     let _ = PROVIDER.set(provider);
     let _ = PIPELINE.set(pipeline);
     // Exported: SOPHIA's own spans, and the events inside them at the log level (the
     // access-log line is left out: the request itself is exported).
-    let events =
-        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // A static target filter, not an `EnvFilter`: that one takes a lock on every enter and
+    // exit of every exported span (it tracks span scopes for its span directives), a cost
+    // each poll of a request would pay. A filter with span directives exports at its level.
+    let events = settings.log_filter.parse::<Targets>().unwrap_or_else(|_| {
+        let level = EnvFilter::try_new(&settings.log_filter)
+            .ok()
+            .and_then(|f| f.max_level_hint())
+            .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+        Targets::new().with_default(level)
+    });
     let filter =
         filter_fn(|m| m.is_span() && m.target() == SPAN_TARGET).or(events.and(filter_fn(|m| {
             m.is_event() && m.target() != ACCESS_LOG_TARGET

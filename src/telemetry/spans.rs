@@ -135,31 +135,112 @@ pub fn record_caller(company: &str, instance: &dyn std::fmt::Display, agent_type
     set(&span, "agentType", agent_type.to_owned());
 }
 
-/// The dependency span of one call to a company's model (`operation`: `chat` or
-/// `embeddings`), with the GenAI semantic-convention attributes.
-pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: bool) -> Span {
-    if !super::enabled() {
-        return Span::none();
+/// A client span built straight on the OpenTelemetry SDK, without a `tracing` span: no
+/// subscriber layers, no field visitors, no enter/exit on every poll. The model call, the one
+/// dependency of every chat request, is one (its cost on the request path roughly halved with
+/// it). Ends, and is exported, when dropped; a no-op with telemetry off.
+#[derive(Default)]
+pub struct Dependency(Option<opentelemetry_sdk::trace::Span>);
+
+impl Dependency {
+    /// Nothing recorded (telemetry off).
+    pub fn none() -> Self {
+        Self(None)
     }
+
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(span) = &mut self.0 {
+            opentelemetry::trace::Span::set_attribute(
+                span,
+                opentelemetry::KeyValue::new(key, value),
+            );
+        }
+    }
+
+    /// Successful (App Insights reads an unset dependency status as unknown).
+    pub fn ok(&mut self) {
+        if let Some(span) = &mut self.0 {
+            opentelemetry::trace::Span::set_status(span, opentelemetry::trace::Status::Ok);
+        }
+    }
+
+    /// Failed: always kept, whatever the sampling.
+    pub fn fail(&mut self) {
+        if let Some(span) = &mut self.0 {
+            opentelemetry::trace::Span::set_status(span, opentelemetry::trace::Status::error(""));
+        }
+    }
+
+    /// The `traceparent` naming this call as the parent, for its outbound request.
+    pub fn traceparent(&self) -> Option<HeaderValue> {
+        let span = self.0.as_ref()?;
+        let sc = opentelemetry::trace::Span::span_context(span);
+        sc.is_valid()
+            .then(|| HeaderValue::from_str(&format_traceparent(sc)).ok())
+            .flatten()
+    }
+}
+
+impl std::fmt::Debug for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Dependency")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
+/// The dependency span of one call to a company's model (`operation`: `chat` or
+/// `embeddings`), with the GenAI semantic-convention attributes, under the current span.
+pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: bool) -> Dependency {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{SpanKind, Tracer};
+    if !super::enabled() {
+        return Dependency::none();
+    }
+    let Some(tracer) = super::TRACER.get() else {
+        return Dependency::none();
+    };
     let system = match endpoint.provider {
         Provider::AzureOpenai => "az.ai.openai",
         Provider::Openai => "openai",
     };
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "model",
-        otel.name = %format_args!("{operation} {}", endpoint.deployment),
-        otel.kind = "client",
-        companyId = endpoint.owner.as_ref().map(|o| o.company.as_str()),
-        instanceId = endpoint.owner.as_ref().map(|o| o.instance.as_str()),
-        gen_ai.system = system,
-        gen_ai.operation.name = operation,
-        gen_ai.request.model = endpoint.deployment.as_str(),
-        sophia.stream = stream,
-        server.address = endpoint.base.host_str().unwrap_or(""),
-        server.port = endpoint.base.port_or_known_default().unwrap_or(443),
-        http.request.method = "POST",
-    )
+    let mut attributes = Vec::with_capacity(16);
+    if let Some(owner) = &endpoint.owner {
+        attributes.push(KeyValue::new(
+            super::COMPANY_ATTRIBUTE,
+            owner.company.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            super::INSTANCE_ATTRIBUTE,
+            owner.instance.clone(),
+        ));
+    }
+    attributes.extend([
+        KeyValue::new("gen_ai.system", system),
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("gen_ai.request.model", endpoint.deployment.clone()),
+        KeyValue::new("sophia.stream", stream),
+        KeyValue::new(
+            "server.address",
+            endpoint.base.host_str().unwrap_or("").to_owned(),
+        ),
+        KeyValue::new(
+            "server.port",
+            i64::from(endpoint.base.port_or_known_default().unwrap_or(443)),
+        ),
+        KeyValue::new("http.request.method", "POST"),
+    ]);
+    let parent = Span::current().context();
+    let span = tracer
+        .span_builder(format!("{operation} {}", endpoint.deployment))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    Dependency(Some(span))
 }
 
 /// The `traceparent` to send on an outbound call made inside `span`.
