@@ -522,6 +522,20 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
             .contains('?'),
         "url.full carries no query: {acme_search}"
     );
+    // The search service got that dependency's traceparent: same operation, the dependency
+    // as the parent.
+    let sent = format!(
+        "00-{}-{}-01",
+        acme_search["tags"]["ai.operation.id"].as_str().unwrap(),
+        acme_search["data"]["baseData"]["id"].as_str().unwrap()
+    );
+    let seen_by_search = search.inner.search_traceparents.lock().unwrap().clone();
+    assert!(
+        seen_by_search
+            .iter()
+            .any(|t| t.as_deref() == Some(sent.as_str())),
+        "{sent} not in {seen_by_search:?}"
+    );
     assert!(!beta_ai.raw().contains("AI Search"));
     // Traces (log events) of a company's requests go with them.
     assert!(!of_type(&beta_seen, "MessageData").is_empty());

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 pub struct Inner {
     docs: Mutex<HashMap<(String, String), Value>>,
     pub searches: Mutex<Vec<Value>>,
+    /// The W3C `traceparent` of each search, as sent (`None` when absent).
+    pub search_traceparents: Mutex<Vec<Option<String>>>,
     /// Index definitions (`PUT /indexes/{index}`).
     pub definitions: Mutex<HashMap<String, Value>>,
     fail_uploads: std::sync::atomic::AtomicBool,
@@ -132,6 +134,12 @@ async fn search_docs(
         return r;
     }
     inner.searches.lock().unwrap().push(body.clone());
+    inner.search_traceparents.lock().unwrap().push(
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     let query = words(body["search"].as_str().unwrap_or("*"));
     let vector: Option<Vec<f64>> = body["vectorQueries"][0]["vector"]
         .as_array()
