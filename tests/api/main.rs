@@ -16,6 +16,7 @@ mod cli;
 mod config_test;
 mod errors;
 mod hostile_admin;
+mod infra;
 mod isolation;
 mod jwks_admin;
 mod jwt_attacks;
