@@ -10,7 +10,8 @@
 #   SOPHIA_PACKAGE_BINARY=path scripts/package.sh   package an existing binary (checked the same way)
 #
 # Settings: SOPHIA_GLIBC_MAX (default 2.28: Debian 10 and newer, RHEL 8 and newer; the
-# Functions v4 Linux images are newer), SOPHIA_PACKAGE_OUT (default dist/sophia-functions.zip).
+# Functions v4 Linux images are newer), SOPHIA_PACKAGE_OUT (default dist/sophia-functions.zip),
+# SOPHIA_ZIP_LEVEL (deflate level, default 9: a smaller package downloads faster at a cold start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,7 +70,7 @@ install -m 0755 "$bin" "$stage/sophia"
 mkdir -p "$(dirname "$out")"
 rm -f "$out"
 out_abs="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
-(cd "$stage" && zip -q -X -r "$out_abs" host.json sophia ./*/function.json)
+(cd "$stage" && zip -q -X "-${SOPHIA_ZIP_LEVEL:-9}" -r "$out_abs" host.json sophia ./*/function.json)
 
 # The listing the Functions host expects: one folder per function at the root.
 listing=$(unzip -Z1 "$out")

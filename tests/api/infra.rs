@@ -483,3 +483,66 @@ fn the_workbook_runs_the_readmes_queries() {
     }
     assert!(read("infra/modules/monitoring.bicep").contains("loadJsonContent('workbook.json')"));
 }
+
+/// `scripts/package.sh` on the test build of the binary (a native build: it needs the build
+/// machine's glibc): refused under an old ceiling, packaged and listed under a high one. The
+/// full cross-build (`cargo zigbuild`) is a release build, run by hand (README).
+#[test]
+fn the_package_script_checks_glibc_and_the_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg.zip");
+    let run = |ceiling: &str| {
+        std::process::Command::new("bash")
+            .arg(format!("{ROOT}/scripts/package.sh"))
+            .env("SOPHIA_PACKAGE_BINARY", env!("CARGO_BIN_EXE_sophia"))
+            .env("SOPHIA_GLIBC_MAX", ceiling)
+            .env("SOPHIA_PACKAGE_OUT", &out)
+            .env("SOPHIA_ZIP_LEVEL", "1")
+            .output()
+            .unwrap()
+    };
+    let refused = run("2.17");
+    assert!(
+        !refused.status.success(),
+        "a binary needing a newer glibc is packaged"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("newer than the ceiling GLIBC_2.17"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no package after a refusal");
+
+    let packaged = run("99.0");
+    assert!(
+        packaged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&packaged.stderr)
+    );
+    let listing = std::process::Command::new("unzip")
+        .arg("-Z1")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let listing: BTreeSet<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(str::to_owned)
+        .collect();
+    let mut expected: BTreeSet<String> = ["host.json".to_owned(), "sophia".to_owned()].into();
+    for entry in std::fs::read_dir(format!("{ROOT}/functions")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        expected.insert(format!("{name}/function.json"));
+    }
+    assert_eq!(
+        listing, expected,
+        "the package is flat: host.json, sophia, <function>/function.json"
+    );
+    let mode = std::process::Command::new("unzip")
+        .args(["-Z"])
+        .arg(&out)
+        .arg("sophia")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&mode.stdout).starts_with("-rwx"));
+}
