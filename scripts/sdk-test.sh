@@ -30,7 +30,7 @@ ADMIN=$(SOPHIA_DATA_DIR="$DATA" "$BIN" admin-token --role PLATFORM_ADMIN)
 KEY=$(curl -fsS -X POST "http://127.0.0.1:$PORT/admin/agent-instances" \
   -H "authorization: Bearer $ADMIN" -H 'content-type: application/json' \
   -d "{\"companyId\":\"acme\",\"agentType\":\"SOPHIA\",\"azureProjectId\":\"p\",
-       \"azureOpenaiEndpoint\":\"http://127.0.0.1:$SIM_PORT\",\"azureOpenaiDeployment\":\"gpt-4o\",
+       \"azureOpenaiEndpoint\":\"http://127.0.0.1:$SIM_PORT\",\"azureOpenaiDeployment\":\"gpt-4o\",\"azureEmbeddingDeployment\":\"text-embedding-3-small\",
        \"credentials\":{\"azureOpenaiKey\":\"sim-key-acme\"}}" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["agentAccessKey"])')
 TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/agents/auth/token" \

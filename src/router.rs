@@ -135,6 +135,16 @@ fn table() -> RouteTable {
         "/v1/chat/completions",
         post(openai::chat_completions).layer(middleware::map_response(openai::openai_errors)),
     )
+    .add(
+        Method::GET,
+        "/v1/models",
+        get(openai::list_models).layer(middleware::map_response(openai::openai_errors)),
+    )
+    .add(
+        Method::POST,
+        "/v1/embeddings",
+        post(openai::embeddings).layer(middleware::map_response(openai::openai_errors)),
+    )
 }
 
 /// Every (method, path template) the router serves, the `/manage/*` aliases included.

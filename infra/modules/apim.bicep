@@ -112,6 +112,8 @@ var operations = [
   { name: 'me', method: 'GET', template: '/agents/me', auth: 'service' }
   { name: 'chat', method: 'POST', template: '/chat', auth: 'service' }
   { name: 'chat-completions', method: 'POST', template: '/v1/chat/completions', auth: 'service' }
+  { name: 'models', method: 'GET', template: '/v1/models', auth: 'service' }
+  { name: 'embeddings', method: 'POST', template: '/v1/embeddings', auth: 'service' }
   { name: 'config-test', method: 'POST', template: '/config/test', auth: 'service' }
   { name: 'refresh', method: 'POST', template: '/refresh', auth: 'service' }
   { name: 'refresh-status', method: 'GET', template: '/refresh/{jobId}', auth: 'service' }

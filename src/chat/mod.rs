@@ -4,6 +4,7 @@
 //! its own usage (and, for a stored conversation, both messages). Handlers only translate
 //! request and answer formats (SOPHIA's JSON and events, OpenAI's objects and chunks).
 
+pub mod embeddings;
 mod prompt;
 mod pump;
 
@@ -43,6 +44,9 @@ pub enum ChatError {
     /// The instance lacks something the turn needs (endpoint, key, deployment, index).
     #[error("{0}")]
     NotConfigured(String),
+    /// `/v1/embeddings` on an instance without an embedding deployment.
+    #[error("this agent instance has no embedding deployment")]
+    NoEmbeddingDeployment,
     /// A request value the tenant's instance does not accept.
     #[error("{detail}")]
     Invalid { field: &'static str, detail: String },

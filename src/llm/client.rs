@@ -71,6 +71,17 @@ impl Default for UpstreamTimeouts {
     }
 }
 
+/// Embeddings as a deployment answered them.
+#[derive(Debug)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The model the deployment reported.
+    pub model: Option<String>,
+    /// The tokens it counted (absent when it did not say).
+    pub prompt_tokens: Option<u64>,
+}
+
 /// Calls tenants' models.
 #[derive(Clone)]
 pub struct ModelClient {
@@ -394,10 +405,30 @@ impl ModelClient {
         endpoint: &ModelEndpoint,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, UpstreamError> {
+        Ok(self.embeddings(endpoint, inputs, None).await?.vectors)
+    }
+
+    /// Embeddings with what the deployment reported (`/v1/embeddings`): the model and the
+    /// tokens it counted. `dimensions` is passed through (text-embedding-3 models).
+    pub async fn embeddings(
+        &self,
+        endpoint: &ModelEndpoint,
+        inputs: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<Embeddings, UpstreamError> {
         let mut dep = telemetry::model_span("embeddings", endpoint, false);
-        let result = self.embed_inner(endpoint, inputs, &mut dep).await;
+        let result = self
+            .embed_inner(endpoint, inputs, dimensions, &mut dep)
+            .await;
         match &result {
-            Ok(_) => model_span_done(&mut dep, None, None, None),
+            Ok(e) => {
+                let usage = e.prompt_tokens.map(|p| WireUsage {
+                    prompt_tokens: p,
+                    completion_tokens: 0,
+                    total_tokens: p,
+                });
+                model_span_done(&mut dep, e.model.as_deref(), usage.as_ref(), None)
+            }
             Err(e) => model_span_failed(&mut dep, endpoint, e),
         }
         result
@@ -407,17 +438,29 @@ impl ModelClient {
         &self,
         endpoint: &ModelEndpoint,
         inputs: &[String],
+        dimensions: Option<u32>,
         dep: &mut telemetry::Dependency,
-    ) -> Result<Vec<Vec<f32>>, UpstreamError> {
+    ) -> Result<Embeddings, UpstreamError> {
         #[derive(serde::Serialize)]
         struct Request<'a> {
             input: &'a [String],
             #[serde(skip_serializing_if = "Option::is_none")]
             model: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dimensions: Option<u32>,
         }
         #[derive(serde::Deserialize)]
         struct Response {
             data: Vec<Item>,
+            #[serde(default)]
+            model: Option<String>,
+            #[serde(default)]
+            usage: Option<ReportedUsage>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ReportedUsage {
+            #[serde(default)]
+            prompt_tokens: u64,
         }
         #[derive(serde::Deserialize)]
         struct Item {
@@ -429,6 +472,7 @@ impl ModelClient {
             input: inputs,
             model: matches!(endpoint.provider, Provider::Openai)
                 .then_some(endpoint.deployment.as_str()),
+            dimensions,
         };
         let response = self
             .send(endpoint, endpoint.embeddings_url()?, &body, dep)
@@ -447,7 +491,11 @@ impl ModelClient {
             )));
         }
         parsed.data.sort_by_key(|d| d.index);
-        Ok(parsed.data.into_iter().map(|d| d.embedding).collect())
+        Ok(Embeddings {
+            vectors: parsed.data.into_iter().map(|d| d.embedding).collect(),
+            model: parsed.model,
+            prompt_tokens: parsed.usage.map(|u| u.prompt_tokens),
+        })
     }
 
     /// A streamed answer. Returns once the first content (or the end) has arrived, so an

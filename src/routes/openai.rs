@@ -1,4 +1,4 @@
-//! `POST /v1/chat/completions`: OpenAI-compatible, so the official OpenAI SDKs work with
+//! `POST /v1/chat/completions`, `GET /v1/models`, `POST /v1/embeddings`: OpenAI-compatible, so the official OpenAI SDKs work with
 //! `base_url` = SOPHIA and `api_key` = a service token. The tenant's deployment answers
 //! whatever `model` says (unless the instance lists `allowedModels`); the instance's system
 //! prompt and knowledge go in front of the caller's messages. Errors use OpenAI's shape.
@@ -212,6 +212,118 @@ pub async fn chat_completions(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
+}
+
+/// `GET /v1/models`: the models the caller's instance answers with (its allowed models, or
+/// its chat model, and its embedding deployment).
+pub async fn list_models(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+) -> Result<Response, ApiError> {
+    let caller = Caller {
+        tenant: claims.company_id,
+        instance: claims.sub,
+    };
+    let models = crate::chat::embeddings::models(&app, &caller).await?;
+    let data: Vec<Value> = models
+        .into_iter()
+        .map(|m| json!({"id": m.id, "object": "model", "created": m.created, "owned_by": caller.tenant.as_str()}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct EmbeddingRequest {
+    input: EmbeddingInput,
+    /// Named by SDKs; the instance's embedding deployment answers whatever it says.
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    /// Token ids (one list or several): refused, the deployment is addressed with text.
+    Tokens(serde::de::IgnoredAny),
+}
+
+/// `POST /v1/embeddings`: the tenant's embedding deployment; usage recorded like a turn's.
+pub async fn embeddings(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    ApiJson(request): ApiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let inputs = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) => {
+            return Err(bad(
+                "input",
+                "must be a string or an array of strings (token arrays are not supported)",
+            ));
+        }
+    };
+    if inputs.is_empty() {
+        return Err(bad("input", "must contain at least one string"));
+    }
+    if inputs.len() > crate::chat::embeddings::MAX_INPUTS {
+        return Err(bad(
+            "input",
+            format!(
+                "at most {} strings per request",
+                crate::chat::embeddings::MAX_INPUTS
+            ),
+        ));
+    }
+    if let Some(i) = inputs.iter().position(String::is_empty) {
+        return Err(bad(&format!("input[{i}]"), "must not be empty"));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return Err(bad("encoding_format", "must be float or base64")),
+    };
+    if request.dimensions == Some(0) {
+        return Err(bad("dimensions", "must be at least 1"));
+    }
+    let caller = Caller {
+        tenant: claims.company_id,
+        instance: claims.sub,
+    };
+    let answer = crate::chat::embeddings::embed(&app, &caller, &inputs, request.dimensions).await?;
+    let data: Vec<Value> = answer
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                // OpenAI's base64 form: the little-endian f32 bytes.
+                use base64::Engine;
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": answer.model,
+        "usage": {"prompt_tokens": answer.usage.prompt_tokens, "total_tokens": answer.usage.total_tokens},
+    }))
+    .into_response())
 }
 
 /// A `chat.completion` object (serialised straight from the answer, no JSON tree).

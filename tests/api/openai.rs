@@ -141,3 +141,235 @@ async fn allowed_models_are_enforced_on_v1() {
         "a refused model never reaches the upstream"
     );
 }
+
+#[tokio::test]
+async fn models_list_the_instances_own() {
+    let (app, sim) = setup(&[]).await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "azureEmbeddingDeployment": "text-embedding-3-small",
+                   "credentials": {"azureOpenaiKey": "key-acme"}}),
+        )
+        .await;
+    let beta = app
+        .create_instance_with(
+            "beta",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o-mini",
+                   "credentials": {"azureOpenaiKey": "key-beta"},
+                   "settings": {"allowedModels": ["gpt-4o-mini", "gpt-4.1-mini"]}}),
+        )
+        .await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let token = app.service_token("acme", &acme.key).await;
+    let resp = app
+        .request(Method::GET, "/v1/models", Some(&token), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(ids(&body), ["gpt-4o", "text-embedding-3-small"]);
+    assert!(
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["object"] == "model"
+                && m["owned_by"] == "acme"
+                && m["created"].as_i64().is_some_and(|c| c > 0))
+    );
+
+    let token = app.service_token("beta", &beta.key).await;
+    let body: Value = app
+        .request(Method::GET, "/v1/models", Some(&token), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&body),
+        ["gpt-4o-mini", "gpt-4.1-mini"],
+        "beta sees its allowed models, nothing of acme's"
+    );
+
+    let resp = app.request(Method::GET, "/v1/models", None, None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+}
+
+#[tokio::test]
+async fn embeddings_come_from_the_tenants_deployment() {
+    let (app, sim) = setup(&[]).await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "azureEmbeddingDeployment": "acme-embed",
+                   "credentials": {"azureOpenaiKey": "key-acme"}}),
+        )
+        .await;
+    let beta = company(&app, &sim, "beta", "gpt-4o").await;
+    let token = app.service_token("acme", &acme.key).await;
+    sim.sim.clear();
+
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"model": "text-embedding-3-small", "input": ["refund window", "shipping", "returns"], "dimensions": 64})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["object"], "embedding");
+        assert_eq!(item["index"], i);
+        assert!(!item["embedding"].as_array().unwrap().is_empty());
+    }
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    assert_eq!(body["usage"]["total_tokens"], prompt_tokens);
+    let calls = sim.sim.requests();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].kind, "embeddings");
+    assert_eq!(
+        calls[0].deployment.as_deref(),
+        Some("acme-embed"),
+        "the tenant's deployment, whatever model says"
+    );
+    assert_eq!(calls[0].key.as_deref(), Some("key-acme"));
+    assert_eq!(calls[0].body["dimensions"], 64);
+
+    // base64: the little-endian f32 bytes of the same vector.
+    let float: Value = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"input": "refund window"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b64: Value = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"input": "refund window", "encoding_format": "base64"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    let floats: Vec<f64> = float["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(decoded.len(), floats.len());
+    assert!(
+        decoded
+            .iter()
+            .zip(&floats)
+            .all(|(a, b)| (a - b).abs() < 1e-6)
+    );
+
+    // The tokens are the company's usage.
+    app.state.usage.flush(app.state.store.as_ref()).await;
+    let today = chrono::Utc::now().date_naive();
+    let usage = app
+        .state
+        .store
+        .list_usage(
+            &sophia::store::TenantScope::Tenant(sophia::domain::TenantId::parse("acme").unwrap()),
+            today,
+            today,
+        )
+        .await
+        .unwrap();
+    assert_eq!(usage.len(), 1);
+    assert!(usage[0].prompt_tokens >= prompt_tokens);
+    assert_eq!(usage[0].requests, 3);
+
+    // Bad input: OpenAI-shaped 400s naming the parameter; nothing reaches the deployment.
+    sim.sim.clear();
+    for (body, param) in [
+        (json!({"input": []}), "input"),
+        (json!({"input": [[1, 2, 3]]}), "input"),
+        (json!({"input": [1, 2, 3]}), "input"),
+        (json!({"input": ["ok", ""]}), "input[1]"),
+        (
+            json!({"input": "x", "encoding_format": "hex"}),
+            "encoding_format",
+        ),
+        (json!({"input": "x", "dimensions": 0}), "dimensions"),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/v1/embeddings",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(err["error"]["param"], param, "{body}");
+    }
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"model": "x"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(sim.sim.requests().is_empty());
+
+    // An instance without an embedding deployment: 404 in OpenAI's shape.
+    let token = app.service_token("beta", &beta.key).await;
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"input": "x"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "not_found");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("embedding deployment")
+    );
+    assert!(sim.sim.requests().is_empty());
+}

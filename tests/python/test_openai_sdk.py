@@ -1,4 +1,4 @@
-"""The official OpenAI Python SDK against SOPHIA's /v1/chat/completions.
+"""The official OpenAI Python SDK against SOPHIA's /v1 routes (chat completions, models, embeddings).
 
 Run by scripts/sdk-test.sh, which starts the simulator and SOPHIA, creates a company whose
 model is the simulator, seeds nothing, and passes SOPHIA_BASE_URL and SOPHIA_TOKEN.
@@ -66,4 +66,31 @@ def test_bad_token_is_an_authentication_error():
 def test_invalid_request_is_a_bad_request_error():
     with pytest.raises(openai.BadRequestError) as err:
         client().chat.completions.create(model="gpt-4o", messages=[])
+    assert err.value.status_code == 400
+
+
+def test_models_list_the_instances_models():
+    models = client().models.list()
+    ids = [m.id for m in models.data]
+    assert ids == ["gpt-4o", "text-embedding-3-small"]
+    assert all(m.object == "model" and m.owned_by == "acme" for m in models.data)
+
+
+def test_embeddings_default_and_float():
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    one = client().embeddings.create(model="text-embedding-3-small", input="refund window")
+    assert one.object == "list" and len(one.data) == 1
+    vector = one.data[0].embedding
+    assert len(vector) > 0 and all(isinstance(x, float) for x in vector)
+    assert one.usage.prompt_tokens > 0 and one.usage.total_tokens == one.usage.prompt_tokens
+    many = client().embeddings.create(
+        model="text-embedding-3-small", input=["refund window", "shipping"], encoding_format="float"
+    )
+    assert [d.index for d in many.data] == [0, 1]
+    assert all(abs(a - b) < 1e-6 for a, b in zip(many.data[0].embedding, vector))
+
+
+def test_embeddings_bad_input_is_a_bad_request_error():
+    with pytest.raises(openai.BadRequestError) as err:
+        client().embeddings.create(model="text-embedding-3-small", input=[])
     assert err.value.status_code == 400
