@@ -3,6 +3,7 @@
 //! own deployment answers and its usage is recorded like a turn's.
 
 use crate::domain::Usage;
+use crate::llm::EmbedInput;
 use crate::state::App;
 
 use super::{Caller, ChatError};
@@ -57,7 +58,7 @@ pub struct EmbeddingAnswer {
 pub async fn embed(
     app: &App,
     caller: &Caller,
-    inputs: &[String],
+    inputs: EmbedInput<'_>,
     dimensions: Option<u32>,
 ) -> Result<EmbeddingAnswer, ChatError> {
     let runtime = app
@@ -68,12 +69,14 @@ pub async fn embed(
         return Err(ChatError::NoEmbeddingDeployment);
     };
     let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
-    // Without a count from the deployment, about four characters a token (as for turns).
-    let prompt_tokens = answer.prompt_tokens.unwrap_or_else(|| {
-        inputs
+    // Without a count from the deployment: the token ids given, or about four characters a
+    // token (as for turns).
+    let prompt_tokens = answer.prompt_tokens.unwrap_or_else(|| match inputs {
+        EmbedInput::Texts(texts) => texts
             .iter()
             .map(|t| (t.chars().count() as u64).div_ceil(4))
-            .sum()
+            .sum(),
+        EmbedInput::Tokens(lists) => lists.iter().map(|l| l.len() as u64).sum(),
     });
     let usage = Usage::new(prompt_tokens, 0);
     app.usage.record(&caller.tenant, usage);

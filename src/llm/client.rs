@@ -71,6 +71,29 @@ impl Default for UpstreamTimeouts {
     }
 }
 
+/// What to embed: texts, or token ids (as OpenAI's and Azure's `input` accept them; LangChain
+/// sends token ids by default).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(untagged)]
+pub enum EmbedInput<'a> {
+    Texts(&'a [String]),
+    Tokens(&'a [Vec<u32>]),
+}
+
+impl EmbedInput<'_> {
+    /// How many embeddings this asks for.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Tokens(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Embeddings as a deployment answered them.
 #[derive(Debug)]
 pub struct Embeddings {
@@ -405,7 +428,10 @@ impl ModelClient {
         endpoint: &ModelEndpoint,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, UpstreamError> {
-        Ok(self.embeddings(endpoint, inputs, None).await?.vectors)
+        Ok(self
+            .embeddings(endpoint, EmbedInput::Texts(inputs), None)
+            .await?
+            .vectors)
     }
 
     /// Embeddings with what the deployment reported (`/v1/embeddings`): the model and the
@@ -413,7 +439,7 @@ impl ModelClient {
     pub async fn embeddings(
         &self,
         endpoint: &ModelEndpoint,
-        inputs: &[String],
+        inputs: EmbedInput<'_>,
         dimensions: Option<u32>,
     ) -> Result<Embeddings, UpstreamError> {
         let mut dep = telemetry::model_span("embeddings", endpoint, false);
@@ -437,13 +463,13 @@ impl ModelClient {
     async fn embed_inner(
         &self,
         endpoint: &ModelEndpoint,
-        inputs: &[String],
+        inputs: EmbedInput<'_>,
         dimensions: Option<u32>,
         dep: &mut telemetry::Dependency,
     ) -> Result<Embeddings, UpstreamError> {
         #[derive(serde::Serialize)]
         struct Request<'a> {
-            input: &'a [String],
+            input: EmbedInput<'a>,
             #[serde(skip_serializing_if = "Option::is_none")]
             model: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]

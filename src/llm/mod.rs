@@ -7,6 +7,7 @@ pub mod sse;
 pub mod wire;
 
 pub use client::{
-    ChatParams, ChatStream, Completion, ModelClient, ModelEndpoint, UpstreamAuth, UpstreamTimeouts,
+    ChatParams, ChatStream, Completion, EmbedInput, ModelClient, ModelEndpoint, UpstreamAuth,
+    UpstreamTimeouts,
 };
 pub use wire::{StreamPart, WireMessage, WireUsage};

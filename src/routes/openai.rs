@@ -253,8 +253,10 @@ pub struct EmbeddingRequest {
 enum EmbeddingInput {
     One(String),
     Many(Vec<String>),
-    /// Token ids (one list or several): refused, the deployment is addressed with text.
-    Tokens(serde::de::IgnoredAny),
+    /// Token ids, one list or several (LangChain's `OpenAIEmbeddings` sends these by default).
+    TokenList(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+    Other(serde::de::IgnoredAny),
 }
 
 /// `POST /v1/embeddings`: the tenant's embedding deployment; usage recorded like a turn's.
@@ -263,29 +265,35 @@ pub async fn embeddings(
     ServiceAuth(claims): ServiceAuth,
     ApiJson(request): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
-    let inputs = match request.input {
-        EmbeddingInput::One(text) => vec![text],
-        EmbeddingInput::Many(texts) => texts,
-        EmbeddingInput::Tokens(_) => {
+    let max = crate::chat::embeddings::MAX_INPUTS;
+    let (texts, tokens) = match request.input {
+        EmbeddingInput::One(text) => (vec![text], vec![]),
+        EmbeddingInput::Many(texts) => (texts, vec![]),
+        EmbeddingInput::TokenList(ids) => (vec![], vec![ids]),
+        EmbeddingInput::TokenLists(lists) => (vec![], lists),
+        EmbeddingInput::Other(_) => {
             return Err(bad(
                 "input",
-                "must be a string or an array of strings (token arrays are not supported)",
+                "must be a string, an array of strings, or an array of token-id arrays",
             ));
         }
     };
-    if inputs.is_empty() {
-        return Err(bad("input", "must contain at least one string"));
+    let input = if tokens.is_empty() {
+        crate::llm::EmbedInput::Texts(&texts)
+    } else {
+        crate::llm::EmbedInput::Tokens(&tokens)
+    };
+    if input.is_empty() {
+        return Err(bad("input", "must contain at least one input"));
     }
-    if inputs.len() > crate::chat::embeddings::MAX_INPUTS {
-        return Err(bad(
-            "input",
-            format!(
-                "at most {} strings per request",
-                crate::chat::embeddings::MAX_INPUTS
-            ),
-        ));
+    if input.len() > max {
+        return Err(bad("input", format!("at most {max} inputs per request")));
     }
-    if let Some(i) = inputs.iter().position(String::is_empty) {
+    let empty = texts
+        .iter()
+        .position(String::is_empty)
+        .or_else(|| tokens.iter().position(Vec::is_empty));
+    if let Some(i) = empty {
         return Err(bad(&format!("input[{i}]"), "must not be empty"));
     }
     let base64 = match request.encoding_format.as_deref() {
@@ -300,7 +308,7 @@ pub async fn embeddings(
         tenant: claims.company_id,
         instance: claims.sub,
     };
-    let answer = crate::chat::embeddings::embed(&app, &caller, &inputs, request.dimensions).await?;
+    let answer = crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await?;
     let data: Vec<Value> = answer
         .vectors
         .iter()

@@ -298,6 +298,34 @@ async fn embeddings_come_from_the_tenants_deployment() {
             .all(|(a, b)| (a - b).abs() < 1e-6)
     );
 
+    // Token ids (LangChain's default) pass through as token ids.
+    sim.sim.clear();
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"input": [[9906, 1917], [15339]]})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        sim.sim.requests()[0].body["input"],
+        json!([[9906, 1917], [15339]])
+    );
+    let resp = app
+        .request(
+            Method::POST,
+            "/v1/embeddings",
+            Some(&token),
+            Some(json!({"input": [9906, 1917]})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sim.sim.requests()[1].body["input"], json!([[9906, 1917]]));
+
     // The tokens are the company's usage.
     app.state.usage.flush(app.state.store.as_ref()).await;
     let today = chrono::Utc::now().date_naive();
@@ -313,14 +341,16 @@ async fn embeddings_come_from_the_tenants_deployment() {
         .unwrap();
     assert_eq!(usage.len(), 1);
     assert!(usage[0].prompt_tokens >= prompt_tokens);
-    assert_eq!(usage[0].requests, 3);
+    assert_eq!(usage[0].requests, 5);
 
     // Bad input: OpenAI-shaped 400s naming the parameter; nothing reaches the deployment.
     sim.sim.clear();
     for (body, param) in [
         (json!({"input": []}), "input"),
-        (json!({"input": [[1, 2, 3]]}), "input"),
-        (json!({"input": [1, 2, 3]}), "input"),
+        (json!({"input": [{"text": "x"}]}), "input"),
+        (json!({"input": [[1, "x"]]}), "input"),
+        (json!({"input": [[1, 2], []]}), "input[1]"),
+        (json!({"input": [-1]}), "input"),
         (json!({"input": ["ok", ""]}), "input[1]"),
         (
             json!({"input": "x", "encoding_format": "hex"}),

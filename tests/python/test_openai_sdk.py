@@ -90,6 +90,13 @@ def test_embeddings_default_and_float():
     assert all(abs(a - b) < 1e-6 for a, b in zip(many.data[0].embedding, vector))
 
 
+def test_embeddings_of_token_ids():
+    # What LangChain's OpenAIEmbeddings sends by default.
+    result = client().embeddings.create(model="text-embedding-3-small", input=[[9906, 1917], [15339]])
+    assert [d.index for d in result.data] == [0, 1]
+    assert all(len(d.embedding) > 0 for d in result.data)
+
+
 def test_embeddings_bad_input_is_a_bad_request_error():
     with pytest.raises(openai.BadRequestError) as err:
         client().embeddings.create(model="text-embedding-3-small", input=[])

@@ -463,11 +463,27 @@ async fn embeddings(
         Ok(b) => b,
         Err(r) => return r,
     };
+    // Azure's `input`: a string, strings, one token-id array or several (embedded as the text
+    // of their ids).
+    let ids = |v: &[Value]| -> Option<String> {
+        let ids: Option<Vec<String>> = v
+            .iter()
+            .map(|t| t.as_u64().map(|n| n.to_string()))
+            .collect();
+        ids.map(|ids| ids.join(" "))
+    };
     let inputs: Vec<String> = match &body["input"] {
         Value::String(s) => vec![s.clone()],
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => {
+            ids(items).into_iter().collect()
+        }
         Value::Array(items) => items
             .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(tokens) => ids(tokens),
+                _ => None,
+            })
             .collect(),
         _ => {
             return azure_error(
