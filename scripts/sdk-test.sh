@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The official OpenAI Python SDK against a real SOPHIA and the Azure OpenAI simulator, both
-# started from the built binary the way a developer runs them. Installs openai + pytest into
-# .venv-ci (PyPI) on first use.
+# The official OpenAI Python and Node SDKs against a real SOPHIA and the Azure OpenAI simulator,
+# both started from the built binary the way a developer runs them. Installs openai + pytest
+# into .venv-ci (PyPI) and the npm `openai` package into tests/node (npm ci) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +39,7 @@ TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/agents/auth/token" \
 
 SOPHIA_BASE_URL="http://127.0.0.1:$PORT" SOPHIA_TOKEN="$TOKEN" \
   "$VENV/bin/python" -m pytest -q tests/python/test_openai_sdk.py
+
+[ -d tests/node/node_modules/openai ] || npm ci --no-audit --no-fund --prefix tests/node
+SOPHIA_BASE_URL="http://127.0.0.1:$PORT" SOPHIA_TOKEN="$TOKEN" \
+  node --test tests/node/sdk.test.mjs
