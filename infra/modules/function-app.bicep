@@ -22,8 +22,8 @@ param cosmosDatabase string
 param keyVaultUri string
 @description('Not a credential: the App Insights connection string only lets a process send telemetry.')
 param appInsightsConnectionString string
-@description('The https base URL clients reach SOPHIA at (the APIM gateway when APIM is in front). Empty: the Function App\'s own host name.')
-param publicUrl string = ''
+@description('The https base URL clients reach SOPHIA at (SOPHIA_PUBLIC_URL): the APIM gateway when APIM is in front, else https://<appName>.azurewebsites.net.')
+param publicUrl string
 @description('How many proxies append to X-Forwarded-For before SOPHIA: 1 for the Functions front end, 2 with APIM in front.')
 @minValue(1)
 @maxValue(8)
@@ -57,9 +57,6 @@ param maximumInstanceCount int = 100
 param runtimeName string = 'custom'
 param runtimeVersion string = '1.0'
 
-var siteHost = '${appName}.azurewebsites.net'
-var effectivePublicUrl = empty(publicUrl) ? 'https://${siteHost}' : publicUrl
-
 // Every variable SOPHIA reads in Azure mode (README "Configuration"); tests/api/packaging.rs
 // checks that these start SOPHIA (Settings::from_lookup) and that each name is one SOPHIA or
 // the Functions host reads. One entry per line.
@@ -83,7 +80,7 @@ var appSettings = {
   SOPHIA_REFRESH_QUEUE_CONNECTION__queueServiceUri: queueEndpoint
   SOPHIA_REFRESH_QUEUE_CONNECTION__credential: 'managedidentity'
   SOPHIA_REFRESH_QUEUE_CONNECTION__clientId: sophiaClientId
-  SOPHIA_PUBLIC_URL: effectivePublicUrl
+  SOPHIA_PUBLIC_URL: publicUrl
   SOPHIA_TRUST_FORWARDED: 'true'
   SOPHIA_TRUSTED_PROXY_HOPS: string(trustedProxyHops)
   SOPHIA_ADMIN_JWKS_URL: adminJwksUrl
@@ -183,4 +180,4 @@ resource ftp 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01'
 output name string = app.name
 output id string = app.id
 output defaultHostName string = app.properties.defaultHostName
-output publicUrl string = effectivePublicUrl
+output publicUrl string = publicUrl

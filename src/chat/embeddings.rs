@@ -3,6 +3,7 @@
 //! own deployment answers and its usage is recorded like a turn's.
 
 use crate::domain::Usage;
+use crate::domain::usage::estimate_tokens;
 use crate::llm::EmbedInput;
 use crate::state::App;
 
@@ -69,13 +70,9 @@ pub async fn embed(
         return Err(ChatError::NoEmbeddingDeployment);
     };
     let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
-    // Without a count from the deployment: the token ids given, or about four characters a
-    // token (as for turns).
+    // Without a count from the deployment: the token ids given, or the turns' estimate.
     let prompt_tokens = answer.prompt_tokens.unwrap_or_else(|| match inputs {
-        EmbedInput::Texts(texts) => texts
-            .iter()
-            .map(|t| (t.chars().count() as u64).div_ceil(4))
-            .sum(),
+        EmbedInput::Texts(texts) => texts.iter().map(|t| estimate_tokens(t)).sum(),
         EmbedInput::Tokens(lists) => lists.iter().map(|l| l.len() as u64).sum(),
     });
     let usage = Usage::new(prompt_tokens, 0);

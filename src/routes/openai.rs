@@ -1,5 +1,5 @@
-//! `POST /v1/chat/completions`, `GET /v1/models`, `POST /v1/embeddings`: OpenAI-compatible, so the official OpenAI SDKs work with
-//! `base_url` = SOPHIA and `api_key` = a service token. The tenant's deployment answers
+//! `POST /v1/chat/completions`, `GET /v1/models`, `POST /v1/embeddings`: OpenAI-compatible,
+//! so the official OpenAI SDKs work with `base_url` = SOPHIA and `api_key` = a service token. The tenant's deployment answers
 //! whatever `model` says (unless the instance lists `allowedModels`); the instance's system
 //! prompt and knowledge go in front of the caller's messages. Errors use OpenAI's shape.
 

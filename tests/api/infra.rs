@@ -84,7 +84,7 @@ fn sample(ident: &str) -> Option<&'static str> {
         "refreshQueueUrl" => "https://stsophiaabc123.queue.core.windows.net/sophia-refresh",
         "refreshQueueName" => "sophia-refresh",
         "queueEndpoint" => "https://stsophiaabc123.queue.core.windows.net/",
-        "effectivePublicUrl" => "https://func-sophia-abc.azurewebsites.net",
+        "publicUrl" => "https://func-sophia-abc.azurewebsites.net",
         "adminJwksUrl" => "https://login.microsoftonline.com/contoso/discovery/v2.0/keys",
         "adminIssuer" => "https://login.microsoftonline.com/contoso/v2.0",
         "adminAudience" => "api://sophia-admin",

@@ -142,17 +142,26 @@ async fn allowed_models_are_enforced_on_v1() {
     );
 }
 
+/// A company whose instance has chat deployment gpt-4o and the embedding deployment `embed`.
+async fn with_embeddings(
+    app: &crate::support::TestApp,
+    sim: &crate::support::SimServer,
+    name: &str,
+    embed: &str,
+) -> crate::support::Created {
+    app.create_instance_with(
+        name,
+        json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+               "azureEmbeddingDeployment": embed,
+               "credentials": {"azureOpenaiKey": format!("key-{name}")}}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn models_list_the_instances_own() {
     let (app, sim) = setup(&[]).await;
-    let acme = app
-        .create_instance_with(
-            "acme",
-            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
-                   "azureEmbeddingDeployment": "text-embedding-3-small",
-                   "credentials": {"azureOpenaiKey": "key-acme"}}),
-        )
-        .await;
+    let acme = with_embeddings(&app, &sim, "acme", "text-embedding-3-small").await;
     let beta = app
         .create_instance_with(
             "beta",
@@ -209,14 +218,7 @@ async fn models_list_the_instances_own() {
 #[tokio::test]
 async fn embeddings_come_from_the_tenants_deployment() {
     let (app, sim) = setup(&[]).await;
-    let acme = app
-        .create_instance_with(
-            "acme",
-            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
-                   "azureEmbeddingDeployment": "acme-embed",
-                   "credentials": {"azureOpenaiKey": "key-acme"}}),
-        )
-        .await;
+    let acme = with_embeddings(&app, &sim, "acme", "acme-embed").await;
     let beta = company(&app, &sim, "beta", "gpt-4o").await;
     let token = app.service_token("acme", &acme.key).await;
     sim.sim.clear();
