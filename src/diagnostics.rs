@@ -242,16 +242,13 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
         Err(reason) => check("chatDeployment", Instant::now(), Err(reason.clone())),
         Ok(endpoint) => {
             let started = Instant::now();
-            let messages = [WireMessage {
-                role: "user".into(),
-                content: "ping".into(),
-            }];
+            let messages = [WireMessage::text("user", "ping".into())];
             let params = ChatParams {
                 max_tokens: Some(1),
                 ..Default::default()
             };
             let result = bounded(limit, service_name(endpoint), async {
-                match app.models.complete(endpoint, &messages, params).await {
+                match app.models.complete(endpoint, &messages, &params).await {
                     Ok(done) => Ok(Some(done.model)),
                     Err(UpstreamError::RateLimited { .. }) => Ok(None),
                     Err(e) => Err(model_failure(endpoint, managed_identity, e)),

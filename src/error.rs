@@ -314,6 +314,7 @@ impl From<ChatError> for ApiError {
         match err {
             ChatError::UnknownInstance => Self::InvalidToken("instance not found"),
             ChatError::UnknownConversation => Self::NotFound("conversation"),
+            ChatError::UnknownResponse => Self::NotFound("response"),
             ChatError::NoEmbeddingDeployment => Self::NotFound("embedding deployment"),
             ChatError::NotConfigured(detail) => Self::NotConfigured(detail),
             ChatError::Invalid { field, detail } => Self::validation(field, detail),

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::http::request_id;
 use crate::routes::admin::{audit, instances, usage};
 use crate::routes::{
-    agents, chat, config_test, health, openai, openapi, refresh, token, wellknown,
+    agents, chat, config_test, health, openai, openapi, refresh, responses, token, wellknown,
 };
 use crate::state::AppState;
 use crate::telemetry;
@@ -144,6 +144,16 @@ fn table() -> RouteTable {
         Method::POST,
         "/v1/embeddings",
         post(openai::embeddings).layer(middleware::map_response(openai::openai_errors)),
+    )
+    .add(
+        Method::POST,
+        "/v1/responses",
+        post(responses::create_response).layer(middleware::map_response(openai::openai_errors)),
+    )
+    .add(
+        Method::GET,
+        "/v1/responses/{id}",
+        get(responses::get_response).layer(middleware::map_response(openai::openai_errors)),
     )
 }
 

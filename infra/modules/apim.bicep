@@ -114,6 +114,8 @@ var operations = [
   { name: 'chat-completions', method: 'POST', template: '/v1/chat/completions', auth: 'service' }
   { name: 'models', method: 'GET', template: '/v1/models', auth: 'service' }
   { name: 'embeddings', method: 'POST', template: '/v1/embeddings', auth: 'service' }
+  { name: 'responses-create', method: 'POST', template: '/v1/responses', auth: 'service' }
+  { name: 'responses-get', method: 'GET', template: '/v1/responses/{id}', auth: 'service' }
   { name: 'config-test', method: 'POST', template: '/config/test', auth: 'service' }
   { name: 'refresh', method: 'POST', template: '/refresh', auth: 'service' }
   { name: 'refresh-status', method: 'GET', template: '/refresh/{jobId}', auth: 'service' }

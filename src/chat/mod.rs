@@ -7,13 +7,14 @@
 pub mod embeddings;
 mod prompt;
 mod pump;
+pub mod responses;
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
-use crate::domain::{Citation, ConversationId, InstanceId, StoredMessage, TenantId, Usage};
-use crate::llm::{ChatParams, ModelEndpoint, WireMessage, WireUsage};
+use crate::domain::{
+    Citation, ConversationId, InstanceId, ResponseRecord, StoredMessage, TenantId, ToolCall, Usage,
+};
+use crate::llm::{ChatExtras, ChatParams, ModelEndpoint, WireMessage, WireUsage};
 use crate::secrets::SecretError;
 use crate::state::App;
 use crate::store::StoreError;
@@ -41,6 +42,9 @@ pub enum ChatError {
     /// The conversation is not one of the caller's (another tenant's included).
     #[error("conversation not found")]
     UnknownConversation,
+    /// The stored response is not one of the caller's (or was not stored).
+    #[error("response not found")]
+    UnknownResponse,
     /// The instance lacks something the turn needs (endpoint, key, deployment, index).
     #[error("{0}")]
     NotConfigured(String),
@@ -94,13 +98,42 @@ pub enum Ask {
         messages: Vec<WireMessage>,
         model: Option<String>,
         overrides: Overrides,
+        extras: Option<Arc<ChatExtras>>,
+    },
+    /// `/v1/responses`: the caller's input items after the history they continue (one of the
+    /// caller's stored responses or conversations, else none); stored when `store` says so.
+    Items {
+        input: Vec<StoredMessage>,
+        instructions: Option<String>,
+        from: Option<Continue>,
+        store: bool,
+        model: Option<String>,
+        overrides: Overrides,
+        extras: Option<Arc<ChatExtras>>,
     },
 }
 
-/// The stored side of a `/chat` turn.
+/// What a `/v1/responses` turn continues.
+#[derive(Debug, Clone)]
+pub enum Continue {
+    /// A stored response (`previous_response_id`): its conversation up to that answer.
+    Response(responses::ResponseId),
+    /// A stored conversation (`conversation`), all of it.
+    Conversation(ConversationId),
+}
+
+/// The stored side of a turn: the conversation and the messages to add before the answer.
 struct Stored {
     conversation_id: ConversationId,
-    user_message: StoredMessage,
+    new_messages: Vec<StoredMessage>,
+    /// A `/v1/responses` answer is stored with its own record.
+    response: Option<ResponseDraft>,
+}
+
+/// What a response's record takes from its request.
+struct ResponseDraft {
+    previous_response_id: Option<String>,
+    instructions: Option<String>,
 }
 
 /// A prepared turn, ready to be completed or streamed.
@@ -116,6 +149,10 @@ pub struct Turn {
     pub model: String,
     prompt_estimate: u64,
     stored: Option<Stored>,
+    /// The answer's message id, known before it is had (a response's id names it).
+    pub reply_id: uuid::Uuid,
+    /// The conversation a `/v1/responses` answer belongs to (a fresh id when not stored).
+    pub conversation: ConversationId,
     started: std::time::Instant,
 }
 
@@ -137,6 +174,9 @@ pub struct Answer {
     pub model: String,
     pub finish_reason: String,
     pub citations: Vec<Citation>,
+    /// The function calls the model asked for (a `/v1` caller's tools).
+    pub tool_calls: Vec<ToolCall>,
+    pub refusal: Option<String>,
     /// Where a `/chat` turn was stored (`None` for `/v1` turns).
     pub saved: Option<Saved>,
 }
@@ -151,61 +191,107 @@ impl Turn {
             .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
             .await?;
         let endpoint = runtime.chat.clone().map_err(ChatError::NotConfigured)?;
-        let mut params = runtime.params;
+        let mut params = runtime.params.clone();
+        let mut conversation = ConversationId::new();
+        let mut instructions = None;
         let (question, history, model, stored) = match ask {
-            Ask::Message { text, conversation } => {
-                let mut history = match &conversation {
-                    Some(id) => history(app, &caller.tenant, id, runtime.history_messages).await?,
+            Ask::Message {
+                text,
+                conversation: id,
+            } => {
+                let mut history = match &id {
+                    Some(id) => {
+                        let c =
+                            load(app, &caller.tenant, id, ChatError::UnknownConversation).await?;
+                        tail(&c.messages, runtime.history_messages)
+                    }
                     None => Vec::new(),
                 };
                 let stored = Stored {
-                    conversation_id: conversation.unwrap_or_default(),
-                    user_message: StoredMessage {
-                        id: uuid::Uuid::new_v4(),
-                        role: "user".into(),
-                        content: text.clone(),
-                        at: Utc::now(),
-                        citations: vec![],
-                    },
+                    conversation_id: id.unwrap_or(conversation),
+                    new_messages: vec![StoredMessage::text("user", text.clone())],
+                    response: None,
                 };
-                history.push(WireMessage {
-                    role: "user".into(),
-                    content: text.clone(),
-                });
+                history.push(WireMessage::text("user", text.clone()));
                 (text, history, None, Some(stored))
             }
             Ask::Messages {
                 messages,
                 model,
                 overrides,
+                extras,
             } => {
-                if let Some(model) = &model
-                    && !runtime.allowed_models.is_empty()
-                    && !runtime.allowed_models.contains(model)
-                {
-                    return Err(ChatError::Invalid {
-                        field: "model",
-                        detail: format!(
-                            "model '{model}' is not enabled for this agent; use one of {:?}",
-                            runtime.allowed_models
-                        ),
-                    });
-                }
-                params.temperature = overrides.temperature.or(params.temperature);
-                params.top_p = overrides.top_p.or(params.top_p);
-                params.max_tokens = overrides.max_tokens.or(params.max_tokens);
-                let question = messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map(|m| m.content.clone())
-                    .unwrap_or_default();
+                apply(&runtime, &mut params, model.as_deref(), overrides, extras)?;
+                let question = last_user(messages.iter().map(|m| (&m.role, &m.content)));
                 (question, messages, model, None)
+            }
+            Ask::Items {
+                input,
+                instructions: asked,
+                from,
+                store,
+                model,
+                overrides,
+                extras,
+            } => {
+                apply(&runtime, &mut params, model.as_deref(), overrides, extras)?;
+                let (earlier, fork, previous_response_id) = match from {
+                    None => (Vec::new(), false, None),
+                    Some(Continue::Conversation(id)) => {
+                        let c =
+                            load(app, &caller.tenant, &id, ChatError::UnknownConversation).await?;
+                        conversation = id;
+                        (c.messages, false, None)
+                    }
+                    Some(Continue::Response(rid)) => {
+                        let c = load(
+                            app,
+                            &caller.tenant,
+                            &rid.conversation,
+                            ChatError::UnknownResponse,
+                        )
+                        .await?;
+                        let at = c
+                            .messages
+                            .iter()
+                            .position(|m| m.id == rid.message && m.response.is_some())
+                            .ok_or(ChatError::UnknownResponse)?;
+                        let mut messages = c.messages;
+                        // Continuing an earlier answer than the last forks the conversation.
+                        let fork = at + 1 < messages.len();
+                        messages.truncate(at + 1);
+                        if !fork {
+                            conversation = rid.conversation;
+                        }
+                        (messages, fork, Some(rid.to_string()))
+                    }
+                };
+                let question =
+                    last_user(earlier.iter().chain(&input).map(|m| (&m.role, &m.content)));
+                let mut history = tail(&earlier, runtime.history_messages);
+                history.extend(input.iter().map(wire));
+                if let Some(text) = asked.as_deref().filter(|t| !t.is_empty()) {
+                    instructions = Some(WireMessage::text("system", text.to_owned()));
+                }
+                let stored = store.then(|| {
+                    let mut new_messages = if fork { earlier } else { Vec::new() };
+                    new_messages.extend(input);
+                    Stored {
+                        conversation_id: conversation,
+                        new_messages,
+                        response: Some(ResponseDraft {
+                            previous_response_id,
+                            instructions: asked,
+                        }),
+                    }
+                });
+                (question, history, model, stored)
             }
         };
         let citations = prompt::retrieve(app, &runtime, &caller.tenant, &question).await?;
         let mut messages: Vec<WireMessage> = prompt::system_message(&runtime, &citations)
             .into_iter()
+            .chain(instructions)
             .collect();
         messages.extend(history);
         let prompt_estimate = messages
@@ -222,6 +308,8 @@ impl Turn {
             params,
             prompt_estimate,
             stored,
+            reply_id: uuid::Uuid::new_v4(),
+            conversation,
             started,
         })
     }
@@ -235,16 +323,19 @@ impl Turn {
     pub async fn complete(self, app: &App) -> Result<Answer, ChatError> {
         let completion = app
             .models
-            .complete(&self.endpoint, &self.messages, self.params)
+            .complete(&self.endpoint, &self.messages, &self.params)
             .await?;
-        let model = Some(completion.model).filter(|m| !m.is_empty());
         Ok(self
             .finish(
                 app,
-                completion.content,
-                Some(completion.usage),
-                model,
-                completion.finish_reason,
+                Ending {
+                    content: completion.content,
+                    usage: Some(completion.usage),
+                    model: Some(completion.model).filter(|m| !m.is_empty()),
+                    finish_reason: completion.finish_reason,
+                    tool_calls: completion.tool_calls,
+                    refusal: completion.refusal,
+                },
             )
             .await)
     }
@@ -256,27 +347,55 @@ impl Turn {
 
     /// Records a finished turn (both messages of a stored conversation, the usage) and says
     /// how it ended. Recording failures are logged, not returned: the caller has its answer.
-    async fn finish(
-        self,
-        app: &App,
-        content: String,
-        reported: Option<WireUsage>,
-        model: Option<String>,
-        finish_reason: Option<String>,
-    ) -> Answer {
-        let usage = self.usage(reported, &content);
+    async fn finish(self, app: &App, end: Ending) -> Answer {
+        let usage = if end.tool_calls.is_empty() {
+            self.usage(end.usage, &end.content)
+        } else {
+            let mut written = end.content.clone();
+            for call in &end.tool_calls {
+                written.push_str(&call.function.name);
+                written.push_str(&call.function.arguments);
+            }
+            self.usage(end.usage, &written)
+        };
         app.usage.record(&self.caller.tenant, usage);
-        self.metrics(usage, model.as_deref(), true);
+        self.metrics(usage, end.model.as_deref(), true);
+        let model = end.model.unwrap_or(self.model);
+        let finish_reason = end.finish_reason.unwrap_or_else(|| "stop".into());
         let saved = match self.stored {
-            Some(stored) => Some(save(app, &self.caller, stored, &content, &self.citations).await),
+            Some(stored) => {
+                let mut reply = StoredMessage::text("assistant", end.content.clone());
+                reply.id = self.reply_id;
+                reply.citations = self.citations.clone();
+                reply.tool_calls = end.tool_calls.clone();
+                reply.response = stored.response.as_ref().map(|draft| {
+                    let incomplete_reason = responses::incomplete_reason(&finish_reason);
+                    Box::new(ResponseRecord {
+                        model: model.clone(),
+                        usage,
+                        status: if incomplete_reason.is_some() {
+                            "incomplete"
+                        } else {
+                            "completed"
+                        }
+                        .into(),
+                        incomplete_reason: incomplete_reason.map(str::to_owned),
+                        previous_response_id: draft.previous_response_id.clone(),
+                        instructions: draft.instructions.clone(),
+                    })
+                });
+                Some(save(app, &self.caller, stored, reply).await)
+            }
             None => None,
         };
         Answer {
-            content,
+            content: end.content,
             usage,
-            model: model.unwrap_or(self.model),
-            finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+            model,
+            finish_reason,
             citations: self.citations,
+            tool_calls: end.tool_calls,
+            refusal: end.refusal,
             saved,
         }
     }
@@ -305,49 +424,90 @@ impl Turn {
     }
 }
 
-/// The last `keep` messages of one of the tenant's conversations.
-async fn history(
+/// How a finished upstream answer ended, before it is recorded.
+struct Ending {
+    content: String,
+    usage: Option<WireUsage>,
+    model: Option<String>,
+    finish_reason: Option<String>,
+    tool_calls: Vec<ToolCall>,
+    refusal: Option<String>,
+}
+
+/// A `/v1` caller's model (one the instance allows), sampling and extras over the instance's.
+fn apply(
+    runtime: &TenantRuntime,
+    params: &mut ChatParams,
+    model: Option<&str>,
+    overrides: Overrides,
+    extras: Option<Arc<ChatExtras>>,
+) -> Result<(), ChatError> {
+    if let Some(model) = model
+        && !runtime.allowed_models.is_empty()
+        && !runtime.allowed_models.iter().any(|m| m == model)
+    {
+        return Err(ChatError::Invalid {
+            field: "model",
+            detail: format!(
+                "model '{model}' is not enabled for this agent; use one of {:?}",
+                runtime.allowed_models
+            ),
+        });
+    }
+    params.temperature = overrides.temperature.or(params.temperature);
+    params.top_p = overrides.top_p.or(params.top_p);
+    params.max_tokens = overrides.max_tokens.or(params.max_tokens);
+    params.extras = extras;
+    Ok(())
+}
+
+/// The last user message's text (what the knowledge is searched for).
+fn last_user<'a>(
+    mut messages: impl DoubleEndedIterator<Item = (&'a String, &'a String)>,
+) -> String {
+    messages
+        .rfind(|(role, _)| *role == "user")
+        .map(|(_, content)| content.clone())
+        .unwrap_or_default()
+}
+
+/// One of the tenant's conversations (`missing` when it has none by that id).
+async fn load(
     app: &App,
     tenant: &TenantId,
     id: &ConversationId,
-    keep: usize,
-) -> Result<Vec<WireMessage>, ChatError> {
-    let conversation = app
-        .store
+    missing: ChatError,
+) -> Result<crate::domain::Conversation, ChatError> {
+    app.store
         .get_conversation(tenant, id)
         .await
         .map_err(|e| match e {
-            StoreError::NotFound => ChatError::UnknownConversation,
+            StoreError::NotFound => missing,
             other => other.into(),
-        })?;
-    let skip = conversation.messages.len().saturating_sub(keep);
-    Ok(conversation
-        .messages
-        .into_iter()
-        .skip(skip)
-        .map(|m| WireMessage {
-            role: m.role,
-            content: m.content,
         })
-        .collect())
 }
 
-/// Appends both messages of a turn to its conversation.
-async fn save(
-    app: &App,
-    caller: &Caller,
-    stored: Stored,
-    content: &str,
-    citations: &[Citation],
-) -> Saved {
-    let message_id = uuid::Uuid::new_v4();
-    let assistant = StoredMessage {
-        id: message_id,
-        role: "assistant".into(),
-        content: content.to_owned(),
-        at: Utc::now(),
-        citations: citations.to_vec(),
-    };
+/// The last `keep` messages, as sent upstream.
+fn tail(messages: &[StoredMessage], keep: usize) -> Vec<WireMessage> {
+    let skip = messages.len().saturating_sub(keep);
+    messages[skip..].iter().map(wire).collect()
+}
+
+/// A stored message as sent upstream.
+fn wire(m: &StoredMessage) -> WireMessage {
+    WireMessage {
+        role: m.role.clone(),
+        content: m.content.clone(),
+        tool_calls: m.tool_calls.clone(),
+        tool_call_id: m.tool_call_id.clone(),
+    }
+}
+
+/// Appends a turn's messages and its answer to its conversation.
+async fn save(app: &App, caller: &Caller, stored: Stored, reply: StoredMessage) -> Saved {
+    let message_id = reply.id;
+    let mut messages = stored.new_messages;
+    messages.push(reply);
     let (tenant, conversation_id) = (&caller.tenant, stored.conversation_id);
     let history_trimmed = match app
         .store
@@ -355,7 +515,7 @@ async fn save(
             tenant,
             &conversation_id,
             &caller.instance,
-            &[stored.user_message, assistant],
+            &messages,
             KEEP_MESSAGES,
         )
         .await

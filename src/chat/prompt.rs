@@ -71,8 +71,5 @@ pub fn system_message(runtime: &TenantRuntime, citations: &[Citation]) -> Option
             let _ = write!(text, "[{}] {}\n{}\n\n", c.document_id, c.title, c.snippet);
         }
     }
-    (!text.is_empty()).then(|| WireMessage {
-        role: "system".into(),
-        content: text,
-    })
+    (!text.is_empty()).then(|| WireMessage::text("system", text))
 }

@@ -5,14 +5,16 @@
 
 use tokio::sync::mpsc;
 
-use crate::chat::{Answer, ChatError, Turn};
-use crate::llm::StreamPart;
+use crate::chat::{Answer, ChatError, Ending, Turn};
+use crate::llm::{StreamPart, ToolCallDelta};
 use crate::state::AppState;
 
 /// What a streamed turn produces, in order: deltas, then one `Done` or one `Failed`.
 #[derive(Debug)]
 pub enum TurnEvent {
     Delta(String),
+    /// A piece of a function call (a `/v1` caller's tools).
+    ToolCall(ToolCallDelta),
     /// The turn finished and is recorded.
     Done(Answer),
     /// The upstream failed mid-answer; the tokens so far are recorded, nothing is stored.
@@ -28,18 +30,25 @@ impl Turn {
     pub async fn stream(self, app: &AppState) -> Result<TurnEvents, ChatError> {
         let mut upstream = app
             .models
-            .stream(&self.endpoint, &self.messages, self.params)
+            .stream(&self.endpoint, &self.messages, &self.params)
             .await?;
         let (tx, rx) = mpsc::channel(16);
         let app = app.clone();
         tokio::spawn(async move {
             let (mut answer, mut usage, mut model, mut finish) = (String::new(), None, None, None);
+            let mut tool_calls = Vec::new();
             let mut client_gone = false;
             while let Some(part) = upstream.next().await {
                 match part {
                     Ok(StreamPart::Delta(d)) => {
                         answer.push_str(&d);
                         if !client_gone && tx.send(TurnEvent::Delta(d)).await.is_err() {
+                            client_gone = true;
+                        }
+                    }
+                    Ok(StreamPart::ToolCall(piece)) => {
+                        piece.merge_into(&mut tool_calls);
+                        if !client_gone && tx.send(TurnEvent::ToolCall(piece)).await.is_err() {
                             client_gone = true;
                         }
                     }
@@ -55,7 +64,15 @@ impl Turn {
                     }
                 }
             }
-            let done = self.finish(&app, answer, usage, model, finish).await;
+            let end = Ending {
+                content: answer,
+                usage,
+                model,
+                finish_reason: finish,
+                tool_calls,
+                refusal: None,
+            };
+            let done = self.finish(&app, end).await;
             let _ = tx.send(TurnEvent::Done(done)).await;
         });
         Ok(rx)

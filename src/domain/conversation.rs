@@ -15,6 +15,10 @@ impl ConversationId {
         Self(uuid::Uuid::new_v4())
     }
 
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
     pub fn parse(raw: &str) -> Result<Self, super::ids::IdError> {
         uuid::Uuid::parse_str(raw)
             .map(Self)
@@ -57,17 +61,81 @@ pub struct Citation {
     pub score: f64,
 }
 
+/// A function call a model asked for (OpenAI's `tool_calls[]` item; the same shape on the
+/// wire and in a stored conversation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text, not checked).
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// What `/v1/responses` keeps of a stored response beside its message (the response id is
+/// the conversation's and the message's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseRecord {
+    pub model: String,
+    pub usage: super::Usage,
+    /// `completed` or `incomplete`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+}
+
 /// One turn of a conversation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredMessage {
     pub id: uuid::Uuid,
-    /// `user` or `assistant`.
+    /// `user` or `assistant` (and, from `/v1/responses`, `tool` for a function's output).
     pub role: String,
     pub content: String,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub citations: Vec<Citation>,
+    /// The function calls an assistant message asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `/v1/responses` answer's own record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Box<ResponseRecord>>,
+}
+
+impl StoredMessage {
+    /// A plain text message, now.
+    pub fn text(role: &str, content: String) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4(),
+            role: role.into(),
+            content,
+            at: Utc::now(),
+            citations: vec![],
+            tool_calls: vec![],
+            tool_call_id: None,
+            response: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,18 +245,14 @@ mod tests {
     use super::*;
 
     fn message(n: usize, bytes: usize) -> StoredMessage {
-        StoredMessage {
-            id: uuid::Uuid::new_v4(),
-            role: if n.is_multiple_of(2) {
+        StoredMessage::text(
+            if n.is_multiple_of(2) {
                 "user"
             } else {
                 "assistant"
-            }
-            .into(),
-            content: format!("{n}:{}", "x".repeat(bytes)),
-            at: Utc::now(),
-            citations: vec![],
-        }
+            },
+            format!("{n}:{}", "x".repeat(bytes)),
+        )
     }
 
     fn conversation() -> Conversation {

@@ -10,7 +10,10 @@ pub mod settings;
 pub mod usage;
 
 pub use audit::{AuditEntry, AuditOutcome};
-pub use conversation::{Citation, Conversation, ConversationId, StoredMessage, UsageRecord};
+pub use conversation::{
+    Citation, Conversation, ConversationId, FunctionCall, ResponseRecord, StoredMessage, ToolCall,
+    UsageRecord,
+};
 pub use ids::{InstanceId, TenantId};
 pub use instance::{
     AgentInstance, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash, Provider,

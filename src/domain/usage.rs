@@ -1,9 +1,9 @@
 //! Token counts of a turn, and the one estimate used when an upstream reports none.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Token counts in the SOPHIA (camelCase) shape.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     pub prompt_tokens: u64,

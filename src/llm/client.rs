@@ -23,8 +23,8 @@ use super::endpoint::bearer;
 pub use super::endpoint::{DEFAULT_API_VERSION, ModelEndpoint, UpstreamAuth};
 use super::sse::SseParser;
 use super::wire::{
-    StreamOptions, StreamPart, WireChunk, WireErrorBody, WireMessage, WireRequest, WireResponse,
-    WireUsage,
+    ChatExtras, StreamOptions, StreamPart, ToolCall, WireChunk, WireErrorBody, WireMessage,
+    WireRequest, WireResponse, WireUsage,
 };
 use crate::domain::Provider;
 use crate::telemetry;
@@ -33,11 +33,13 @@ use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
 use http::header::HeaderName;
 
 /// Generation settings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatParams {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub max_tokens: Option<u32>,
+    /// Tools, structured output, seed, stop (a `/v1` caller's; none for `/chat`).
+    pub extras: Option<Arc<ChatExtras>>,
 }
 
 /// A whole answer.
@@ -47,6 +49,9 @@ pub struct Completion {
     pub model: String,
     pub usage: WireUsage,
     pub finish_reason: Option<String>,
+    /// The function calls the model asked for.
+    pub tool_calls: Vec<ToolCall>,
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -346,7 +351,7 @@ impl ModelClient {
     fn request<'a>(
         endpoint: &'a ModelEndpoint,
         messages: &'a [WireMessage],
-        params: ChatParams,
+        params: &'a ChatParams,
         stream: bool,
     ) -> WireRequest<'a> {
         WireRequest {
@@ -360,6 +365,7 @@ impl ModelClient {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
+            extras: params.extras.as_deref(),
         }
     }
 
@@ -368,7 +374,7 @@ impl ModelClient {
         &self,
         endpoint: &ModelEndpoint,
         messages: &[WireMessage],
-        params: ChatParams,
+        params: &ChatParams,
     ) -> Result<Completion, UpstreamError> {
         let mut dep = telemetry::model_span("chat", endpoint, false);
         let result = self
@@ -390,7 +396,7 @@ impl ModelClient {
         &self,
         endpoint: &ModelEndpoint,
         messages: &[WireMessage],
-        params: ChatParams,
+        params: &ChatParams,
         dep: &mut telemetry::Dependency,
     ) -> Result<Completion, UpstreamError> {
         let started = Instant::now();
@@ -410,13 +416,19 @@ impl ModelClient {
             UpstreamError::Protocol(format!("chat completion is not valid JSON: {e}"))
         })?;
         let choice = parsed.choices.into_iter().next();
+        let (finish_reason, message) = choice
+            .map(|c| (c.finish_reason, c.message))
+            .unwrap_or_default();
+        let message = message.unwrap_or(super::wire::WireAnswerMessage {
+            content: None,
+            tool_calls: None,
+            refusal: None,
+        });
         Ok(Completion {
-            content: choice
-                .as_ref()
-                .and_then(|c| c.message.as_ref())
-                .and_then(|m| m.content.clone())
-                .unwrap_or_default(),
-            finish_reason: choice.and_then(|c| c.finish_reason),
+            content: message.content.unwrap_or_default(),
+            tool_calls: message.tool_calls.unwrap_or_default(),
+            refusal: message.refusal,
+            finish_reason,
             model: parsed.model.unwrap_or_else(|| endpoint.deployment.clone()),
             usage: parsed.usage.unwrap_or_default(),
         })
@@ -530,7 +542,7 @@ impl ModelClient {
         &self,
         endpoint: &ModelEndpoint,
         messages: &[WireMessage],
-        params: ChatParams,
+        params: &ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
         // The dependency lasts until the stream ends (or is dropped).
         let mut dep = telemetry::model_span("chat", endpoint, true);
@@ -655,10 +667,12 @@ impl ChatStream {
     /// Reads until a content delta or the end is buffered.
     async fn prime(&mut self) -> Result<(), UpstreamError> {
         while !self.done
-            && !self
-                .pending
-                .iter()
-                .any(|p| matches!(p, StreamPart::Delta(_) | StreamPart::Finish(_)))
+            && !self.pending.iter().any(|p| {
+                matches!(
+                    p,
+                    StreamPart::Delta(_) | StreamPart::ToolCall(_) | StreamPart::Finish(_)
+                )
+            })
         {
             self.fill().await?;
         }
@@ -715,7 +729,7 @@ impl ChatStream {
                         StreamPart::Model(m) => self.seen.model = Some(m.clone()),
                         StreamPart::Usage(u) => self.seen.usage = Some(*u),
                         StreamPart::Finish(f) => self.seen.finish = Some(f.clone()),
-                        StreamPart::Delta(_) => {}
+                        StreamPart::Delta(_) | StreamPart::ToolCall(_) => {}
                     }
                 }
                 return Some(Ok(part));

@@ -10,4 +10,4 @@ pub use client::{
     ChatParams, ChatStream, Completion, EmbedInput, ModelClient, ModelEndpoint, UpstreamAuth,
     UpstreamTimeouts,
 };
-pub use wire::{StreamPart, WireMessage, WireUsage};
+pub use wire::{ChatExtras, StreamPart, ToolCall, ToolCallDelta, WireMessage, WireUsage};

@@ -3,12 +3,51 @@
 //! (asynchronous content-filter annotations), `null` everywhere.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::domain::{FunctionCall, ToolCall};
 
 /// A chat message as sent upstream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireMessage {
     pub role: String,
     pub content: String,
+    /// An assistant message's function calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl WireMessage {
+    /// A plain text message.
+    pub fn text(role: &str, content: String) -> Self {
+        Self {
+            role: role.into(),
+            content,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// What a `/v1` caller may add to a turn beyond sampling, passed upstream as given (the
+/// routes check their shape first): tools, structured output, determinism, stop sequences.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatExtras {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Value>,
 }
 
 /// Token counts, as OpenAI reports them.
@@ -52,6 +91,9 @@ pub struct WireRequest<'a> {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Nothing when `None`.
+    #[serde(flatten)]
+    pub extras: Option<&'a ChatExtras>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -82,6 +124,11 @@ pub struct WireChoice {
 pub struct WireAnswerMessage {
     #[serde(default)]
     pub content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The model's refusal (structured outputs), passed through.
+    #[serde(default)]
+    pub refusal: Option<String>,
 }
 
 /// One streamed chunk.
@@ -107,12 +154,70 @@ pub struct WireChunkChoice {
 pub struct WireDelta {
     #[serde(default)]
     pub content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<WireToolCallDelta>>,
+}
+
+/// A piece of a streamed function call: the first names it, the rest add arguments.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireToolCallDelta {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<WireFunctionDelta>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireFunctionDelta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+/// A piece of a streamed function call, as SOPHIA hands it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of the answer (0-based).
+    pub index: u32,
+    /// Set on a call's first piece.
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl ToolCallDelta {
+    /// Adds this piece to the calls assembled so far.
+    pub fn merge_into(&self, calls: &mut Vec<ToolCall>) {
+        let index = self.index as usize;
+        while calls.len() <= index {
+            calls.push(ToolCall {
+                id: String::new(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: String::new(),
+                    arguments: String::new(),
+                },
+            });
+        }
+        let call = &mut calls[index];
+        if let Some(id) = &self.id {
+            call.id.clone_from(id);
+        }
+        if let Some(name) = &self.name {
+            call.function.name.push_str(name);
+        }
+        call.function.arguments.push_str(&self.arguments);
+    }
 }
 
 /// What a chunk means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamPart {
     Delta(String),
+    ToolCall(ToolCallDelta),
     Finish(String),
     Usage(WireUsage),
     Model(String),
@@ -133,6 +238,18 @@ impl WireChunk {
                 .filter(|c| !c.is_empty())
             {
                 out.push(StreamPart::Delta(content.to_owned()));
+            }
+            let calls = choice.delta.as_ref().and_then(|d| d.tool_calls.as_ref());
+            for call in calls.into_iter().flatten() {
+                let function = call.function.as_ref();
+                out.push(StreamPart::ToolCall(ToolCallDelta {
+                    index: call.index,
+                    id: call.id.clone(),
+                    name: function.and_then(|f| f.name.clone()),
+                    arguments: function
+                        .and_then(|f| f.arguments.clone())
+                        .unwrap_or_default(),
+                }));
             }
             if let Some(reason) = &choice.finish_reason {
                 out.push(StreamPart::Finish(reason.clone()));

@@ -141,6 +141,8 @@ pub async fn chat(
                 .event("delta")
                 .json_data(json!({ "content": content })),
             TurnEvent::Done(answer) => Event::default().event("done").json_data(Done::from(answer)),
+            // `/chat` offers the model no tools.
+            TurnEvent::ToolCall(_) => Ok(Event::default().comment("tool call")),
             TurnEvent::Failed(error) => {
                 let error = ApiError::from(error);
                 Event::default()

@@ -9,6 +9,7 @@ pub mod health;
 pub mod openai;
 pub mod openapi;
 pub mod refresh;
+pub mod responses;
 pub mod token;
 pub mod wellknown;
 

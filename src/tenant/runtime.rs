@@ -185,6 +185,7 @@ impl TenantRuntime {
             temperature: settings.temperature.as_ref().map(|t| *t.get()),
             top_p: settings.top_p.as_ref().map(|t| *t.get()),
             max_tokens: settings.max_tokens.as_ref().map(|n| *n.get()),
+            extras: None,
         };
         let knowledge = search_index(&instance, &identity, &credentials, resolver, &owner);
         Self {

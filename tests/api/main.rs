@@ -23,6 +23,7 @@ mod jwt_attacks;
 mod openai;
 mod packaging;
 mod refresh;
+mod responses;
 mod restart;
 mod retrieval;
 mod telemetry;

@@ -44,15 +44,11 @@ fn endpoint(base: &str, deployment: &str, key: &str) -> ModelEndpoint {
 
 fn messages(question: &str) -> Vec<WireMessage> {
     vec![
-        WireMessage {
-            role: "system".into(),
-            content: "Context:\nThe refund window is 30 days. Support answers within one hour."
-                .into(),
-        },
-        WireMessage {
-            role: "user".into(),
-            content: question.into(),
-        },
+        WireMessage::text(
+            "system",
+            "Context:\nThe refund window is 30 days. Support answers within one hour.".into(),
+        ),
+        WireMessage::text("user", question.into()),
     ]
 }
 
@@ -78,7 +74,7 @@ async fn whole_answers_are_grounded_and_counted() {
         .complete(
             &endpoint(&server.base, "gpt-4o", "k-acme"),
             &messages("How long is the refund window?"),
-            ChatParams {
+            &ChatParams {
                 temperature: Some(0.1),
                 ..Default::default()
             },
@@ -115,7 +111,7 @@ async fn streams_deliver_every_part_and_usage() {
         .stream(
             &endpoint(&server.base, "gpt-4o-mini", "any"),
             &messages("support hours?"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap();
@@ -127,7 +123,7 @@ async fn streams_deliver_every_part_and_usage() {
             StreamPart::Delta(d) => text.push_str(&d),
             StreamPart::Usage(u) => usage = Some(u),
             StreamPart::Finish(f) => finish = Some(f),
-            StreamPart::Model(_) => {}
+            StreamPart::Model(_) | StreamPart::ToolCall(_) => {}
         }
     }
     assert_eq!(
@@ -156,7 +152,7 @@ async fn a_429_is_retried_after_its_retry_after_then_passes() {
         .complete(
             &endpoint(&server.base, "gpt-4o", "k"),
             &messages("refund?"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap();
@@ -182,7 +178,7 @@ async fn a_429_beyond_the_budget_is_passed_through_with_its_wait() {
         .complete(
             &endpoint(&server.base, "gpt-4o", "k"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err();
@@ -215,7 +211,7 @@ async fn server_errors_are_retried_then_reported() {
             .complete(
                 &endpoint(&server.base, "d", "k"),
                 &messages("x"),
-                ChatParams::default()
+                &ChatParams::default()
             )
             .await
             .is_ok()
@@ -229,7 +225,7 @@ async fn server_errors_are_retried_then_reported() {
         .complete(
             &endpoint(&server.base, "d", "k"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err();
@@ -252,7 +248,7 @@ async fn a_slow_upstream_times_out() {
         .complete(
             &endpoint(&server.base, "d", "k"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err();
@@ -276,7 +272,7 @@ async fn a_stalled_stream_times_out() {
         .stream(
             &endpoint(&server.base, "d", "k"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await;
     assert!(
@@ -299,7 +295,7 @@ async fn refused_keys_and_missing_deployments_are_clear() {
         .complete(
             &endpoint(&server.base, "gpt-4o", "wrong"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err()
@@ -314,7 +310,7 @@ async fn refused_keys_and_missing_deployments_are_clear() {
         .complete(
             &endpoint(&server.base, "gpt-5", "right"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err()
@@ -330,7 +326,7 @@ async fn refused_keys_and_missing_deployments_are_clear() {
         c.stream(
             &endpoint(&server.base, "gpt-4o", "wrong"),
             &messages("x"),
-            ChatParams::default()
+            &ChatParams::default()
         )
         .await,
         Err(UpstreamError::Rejected { status: 401, .. })
@@ -347,7 +343,7 @@ async fn unreachable_endpoints_and_policy_violations() {
         c.complete(
             &endpoint(&base, "d", "k"),
             &messages("x"),
-            ChatParams::default()
+            &ChatParams::default()
         )
         .await,
         Err(UpstreamError::Unavailable(_))
@@ -360,7 +356,7 @@ async fn unreachable_endpoints_and_policy_violations() {
             .complete(
                 &endpoint("http://127.0.0.1:9", "d", "k"),
                 &messages("x"),
-                ChatParams::default()
+                &ChatParams::default()
             )
             .await,
         Err(UpstreamError::Configuration(_))
@@ -373,7 +369,7 @@ async fn unreachable_endpoints_and_policy_violations() {
             .complete(
                 &endpoint("https://localhost:9", "d", "k"),
                 &messages("x"),
-                ChatParams::default()
+                &ChatParams::default()
             )
             .await,
         Err(UpstreamError::Unavailable(_))
@@ -389,7 +385,7 @@ async fn the_openai_provider_uses_v1_and_bearer() {
     .await;
     let ep = endpoint(&server.base, "gpt-4o-mini", "sk-test").with_provider(Provider::Openai);
     let answer = client(fast())
-        .complete(&ep, &messages("refund window?"), ChatParams::default())
+        .complete(&ep, &messages("refund window?"), &ChatParams::default())
         .await
         .unwrap();
     assert!(answer.content.contains("30 days"));
@@ -409,7 +405,7 @@ async fn https_endpoints_speak_tls_and_nothing_in_clear() {
         .complete(
             &endpoint(&https, "d", "k"),
             &messages("x"),
-            ChatParams::default(),
+            &ChatParams::default(),
         )
         .await
         .unwrap_err();

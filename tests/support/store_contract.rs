@@ -422,13 +422,7 @@ pub async fn audit_queries(store: Arc<dyn Store>) {
 }
 
 fn message(role: &str, content: &str) -> StoredMessage {
-    StoredMessage {
-        id: uuid::Uuid::new_v4(),
-        role: role.into(),
-        content: content.into(),
-        at: Utc::now(),
-        citations: vec![],
-    }
+    StoredMessage::text(role, content.into())
 }
 
 /// A conversation driven past 2 MB (Cosmos DB's item limit) keeps saving: the oldest turns

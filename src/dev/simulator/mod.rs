@@ -359,19 +359,37 @@ async fn chat(
             "'messages' is a required property",
         );
     };
-    let answer = grounded_answer(messages);
+    let calls = tool_calls(&body, messages);
+    let answer = if calls.is_empty() {
+        shaped_answer(&body, messages)
+    } else {
+        String::new()
+    };
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    let arguments: String = calls
+        .iter()
+        .map(|c| c["function"]["arguments"].as_str().unwrap_or(""))
+        .collect();
     let prompt_tokens: u64 = messages
         .iter()
         .map(|m| tokens(m["content"].as_str().unwrap_or("")))
         .sum();
-    let completion_tokens = tokens(&answer);
+    let completion_tokens = tokens(&answer) + tokens(&arguments);
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let id = format!("chatcmpl-sim{}", uuid::Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
     if body["stream"].as_bool() != Some(true) {
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "choices": [{"index": 0, "finish_reason": finish, "message": if calls.is_empty() {
+                json!({"role": "assistant", "content": answer, "refusal": null})
+            } else {
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": calls})
+            }}],
             "usage": usage,
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]
         }))
@@ -387,14 +405,40 @@ async fn chat(
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "content_filter_results": {}}], "usage": null})
     };
-    events.push(chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    ));
+    if calls.is_empty() {
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+    }
     for piece in split_keep_spaces(&answer) {
         events.push(chunk(json!({"content": piece}), Value::Null));
     }
-    events.push(chunk(json!({}), json!("stop")));
+    // Function calls as Azure streams them: the call named with empty arguments, then the
+    // arguments in pieces.
+    for (index, call) in calls.iter().enumerate() {
+        let mut head = json!({"index": index, "id": call["id"], "type": "function",
+                              "function": {"name": call["function"]["name"], "arguments": ""}});
+        let mut delta = json!({"tool_calls": [head.take()]});
+        if index == 0 {
+            delta["role"] = json!("assistant");
+            delta["content"] = Value::Null;
+        }
+        events.push(chunk(delta, Value::Null));
+        let args: Vec<char> = call["function"]["arguments"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .collect();
+        for piece in args.chunks(8) {
+            let piece: String = piece.iter().collect();
+            events.push(chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    events.push(chunk(json!({}), json!(finish)));
     events.push(json!({"choices": [{"index": 0, "finish_reason": null, "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": answer.len()}, "content_filter_results": {}}], "created": 0, "id": "", "model": "", "object": ""}));
     if include_usage {
         events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}));
@@ -514,6 +558,155 @@ async fn clear_requests(State(sim): State<Simulator>) -> StatusCode {
 async fn add_fault(State(sim): State<Simulator>, Json(fault): Json<Fault>) -> StatusCode {
     sim.push_fault(fault);
     StatusCode::NO_CONTENT
+}
+
+/// The function calls a request with `tools` gets: none after a tool's answer or with
+/// `tool_choice: "none"`; the named one with a forced choice; else every tool whose name or
+/// description shares a word with the question (just the first when `parallel_tool_calls` is
+/// false), or the first with `"required"`. Arguments are drawn from the question to fit each
+/// tool's parameter schema.
+fn tool_calls(body: &Value, messages: &[Value]) -> Vec<Value> {
+    let Some(tools) = body["tools"].as_array().filter(|t| !t.is_empty()) else {
+        return vec![];
+    };
+    let choice = &body["tool_choice"];
+    if choice == "none" || messages.last().is_some_and(|m| m["role"] == "tool") {
+        return vec![];
+    }
+    let question = last_user(messages);
+    let asked = words(question);
+    let function = |t: &Value| t["function"].clone();
+    let mut chosen: Vec<Value> = if let Some(name) = choice["function"]["name"].as_str() {
+        tools
+            .iter()
+            .map(function)
+            .filter(|f| f["name"] == name)
+            .collect()
+    } else {
+        tools
+            .iter()
+            .map(function)
+            .filter(|f| {
+                let name = f["name"].as_str().unwrap_or("").replace(['_', '-'], " ");
+                let about = format!("{name} {}", f["description"].as_str().unwrap_or(""));
+                words(&about).intersection(&asked).next().is_some()
+            })
+            .collect()
+    };
+    if chosen.is_empty() && choice == "required" {
+        chosen.extend(tools.first().map(function));
+    }
+    if body["parallel_tool_calls"] == false {
+        chosen.truncate(1);
+    }
+    chosen
+        .into_iter()
+        .take(4)
+        .map(|f| {
+            let arguments = sample(&f["parameters"], question).to_string();
+            json!({"id": format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
+                   "type": "function", "function": {"name": f["name"], "arguments": arguments}})
+        })
+        .collect()
+}
+
+fn last_user(messages: &[Value]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+}
+
+/// A value fitting `schema`, drawn from `question`: strings are its last capitalised word
+/// (else its last word), numbers its first number (else 1), enums their first value.
+fn sample(schema: &Value, question: &str) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let kind = match &schema["type"] {
+        Value::Array(kinds) => kinds
+            .iter()
+            .find(|k| *k != "null")
+            .cloned()
+            .unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    let picked = || {
+        let words: Vec<&str> = question
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        words
+            .iter()
+            .rev()
+            .find(|w| w.chars().next().is_some_and(char::is_uppercase))
+            .or(words.last())
+            .map_or_else(String::new, |w| (*w).to_owned())
+    };
+    let number = || {
+        question
+            .split(|c: char| !c.is_ascii_digit())
+            .find_map(|n| n.parse::<i64>().ok())
+            .unwrap_or(1)
+    };
+    match kind.as_str() {
+        Some("string") => json!(picked()),
+        Some("integer" | "number") => json!(number()),
+        Some("boolean") => json!(true),
+        Some("array") => json!([sample(&schema["items"], question)]),
+        _ => {
+            let mut out = serde_json::Map::new();
+            if let Some(props) = schema["properties"].as_object() {
+                for (name, prop) in props {
+                    out.insert(name.clone(), sample(prop, question));
+                }
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+/// The answer in the shape asked for: after a tool's output, that output; JSON for
+/// `response_format` json_object (`{"answer": …}`) or json_schema (a value fitting it); cut at
+/// the first `stop` sequence.
+fn shaped_answer(body: &Value, messages: &[Value]) -> String {
+    let answer = match messages.last() {
+        Some(m) if m["role"] == "tool" => {
+            let id = &m["tool_call_id"];
+            let name = messages
+                .iter()
+                .filter_map(|m| m["tool_calls"].as_array())
+                .flatten()
+                .find(|c| c["id"] == *id)
+                .and_then(|c| c["function"]["name"].as_str())
+                .unwrap_or("the tool");
+            format!(
+                "According to {name}: {}",
+                m["content"].as_str().unwrap_or("")
+            )
+        }
+        _ => grounded_answer(messages),
+    };
+    let format = &body["response_format"];
+    let answer = match format["type"].as_str() {
+        Some("json_object") => json!({ "answer": answer }).to_string(),
+        Some("json_schema") => {
+            sample(&format["json_schema"]["schema"], last_user(messages)).to_string()
+        }
+        _ => answer,
+    };
+    let stops: Vec<&str> = match &body["stop"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let cut = stops.iter().filter_map(|s| answer.find(s)).min();
+    match cut {
+        Some(at) => answer[..at].to_owned(),
+        None => answer,
+    }
 }
 
 /// A rough token count (≈ 4 characters a token), enough for usage accounting tests.

@@ -1,0 +1,853 @@
+//! `POST /v1/responses`, `GET /v1/responses/{id}`: OpenAI's Responses API over the one chat
+//! service. A request is translated to a chat-completions turn on the tenant's deployment
+//! (with its system prompt and knowledge in front); a stored response (`store`, the default)
+//! is the answer of one of the tenant's conversations, so `previous_response_id` and
+//! `conversation` continue that conversation and another tenant's ids are 404. Streaming
+//! answers with the typed events (`response.created` … `response.completed`).
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::openai::{Extras, InFunction, InTool, bad};
+use crate::chat::responses::{ResponseId, incomplete_reason};
+use crate::chat::{Answer, Ask, Caller, ChatError, Continue, Overrides, Turn, TurnEvent};
+use crate::domain::{Citation, ConversationId, FunctionCall, StoredMessage, ToolCall, Usage};
+use crate::error::ApiError;
+use crate::http::extract::{ApiJson, ServiceAuth};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct ResponseRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    input: Option<InInput>,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default)]
+    conversation: Option<InConversation>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    tools: Option<Vec<InResponseTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    text: Option<InText>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    background: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InInput {
+    Text(String),
+    Items(Vec<InItem>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InConversation {
+    Id(String),
+    Object { id: String },
+}
+
+/// A Responses tool: `{"type": "function", "name", "description", "parameters", "strict"}`.
+#[derive(Deserialize)]
+struct InResponseTool {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct InText {
+    #[serde(default)]
+    format: Option<Value>,
+}
+
+/// An input item: a message (the default), a function call, or a function's output.
+#[derive(Deserialize)]
+struct InItem {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    content: Option<InItemContent>,
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+    #[serde(default)]
+    output: Option<InItemContent>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InItemContent {
+    Text(String),
+    Parts(Vec<InPart>),
+}
+
+#[derive(Deserialize)]
+struct InPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// The text of a content value; only text parts are accepted.
+fn text_of(content: Option<InItemContent>, at: &str) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(InItemContent::Text(t)) => Ok(t),
+        Some(InItemContent::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.into_iter().enumerate() {
+                if !matches!(p.kind.as_str(), "input_text" | "output_text" | "text") {
+                    return Err(bad(
+                        &format!("{at}[{j}].type"),
+                        format!("content part type '{}' is not supported", p.kind),
+                    ));
+                }
+                text.push_str(p.text.as_deref().unwrap_or(""));
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// The input as conversation messages: function calls join the assistant message before
+/// them, outputs become `tool` messages.
+fn to_messages(input: InInput) -> Result<Vec<StoredMessage>, ApiError> {
+    let items = match input {
+        InInput::Text(text) if text.is_empty() => return Err(bad("input", "must not be empty")),
+        InInput::Text(text) => return Ok(vec![StoredMessage::text("user", text)]),
+        InInput::Items(items) if items.is_empty() => {
+            return Err(bad("input", "must contain at least one item"));
+        }
+        InInput::Items(items) => items,
+    };
+    let mut out: Vec<StoredMessage> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = format!("input[{i}]");
+        match item.kind.as_deref().unwrap_or("message") {
+            "message" => {
+                let role = match item.role.as_deref() {
+                    Some("user") => "user",
+                    Some("assistant") => "assistant",
+                    Some("system" | "developer") => "system",
+                    Some(other) => {
+                        return Err(bad(
+                            &format!("{at}.role"),
+                            format!("unsupported role '{other}'"),
+                        ));
+                    }
+                    None => return Err(bad(&format!("{at}.role"), "is required")),
+                };
+                let text = text_of(item.content, &format!("{at}.content"))?;
+                out.push(StoredMessage::text(role, text));
+            }
+            "function_call" => {
+                let (Some(call_id), Some(name)) = (item.call_id, item.name) else {
+                    return Err(bad(&at, "a function_call needs call_id and name"));
+                };
+                let call = ToolCall {
+                    id: call_id,
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name,
+                        arguments: item.arguments.unwrap_or_default(),
+                    },
+                };
+                match out.last_mut() {
+                    Some(last) if last.role == "assistant" => last.tool_calls.push(call),
+                    _ => {
+                        let mut message = StoredMessage::text("assistant", String::new());
+                        message.tool_calls.push(call);
+                        out.push(message);
+                    }
+                }
+            }
+            "function_call_output" => {
+                let Some(call_id) = item.call_id.filter(|c| !c.is_empty()) else {
+                    return Err(bad(&format!("{at}.call_id"), "is required"));
+                };
+                let output = text_of(item.output, &format!("{at}.output"))?;
+                let mut message = StoredMessage::text("tool", output);
+                message.tool_call_id = Some(call_id);
+                out.push(message);
+            }
+            other => {
+                return Err(bad(
+                    &format!("{at}.type"),
+                    format!("input item type '{other}' is not supported"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Responses tools and `text.format` in chat-completions form, checked like chat's.
+fn extras(request: &mut ResponseRequest) -> Result<Extras, ApiError> {
+    let tools = match request.tools.take() {
+        None => None,
+        Some(tools) => {
+            let mut out = Vec::with_capacity(tools.len());
+            for (i, t) in tools.into_iter().enumerate() {
+                if t.kind != "function" {
+                    return Err(bad(
+                        &format!("tools[{i}].type"),
+                        format!(
+                            "tool type '{}' is not supported; only 'function' tools (the agent searches its own knowledge)",
+                            t.kind
+                        ),
+                    ));
+                }
+                let Some(name) = t.name else {
+                    return Err(bad(&format!("tools[{i}].name"), "is required"));
+                };
+                out.push(InTool {
+                    kind: t.kind,
+                    function: Some(InFunction {
+                        name,
+                        description: t.description,
+                        parameters: t.parameters,
+                        strict: t.strict,
+                    }),
+                });
+            }
+            Some(out)
+        }
+    };
+    // `{"type": "function", "name"}` → `{"type": "function", "function": {"name"}}`.
+    let tool_choice = request.tool_choice.take().map(|c| match c {
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}})
+        }
+        other => other,
+    });
+    // `{"type": "json_schema", "name", "schema", "strict"}` → chat's `response_format`.
+    let response_format = match request.text.as_ref().and_then(|t| t.format.clone()) {
+        None => None,
+        Some(Value::Object(mut f))
+            if f.get("type").and_then(Value::as_str) == Some("json_schema") =>
+        {
+            f.remove("type");
+            Some(json!({"type": "json_schema", "json_schema": f}))
+        }
+        Some(other) => Some(other),
+    };
+    Ok(Extras {
+        tools,
+        tool_choice,
+        parallel_tool_calls: request.parallel_tool_calls,
+        response_format,
+        seed: None,
+        stop: None,
+    })
+}
+
+/// What a response object repeats of its request.
+#[derive(Clone)]
+struct Echo {
+    instructions: Option<String>,
+    previous_response_id: Option<String>,
+    conversation: Option<ConversationId>,
+    store: bool,
+    max_output_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    tools: Value,
+    tool_choice: Value,
+    parallel_tool_calls: bool,
+    text: Value,
+    metadata: Value,
+}
+
+impl Echo {
+    /// A stored response's echo (what its record kept; the rest at its defaults).
+    fn stored(record: &crate::domain::ResponseRecord, conversation: ConversationId) -> Self {
+        Self {
+            instructions: record.instructions.clone(),
+            previous_response_id: record.previous_response_id.clone(),
+            conversation: Some(conversation),
+            store: true,
+            max_output_tokens: None,
+            temperature: None,
+            top_p: None,
+            tools: json!([]),
+            tool_choice: json!("auto"),
+            parallel_tool_calls: true,
+            text: json!({"format": {"type": "text"}}),
+            metadata: json!({}),
+        }
+    }
+}
+
+/// A response object.
+struct Shape<'a> {
+    id: &'a str,
+    created_at: i64,
+    status: &'a str,
+    model: &'a str,
+    output: Vec<Value>,
+    usage: Option<Usage>,
+    incomplete: Option<&'a str>,
+    error: Option<Value>,
+    echo: &'a Echo,
+}
+
+impl Shape<'_> {
+    fn json(self) -> Value {
+        let e = self.echo;
+        json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": self.status,
+            "error": self.error,
+            "incomplete_details": self.incomplete.map(|r| json!({"reason": r})),
+            "instructions": e.instructions,
+            "max_output_tokens": e.max_output_tokens,
+            "model": self.model,
+            "output": self.output,
+            "parallel_tool_calls": e.parallel_tool_calls,
+            "previous_response_id": e.previous_response_id,
+            "conversation": e.conversation.map(|c| json!({"id": c.to_string()})),
+            "reasoning": {"effort": null, "summary": null},
+            "store": e.store,
+            "temperature": e.temperature,
+            "text": e.text,
+            "tool_choice": e.tool_choice,
+            "tools": e.tools,
+            "top_p": e.top_p,
+            "truncation": "disabled",
+            "usage": self.usage.map(usage_json),
+            "user": null,
+            "metadata": e.metadata,
+        })
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": u.total_tokens,
+    })
+}
+
+fn message_item_id(reply: uuid::Uuid) -> String {
+    format!("msg_{}", reply.simple())
+}
+
+fn call_item_id(call_id: &str) -> String {
+    format!("fc_{}", call_id.strip_prefix("call_").unwrap_or(call_id))
+}
+
+/// Knowledge passages as `file_citation` annotations at the end of the text.
+fn annotations(text: &str, citations: &[Citation]) -> Vec<Value> {
+    let end = text.chars().count();
+    citations
+        .iter()
+        .map(|c| json!({"type": "file_citation", "file_id": c.document_id, "filename": c.title, "index": end}))
+        .collect()
+}
+
+fn text_part(text: &str, citations: &[Citation]) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": annotations(text, citations), "logprobs": []})
+}
+
+fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
+}
+
+fn call_item(call: &ToolCall, status: &str) -> Value {
+    json!({"type": "function_call", "id": call_item_id(&call.id), "call_id": call.id,
+           "name": call.function.name, "arguments": call.function.arguments, "status": status})
+}
+
+/// A finished answer's output items: its text (unless it only called tools), then its calls.
+fn output(
+    reply: uuid::Uuid,
+    content: &str,
+    citations: &[Citation],
+    calls: &[ToolCall],
+) -> Vec<Value> {
+    let mut out = Vec::with_capacity(1 + calls.len());
+    if !content.is_empty() || calls.is_empty() {
+        out.push(message_item(
+            &message_item_id(reply),
+            "completed",
+            vec![text_part(content, citations)],
+        ));
+    }
+    out.extend(calls.iter().map(|c| call_item(c, "completed")));
+    out
+}
+
+/// `POST /v1/responses`
+pub async fn create_response(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    ApiJson(mut request): ApiJson<ResponseRequest>,
+) -> Result<Response, ApiError> {
+    if request.background == Some(true) {
+        return Err(bad("background", "background responses are not supported"));
+    }
+    if request.previous_response_id.is_some() && request.conversation.is_some() {
+        return Err(bad(
+            "previous_response_id",
+            "previous_response_id and conversation cannot both be set",
+        ));
+    }
+    if let Some(m) = &request.metadata
+        && (m.len() > 16
+            || m.values()
+                .any(|v| !v.as_str().is_some_and(|s| s.len() <= 512)))
+    {
+        return Err(bad(
+            "metadata",
+            "at most 16 string values of at most 512 characters",
+        ));
+    }
+    if request.max_output_tokens == Some(0) {
+        return Err(bad("max_output_tokens", "must be at least 1"));
+    }
+    let Some(input) = request.input.take() else {
+        return Err(bad("input", "is required"));
+    };
+    let input = to_messages(input)?;
+    let text = request
+        .text
+        .as_ref()
+        .and_then(|t| t.format.clone())
+        .map_or_else(
+            || json!({"format": {"type": "text"}}),
+            |f| json!({"format": f}),
+        );
+    let tools_echo: Value = request
+        .tools
+        .as_ref()
+        .map(|tools| {
+            tools
+                .iter()
+                .map(|t| json!({"type": t.kind, "name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict}))
+                .collect()
+        })
+        .unwrap_or_else(|| json!([]));
+    let choice_echo = request.tool_choice.clone().unwrap_or_else(|| json!("auto"));
+    let extras = extras(&mut request)?
+        .check()
+        .map_err(|e| rename_field(e, "response_format", "text.format"))?;
+    let from = match (&request.previous_response_id, &request.conversation) {
+        (Some(id), _) => Some(Continue::Response(
+            ResponseId::parse(id).ok_or(ApiError::NotFound("response"))?,
+        )),
+        (None, Some(InConversation::Id(id) | InConversation::Object { id })) => {
+            Some(Continue::Conversation(
+                ConversationId::parse(id).map_err(|_| ApiError::NotFound("conversation"))?,
+            ))
+        }
+        (None, None) => None,
+    };
+    let store = request.store.unwrap_or(true);
+    let caller = Caller {
+        tenant: claims.company_id,
+        instance: claims.sub,
+    };
+    let ask = Ask::Items {
+        input,
+        instructions: request.instructions.clone(),
+        from,
+        store,
+        model: request.model,
+        overrides: Overrides {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            max_tokens: request.max_output_tokens,
+        },
+        extras,
+    };
+    let turn = Turn::prepare(&app, caller, ask).await?;
+    let id = ResponseId {
+        conversation: turn.conversation,
+        message: turn.reply_id,
+    }
+    .to_string();
+    let echo = Echo {
+        instructions: request.instructions,
+        previous_response_id: request.previous_response_id,
+        conversation: (store && turn.conversation_id().is_some()).then_some(turn.conversation),
+        store,
+        max_output_tokens: request.max_output_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        tools: tools_echo,
+        tool_choice: choice_echo,
+        parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
+        text,
+        metadata: request.metadata.map_or_else(|| json!({}), Value::Object),
+    };
+    let created_at = chrono::Utc::now().timestamp();
+    let reply = turn.reply_id;
+    if !request.stream {
+        let answer = turn.complete(&app).await?;
+        let incomplete = incomplete_reason(&answer.finish_reason);
+        return Ok(Json(
+            Shape {
+                id: &id,
+                created_at,
+                status: if incomplete.is_some() {
+                    "incomplete"
+                } else {
+                    "completed"
+                },
+                model: &answer.model,
+                output: output(
+                    reply,
+                    &answer.content,
+                    &answer.citations,
+                    &answer.tool_calls,
+                ),
+                usage: Some(answer.usage),
+                incomplete,
+                error: None,
+                echo: &echo,
+            }
+            .json(),
+        )
+        .into_response());
+    }
+    let model = turn.model.clone();
+    let events = turn.stream(&app).await?;
+    let mut writer = EventWriter {
+        id,
+        created_at,
+        model,
+        reply,
+        echo,
+        sequence: 0,
+        message_at: None,
+        text: String::new(),
+        calls: Vec::new(),
+        next_index: 0,
+    };
+    let mut head = writer.event("response.created", |w| json!({"response": w.skeleton()}));
+    head.extend_from_slice(&writer.event(
+        "response.in_progress",
+        |w| json!({"response": w.skeleton()}),
+    ));
+    let body = futures_util::stream::unfold(Some((events, writer)), |state| async move {
+        let (mut rx, mut w) = state?;
+        let (bytes, more) = match rx.recv().await {
+            Some(TurnEvent::Delta(delta)) => (w.delta(&delta), true),
+            Some(TurnEvent::ToolCall(piece)) => (w.tool_piece(piece), true),
+            Some(TurnEvent::Done(answer)) => (w.done(answer), false),
+            Some(TurnEvent::Failed(error)) => (w.failed(error), false),
+            None => return None,
+        };
+        Some((
+            Ok::<_, Infallible>(Bytes::from(bytes)),
+            more.then_some((rx, w)),
+        ))
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) })
+        .chain(body);
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// A checked field's error under the name the Responses API gives it.
+fn rename_field(error: ApiError, from: &str, to: &str) -> ApiError {
+    match error {
+        ApiError::Validation { field, detail } if field.starts_with(from) => ApiError::Validation {
+            field: field.replacen(from, to, 1),
+            detail,
+        },
+        other => other,
+    }
+}
+
+/// Writes a streamed response's events, keeping what the closing events repeat.
+struct EventWriter {
+    id: String,
+    created_at: i64,
+    model: String,
+    reply: uuid::Uuid,
+    echo: Echo,
+    sequence: u64,
+    /// The message item's output index, once its first text has come.
+    message_at: Option<usize>,
+    text: String,
+    /// Calls so far, with their output index.
+    calls: Vec<(usize, ToolCall)>,
+    next_index: usize,
+}
+
+impl EventWriter {
+    fn event(&mut self, kind: &str, data: impl FnOnce(&Self) -> Value) -> Vec<u8> {
+        let mut value = data(self);
+        value["type"] = json!(kind);
+        value["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        format!("event: {kind}\ndata: {value}\n\n").into_bytes()
+    }
+
+    fn skeleton(&self) -> Value {
+        Shape {
+            id: &self.id,
+            created_at: self.created_at,
+            status: "in_progress",
+            model: &self.model,
+            output: vec![],
+            usage: None,
+            incomplete: None,
+            error: None,
+            echo: &self.echo,
+        }
+        .json()
+    }
+
+    fn item_id(&self) -> String {
+        message_item_id(self.reply)
+    }
+
+    /// Opens the message item (and its text part) before its first text.
+    fn open_message(&mut self, out: &mut Vec<u8>) -> usize {
+        if let Some(at) = self.message_at {
+            return at;
+        }
+        let at = self.next_index;
+        self.next_index += 1;
+        self.message_at = Some(at);
+        let item = message_item(&self.item_id(), "in_progress", vec![]);
+        out.extend(self.event(
+            "response.output_item.added",
+            |_| json!({"output_index": at, "item": item}),
+        ));
+        let item_id = self.item_id();
+        out.extend(self.event("response.content_part.added", |_| {
+            json!({"item_id": item_id, "output_index": at, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+        }));
+        at
+    }
+
+    fn delta(&mut self, delta: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let at = self.open_message(&mut out);
+        self.text.push_str(delta);
+        let item_id = self.item_id();
+        out.extend(self.event("response.output_text.delta", |_| {
+            json!({"item_id": item_id, "output_index": at, "content_index": 0, "delta": delta, "logprobs": []})
+        }));
+        out
+    }
+
+    fn tool_piece(&mut self, piece: crate::llm::ToolCallDelta) -> Vec<u8> {
+        let mut out = Vec::new();
+        let slot = piece.index as usize;
+        if self.calls.len() <= slot {
+            // A new call: its item, then its arguments.
+            let at = self.next_index;
+            self.next_index += 1;
+            let mut calls: Vec<ToolCall> = Vec::new();
+            piece.merge_into(&mut calls);
+            let mut call = calls.pop().unwrap_or_else(|| ToolCall {
+                id: String::new(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: String::new(),
+                    arguments: String::new(),
+                },
+            });
+            let arguments = std::mem::take(&mut call.function.arguments);
+            let item = call_item(&call, "in_progress");
+            while self.calls.len() < slot {
+                // Calls are numbered in order; a gap would be an upstream error, kept harmless.
+                self.calls.push((at, call.clone()));
+            }
+            self.calls.push((at, call));
+            out.extend(self.event(
+                "response.output_item.added",
+                |_| json!({"output_index": at, "item": item}),
+            ));
+            if !arguments.is_empty() {
+                out.extend(self.arguments(slot, &arguments));
+            }
+            return out;
+        }
+        if let Some(name) = &piece.name {
+            self.calls[slot].1.function.name.push_str(name);
+        }
+        if !piece.arguments.is_empty() {
+            out.extend(self.arguments(slot, &piece.arguments));
+        }
+        out
+    }
+
+    fn arguments(&mut self, slot: usize, delta: &str) -> Vec<u8> {
+        let (at, call) = &mut self.calls[slot];
+        call.function.arguments.push_str(delta);
+        let (at, item_id) = (*at, call_item_id(&call.id));
+        self.event(
+            "response.function_call_arguments.delta",
+            |_| json!({"item_id": item_id, "output_index": at, "delta": delta}),
+        )
+    }
+
+    fn done(&mut self, answer: Answer) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.message_at.is_none() && answer.tool_calls.is_empty() {
+            self.open_message(&mut out);
+        }
+        let mut output = Vec::new();
+        if let Some(at) = self.message_at {
+            let item_id = self.item_id();
+            let text = answer.content.clone();
+            out.extend(self.event("response.output_text.done", |_| {
+                json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": []})
+            }));
+            let part = text_part(&answer.content, &answer.citations);
+            let done_part = part.clone();
+            out.extend(self.event("response.content_part.done", |_| {
+                json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": done_part})
+            }));
+            let item = message_item(&item_id, "completed", vec![part]);
+            output.push(item.clone());
+            out.extend(self.event(
+                "response.output_item.done",
+                |_| json!({"output_index": at, "item": item}),
+            ));
+        }
+        for (at, call) in std::mem::take(&mut self.calls) {
+            let item_id = call_item_id(&call.id);
+            let (arguments, name) = (call.function.arguments.clone(), call.function.name.clone());
+            out.extend(self.event("response.function_call_arguments.done", |_| {
+                json!({"item_id": item_id, "output_index": at, "name": name, "arguments": arguments})
+            }));
+            let item = call_item(&call, "completed");
+            output.push(item.clone());
+            out.extend(self.event(
+                "response.output_item.done",
+                |_| json!({"output_index": at, "item": item}),
+            ));
+        }
+        let incomplete = incomplete_reason(&answer.finish_reason);
+        let response = Shape {
+            id: &self.id,
+            created_at: self.created_at,
+            status: if incomplete.is_some() {
+                "incomplete"
+            } else {
+                "completed"
+            },
+            model: &answer.model,
+            output,
+            usage: Some(answer.usage),
+            incomplete,
+            error: None,
+            echo: &self.echo,
+        }
+        .json();
+        let kind = if incomplete.is_some() {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        out.extend(self.event(kind, |_| json!({"response": response})));
+        out
+    }
+
+    fn failed(&mut self, error: ChatError) -> Vec<u8> {
+        let error = ApiError::from(error);
+        let mut response = self.skeleton();
+        response["status"] = json!("failed");
+        response["error"] = json!({"code": if error.status().is_server_error() { "server_error" } else { error.code() }, "message": error.to_string()});
+        self.event("response.failed", |_| json!({"response": response}))
+    }
+}
+
+/// `GET /v1/responses/{id}`: one of the caller's stored responses.
+pub async fn get_response(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = ResponseId::parse(&raw).ok_or(ApiError::NotFound("response"))?;
+    let caller = Caller {
+        tenant: claims.company_id,
+        instance: claims.sub,
+    };
+    let message = crate::chat::responses::get(&app, &caller, &id).await?;
+    let Some(record) = message.response.as_deref() else {
+        return Err(ApiError::NotFound("response"));
+    };
+    let echo = Echo::stored(record, id.conversation);
+    Ok(Json(
+        Shape {
+            id: &raw,
+            created_at: message.at.timestamp(),
+            status: &record.status,
+            model: &record.model,
+            output: output(
+                message.id,
+                &message.content,
+                &message.citations,
+                &message.tool_calls,
+            ),
+            usage: Some(record.usage),
+            incomplete: record.incomplete_reason.as_deref(),
+            error: None,
+            echo: &echo,
+        }
+        .json(),
+    )
+    .into_response())
+}
