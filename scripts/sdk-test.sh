@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The official OpenAI Python and Node SDKs against a real SOPHIA and the Azure OpenAI simulator,
-# both started from the built binary the way a developer runs them. Installs openai + pytest
-# into .venv-ci (PyPI) and the npm `openai` package into tests/node (npm ci) on first use.
+# The official OpenAI Python and Node SDKs and LangChain against a real SOPHIA and the Azure OpenAI simulator,
+# both started from the built binary the way a developer runs them. Installs openai, pytest and
+# langchain-openai into .venv-ci (PyPI) and the npm `openai` package into tests/node (npm ci) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv-ci
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -c 'import openai, pytest' 2>/dev/null \
-  || "$VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'pytest>=8'
+"$VENV/bin/python" -c 'import openai, pytest, langchain_openai' 2>/dev/null \
+  || "$VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'pytest>=8' 'langchain-openai>=0.3,<2'
 
 cargo build --quiet --bin sophia
 BIN=target/debug/sophia
@@ -38,7 +38,7 @@ TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/agents/auth/token" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
 SOPHIA_BASE_URL="http://127.0.0.1:$PORT" SOPHIA_TOKEN="$TOKEN" \
-  "$VENV/bin/python" -m pytest -q tests/python/test_openai_sdk.py
+  "$VENV/bin/python" -m pytest -q tests/python/test_openai_sdk.py tests/python/test_langchain.py
 
 [ -d tests/node/node_modules/openai ] || npm ci --no-audit --no-fund --prefix tests/node
 SOPHIA_BASE_URL="http://127.0.0.1:$PORT" SOPHIA_TOKEN="$TOKEN" \

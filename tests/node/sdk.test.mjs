@@ -1,4 +1,5 @@
-// The official OpenAI Node SDK (npm `openai`) against SOPHIA's /v1 routes. Run by
+// The official OpenAI Node SDK (npm `openai`) against SOPHIA's /v1 routes (chat, tools, the
+// Responses API, models, embeddings). Run by
 // scripts/sdk-test.sh, which starts the simulator and SOPHIA, creates a company and passes
 // SOPHIA_BASE_URL and SOPHIA_TOKEN.
 import assert from "node:assert/strict";
@@ -66,4 +67,38 @@ test("errors are the SDK's typed errors", async () => {
     client().embeddings.create({ model: "text-embedding-3-small", input: [] }),
     (err) => err instanceof OpenAI.BadRequestError && err.status === 400,
   );
+});
+
+test("responses.create, whole and streamed", async () => {
+  const first = await client().responses.create({ model: "gpt-4o", input: "Say hello to Grace" });
+  assert.equal(first.status, "completed");
+  assert.match(first.output_text, /Grace/);
+  const got = await client().responses.retrieve(first.id);
+  assert.equal(got.output_text, first.output_text);
+  const stream = await client().responses.create({
+    model: "gpt-4o",
+    input: "And to Linus?",
+    previous_response_id: first.id,
+    stream: true,
+  });
+  let text = "";
+  let last = null;
+  for await (const event of stream) {
+    if (event.type === "response.output_text.delta") text += event.delta;
+    last = event;
+  }
+  assert.equal(last.type, "response.completed");
+  assert.equal(last.response.output_text ?? last.response.output[0].content[0].text, text);
+  assert.equal(last.response.previous_response_id, first.id);
+});
+
+test("chat completion with a function tool", async () => {
+  const result = await client().chat.completions.create({
+    model: "gpt-4o",
+    messages: [{ role: "user", content: "What is the weather in Paris?" }],
+    tools: [{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } } }],
+  });
+  const call = result.choices[0].message.tool_calls[0];
+  assert.equal(call.function.name, "get_weather");
+  assert.deepEqual(JSON.parse(call.function.arguments), { city: "Paris" });
 });

@@ -1,12 +1,15 @@
-"""The official OpenAI Python SDK against SOPHIA's /v1 routes (chat completions, models, embeddings).
+"""The official OpenAI Python SDK against SOPHIA's /v1 routes (chat completions with tools and
+structured output, the Responses API, models, embeddings).
 
 Run by scripts/sdk-test.sh, which starts the simulator and SOPHIA, creates a company whose
 model is the simulator, seeds nothing, and passes SOPHIA_BASE_URL and SOPHIA_TOKEN.
 """
 
+import json
 import os
 
 import openai
+import pydantic
 import pytest
 
 BASE = os.environ["SOPHIA_BASE_URL"]
@@ -101,3 +104,113 @@ def test_embeddings_bad_input_is_a_bad_request_error():
     with pytest.raises(openai.BadRequestError) as err:
         client().embeddings.create(model="text-embedding-3-small", input=[])
     assert err.value.status_code == 400
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_chat_tool_round_trip():
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client().chat.completions.create(model="gpt-4o", messages=messages, tools=[WEATHER])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"})
+    second = client().chat.completions.create(model="gpt-4o", messages=messages, tools=[WEATHER])
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == "According to get_weather: 18 C and sunny"
+
+
+def test_chat_tool_calls_streamed():
+    stream = client().chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "Weather in Lima?"}],
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        if chunk.choices:
+            for call in chunk.choices[0].delta.tool_calls or []:
+                name += call.function.name or ""
+                arguments += call.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+    assert name == "get_weather"
+    assert json.loads(arguments) == {"city": "Lima"}
+    assert finish == "tool_calls"
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: int
+
+
+def test_chat_structured_output_parses():
+    result = client().chat.completions.parse(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        response_format=Weather,
+    )
+    parsed = result.choices[0].message.parsed
+    assert isinstance(parsed, Weather) and parsed.city == "Rome"
+
+
+def test_responses_create_retrieve_and_continue():
+    first = client().responses.create(
+        model="gpt-4o",
+        instructions="Be brief.",
+        input="Context check: what did I ask?",
+    )
+    assert first.status == "completed"
+    assert first.output_text
+    got = client().responses.retrieve(first.id)
+    assert got.id == first.id and got.output_text == first.output_text
+    second = client().responses.create(model="gpt-4o", input="And now?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    assert second.usage.total_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client().responses.retrieve("resp_" + "0" * 64)
+
+
+def test_responses_streamed():
+    text, kinds, final = "", [], None
+    with client().responses.stream(model="gpt-4o", input="Say hello") as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output_text == text and text
+
+
+def test_responses_function_tool_round_trip():
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather for a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    first = client().responses.create(model="gpt-4o", input="What is the weather in Oslo?", tools=tools)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments) == {"city": "Oslo"}
+    second = client().responses.create(
+        model="gpt-4o",
+        previous_response_id=first.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "-3 C, snow"}],
+    )
+    assert second.output_text == "According to get_weather: -3 C, snow"
+
+
+def test_responses_structured_output_parses():
+    result = client().responses.parse(model="gpt-4o", input="Weather in Cairo?", text_format=Weather)
+    assert isinstance(result.output_parsed, Weather) and result.output_parsed.city == "Cairo"
