@@ -21,6 +21,7 @@ pub const KNOWN: &[&str] = &[
     "authMode",
     "managedIdentityClientId",
     "apiVersion",
+    "apiStyle",
     "searchIndex",
     "topK",
     "allowedModels",
@@ -162,6 +163,27 @@ impl<'de> Deserialize<'de> for AuthMode {
     }
 }
 
+/// `settings.apiStyle`: how the company's Azure OpenAI resource is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ApiStyle {
+    /// `…/openai/deployments/{deployment}/…?api-version=…` (every Azure OpenAI resource).
+    #[default]
+    Deployments,
+    /// The GA v1 API: `…/openai/v1/…`, no api-version, the deployment named as `model`.
+    V1,
+}
+
+impl<'de> Deserialize<'de> for ApiStyle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)?.as_str() {
+            Some("deployments") => Ok(Self::Deployments),
+            Some("v1") => Ok(Self::V1),
+            _ => Err(de::Error::custom("must be 'deployments' or 'v1'")),
+        }
+    }
+}
+
 /// What a setting must be, for its error message.
 fn expected(key: &str) -> &'static str {
     match key {
@@ -173,6 +195,7 @@ fn expected(key: &str) -> &'static str {
         "authMode" => "'apiKey' or 'managedIdentity'",
         "managedIdentityClientId" => ClientId::EXPECTED,
         "apiVersion" => ApiVersion::EXPECTED,
+        "apiStyle" => "'deployments' or 'v1'",
         "searchIndex" => SearchIndexName::EXPECTED,
         "topK" => TopK::EXPECTED,
         "allowedModels" => AllowedModels::EXPECTED,
@@ -201,6 +224,8 @@ pub struct InstanceSettings {
     pub managed_identity_client_id: Option<ClientId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<ApiVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_style: Option<ApiStyle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_index: Option<SearchIndexName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,6 +338,10 @@ impl InstanceSettings {
         self.managed_identity_client_id
             .as_ref()
             .map(|s| s.get().as_str())
+    }
+
+    pub fn api_style(&self) -> ApiStyle {
+        self.api_style.unwrap_or_default()
     }
 
     pub fn api_version(&self) -> Option<&str> {

@@ -26,7 +26,6 @@ use super::wire::{
     ChatExtras, StreamOptions, StreamPart, ToolCall, WireChunk, WireErrorBody, WireMessage,
     WireRequest, WireResponse, WireUsage,
 };
-use crate::domain::Provider;
 use crate::telemetry;
 use crate::upstream::transport::TransportError;
 use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
@@ -355,7 +354,8 @@ impl ModelClient {
         stream: bool,
     ) -> WireRequest<'a> {
         WireRequest {
-            model: matches!(endpoint.provider, Provider::Openai)
+            model: endpoint
+                .model_in_body()
                 .then_some(endpoint.deployment.as_str()),
             messages,
             temperature: params.temperature,
@@ -508,7 +508,8 @@ impl ModelClient {
         let started = Instant::now();
         let body = Request {
             input: inputs,
-            model: matches!(endpoint.provider, Provider::Openai)
+            model: endpoint
+                .model_in_body()
                 .then_some(endpoint.deployment.as_str()),
             dimensions,
         };
@@ -753,6 +754,7 @@ impl ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Provider;
     use url::Url;
 
     #[test]

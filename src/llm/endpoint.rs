@@ -55,6 +55,9 @@ pub struct ModelEndpoint {
     /// The company instance whose model this is (for its telemetry); `None` for a candidate
     /// endpoint under test.
     pub owner: Option<Arc<telemetry::Owner>>,
+    /// Azure OpenAI's v1 API (`…/openai/v1/…`, the deployment as `model`) instead of the
+    /// deployment routes.
+    pub v1: bool,
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
@@ -131,7 +134,19 @@ impl ModelEndpoint {
             api_version,
             auth,
             owner: None,
+            v1: false,
         }
+    }
+
+    /// The same endpoint, called with Azure OpenAI's v1 API when `v1` (`settings.apiStyle`).
+    pub fn v1_style(mut self, v1: bool) -> Self {
+        self.v1 = v1;
+        self
+    }
+
+    /// Whether the deployment is named in the body (`model`) rather than the path.
+    pub fn model_in_body(&self) -> bool {
+        self.v1 || matches!(self.provider, Provider::Openai)
     }
 
     /// The same endpoint, attributed to `owner` (a company's instance) in telemetry.
@@ -143,6 +158,7 @@ impl ModelEndpoint {
     fn operation_uri(&self, operation: &str) -> Result<Uri, String> {
         let root = self.base.as_str().trim_end_matches('/');
         let raw = match self.provider {
+            Provider::AzureOpenai if self.v1 => format!("{root}/openai/v1/{operation}"),
             Provider::AzureOpenai => format!(
                 "{root}/openai/deployments/{}/{operation}?api-version={}",
                 self.deployment, self.api_version
@@ -168,6 +184,7 @@ impl ModelEndpoint {
             self.auth,
         );
         endpoint.owner = owner;
+        endpoint.v1 = self.v1;
         endpoint
     }
 

@@ -442,7 +442,7 @@ pub async fn create_response(
     if let Some(m) = &request.metadata
         && (m.len() > 16
             || m.values()
-                .any(|v| !v.as_str().is_some_and(|s| s.len() <= 512)))
+                .any(|v| v.as_str().is_none_or(|s| s.chars().count() > 512)))
     {
         return Err(bad(
             "metadata",

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::azure_auth::{CompanyIdentities, EntraTokens};
 use crate::domain::authority::{AuthMode, identity_client_id};
+use crate::domain::settings::ApiStyle;
 use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
 use crate::knowledge::KnowledgeIndex;
 use crate::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
@@ -172,6 +173,7 @@ impl TenantRuntime {
                 auth,
             )
             .owned_by(Arc::clone(&owner))
+            .v1_style(settings.api_style() == ApiStyle::V1)
         };
         let chat = match (base.clone(), deployment, auth.clone()) {
             (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),

@@ -405,3 +405,87 @@ async fn embeddings_come_from_the_tenants_deployment() {
     );
     assert!(sim.sim.requests().is_empty());
 }
+
+/// `settings.apiStyle: v1`: the company's resource is called on Azure OpenAI's GA v1 API
+/// (`/openai/v1/…`, no api-version, the deployment as `model`, the company's `api-key`), for
+/// chat (whole and streamed), embeddings and the Responses API alike; another company on the
+/// deployment routes is unaffected.
+#[tokio::test]
+async fn azure_v1_api_style_per_instance() {
+    let (app, sim) = setup(&[]).await;
+    let acme = app
+        .create_instance_with(
+            "acme",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "azureEmbeddingDeployment": "embed-acme",
+                   "credentials": {"azureOpenaiKey": "key-acme"},
+                   "settings": {"apiStyle": "v1"}}),
+        )
+        .await;
+    let beta = with_embeddings(&app, &sim, "beta", "embed-beta").await;
+    let a = app.service_token("acme", &acme.key).await;
+    let b = app.service_token("beta", &beta.key).await;
+    let user = json!([{"role": "user", "content": "hello"}]);
+    for (path, body) in [
+        ("/v1/chat/completions", json!({"messages": user})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user, "stream": true}),
+        ),
+        ("/v1/embeddings", json!({"input": "hello"})),
+        ("/v1/responses", json!({"input": "hello"})),
+        ("/chat", json!({"message": "hello"})),
+    ] {
+        let resp = app
+            .request(Method::POST, path, Some(&a), Some(body.clone()))
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path} {body}");
+        resp.bytes().await.unwrap();
+    }
+    // Every call (the knowledge search's question embeddings included) took the v1 route.
+    let sent = sim.sim.requests();
+    for r in &sent {
+        assert_eq!(r.route, "azure-v1", "{r:?}");
+        assert_eq!(r.api_version, None);
+        assert_eq!(r.key.as_deref(), Some("key-acme"));
+        let model = if r.kind == "chat" {
+            "gpt-4o"
+        } else {
+            "embed-acme"
+        };
+        assert_eq!(r.body["model"], model, "{r:?}");
+    }
+    assert_eq!(sent.iter().filter(|r| r.kind == "chat").count(), 4);
+    sim.sim.clear();
+    app.request(
+        Method::POST,
+        "/v1/chat/completions",
+        Some(&b),
+        Some(json!({"messages": user})),
+    )
+    .await;
+    let sent: Vec<_> = sim
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == "chat")
+        .collect();
+    assert_eq!(sent[0].route, "deployments");
+    assert_eq!(sent[0].deployment.as_deref(), Some("gpt-4o"));
+    assert!(sent[0].api_version.is_some());
+    assert!(sent[0].body.get("model").is_none());
+
+    // A bad style is a clear 400 naming the setting.
+    let admin = app.platform_token();
+    let resp = app
+        .request(
+            Method::PATCH,
+            &format!("/admin/agent-instances/{}", acme.id),
+            Some(&admin),
+            Some(json!({"settings": {"apiStyle": "v2"}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "settings.apiStyle");
+}

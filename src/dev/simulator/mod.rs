@@ -63,6 +63,8 @@ pub struct Fault {
 #[serde(rename_all = "camelCase")]
 pub struct Recorded {
     pub kind: &'static str,
+    /// Which API shape was called: `deployments`, `azure-v1` or `openai`.
+    pub route: &'static str,
     pub deployment: Option<String>,
     pub key: Option<String>,
     pub api_version: Option<String>,
@@ -155,6 +157,8 @@ impl Simulator {
                 "/openai/deployments/{deployment}/embeddings",
                 post(azure_embeddings),
             )
+            .route("/openai/v1/chat/completions", post(azure_v1_chat))
+            .route("/openai/v1/embeddings", post(azure_v1_embeddings))
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embeddings))
             .route("/_sim/requests", get(list_requests).delete(clear_requests))
@@ -192,6 +196,8 @@ struct ApiVersion {
 
 struct Call {
     kind: &'static str,
+    /// `deployments` (Azure's deployment routes), `azure-v1` (Azure's v1 API) or `openai`.
+    route: &'static str,
     deployment: Option<String>,
     api_version: Option<String>,
     azure: bool,
@@ -208,6 +214,7 @@ async fn admit(
     let key = presented_key(headers);
     sim.record(Recorded {
         kind: call.kind,
+        route: call.route,
         deployment: call.deployment.clone(),
         key: key.clone(),
         api_version: call.api_version.clone(),
@@ -317,6 +324,7 @@ async fn azure_chat(
         deployment: Some(deployment.clone()),
         api_version: q.api_version,
         azure: true,
+        route: "deployments",
     };
     chat(sim, call, headers, body, deployment).await
 }
@@ -332,8 +340,50 @@ fn openai_call(kind: &'static str, body: &Bytes, default: &str) -> (Call, String
         deployment: Some(model.clone()),
         api_version: None,
         azure: false,
+        route: "openai",
     };
     (call, model)
+}
+
+/// Azure OpenAI's v1 API: `/openai/v1/…` with `api-key` (or an Entra Bearer), no
+/// `api-version`, the deployment named as `model` (required).
+fn azure_v1_call(kind: &'static str, body: &Bytes) -> Result<(Call, String), Response> {
+    let model = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_owned));
+    let Some(model) = model else {
+        return Err(azure_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "'model' is a required property: name the deployment.",
+        ));
+    };
+    let call = Call {
+        kind,
+        deployment: Some(model.clone()),
+        api_version: None,
+        azure: false,
+        route: "azure-v1",
+    };
+    Ok((call, model))
+}
+
+async fn azure_v1_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    match azure_v1_call("chat", &body) {
+        Ok((call, model)) => chat(sim, call, headers, body, model).await,
+        Err(r) => r,
+    }
+}
+
+async fn azure_v1_embeddings(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_v1_call("embeddings", &body) {
+        Ok((call, model)) => embeddings(sim, call, headers, body, model).await,
+        Err(r) => r,
+    }
 }
 
 async fn openai_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
@@ -483,6 +533,7 @@ async fn azure_embeddings(
         deployment: Some(deployment.clone()),
         api_version: q.api_version,
         azure: true,
+        route: "deployments",
     };
     embeddings(sim, call, headers, body, deployment).await
 }
