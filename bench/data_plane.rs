@@ -399,46 +399,72 @@ fn main() {
     );
     let hot_bearer = format!("Bearer {hot_token}");
     let fixed_path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
+    // The Responses API on the same upstream (translated to the same chat completion): not
+    // stored, then stored (each turn also writes a conversation).
+    let responses_url = format!("{base}/v1/responses");
+    let responses_body =
+        json!({"model": "gpt-4o", "input": "Hello, how are you today?", "store": false})
+            .to_string();
+    let stored_body = json!({"model": "gpt-4o", "input": "Hello, how are you today?"}).to_string();
     let targets = [
         (
             "direct to the upstream",
             format!("{fixed_base}{fixed_path}"),
             vec![("api-key", SIM_KEY)],
             None,
+            body_text.as_str(),
         ),
         (
             "nginx reverse-proxy hop",
             format!("http://127.0.0.1:{hop_port}{fixed_path}"),
             vec![("api-key", SIM_KEY)],
             Some(proxy.id()),
+            body_text.as_str(),
         ),
         (
             "SOPHIA `/v1/chat/completions`",
             sophia_url.clone(),
             vec![("Authorization", floor_bearer.as_str())],
             Some(server.id()),
+            body_text.as_str(),
         ),
         (
             "SOPHIA, App Insights on, sampling 0 (failures only leave)",
             format!("{hot_base}/v1/chat/completions"),
             vec![("Authorization", hot_bearer.as_str())],
             Some(hot_server.id()),
+            body_text.as_str(),
         ),
         (
             "SOPHIA, App Insights export on (sampling 1.0)",
             format!("{otel_base}/v1/chat/completions"),
             vec![("Authorization", otel_bearer.as_str())],
             Some(otel_server.id()),
+            body_text.as_str(),
+        ),
+        (
+            "SOPHIA `/v1/responses` (`store: false`)",
+            responses_url.clone(),
+            vec![("Authorization", floor_bearer.as_str())],
+            Some(server.id()),
+            responses_body.as_str(),
+        ),
+        (
+            "SOPHIA `/v1/responses` (stored: a conversation write per turn)",
+            responses_url.clone(),
+            vec![("Authorization", floor_bearer.as_str())],
+            Some(server.id()),
+            stored_body.as_str(),
         ),
     ];
     let mut floor_rows = Vec::new();
     // The exporter thread's share of each row's CPU (µs per request).
     let mut export_cpu = Vec::new();
-    for (_, url, headers, _) in &targets {
-        hey(url, headers, &body_text, 8, 2);
+    for (_, url, headers, _, body) in &targets {
+        hey(url, headers, body, 8, 2);
     }
     let floor_rss_before = rss_mib(server.id());
-    for (name, url, headers, cpu_of) in &targets {
+    for (name, url, headers, cpu_of, body) in &targets {
         // The previous row's leftovers (an exporter's backlog) are done before this one.
         std::thread::sleep(Duration::from_secs(2));
         let pids: Vec<u32> = match cpu_of {
@@ -451,7 +477,7 @@ fn main() {
             .iter()
             .map(|p| thread_cpu_us(*p, "sophia-telemetr"))
             .sum();
-        let r = hey(url, headers, &body_text, 32, 10);
+        let r = hey(url, headers, body, 32, 10);
         let cpu_after: f64 = pids.iter().map(|p| cpu_us(*p)).sum();
         let export_after: f64 = pids
             .iter()
@@ -484,6 +510,15 @@ fn main() {
         cpu(3) - cpu(2),
         floor_rows[3].1.p99_ms - floor_rows[2].1.p99_ms,
     );
+    let responses_line = format!(
+        "`/v1/responses` vs `/v1/chat/completions` (rows 6 and 3, the same upstream answer): {:+.1} µs CPU per request, p99 {:+.2} ms, req/s × {:.2}; stored (row 7): {:+.1} µs, p99 {:+.2} ms, req/s × {:.2}.",
+        cpu(5) - cpu(2),
+        floor_rows[5].1.p99_ms - floor_rows[2].1.p99_ms,
+        floor_rows[5].1.rps / floor_rows[2].1.rps,
+        cpu(6) - cpu(2),
+        floor_rows[6].1.p99_ms - floor_rows[2].1.p99_ms,
+        floor_rows[6].1.rps / floor_rows[2].1.rps,
+    );
     stop(otel_server);
     stop(hot_server);
     stop(proxy);
@@ -501,6 +536,7 @@ fn main() {
         }
         println!("SOPHIA RSS {floor_rss_before:.1} → {floor_rss_after:.1} MiB");
         println!("{telemetry_line}");
+        println!("{responses_line}");
         stop(server);
         stop(sim);
         return;
@@ -609,7 +645,7 @@ fn main() {
         ));
     }
     table.push_str(&format!(
-        "\n{telemetry_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+        "\n{telemetry_line}\n\n{responses_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
          Against the simulator (zero latency), several concurrencies:\n\n"
     ));
     for r in &rows {

@@ -141,6 +141,11 @@ fn table() -> RouteTable {
         get(openai::list_models).layer(middleware::map_response(openai::openai_errors)),
     )
     .add(
+        Method::GET,
+        "/v1/models/{model}",
+        get(openai::get_model).layer(middleware::map_response(openai::openai_errors)),
+    )
+    .add(
         Method::POST,
         "/v1/embeddings",
         post(openai::embeddings).layer(middleware::map_response(openai::openai_errors)),

@@ -113,6 +113,7 @@ var operations = [
   { name: 'chat', method: 'POST', template: '/chat', auth: 'service' }
   { name: 'chat-completions', method: 'POST', template: '/v1/chat/completions', auth: 'service' }
   { name: 'models', method: 'GET', template: '/v1/models', auth: 'service' }
+  { name: 'model-get', method: 'GET', template: '/v1/models/{model}', auth: 'service' }
   { name: 'embeddings', method: 'POST', template: '/v1/embeddings', auth: 'service' }
   { name: 'responses-create', method: 'POST', template: '/v1/responses', auth: 'service' }
   { name: 'responses-get', method: 'GET', template: '/v1/responses/{id}', auth: 'service' }
@@ -146,6 +147,12 @@ resource apiOperations 'Microsoft.ApiManagement/service/apis/operations@2023-05-
     ] : contains(op.template, '{jobId}') ? [
       {
         name: 'jobId'
+        type: 'string'
+        required: true
+      }
+    ] : contains(op.template, '{model}') ? [
+      {
+        name: 'model'
         type: 'string'
         required: true
       }

@@ -153,6 +153,9 @@ pub struct Turn {
     pub reply_id: uuid::Uuid,
     /// The conversation a `/v1/responses` answer belongs to (a fresh id when not stored).
     pub conversation: ConversationId,
+    /// A `/v1/responses` turn on an endpoint that has the Responses API calls it (else chat
+    /// completions).
+    native_responses: bool,
     started: std::time::Instant,
 }
 
@@ -194,6 +197,7 @@ impl Turn {
         let mut params = runtime.params.clone();
         let mut conversation = ConversationId::new();
         let mut instructions = None;
+        let mut native_responses = false;
         let (question, history, model, stored) = match ask {
             Ask::Message {
                 text,
@@ -235,6 +239,7 @@ impl Turn {
                 extras,
             } => {
                 apply(&runtime, &mut params, model.as_deref(), overrides, extras)?;
+                native_responses = endpoint.has_responses();
                 let (earlier, fork, previous_response_id) = match from {
                     None => (Vec::new(), false, None),
                     Some(Continue::Conversation(id)) => {
@@ -310,6 +315,7 @@ impl Turn {
             stored,
             reply_id: uuid::Uuid::new_v4(),
             conversation,
+            native_responses,
             started,
         })
     }
@@ -321,10 +327,15 @@ impl Turn {
 
     /// The whole answer, recorded.
     pub async fn complete(self, app: &App) -> Result<Answer, ChatError> {
-        let completion = app
-            .models
-            .complete(&self.endpoint, &self.messages, &self.params)
-            .await?;
+        let completion = if self.native_responses {
+            app.models
+                .respond(&self.endpoint, &self.messages, &self.params)
+                .await?
+        } else {
+            app.models
+                .complete(&self.endpoint, &self.messages, &self.params)
+                .await?
+        };
         Ok(self
             .finish(
                 app,

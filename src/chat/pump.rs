@@ -28,10 +28,15 @@ impl Turn {
     /// Starts the answer upstream and returns once its first content has arrived (so an
     /// upstream that refuses the request is still an ordinary error answer).
     pub async fn stream(self, app: &AppState) -> Result<TurnEvents, ChatError> {
-        let mut upstream = app
-            .models
-            .stream(&self.endpoint, &self.messages, &self.params)
-            .await?;
+        let mut upstream = if self.native_responses {
+            app.models
+                .respond_stream(&self.endpoint, &self.messages, &self.params)
+                .await?
+        } else {
+            app.models
+                .stream(&self.endpoint, &self.messages, &self.params)
+                .await?
+        };
         let (tx, rx) = mpsc::channel(16);
         let app = app.clone();
         tokio::spawn(async move {

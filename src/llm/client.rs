@@ -537,6 +537,48 @@ impl ModelClient {
         })
     }
 
+    /// A whole answer from the upstream Responses API (`endpoint.has_responses()`), read as
+    /// a chat completion.
+    pub async fn respond(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: &ChatParams,
+    ) -> Result<Completion, UpstreamError> {
+        let mut dep = telemetry::model_span("responses", endpoint, false);
+        let result = async {
+            let started = Instant::now();
+            let body = super::responses::request(&endpoint.deployment, messages, params, false);
+            let response = self
+                .send(endpoint, endpoint.responses_url()?, &body, &mut dep)
+                .await?;
+            let remaining = self.timeouts.total.saturating_sub(started.elapsed());
+            let bytes = tokio::time::timeout(remaining, read_body(response))
+                .await
+                .map_err(|_| UpstreamError::Timeout("total"))??;
+            let parsed: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| UpstreamError::Protocol(format!("response is not valid JSON: {e}")))?;
+            if parsed["status"] == "failed" {
+                return Err(UpstreamError::Unavailable(format!(
+                    "the model response failed: {}",
+                    parsed["error"]["message"].as_str().unwrap_or("")
+                )));
+            }
+            Ok(super::responses::completion(&parsed, &endpoint.deployment))
+        }
+        .await;
+        match &result {
+            Ok(c) => model_span_done(
+                &mut dep,
+                Some(&c.model),
+                Some(&c.usage),
+                c.finish_reason.as_deref(),
+            ),
+            Err(e) => model_span_failed(&mut dep, endpoint, e),
+        }
+        result
+    }
+
     /// A streamed answer. Returns once the first content (or the end) has arrived, so an
     /// upstream failure is still an HTTP error rather than a broken 200.
     pub async fn stream(
@@ -545,17 +587,43 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
+        self.open_stream(endpoint, messages, params, false).await
+    }
+
+    /// A streamed answer from the upstream Responses API, in chat stream parts.
+    pub async fn respond_stream(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: &ChatParams,
+    ) -> Result<ChatStream, UpstreamError> {
+        self.open_stream(endpoint, messages, params, true).await
+    }
+
+    async fn open_stream(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: &ChatParams,
+        responses: bool,
+    ) -> Result<ChatStream, UpstreamError> {
         // The dependency lasts until the stream ends (or is dropped).
-        let mut dep = telemetry::model_span("chat", endpoint, true);
+        let operation = if responses { "responses" } else { "chat" };
+        let mut dep = telemetry::model_span(operation, endpoint, true);
         let started = async {
-            let response = self
-                .send(
+            let response = if responses {
+                let body = super::responses::request(&endpoint.deployment, messages, params, true);
+                self.send(endpoint, endpoint.responses_url()?, &body, &mut dep)
+                    .await?
+            } else {
+                self.send(
                     endpoint,
                     endpoint.chat_url()?,
                     &Self::request(endpoint, messages, params, true),
                     &mut dep,
                 )
-                .await?;
+                .await?
+            };
             let mut stream = ChatStream {
                 inner: Box::pin(response.into_body().into_data_stream()),
                 parser: SseParser::new(),
@@ -566,6 +634,7 @@ impl ModelClient {
                 owner: endpoint.owner.clone(),
                 seen: StreamSeen::default(),
                 failed: false,
+                events: responses.then(super::responses::EventReader::default),
             };
             stream.prime().await?;
             Ok(stream)
@@ -599,6 +668,8 @@ pub struct ChatStream {
     owner: Option<Arc<telemetry::Owner>>,
     seen: StreamSeen,
     failed: bool,
+    /// Set when the stream is the Responses API's typed events rather than chat chunks.
+    events: Option<super::responses::EventReader>,
 }
 
 /// What a stream said about itself, for its dependency span.
@@ -703,6 +774,24 @@ impl ChatStream {
         for event in events {
             if event.data.trim() == "[DONE]" {
                 self.done = true;
+                continue;
+            }
+            if let Some(reader) = self.events.as_mut() {
+                let value: serde_json::Value = serde_json::from_str(&event.data).map_err(|e| {
+                    UpstreamError::Protocol(format!("stream event is not valid JSON: {e}"))
+                })?;
+                match reader.read(&value) {
+                    super::responses::Read::Parts(parts) => self.pending.extend(parts),
+                    super::responses::Read::Done(parts) => {
+                        self.pending.extend(parts);
+                        self.done = true;
+                    }
+                    super::responses::Read::Failed(detail) => {
+                        return Err(UpstreamError::Unavailable(format!(
+                            "the model stream reported an error: {detail}"
+                        )));
+                    }
+                }
                 continue;
             }
             if event.event.as_deref() == Some("error")

@@ -61,6 +61,7 @@ pub struct ModelEndpoint {
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
+    responses_uri: OnceLock<Box<Result<Uri, String>>>,
     /// The auth header of a fixed credential, built once.
     pub(super) fixed_auth: Option<AuthHeader>,
 }
@@ -127,6 +128,7 @@ impl ModelEndpoint {
         Self {
             chat_uri: OnceLock::new(),
             embeddings_uri: OnceLock::new(),
+            responses_uri: OnceLock::new(),
             fixed_auth: AuthHeader::fixed(provider, &auth),
             provider,
             base,
@@ -193,6 +195,22 @@ impl ModelEndpoint {
         let uri = self
             .chat_uri
             .get_or_init(|| Box::new(self.operation_uri("chat/completions")));
+        (**uri)
+            .as_ref()
+            .map_err(|e| UpstreamError::Configuration(e.clone()))
+    }
+
+    /// Whether `/v1/responses` turns call the upstream Responses API (Azure OpenAI's v1 API
+    /// has it; the deployment routes of API version 2024-10-21 do not).
+    pub fn has_responses(&self) -> bool {
+        self.v1 && matches!(self.provider, Provider::AzureOpenai)
+    }
+
+    /// `…/responses` of this endpoint.
+    pub fn responses_url(&self) -> Result<&Uri, UpstreamError> {
+        let uri = self
+            .responses_uri
+            .get_or_init(|| Box::new(self.operation_uri("responses")));
         (**uri)
             .as_ref()
             .map_err(|e| UpstreamError::Configuration(e.clone()))

@@ -499,6 +499,24 @@ pub async fn list_models(
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
+/// `GET /v1/models/{model}`: one of the models the caller's instance answers with.
+pub async fn get_model(
+    State(app): State<AppState>,
+    ServiceAuth(claims): ServiceAuth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = Caller {
+        tenant: claims.company_id,
+        instance: claims.sub,
+    };
+    let models = crate::chat::embeddings::models(&app, &caller).await?;
+    let model = models
+        .into_iter()
+        .find(|m| m.id == id)
+        .ok_or(ApiError::NotFound("model"))?;
+    Ok(Json(json!({"id": model.id, "object": "model", "created": model.created, "owned_by": caller.tenant.as_str()})).into_response())
+}
+
 #[derive(Deserialize)]
 pub struct EmbeddingRequest {
     input: EmbeddingInput,

@@ -208,6 +208,26 @@ async fn models_list_the_instances_own() {
         ["gpt-4o-mini", "gpt-4.1-mini"],
         "beta sees its allowed models, nothing of acme's"
     );
+    // One model by id: its own, never acme's.
+    let one: Value = app
+        .request(Method::GET, "/v1/models/gpt-4.1-mini", Some(&token), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], "gpt-4.1-mini");
+    assert_eq!(one["owned_by"], "beta");
+    let resp = app
+        .request(
+            Method::GET,
+            "/v1/models/text-embedding-3-small",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
 
     let resp = app.request(Method::GET, "/v1/models", None, None).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -448,14 +468,22 @@ async fn azure_v1_api_style_per_instance() {
         assert_eq!(r.route, "azure-v1", "{r:?}");
         assert_eq!(r.api_version, None);
         assert_eq!(r.key.as_deref(), Some("key-acme"));
-        let model = if r.kind == "chat" {
-            "gpt-4o"
-        } else {
+        let model = if r.kind == "embeddings" {
             "embed-acme"
+        } else {
+            "gpt-4o"
         };
         assert_eq!(r.body["model"], model, "{r:?}");
     }
-    assert_eq!(sent.iter().filter(|r| r.kind == "chat").count(), 4);
+    assert_eq!(sent.iter().filter(|r| r.kind == "chat").count(), 3);
+    // `/v1/responses` on the v1 API calls the upstream Responses API, history included
+    // (`store: false` upstream: SOPHIA keeps the conversation).
+    let upstream = sent.iter().find(|r| r.kind == "responses").unwrap();
+    assert_eq!(upstream.body["store"], false);
+    assert_eq!(
+        upstream.body["input"],
+        json!([{"role": "user", "content": "hello"}])
+    );
     sim.sim.clear();
     app.request(
         Method::POST,
@@ -474,6 +502,77 @@ async fn azure_v1_api_style_per_instance() {
     assert_eq!(sent[0].deployment.as_deref(), Some("gpt-4o"));
     assert!(sent[0].api_version.is_some());
     assert!(sent[0].body.get("model").is_none());
+
+    // The Responses API upstream: streamed, and a function tool's round trip.
+    sim.sim.clear();
+    let text = app
+        .request(
+            Method::POST,
+            "/v1/responses",
+            Some(&a),
+            Some(json!({"input": "Say hi to Ada", "stream": true})),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last: Value = text
+        .split("\n\n")
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .last()
+        .unwrap();
+    assert_eq!(last["type"], "response.completed", "{text}");
+    let said = last["response"]["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(said.contains("Ada"), "{said}");
+    assert!(text.contains(&format!("\"delta\":\"{}", said.split(' ').next().unwrap())));
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let first: Value = app
+        .request(
+            Method::POST,
+            "/v1/responses",
+            Some(&a),
+            Some(json!({"input": "Weather in Oslo?", "tools": tools})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let call = first["output"][0].clone();
+    assert_eq!(call["type"], "function_call", "{first}");
+    assert_eq!(call["arguments"], json!({"city": "Oslo"}).to_string());
+    let second: Value = app
+        .request(
+            Method::POST,
+            "/v1/responses",
+            Some(&a),
+            Some(json!({"previous_response_id": first["id"], "tools": tools,
+                        "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "-3 C"}]})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        second["output"][0]["content"][0]["text"],
+        "According to get_weather: -3 C"
+    );
+    let upstream = sim
+        .sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == "responses")
+        .unwrap();
+    assert_eq!(upstream.route, "azure-v1");
+    let input = upstream.body["input"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = input
+        .iter()
+        .map(|i| i["type"].as_str().unwrap_or("message"))
+        .collect();
+    assert_eq!(kinds, ["message", "function_call", "function_call_output"]);
+    assert_eq!(upstream.body["tools"][0]["name"], "get_weather");
 
     // A bad style is a clear 400 naming the setting.
     let admin = app.platform_token();

@@ -214,3 +214,9 @@ def test_responses_function_tool_round_trip():
 def test_responses_structured_output_parses():
     result = client().responses.parse(model="gpt-4o", input="Weather in Cairo?", text_format=Weather)
     assert isinstance(result.output_parsed, Weather) and result.output_parsed.city == "Cairo"
+
+
+def test_models_retrieve():
+    assert client().models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        client().models.retrieve("someone-elses-model")

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -159,6 +160,7 @@ impl Simulator {
             )
             .route("/openai/v1/chat/completions", post(azure_v1_chat))
             .route("/openai/v1/embeddings", post(azure_v1_embeddings))
+            .route("/openai/v1/responses", post(azure_v1_responses))
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embeddings))
             .route("/_sim/requests", get(list_requests).delete(clear_requests))
@@ -384,6 +386,211 @@ async fn azure_v1_embeddings(
         Ok((call, model)) => embeddings(sim, call, headers, body, model).await,
         Err(r) => r,
     }
+}
+
+/// Azure OpenAI's Responses API (v1): `input` (text or items), `instructions`, flat function
+/// tools, `text.format`; whole or streamed with the typed events. Answers as chat does.
+async fn azure_v1_responses(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (mut call, model) = match azure_v1_call("responses", &body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    call.kind = "responses";
+    let body = match accept(&sim, &call, &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(chat_body) = responses_as_chat(&body) else {
+        return azure_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "'input' must be a string or a list of input items.",
+        );
+    };
+    let messages = chat_body["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let calls = tool_calls(&chat_body, &messages);
+    let answer = if calls.is_empty() {
+        shaped_answer(&chat_body, &messages)
+    } else {
+        String::new()
+    };
+    let input_tokens: u64 = messages
+        .iter()
+        .map(|m| tokens(m["content"].as_str().unwrap_or("")))
+        .sum();
+    let arguments: String = calls
+        .iter()
+        .map(|c| c["function"]["arguments"].as_str().unwrap_or(""))
+        .collect();
+    let output_tokens = tokens(&answer) + tokens(&arguments);
+    let id = format!("resp_sim{}", uuid::Uuid::new_v4().simple());
+    let message_id = format!("msg_sim{}", uuid::Uuid::new_v4().simple());
+    let mut output: Vec<Value> = Vec::new();
+    if calls.is_empty() {
+        output.push(json!({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": answer, "annotations": []}]}));
+    }
+    for c in &calls {
+        output.push(json!({"type": "function_call", "id": format!("fc_sim{}", uuid::Uuid::new_v4().simple()),
+                           "call_id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"], "status": "completed"}));
+    }
+    let response = json!({"id": id, "object": "response", "created_at": chrono::Utc::now().timestamp(),
+        "status": "completed", "error": null, "incomplete_details": null, "model": model, "output": output,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}});
+    if body["stream"].as_bool() != Some(true) {
+        return Json(response).into_response();
+    }
+    let mut events: Vec<(String, Value)> = Vec::new();
+    let mut skeleton = response.clone();
+    skeleton["status"] = json!("in_progress");
+    skeleton["output"] = json!([]);
+    skeleton["usage"] = Value::Null;
+    events.push((
+        "response.created".into(),
+        json!({"response": skeleton.clone()}),
+    ));
+    events.push(("response.in_progress".into(), json!({"response": skeleton})));
+    for (index, item) in output.iter().enumerate() {
+        let mut open = item.clone();
+        open["status"] = json!("in_progress");
+        if item["type"] == "message" {
+            open["content"] = json!([]);
+            events.push((
+                "response.output_item.added".into(),
+                json!({"output_index": index, "item": open}),
+            ));
+            events.push((
+                "response.content_part.added".into(),
+                json!({"item_id": item["id"], "output_index": index, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ));
+            for piece in split_keep_spaces(&answer) {
+                events.push(("response.output_text.delta".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "delta": piece})));
+            }
+            events.push(("response.output_text.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "text": answer})));
+            events.push(("response.content_part.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "part": item["content"][0]})));
+        } else {
+            open["arguments"] = json!("");
+            events.push((
+                "response.output_item.added".into(),
+                json!({"output_index": index, "item": open}),
+            ));
+            let args: Vec<char> = item["arguments"].as_str().unwrap_or("").chars().collect();
+            for piece in args.chunks(8) {
+                events.push(("response.function_call_arguments.delta".into(), json!({"item_id": item["id"], "output_index": index, "delta": piece.iter().collect::<String>()})));
+            }
+            events.push(("response.function_call_arguments.done".into(), json!({"item_id": item["id"], "output_index": index, "arguments": item["arguments"]})));
+        }
+        events.push((
+            "response.output_item.done".into(),
+            json!({"output_index": index, "item": item}),
+        ));
+    }
+    events.push(("response.completed".into(), json!({"response": response})));
+    let delay = sim.config().chunk_delay;
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(n, (kind, mut data))| async move {
+            if n > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            data["type"] = json!(kind);
+            data["sequence_number"] = json!(n);
+            Ok::<_, Infallible>(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A Responses request as the chat request the simulator answers: `instructions` a system
+/// message, items as messages (function calls on an assistant message, outputs as `tool`
+/// messages), flat tools and `text.format` in chat's shape. `None` when `input` is neither
+/// text nor items.
+fn responses_as_chat(body: &Value) -> Option<Value> {
+    let mut messages: Vec<Value> = Vec::new();
+    if let Some(instructions) = body["instructions"].as_str() {
+        messages.push(json!({"role": "system", "content": instructions}));
+    }
+    let text_of = |content: &Value| -> String {
+        match content {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+            _ => String::new(),
+        }
+    };
+    match &body["input"] {
+        Value::String(s) => messages.push(json!({"role": "user", "content": s})),
+        Value::Array(items) => {
+            for item in items {
+                match item["type"].as_str().unwrap_or("message") {
+                    "function_call" => {
+                        let call = json!({"id": item["call_id"], "type": "function",
+                                          "function": {"name": item["name"], "arguments": item["arguments"]}});
+                        match messages.last_mut() {
+                            Some(last) if last["role"] == "assistant" => {
+                                if !last["tool_calls"].is_array() {
+                                    last["tool_calls"] = json!([]);
+                                }
+                                if let Some(calls) = last["tool_calls"].as_array_mut() {
+                                    calls.push(call);
+                                }
+                            }
+                            _ => messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                        }
+                    }
+                    "function_call_output" => messages.push(json!({"role": "tool", "tool_call_id": item["call_id"],
+                                                                   "content": text_of(&item["output"])})),
+                    _ => {
+                        let role = match item["role"].as_str() {
+                            Some("developer") => "system",
+                            Some(r) => r,
+                            None => "user",
+                        };
+                        messages.push(json!({"role": role, "content": text_of(&item["content"])}));
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    let tools: Vec<Value> = body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter(|t| t["type"] == "function")
+                .map(|t| json!({"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["parameters"]}}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tool_choice = match &body["tool_choice"] {
+        Value::Object(o) => {
+            json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}})
+        }
+        other => other.clone(),
+    };
+    let format = &body["text"]["format"];
+    let response_format = match format["type"].as_str() {
+        Some("json_schema") => {
+            json!({"type": "json_schema", "json_schema": {"name": format["name"], "schema": format["schema"]}})
+        }
+        Some(kind) => json!({"type": kind}),
+        None => Value::Null,
+    };
+    Some(
+        json!({"messages": messages, "tools": tools, "tool_choice": tool_choice,
+                "parallel_tool_calls": body["parallel_tool_calls"], "response_format": response_format}),
+    )
 }
 
 async fn openai_chat(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
