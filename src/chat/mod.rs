@@ -180,6 +180,8 @@ pub struct Answer {
     /// The function calls the model asked for (a `/v1` caller's tools).
     pub tool_calls: Vec<ToolCall>,
     pub refusal: Option<String>,
+    /// Azure's content-filter results of a whole answer, passed on to `/v1` callers.
+    pub filters: Option<Box<crate::llm::wire::ContentFilters>>,
     /// Where a `/chat` turn was stored (`None` for `/v1` turns).
     pub saved: Option<Saved>,
 }
@@ -346,6 +348,7 @@ impl Turn {
                     finish_reason: completion.finish_reason,
                     tool_calls: completion.tool_calls,
                     refusal: completion.refusal,
+                    filters: completion.filters,
                 },
             )
             .await)
@@ -407,6 +410,7 @@ impl Turn {
             citations: self.citations,
             tool_calls: end.tool_calls,
             refusal: end.refusal,
+            filters: end.filters,
             saved,
         }
     }
@@ -443,6 +447,7 @@ struct Ending {
     finish_reason: Option<String>,
     tool_calls: Vec<ToolCall>,
     refusal: Option<String>,
+    filters: Option<Box<crate::llm::wire::ContentFilters>>,
 }
 
 /// A `/v1` caller's model (one the instance allows), sampling and extras over the instance's.

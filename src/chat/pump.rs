@@ -76,6 +76,7 @@ impl Turn {
                 finish_reason: finish,
                 tool_calls,
                 refusal: None,
+                filters: None,
             };
             let done = self.finish(&app, end).await;
             let _ = tx.send(TurnEvent::Done(done)).await;

@@ -51,6 +51,8 @@ pub struct Completion {
     /// The function calls the model asked for.
     pub tool_calls: Vec<ToolCall>,
     pub refusal: Option<String>,
+    /// Azure's content-filter results (whole answers; `None` when it sent none).
+    pub filters: Option<Box<super::wire::ContentFilters>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -416,9 +418,16 @@ impl ModelClient {
             UpstreamError::Protocol(format!("chat completion is not valid JSON: {e}"))
         })?;
         let choice = parsed.choices.into_iter().next();
-        let (finish_reason, message) = choice
-            .map(|c| (c.finish_reason, c.message))
+        let (finish_reason, message, completion_filter) = choice
+            .map(|c| (c.finish_reason, c.message, c.content_filter_results))
             .unwrap_or_default();
+        let filters =
+            (parsed.prompt_filter_results.is_some() || completion_filter.is_some()).then(|| {
+                Box::new(super::wire::ContentFilters {
+                    prompt: parsed.prompt_filter_results,
+                    completion: completion_filter,
+                })
+            });
         let message = message.unwrap_or(super::wire::WireAnswerMessage {
             content: None,
             tool_calls: None,
@@ -428,6 +437,7 @@ impl ModelClient {
             content: message.content.unwrap_or_default(),
             tool_calls: message.tool_calls.unwrap_or_default(),
             refusal: message.refusal,
+            filters,
             finish_reason,
             model: parsed.model.unwrap_or_else(|| endpoint.deployment.clone()),
             usage: parsed.usage.unwrap_or_default(),

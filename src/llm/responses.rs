@@ -156,6 +156,7 @@ pub fn completion(response: &Value, deployment: &str) -> Completion {
         content,
         refusal,
         tool_calls,
+        filters: None,
         model: response["model"].as_str().unwrap_or(deployment).to_owned(),
         usage: usage(response).unwrap_or_default(),
     }

@@ -106,6 +106,9 @@ pub struct StreamOptions {
 pub struct WireResponse {
     #[serde(default)]
     pub model: Option<String>,
+    /// Azure's content-filter verdicts on the prompt, passed through.
+    #[serde(default)]
+    pub prompt_filter_results: Option<Value>,
     #[serde(default)]
     pub choices: Vec<WireChoice>,
     #[serde(default)]
@@ -116,6 +119,9 @@ pub struct WireResponse {
 pub struct WireChoice {
     #[serde(default)]
     pub message: Option<WireAnswerMessage>,
+    /// Azure's content-filter verdicts on the answer, passed through.
+    #[serde(default)]
+    pub content_filter_results: Option<Value>,
     #[serde(default)]
     pub finish_reason: Option<String>,
 }
@@ -156,6 +162,13 @@ pub struct WireDelta {
     pub content: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<WireToolCallDelta>>,
+}
+
+/// Azure OpenAI's content-filter verdicts of a whole answer, as it reported them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContentFilters {
+    pub prompt: Option<Value>,
+    pub completion: Option<Value>,
 }
 
 /// A piece of a streamed function call: the first names it, the rest add arguments.

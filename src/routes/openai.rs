@@ -415,9 +415,11 @@ pub async fn chat_completions(
                 },
                 finish_reason: &answer.finish_reason,
                 logprobs: None,
+                content_filter_results: answer.filters.as_ref().and_then(|f| f.completion.as_ref()),
             }],
             usage: OpenAiUsage::from(answer.usage),
             system_fingerprint: None,
+            prompt_filter_results: answer.filters.as_ref().and_then(|f| f.prompt.as_ref()),
         })
         .into_response());
     }
@@ -629,6 +631,9 @@ struct Completion<'a> {
     choices: [Choice<'a>; 1],
     usage: OpenAiUsage,
     system_fingerprint: Option<&'static str>,
+    /// Azure's verdicts on the prompt, when it sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_filter_results: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -637,6 +642,8 @@ struct Choice<'a> {
     message: AnswerMessage<'a>,
     finish_reason: &'a str,
     logprobs: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<&'a Value>,
 }
 
 #[derive(Serialize)]

@@ -48,6 +48,9 @@ async fn chat_completion_tools_round_trip() {
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"city": "Paris"}));
     // The deployment got the tools, the choice and the seed as given.
+    // Azure's content-filter results come back as it sent them.
+    assert_eq!(choice["content_filter_results"]["hate"]["severity"], "safe");
+    assert_eq!(body["prompt_filter_results"][0]["prompt_index"], 0);
     let sent = &sim.sim.requests()[0].body;
     assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(sent["tool_choice"], "auto");

@@ -642,13 +642,13 @@ async fn chat(
     if body["stream"].as_bool() != Some(true) {
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "finish_reason": finish, "message": if calls.is_empty() {
+            "choices": [{"index": 0, "finish_reason": finish, "content_filter_results": safe_filters(), "message": if calls.is_empty() {
                 json!({"role": "assistant", "content": answer, "refusal": null})
             } else {
                 json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": calls})
             }}],
             "usage": usage,
-            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": safe_filters()}]
         }))
         .into_response();
     }
@@ -965,6 +965,12 @@ fn shaped_answer(body: &Value, messages: &[Value]) -> String {
         Some(at) => answer[..at].to_owned(),
         None => answer,
     }
+}
+
+/// Azure's content-filter verdicts when nothing was filtered.
+fn safe_filters() -> Value {
+    let safe = json!({"filtered": false, "severity": "safe"});
+    json!({"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe})
 }
 
 /// A rough token count (≈ 4 characters a token), enough for usage accounting tests.
