@@ -2,6 +2,7 @@
 //! problem+json, and the request id.
 
 pub mod extract;
+pub mod openai;
 pub mod request_id;
 
 /// The admin API's own prefix (the seed's contract, for APIM and hosting outside Functions).

@@ -22,38 +22,15 @@ use secrecy::ExposeSecret;
 use super::endpoint::bearer;
 pub use super::endpoint::{DEFAULT_API_VERSION, ModelEndpoint, UpstreamAuth};
 use super::sse::SseParser;
+pub use super::wire::{ChatParams, Completion};
 use super::wire::{
-    ChatExtras, StreamOptions, StreamPart, ToolCall, WireChunk, WireErrorBody, WireMessage,
-    WireRequest, WireResponse, WireUsage,
+    StreamOptions, StreamPart, WireChunk, WireErrorBody, WireMessage, WireRequest, WireResponse,
+    WireUsage,
 };
 use crate::telemetry;
 use crate::upstream::transport::TransportError;
 use crate::upstream::{ModelTransport, UpstreamError, UpstreamPolicy};
 use http::header::HeaderName;
-
-/// Generation settings.
-#[derive(Debug, Clone, Default)]
-pub struct ChatParams {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub max_tokens: Option<u32>,
-    /// Tools, structured output, seed, stop (a `/v1` caller's; none for `/chat`).
-    pub extras: Option<Arc<ChatExtras>>,
-}
-
-/// A whole answer.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub content: String,
-    pub model: String,
-    pub usage: WireUsage,
-    pub finish_reason: Option<String>,
-    /// The function calls the model asked for.
-    pub tool_calls: Vec<ToolCall>,
-    pub refusal: Option<String>,
-    /// Azure's content-filter results (whole answers; `None` when it sent none).
-    pub filters: Option<Box<super::wire::ContentFilters>>,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTimeouts {

@@ -5,8 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::client::{ChatParams, Completion};
-use super::wire::{StreamPart, ToolCallDelta, WireMessage, WireUsage};
+use super::wire::{ChatParams, Completion, StreamPart, ToolCallDelta, WireMessage, WireUsage};
 use crate::domain::{FunctionCall, ToolCall};
 
 /// The request body for `messages` (system messages become `instructions`).

@@ -2,6 +2,8 @@
 //! with no `choices` (prompt filter results, the final usage chunk), choices with no `delta`
 //! (asynchronous content-filter annotations), `null` everywhere.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -48,6 +50,30 @@ pub struct ChatExtras {
     pub seed: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Value>,
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, Default)]
+pub struct ChatParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// Tools, structured output, seed, stop (a `/v1` caller's; none for `/chat`).
+    pub extras: Option<Arc<ChatExtras>>,
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    pub model: String,
+    pub usage: WireUsage,
+    pub finish_reason: Option<String>,
+    /// The function calls the model asked for.
+    pub tool_calls: Vec<ToolCall>,
+    pub refusal: Option<String>,
+    /// Azure's content-filter results (whole answers; `None` when it sent none).
+    pub filters: Option<Box<ContentFilters>>,
 }
 
 /// Token counts, as OpenAI reports them.

@@ -17,12 +17,12 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{Extras, InFunction, InTool, bad};
 use crate::chat::responses::{ResponseId, incomplete_reason};
 use crate::chat::{Answer, Ask, Caller, ChatError, Continue, Overrides, Turn, TurnEvent};
 use crate::domain::{Citation, ConversationId, FunctionCall, StoredMessage, ToolCall, Usage};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ServiceAuth};
+use crate::http::openai::{Extras, InFunction, InTool, bad};
 use crate::state::AppState;
 
 #[derive(Deserialize)]

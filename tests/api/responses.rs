@@ -597,3 +597,48 @@ async fn stored_responses_are_the_companys_own() {
     let sent = serde_json::to_string(&sim.sim.requests()).unwrap();
     assert!(!sent.contains("Falcon"));
 }
+
+/// Upstream failures on `/v1/responses` answer like every model call, in OpenAI's error shape:
+/// a 429 with `Retry-After`, a 5xx as 502, whole or streamed (before the first event).
+#[tokio::test]
+async fn responses_upstream_failures_map_like_model_calls() {
+    use sophia::dev::simulator::Fault;
+    let (app, sim) = setup(&[("SOPHIA_UPSTREAM_RETRY_BUDGET_MS", "0")]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o").await;
+    let token = app.service_token("acme", &acme.key).await;
+    for stream in [false, true] {
+        sim.sim.push_fault(Fault {
+            status: Some(429),
+            retry_after: Some(7),
+            ..Default::default()
+        });
+        let resp = app
+            .request(
+                Method::POST,
+                "/v1/responses",
+                Some(&token),
+                Some(json!({"input": "hi", "stream": stream})),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "7");
+        assert!(resp.headers().contains_key("x-request-id"));
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "rate_limit_error");
+        sim.sim.push_fault(Fault {
+            status: Some(500),
+            ..Default::default()
+        });
+        let resp = app
+            .request(
+                Method::POST,
+                "/v1/responses",
+                Some(&token),
+                Some(json!({"input": "hi", "stream": stream})),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "api_error");
+    }
+}

@@ -59,3 +59,13 @@ def test_streamed_tool_calls():
         gathered = piece if gathered is None else gathered + piece
     assert gathered.tool_calls[0]["name"] == "get_weather"
     assert gathered.tool_calls[0]["args"] == {"city": "Lima"}
+
+
+def test_responses_api_with_tools():
+    # ChatOpenAI on the Responses API (`use_responses_api=True`): the same answers and tools.
+    model = chat(use_responses_api=True)
+    answer = model.invoke([SystemMessage("Context: Returns are free."), HumanMessage("Are returns free?")])
+    assert "free" in answer.text
+    bound = model.bind_tools([get_weather])
+    first = bound.invoke("What is the weather in Paris?")
+    assert first.tool_calls and first.tool_calls[0]["args"] == {"city": "Paris"}

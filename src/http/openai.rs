@@ -1,0 +1,202 @@
+//! OpenAI request pieces the `/v1` routes share: function tools, `tool_choice`,
+//! `response_format`, `stop`, checked once (so a bad value is a clear 400 naming the
+//! parameter, never the upstream's error) and handed to the chat service as [`ChatExtras`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::llm::ChatExtras;
+
+/// A chat-completions tool: `{"type": "function", "function": {name, description, parameters, strict}}`.
+#[derive(Deserialize)]
+pub struct InTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub function: Option<InFunction>,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct InFunction {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+pub fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::validation(param, message)
+}
+
+/// OpenAI's rule for function names.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What a `/v1` caller adds to a turn, checked here (so a bad value is a clear 400, not the
+/// upstream's) and passed upstream in chat-completions form.
+pub struct Extras {
+    pub tools: Option<Vec<InTool>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<Value>,
+    pub seed: Option<i64>,
+    pub stop: Option<Value>,
+}
+
+impl Extras {
+    /// The checked extras (`None` when the caller set none).
+    pub fn check(self) -> Result<Option<Arc<ChatExtras>>, ApiError> {
+        let mut names = Vec::new();
+        let tools = match self.tools {
+            None => None,
+            Some(tools) if tools.is_empty() => None,
+            Some(tools) => {
+                if tools.len() > 128 {
+                    return Err(bad("tools", "at most 128 tools"));
+                }
+                let mut out = Vec::with_capacity(tools.len());
+                for (i, tool) in tools.into_iter().enumerate() {
+                    let (kind, function) = (tool.kind, tool.function);
+                    let function = match (kind.as_str(), function) {
+                        ("function", Some(f)) => f,
+                        ("function", None) => {
+                            return Err(bad(&format!("tools[{i}].function"), "is required"));
+                        }
+                        (other, _) => {
+                            return Err(bad(
+                                &format!("tools[{i}].type"),
+                                format!(
+                                    "tool type '{other}' is not supported; only 'function' tools (the agent searches its own knowledge)"
+                                ),
+                            ));
+                        }
+                    };
+                    if !valid_name(&function.name) {
+                        return Err(bad(
+                            &format!("tools[{i}].function.name"),
+                            "must be 1-64 letters, digits, '_' or '-'",
+                        ));
+                    }
+                    if function.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+                        return Err(bad(
+                            &format!("tools[{i}].function.parameters"),
+                            "must be a JSON Schema object",
+                        ));
+                    }
+                    names.push(function.name.clone());
+                    out.push(json!({"type": "function", "function": function}));
+                }
+                Some(Value::Array(out))
+            }
+        };
+        if let Some(choice) = &self.tool_choice {
+            let named = match choice {
+                Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => None,
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                    match o
+                        .get("function")
+                        .and_then(|f| f.get("name"))
+                        .and_then(Value::as_str)
+                    {
+                        Some(name) => Some(name),
+                        None => return Err(bad("tool_choice.function.name", "is required")),
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        "tool_choice",
+                        "must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    ));
+                }
+            };
+            // Without tools a choice means nothing (and is not sent upstream).
+            if let Some(name) = named.filter(|_| tools.is_some())
+                && !names.iter().any(|n| n == name)
+            {
+                return Err(bad(
+                    "tool_choice.function.name",
+                    format!("'{name}' is not one of the tools"),
+                ));
+            }
+        }
+        if let Some(format) = &self.response_format {
+            check_response_format(format)?;
+        }
+        if let Some(stop) = &self.stop {
+            let ok = match stop {
+                Value::Null => true,
+                Value::String(s) => !s.is_empty(),
+                Value::Array(items) => {
+                    (1..=4).contains(&items.len())
+                        && items
+                            .iter()
+                            .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(bad("stop", "must be a string or 1 to 4 non-empty strings"));
+            }
+        }
+        let extras = ChatExtras {
+            tool_choice: self.tool_choice.filter(|_| tools.is_some()),
+            parallel_tool_calls: self.parallel_tool_calls.filter(|_| tools.is_some()),
+            tools,
+            response_format: self.response_format,
+            seed: self.seed,
+            stop: self.stop.filter(|s| !s.is_null()),
+        };
+        let none = extras.tools.is_none()
+            && extras.response_format.is_none()
+            && extras.seed.is_none()
+            && extras.stop.is_none();
+        Ok((!none).then(|| Arc::new(extras)))
+    }
+}
+
+/// `response_format`: `text`, `json_object`, or `json_schema` with a named schema.
+fn check_response_format(format: &Value) -> Result<(), ApiError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text" | "json_object") => Ok(()),
+        Some("json_schema") => {
+            let spec = &format["json_schema"];
+            let name = spec.get("name").and_then(Value::as_str);
+            if !name.is_some_and(valid_name) {
+                return Err(bad(
+                    "response_format.json_schema.name",
+                    "is required: 1-64 letters, digits, '_' or '-'",
+                ));
+            }
+            if spec.get("schema").is_some_and(|s| !s.is_object()) {
+                return Err(bad(
+                    "response_format.json_schema.schema",
+                    "must be a JSON Schema object",
+                ));
+            }
+            if spec
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
+                return Err(bad(
+                    "response_format.json_schema.strict",
+                    "must be a boolean",
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(bad(
+            "response_format.type",
+            "must be 'text', 'json_object' or 'json_schema'",
+        )),
+    }
+}
