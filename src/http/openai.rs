@@ -108,8 +108,13 @@ impl Extras {
                         .and_then(|f| f.get("name"))
                         .and_then(Value::as_str)
                     {
-                        Some(name) => Some(name),
-                        None => return Err(bad("tool_choice.function.name", "is required")),
+                        Some(name) if valid_name(name) => Some(name),
+                        _ => {
+                            return Err(bad(
+                                "tool_choice.function.name",
+                                "is required: 1-64 letters, digits, '_' or '-'",
+                            ));
+                        }
                     }
                 }
                 _ => {
@@ -183,6 +188,12 @@ fn check_response_format(format: &Value) -> Result<(), ApiError> {
                     "must be a JSON Schema object",
                 ));
             }
+            if spec.get("description").is_some_and(|d| !d.is_string()) {
+                return Err(bad(
+                    "response_format.json_schema.description",
+                    "must be a string",
+                ));
+            }
             if spec
                 .get("strict")
                 .is_some_and(|s| !s.is_boolean() && !s.is_null())
@@ -199,4 +210,77 @@ fn check_response_format(format: &Value) -> Result<(), ApiError> {
             "must be 'text', 'json_object' or 'json_schema'",
         )),
     }
+}
+
+/// An integer as JSON Schema counts one: `5` or `5.0` (some clients and generators write
+/// integral floats), within `u32`.
+pub fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value = Option::<serde_json::Number>::deserialize(d)?;
+    value
+        .map(|n| {
+            integral(&n)
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "expected an integer from 0 to {}, got {n}",
+                        u32::MAX
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// [`opt_u32`] for `i64`.
+pub fn opt_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = Option::<serde_json::Number>::deserialize(d)?;
+    value
+        .map(|n| {
+            integral(&n).ok_or_else(|| {
+                serde::de::Error::custom(format!("expected a 64-bit integer, got {n}"))
+            })
+        })
+        .transpose()
+}
+
+fn integral(n: &serde_json::Number) -> Option<i64> {
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    let f = n.as_f64()?;
+    // Within ±2^53 an integral float is exactly the integer it names.
+    (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
+}
+
+/// A token id: an integer (or integral float) within `u32`.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenId(pub u32);
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        integral(&n)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(TokenId)
+            .ok_or_else(|| {
+                serde::de::Error::custom("a token id is an integer from 0 to 4294967295")
+            })
+    }
+}
+
+/// The sampling ranges OpenAI documents: `temperature` 0–2, `top_p` 0–1, token limits ≥ 1.
+pub fn check_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    limits: &[(&str, Option<u32>)],
+) -> Result<(), ApiError> {
+    if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(bad("temperature", "must be from 0 to 2"));
+    }
+    if top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        return Err(bad("top_p", "must be from 0 to 1"));
+    }
+    if let Some((name, _)) = limits.iter().find(|(_, n)| *n == Some(0)) {
+        return Err(bad(name, "must be at least 1"));
+    }
+    Ok(())
 }

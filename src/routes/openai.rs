@@ -20,7 +20,7 @@ use crate::chat::{Ask, Caller, Overrides, Turn, TurnEvent};
 use crate::domain::Usage;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::http::extract::{ApiJson, ServiceAuth};
-use crate::http::openai::{Extras, InTool, bad};
+use crate::http::openai::{Extras, InTool, TokenId, bad, check_sampling, opt_i64, opt_u32};
 use crate::llm::{ToolCall, WireMessage};
 use crate::state::AppState;
 
@@ -30,18 +30,18 @@ pub struct CompletionRequest {
     model: Option<String>,
     messages: Vec<InMessage>,
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<InStreamOptions>,
     #[serde(default)]
     temperature: Option<f64>,
     #[serde(default)]
     top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_u32")]
     max_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_u32")]
     max_completion_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_u32")]
     n: Option<u32>,
     #[serde(default)]
     tools: Option<Vec<InTool>>,
@@ -51,13 +51,13 @@ pub struct CompletionRequest {
     parallel_tool_calls: Option<bool>,
     #[serde(default)]
     response_format: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_i64")]
     seed: Option<i64>,
     #[serde(default)]
     stop: Option<Value>,
     #[serde(default)]
     logprobs: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_u32")]
     top_logprobs: Option<u32>,
     /// The deprecated `functions` API (before `tools`).
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct CompletionRequest {
 #[derive(Deserialize)]
 struct InStreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +171,17 @@ pub async fn chat_completions(
             "logprobs are not supported by this gateway",
         ));
     }
+    check_sampling(
+        request.temperature,
+        request.top_p,
+        &[
+            ("max_tokens", request.max_tokens),
+            ("max_completion_tokens", request.max_completion_tokens),
+        ],
+    )?;
+    if request.seed.is_some_and(|s| s.unsigned_abs() > 1 << 53) {
+        return Err(bad("seed", "must be within ±2^53"));
+    }
     if request.functions.is_some() {
         return Err(bad(
             "functions",
@@ -206,7 +217,7 @@ pub async fn chat_completions(
         created: chrono::Utc::now().timestamp(),
         model: turn.model.clone(),
     };
-    if !request.stream {
+    if request.stream != Some(true) {
         let answer = turn.complete(&app).await?;
         return Ok(Json(Completion {
             id: &head.id,
@@ -233,7 +244,9 @@ pub async fn chat_completions(
         .into_response());
     }
 
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    let include_usage = request
+        .stream_options
+        .is_some_and(|o| o.include_usage == Some(true));
     let events = turn.stream(&app).await?;
     let first = head.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
     // The stream ends after [DONE] (or an error): `None` state stops it.
@@ -337,7 +350,7 @@ pub struct EmbeddingRequest {
     model: Option<String>,
     #[serde(default)]
     encoding_format: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_u32")]
     dimensions: Option<u32>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -350,8 +363,8 @@ enum EmbeddingInput {
     One(String),
     Many(Vec<String>),
     /// Token ids, one list or several (LangChain's `OpenAIEmbeddings` sends these by default).
-    TokenList(Vec<u32>),
-    TokenLists(Vec<Vec<u32>>),
+    TokenList(Vec<TokenId>),
+    TokenLists(Vec<Vec<TokenId>>),
     Other(serde::de::IgnoredAny),
 }
 
@@ -365,8 +378,14 @@ pub async fn embeddings(
     let (texts, tokens) = match request.input {
         EmbeddingInput::One(text) => (vec![text], vec![]),
         EmbeddingInput::Many(texts) => (texts, vec![]),
-        EmbeddingInput::TokenList(ids) => (vec![], vec![ids]),
-        EmbeddingInput::TokenLists(lists) => (vec![], lists),
+        EmbeddingInput::TokenList(ids) => (vec![], vec![ids.into_iter().map(|t| t.0).collect()]),
+        EmbeddingInput::TokenLists(lists) => (
+            vec![],
+            lists
+                .into_iter()
+                .map(|l| l.into_iter().map(|t| t.0).collect())
+                .collect(),
+        ),
         EmbeddingInput::Other(_) => {
             return Err(bad(
                 "input",

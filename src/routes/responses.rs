@@ -22,7 +22,7 @@ use crate::chat::{Answer, Ask, Caller, ChatError, Continue, Overrides, Turn, Tur
 use crate::domain::{Citation, ConversationId, FunctionCall, StoredMessage, ToolCall, Usage};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ServiceAuth};
-use crate::http::openai::{Extras, InFunction, InTool, bad};
+use crate::http::openai::{Extras, InFunction, InTool, bad, check_sampling, opt_u32};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -40,8 +40,8 @@ pub struct ResponseRequest {
     #[serde(default)]
     store: Option<bool>,
     #[serde(default)]
-    stream: bool,
-    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default, deserialize_with = "opt_u32")]
     max_output_tokens: Option<u32>,
     #[serde(default)]
     temperature: Option<f64>,
@@ -183,7 +183,10 @@ fn to_messages(input: InInput) -> Result<Vec<StoredMessage>, ApiError> {
                 out.push(StoredMessage::text(role, text));
             }
             "function_call" => {
-                let (Some(call_id), Some(name)) = (item.call_id, item.name) else {
+                let (Some(call_id), Some(name)) = (
+                    item.call_id.filter(|c| !c.is_empty()),
+                    item.name.filter(|n| !n.is_empty()),
+                ) else {
                     return Err(bad(&at, "a function_call needs call_id and name"));
                 };
                 let call = ToolCall {
@@ -207,7 +210,10 @@ fn to_messages(input: InInput) -> Result<Vec<StoredMessage>, ApiError> {
                 let Some(call_id) = item.call_id.filter(|c| !c.is_empty()) else {
                     return Err(bad(&format!("{at}.call_id"), "is required"));
                 };
-                let output = text_of(item.output, &format!("{at}.output"))?;
+                let Some(output) = item.output else {
+                    return Err(bad(&format!("{at}.output"), "is required"));
+                };
+                let output = text_of(Some(output), &format!("{at}.output"))?;
                 let mut message = StoredMessage::text("tool", output);
                 message.tool_call_id = Some(call_id);
                 out.push(message);
@@ -449,9 +455,11 @@ pub async fn create_response(
             "at most 16 string values of at most 512 characters",
         ));
     }
-    if request.max_output_tokens == Some(0) {
-        return Err(bad("max_output_tokens", "must be at least 1"));
-    }
+    check_sampling(
+        request.temperature,
+        request.top_p,
+        &[("max_output_tokens", request.max_output_tokens)],
+    )?;
     let Some(input) = request.input.take() else {
         return Err(bad("input", "is required"));
     };
@@ -477,7 +485,8 @@ pub async fn create_response(
     let choice_echo = request.tool_choice.clone().unwrap_or_else(|| json!("auto"));
     let extras = extras(&mut request)?
         .check()
-        .map_err(|e| rename_field(e, "response_format", "text.format"))?;
+        .map_err(|e| rename_field(e, "response_format", "text.format"))
+        .map_err(|e| rename_field(e, "tool_choice.function", "tool_choice"))?;
     let from = match (&request.previous_response_id, &request.conversation) {
         (Some(id), _) => Some(Continue::Response(
             ResponseId::parse(id).ok_or(ApiError::NotFound("response"))?,
@@ -529,7 +538,7 @@ pub async fn create_response(
     };
     let created_at = chrono::Utc::now().timestamp();
     let reply = turn.reply_id;
-    if !request.stream {
+    if request.stream != Some(true) {
         let answer = turn.complete(&app).await?;
         let incomplete = incomplete_reason(&answer.finish_reason);
         return Ok(Json(
