@@ -134,6 +134,12 @@ fn to_wire(messages: Vec<InMessage>) -> Result<Vec<WireMessage>, ApiError> {
                 }
             };
             let tool_calls = m.tool_calls.unwrap_or_default();
+            if let Some(j) = tool_calls.iter().position(|c| c.kind != "function") {
+                return Err(bad(
+                    &format!("messages[{i}].tool_calls[{j}].type"),
+                    "must be 'function'",
+                ));
+            }
             if !tool_calls.is_empty() && role != "assistant" {
                 return Err(bad(
                     &format!("messages[{i}].tool_calls"),
