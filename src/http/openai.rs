@@ -284,3 +284,42 @@ pub fn check_sampling(
     }
     Ok(())
 }
+
+/// Message content: text, or parts of which only text parts are accepted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum InContent {
+    Text(String),
+    Parts(Vec<InPart>),
+}
+
+#[derive(Deserialize)]
+pub struct InPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl InContent {
+    /// The text of `content` (at `at`), refusing any part whose type is not one of `kinds`.
+    pub fn text_of(content: Option<Self>, at: &str, kinds: &[&str]) -> Result<String, ApiError> {
+        match content {
+            None => Ok(String::new()),
+            Some(Self::Text(t)) => Ok(t),
+            Some(Self::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.into_iter().enumerate() {
+                    if !kinds.contains(&p.kind.as_str()) {
+                        return Err(bad(
+                            &format!("{at}[{j}].type"),
+                            format!("content part type '{}' is not supported", p.kind),
+                        ));
+                    }
+                    text.push_str(p.text.as_deref().unwrap_or(""));
+                }
+                Ok(text)
+            }
+        }
+    }
+}

@@ -359,15 +359,7 @@ impl ModelClient {
         let result = self
             .complete_inner(endpoint, messages, params, &mut dep)
             .await;
-        match &result {
-            Ok(c) => model_span_done(
-                &mut dep,
-                Some(&c.model),
-                Some(&c.usage),
-                c.finish_reason.as_deref(),
-            ),
-            Err(e) => model_span_failed(&mut dep, endpoint, e),
-        }
+        completion_span(&mut dep, endpoint, &result);
         result
     }
 
@@ -554,15 +546,7 @@ impl ModelClient {
             Ok(super::responses::completion(&parsed, &endpoint.deployment))
         }
         .await;
-        match &result {
-            Ok(c) => model_span_done(
-                &mut dep,
-                Some(&c.model),
-                Some(&c.usage),
-                c.finish_reason.as_deref(),
-            ),
-            Err(e) => model_span_failed(&mut dep, endpoint, e),
-        }
+        completion_span(&mut dep, endpoint, &result);
         result
     }
 
@@ -683,6 +667,23 @@ impl Drop for ChatStream {
             // Ended before the upstream did: an error, or a reader that stopped.
             self.span.fail();
         }
+    }
+}
+
+/// Records how a whole-answer model call ended on its span.
+fn completion_span(
+    span: &mut telemetry::Dependency,
+    endpoint: &ModelEndpoint,
+    result: &Result<Completion, UpstreamError>,
+) {
+    match result {
+        Ok(c) => model_span_done(
+            span,
+            Some(&c.model),
+            Some(&c.usage),
+            c.finish_reason.as_deref(),
+        ),
+        Err(e) => model_span_failed(span, endpoint, e),
     }
 }
 

@@ -20,7 +20,9 @@ use crate::chat::{Ask, Caller, Overrides, Turn, TurnEvent};
 use crate::domain::Usage;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::http::extract::{ApiJson, ServiceAuth};
-use crate::http::openai::{Extras, InTool, TokenId, bad, check_sampling, opt_i64, opt_u32};
+use crate::http::openai::{
+    Extras, InContent, InTool, TokenId, bad, check_sampling, opt_i64, opt_u32,
+};
 use crate::llm::{ToolCall, WireMessage};
 use crate::state::AppState;
 
@@ -81,21 +83,6 @@ struct InMessage {
     tool_call_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum InContent {
-    Text(String),
-    Parts(Vec<InPart>),
-}
-
-#[derive(Deserialize)]
-struct InPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
 fn to_wire(messages: Vec<InMessage>) -> Result<Vec<WireMessage>, ApiError> {
     if messages.is_empty() {
         return Err(bad("messages", "must contain at least one message"));
@@ -116,23 +103,8 @@ fn to_wire(messages: Vec<InMessage>) -> Result<Vec<WireMessage>, ApiError> {
                     ));
                 }
             };
-            let content = match m.content {
-                None => String::new(),
-                Some(InContent::Text(t)) => t,
-                Some(InContent::Parts(parts)) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        if p.kind != "text" {
-                            return Err(bad(
-                                &format!("messages[{i}].content"),
-                                format!("content part type '{}' is not supported", p.kind),
-                            ));
-                        }
-                        text.push_str(p.text.as_deref().unwrap_or(""));
-                    }
-                    text
-                }
-            };
+            let content =
+                InContent::text_of(m.content, &format!("messages[{i}].content"), &["text"])?;
             let tool_calls = m.tool_calls.unwrap_or_default();
             if let Some(j) = tool_calls.iter().position(|c| c.kind != "function") {
                 return Err(bad(

@@ -22,7 +22,7 @@ use crate::chat::{Answer, Ask, Caller, ChatError, Continue, Overrides, Turn, Tur
 use crate::domain::{Citation, ConversationId, FunctionCall, StoredMessage, ToolCall, Usage};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ServiceAuth};
-use crate::http::openai::{Extras, InFunction, InTool, bad, check_sampling, opt_u32};
+use crate::http::openai::{Extras, InContent, InFunction, InTool, bad, check_sampling, opt_u32};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -104,7 +104,7 @@ struct InItem {
     #[serde(default)]
     role: Option<String>,
     #[serde(default)]
-    content: Option<InItemContent>,
+    content: Option<InContent>,
     #[serde(default)]
     call_id: Option<String>,
     #[serde(default)]
@@ -112,43 +112,12 @@ struct InItem {
     #[serde(default)]
     arguments: Option<String>,
     #[serde(default)]
-    output: Option<InItemContent>,
+    output: Option<InContent>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum InItemContent {
-    Text(String),
-    Parts(Vec<InPart>),
-}
-
-#[derive(Deserialize)]
-struct InPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-/// The text of a content value; only text parts are accepted.
-fn text_of(content: Option<InItemContent>, at: &str) -> Result<String, ApiError> {
-    match content {
-        None => Ok(String::new()),
-        Some(InItemContent::Text(t)) => Ok(t),
-        Some(InItemContent::Parts(parts)) => {
-            let mut text = String::new();
-            for (j, p) in parts.into_iter().enumerate() {
-                if !matches!(p.kind.as_str(), "input_text" | "output_text" | "text") {
-                    return Err(bad(
-                        &format!("{at}[{j}].type"),
-                        format!("content part type '{}' is not supported", p.kind),
-                    ));
-                }
-                text.push_str(p.text.as_deref().unwrap_or(""));
-            }
-            Ok(text)
-        }
-    }
+/// The text of an item's content (input and output text parts only).
+fn text_of(content: Option<InContent>, at: &str) -> Result<String, ApiError> {
+    InContent::text_of(content, at, &["input_text", "output_text", "text"])
 }
 
 /// The input as conversation messages: function calls join the assistant message before
