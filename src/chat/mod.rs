@@ -33,6 +33,16 @@ pub struct Caller {
     pub instance: InstanceId,
 }
 
+impl From<crate::auth::service_token::ServiceClaims> for Caller {
+    /// The caller a verified service token names.
+    fn from(claims: crate::auth::service_token::ServiceClaims) -> Self {
+        Self {
+            tenant: claims.company_id,
+            instance: claims.sub,
+        }
+    }
+}
+
 /// Why a turn could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -258,10 +268,7 @@ impl Turn {
                             ChatError::UnknownResponse,
                         )
                         .await?;
-                        let at = c
-                            .messages
-                            .iter()
-                            .position(|m| m.id == rid.message && m.response.is_some())
+                        let at = responses::position(&c.messages, &rid)
                             .ok_or(ChatError::UnknownResponse)?;
                         let mut messages = c.messages;
                         // Continuing an earlier answer than the last forks the conversation.

@@ -53,18 +53,22 @@ pub fn incomplete_reason(finish_reason: &str) -> Option<&'static str> {
 
 /// One of the caller's stored responses: its message (with its record).
 pub async fn get(app: &App, caller: &Caller, id: &ResponseId) -> Result<StoredMessage, ChatError> {
-    let conversation = super::load(
+    let mut conversation = super::load(
         app,
         &caller.tenant,
         &id.conversation,
         ChatError::UnknownResponse,
     )
     .await?;
-    conversation
-        .messages
-        .into_iter()
-        .find(|m| m.id == id.message && m.response.is_some())
-        .ok_or(ChatError::UnknownResponse)
+    let at = position(&conversation.messages, id).ok_or(ChatError::UnknownResponse)?;
+    Ok(conversation.messages.swap_remove(at))
+}
+
+/// Where the response `id` stands in its conversation's messages.
+pub(super) fn position(messages: &[StoredMessage], id: &ResponseId) -> Option<usize> {
+    messages
+        .iter()
+        .position(|m| m.id == id.message && m.response.is_some())
 }
 
 #[cfg(test)]

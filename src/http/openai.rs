@@ -323,3 +323,16 @@ impl InContent {
         }
     }
 }
+
+/// A streamed `/v1` answer: `text/event-stream`, not cached.
+pub fn event_stream(body: axum::body::Body) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = axum::response::Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

@@ -104,11 +104,7 @@ pub async fn chat(
                     "with a bearer token the company comes from the token; do not send companyId or agentAccessKey",
                 ));
             }
-            let claims = app.auth.service_token(token).await?;
-            Caller {
-                tenant: claims.company_id,
-                instance: claims.sub,
-            }
+            Caller::from(app.auth.service_token(token).await?)
         }
         None => body_key_caller(&app, &client, &body).await?,
     };

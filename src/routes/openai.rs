@@ -21,7 +21,7 @@ use crate::domain::Usage;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::http::extract::{ApiJson, ServiceAuth};
 use crate::http::openai::{
-    Extras, InContent, InTool, TokenId, bad, check_sampling, opt_i64, opt_u32,
+    Extras, InContent, InTool, TokenId, bad, check_sampling, event_stream, opt_i64, opt_u32,
 };
 use crate::llm::{ToolCall, WireMessage};
 use crate::state::AppState;
@@ -175,10 +175,7 @@ pub async fn chat_completions(
         stop: request.stop,
     }
     .check()?;
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let ask = Ask::Messages {
         messages: to_wire(request.messages)?,
         model: request.model,
@@ -272,15 +269,7 @@ pub async fn chat_completions(
         }
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(chunks);
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    Ok(event_stream(Body::from_stream(body)))
 }
 
 /// `GET /v1/models`: the models the caller's instance answers with (its allowed models, or
@@ -289,10 +278,7 @@ pub async fn list_models(
     State(app): State<AppState>,
     ServiceAuth(claims): ServiceAuth,
 ) -> Result<Response, ApiError> {
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let models = crate::chat::embeddings::models(&app, &caller).await?;
     let data: Vec<Value> = models
         .into_iter()
@@ -307,10 +293,7 @@ pub async fn get_model(
     ServiceAuth(claims): ServiceAuth,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let models = crate::chat::embeddings::models(&app, &caller).await?;
     let model = models
         .into_iter()
@@ -397,10 +380,7 @@ pub async fn embeddings(
     if request.dimensions == Some(0) {
         return Err(bad("dimensions", "must be at least 1"));
     }
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let answer = crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await?;
     let data: Vec<Value> = answer
         .vectors

@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,7 +21,9 @@ use crate::chat::{Answer, Ask, Caller, ChatError, Continue, Overrides, Turn, Tur
 use crate::domain::{Citation, ConversationId, FunctionCall, StoredMessage, ToolCall, Usage};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ServiceAuth};
-use crate::http::openai::{Extras, InContent, InFunction, InTool, bad, check_sampling, opt_u32};
+use crate::http::openai::{
+    Extras, InContent, InFunction, InTool, bad, check_sampling, event_stream, opt_u32,
+};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -468,10 +469,7 @@ pub async fn create_response(
         (None, None) => None,
     };
     let store = request.store.unwrap_or(true);
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let ask = Ask::Items {
         input,
         instructions: request.instructions.clone(),
@@ -570,15 +568,7 @@ pub async fn create_response(
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) })
         .chain(body);
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    Ok(event_stream(Body::from_stream(body)))
 }
 
 /// A checked field's error under the name the Responses API gives it.
@@ -603,8 +593,8 @@ struct EventWriter {
     /// The message item's output index, once its first text has come.
     message_at: Option<usize>,
     text: String,
-    /// Calls so far, with their output index.
-    calls: Vec<(usize, ToolCall)>,
+    /// Calls so far: the upstream's index of each, its output index, the call.
+    calls: Vec<(u32, usize, ToolCall)>,
     next_index: usize,
 }
 
@@ -670,39 +660,38 @@ impl EventWriter {
 
     fn tool_piece(&mut self, piece: crate::llm::ToolCallDelta) -> Vec<u8> {
         let mut out = Vec::new();
-        let slot = piece.index as usize;
-        if self.calls.len() <= slot {
-            // A new call: its item, then its arguments.
-            let at = self.next_index;
-            self.next_index += 1;
-            let mut calls: Vec<ToolCall> = Vec::new();
-            piece.merge_into(&mut calls);
-            let mut call = calls.pop().unwrap_or_else(|| ToolCall {
-                id: String::new(),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: String::new(),
-                    arguments: String::new(),
-                },
-            });
-            let arguments = std::mem::take(&mut call.function.arguments);
-            let item = call_item(&call, "in_progress");
-            while self.calls.len() < slot {
-                // Calls are numbered in order; a gap would be an upstream error, kept harmless.
-                self.calls.push((at, call.clone()));
+        let slot = match self
+            .calls
+            .iter()
+            .position(|(index, _, _)| *index == piece.index)
+        {
+            Some(slot) => slot,
+            None => {
+                // A new call: its item first, then its arguments.
+                let at = self.next_index;
+                self.next_index += 1;
+                let call = ToolCall {
+                    id: piece.id.clone().unwrap_or_default(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: piece.name.clone().unwrap_or_default(),
+                        arguments: String::new(),
+                    },
+                };
+                let item = call_item(&call, "in_progress");
+                self.calls.push((piece.index, at, call));
+                out.extend(self.event(
+                    "response.output_item.added",
+                    |_| json!({"output_index": at, "item": item}),
+                ));
+                if !piece.arguments.is_empty() {
+                    out.extend(self.arguments(self.calls.len() - 1, &piece.arguments));
+                }
+                return out;
             }
-            self.calls.push((at, call));
-            out.extend(self.event(
-                "response.output_item.added",
-                |_| json!({"output_index": at, "item": item}),
-            ));
-            if !arguments.is_empty() {
-                out.extend(self.arguments(slot, &arguments));
-            }
-            return out;
-        }
+        };
         if let Some(name) = &piece.name {
-            self.calls[slot].1.function.name.push_str(name);
+            self.calls[slot].2.function.name.push_str(name);
         }
         if !piece.arguments.is_empty() {
             out.extend(self.arguments(slot, &piece.arguments));
@@ -711,7 +700,7 @@ impl EventWriter {
     }
 
     fn arguments(&mut self, slot: usize, delta: &str) -> Vec<u8> {
-        let (at, call) = &mut self.calls[slot];
+        let (_, at, call) = &mut self.calls[slot];
         call.function.arguments.push_str(delta);
         let (at, item_id) = (*at, call_item_id(&call.id));
         self.event(
@@ -744,7 +733,7 @@ impl EventWriter {
                 |_| json!({"output_index": at, "item": item}),
             ));
         }
-        for (at, call) in std::mem::take(&mut self.calls) {
+        for (_, at, call) in std::mem::take(&mut self.calls) {
             let item_id = call_item_id(&call.id);
             let (arguments, name) = (call.function.arguments.clone(), call.function.name.clone());
             out.extend(self.event("response.function_call_arguments.done", |_| {
@@ -799,10 +788,7 @@ pub async fn get_response(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = ResponseId::parse(&raw).ok_or(ApiError::NotFound("response"))?;
-    let caller = Caller {
-        tenant: claims.company_id,
-        instance: claims.sub,
-    };
+    let caller = Caller::from(claims);
     let message = crate::chat::responses::get(&app, &caller, &id).await?;
     let Some(record) = message.response.as_deref() else {
         return Err(ApiError::NotFound("response"));
