@@ -403,6 +403,7 @@ impl Turn {
                         incomplete_reason: incomplete_reason.map(str::to_owned),
                         previous_response_id: draft.previous_response_id.clone(),
                         instructions: draft.instructions.clone(),
+                        refusal: end.refusal.clone(),
                     })
                 });
                 Some(save(app, &self.caller, stored, reply).await)
@@ -518,9 +519,14 @@ fn tail(messages: &[StoredMessage], keep: usize) -> Vec<WireMessage> {
 
 /// A stored message as sent upstream.
 fn wire(m: &StoredMessage) -> WireMessage {
+    // A refused answer is sent back as what the model said.
+    let refusal = m.response.as_ref().and_then(|r| r.refusal.as_ref());
     WireMessage {
         role: m.role.clone(),
-        content: m.content.clone(),
+        content: match refusal {
+            Some(r) if m.content.is_empty() => r.clone(),
+            _ => m.content.clone(),
+        },
         tool_calls: m.tool_calls.clone(),
         tool_call_id: m.tool_call_id.clone(),
     }

@@ -6,6 +6,7 @@
 use tokio::sync::mpsc;
 
 use crate::chat::{Answer, ChatError, Ending, Turn};
+use crate::llm::wire::ContentFilters;
 use crate::llm::{StreamPart, ToolCallDelta};
 use crate::state::AppState;
 
@@ -13,6 +14,11 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub enum TurnEvent {
     Delta(String),
+    /// A piece of the model's refusal.
+    Refusal(String),
+    /// Azure's content-filter verdicts on the prompt or the answer so far, as a chunk
+    /// carried them (before that chunk's own pieces).
+    Filters(Box<ContentFilters>),
     /// A piece of a function call (a `/v1` caller's tools).
     ToolCall(ToolCallDelta),
     /// The turn finished and is recorded.
@@ -42,12 +48,25 @@ impl Turn {
         tokio::spawn(async move {
             let (mut answer, mut usage, mut model, mut finish) = (String::new(), None, None, None);
             let mut tool_calls = Vec::new();
+            let mut refusal = String::new();
             let mut client_gone = false;
             while let Some(part) = upstream.next().await {
                 match part {
                     Ok(StreamPart::Delta(d)) => {
                         answer.push_str(&d);
                         if !client_gone && tx.send(TurnEvent::Delta(d)).await.is_err() {
+                            client_gone = true;
+                        }
+                    }
+                    Ok(StreamPart::Refusal(piece)) => {
+                        refusal.push_str(&piece);
+                        if !client_gone && tx.send(TurnEvent::Refusal(piece)).await.is_err() {
+                            client_gone = true;
+                        }
+                    }
+                    // Passed on as they come (the streamed answer does not repeat them).
+                    Ok(StreamPart::Filters(seen)) => {
+                        if !client_gone && tx.send(TurnEvent::Filters(seen)).await.is_err() {
                             client_gone = true;
                         }
                     }
@@ -75,7 +94,7 @@ impl Turn {
                 model,
                 finish_reason: finish,
                 tool_calls,
-                refusal: None,
+                refusal: Some(refusal).filter(|r| !r.is_empty()),
                 filters: None,
             };
             let done = self.finish(&app, end).await;

@@ -730,7 +730,10 @@ impl ChatStream {
             && !self.pending.iter().any(|p| {
                 matches!(
                     p,
-                    StreamPart::Delta(_) | StreamPart::ToolCall(_) | StreamPart::Finish(_)
+                    StreamPart::Delta(_)
+                        | StreamPart::Refusal(_)
+                        | StreamPart::ToolCall(_)
+                        | StreamPart::Finish(_)
                 )
             })
         {
@@ -807,7 +810,10 @@ impl ChatStream {
                         StreamPart::Model(m) => self.seen.model = Some(m.clone()),
                         StreamPart::Usage(u) => self.seen.usage = Some(*u),
                         StreamPart::Finish(f) => self.seen.finish = Some(f.clone()),
-                        StreamPart::Delta(_) | StreamPart::ToolCall(_) => {}
+                        StreamPart::Delta(_)
+                        | StreamPart::Refusal(_)
+                        | StreamPart::ToolCall(_)
+                        | StreamPart::Filters(_) => {}
                     }
                 }
                 return Some(Ok(part));

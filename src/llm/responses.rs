@@ -189,6 +189,14 @@ impl EventReader {
                     vec![StreamPart::Delta(delta.to_owned())]
                 })
             }
+            "response.refusal.delta" => {
+                let delta = event["delta"].as_str().unwrap_or("");
+                Read::Parts(if delta.is_empty() {
+                    vec![]
+                } else {
+                    vec![StreamPart::Refusal(delta.to_owned())]
+                })
+            }
             "response.output_item.added" if event["item"]["type"] == "function_call" => {
                 let index = self.calls.len() as u32;
                 self.calls.push(event["output_index"].as_u64().unwrap_or(0));
@@ -342,6 +350,11 @@ mod tests {
         assert!(
             matches!(&p[0], StreamPart::ToolCall(d) if d.index == 0 && d.arguments == "{\"a\"")
         );
+        let refusal = json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "delta": "No"});
+        let Read::Parts(p) = reader.read(&refusal) else {
+            panic!()
+        };
+        assert_eq!(p, vec![StreamPart::Refusal("No".into())]);
         let done = json!({"type": "response.completed", "response": {"model": "m", "usage": {"input_tokens": 1, "output_tokens": 2}}});
         let Read::Done(p) = reader.read(&done) else {
             panic!()

@@ -168,6 +168,9 @@ pub struct WireAnswerMessage {
 pub struct WireChunk {
     #[serde(default)]
     pub model: Option<String>,
+    /// Azure's verdicts on the prompt (the stream's first chunk).
+    #[serde(default)]
+    pub prompt_filter_results: Option<Value>,
     #[serde(default)]
     pub choices: Vec<WireChunkChoice>,
     #[serde(default)]
@@ -178,6 +181,9 @@ pub struct WireChunk {
 pub struct WireChunkChoice {
     #[serde(default)]
     pub delta: Option<WireDelta>,
+    /// Azure's verdicts on the answer so far (empty on most chunks).
+    #[serde(default)]
+    pub content_filter_results: Option<Value>,
     #[serde(default)]
     pub finish_reason: Option<String>,
 }
@@ -188,6 +194,8 @@ pub struct WireDelta {
     pub content: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<WireToolCallDelta>>,
+    #[serde(default)]
+    pub refusal: Option<String>,
 }
 
 /// Azure OpenAI's content-filter verdicts of a whole answer, as it reported them.
@@ -253,32 +261,53 @@ impl ToolCallDelta {
 }
 
 /// What a chunk means for us.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StreamPart {
     Delta(String),
+    /// A piece of the model's refusal.
+    Refusal(String),
     ToolCall(ToolCallDelta),
+    /// Azure's content-filter verdicts, as a chunk carried them (never empty ones).
+    Filters(Box<ContentFilters>),
     Finish(String),
     Usage(WireUsage),
     Model(String),
 }
 
 impl WireChunk {
-    /// The parts of this chunk, in order; content-filter and prompt-filter chunks give none.
-    pub fn parts(&self) -> Vec<StreamPart> {
+    /// The parts of this chunk, in order; filter verdicts that say nothing give none.
+    pub fn parts(self) -> Vec<StreamPart> {
         let mut out = Vec::new();
-        if let Some(model) = self.model.as_deref().filter(|m| !m.is_empty()) {
-            out.push(StreamPart::Model(model.to_owned()));
+        if let Some(model) = self.model.filter(|m| !m.is_empty()) {
+            out.push(StreamPart::Model(model));
         }
-        for choice in &self.choices {
-            if let Some(content) = choice
-                .delta
-                .as_ref()
+        let prompt_verdicts = |v: &Value| {
+            v.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|p| says_something(&p["content_filter_results"]))
+            })
+        };
+        if let Some(prompt) = self.prompt_filter_results.filter(prompt_verdicts) {
+            out.push(StreamPart::Filters(Box::new(ContentFilters {
+                prompt: Some(prompt),
+                completion: None,
+            })));
+        }
+        for choice in self.choices {
+            let delta = choice.delta.as_ref();
+            if let Some(content) = delta
                 .and_then(|d| d.content.as_deref())
                 .filter(|c| !c.is_empty())
             {
                 out.push(StreamPart::Delta(content.to_owned()));
             }
-            let calls = choice.delta.as_ref().and_then(|d| d.tool_calls.as_ref());
+            if let Some(refusal) = delta
+                .and_then(|d| d.refusal.as_deref())
+                .filter(|r| !r.is_empty())
+            {
+                out.push(StreamPart::Refusal(refusal.to_owned()));
+            }
+            let calls = delta.and_then(|d| d.tool_calls.as_ref());
             for call in calls.into_iter().flatten() {
                 let function = call.function.as_ref();
                 out.push(StreamPart::ToolCall(ToolCallDelta {
@@ -290,14 +319,30 @@ impl WireChunk {
                         .unwrap_or_default(),
                 }));
             }
-            if let Some(reason) = &choice.finish_reason {
-                out.push(StreamPart::Finish(reason.clone()));
+            if let Some(completion) = choice.content_filter_results.filter(says_something) {
+                out.push(StreamPart::Filters(Box::new(ContentFilters {
+                    prompt: None,
+                    completion: Some(completion),
+                })));
+            }
+            if let Some(reason) = choice.finish_reason {
+                out.push(StreamPart::Finish(reason));
             }
         }
         if let Some(usage) = self.usage {
             out.push(StreamPart::Usage(usage));
         }
         out
+    }
+}
+
+/// Whether filter verdicts say anything (Azure sends `{}` or `[]` on most chunks).
+fn says_something(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Null => false,
+        _ => true,
     }
 }
 
@@ -324,6 +369,15 @@ mod tests {
     /// results first with no choices, a role chunk, content chunks with filter results, an
     /// asynchronous content-filter annotation with no delta, the finish chunk, the usage chunk
     /// with empty choices, `[DONE]`.
+    #[test]
+    fn a_streamed_refusal_is_its_own_part() {
+        let chunk: WireChunk = serde_json::from_str(
+            r#"{"choices":[{"index":0,"delta":{"content":null,"refusal":"I can't"},"content_filter_results":{}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chunk.parts(), vec![StreamPart::Refusal("I can't".into())]);
+    }
+
     pub const AZURE_STREAM: &str = include_str!("../../tests/fixtures/azure-chat-stream.txt");
 
     #[test]
@@ -362,6 +416,22 @@ mod tests {
                 total_tokens: 28
             })));
             assert!(parts.contains(&StreamPart::Model("gpt-4o-2024-08-06".into())));
+            // The prompt's verdicts, then the verdicts on each content chunk and the
+            // asynchronous filter's; the empty ones (`{}`) give nothing.
+            let filters: Vec<&ContentFilters> = parts
+                .iter()
+                .filter_map(|p| match p {
+                    StreamPart::Filters(f) => Some(&**f),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(filters.len(), 5);
+            assert_eq!(
+                filters[0].prompt.as_ref().unwrap()[0]["content_filter_results"]["jailbreak"]["detected"],
+                false
+            );
+            assert!(filters[1..].iter().all(|f| f.prompt.is_none()
+                && f.completion.as_ref().unwrap()["hate"]["severity"] == "safe"));
         }
     }
 }

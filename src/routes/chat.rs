@@ -132,19 +132,24 @@ pub async fn chat(
     // Streamed: the first upstream content has arrived before we answer 200.
     let events = turn.stream(&app).await?;
     let events = futures_util::stream::unfold(events, |mut rx| async move {
-        let event = match rx.recv().await? {
-            TurnEvent::Delta(content) => Event::default()
-                .event("delta")
-                .json_data(json!({ "content": content })),
-            TurnEvent::Done(answer) => Event::default().event("done").json_data(Done::from(answer)),
-            // `/chat` offers the model no tools.
-            TurnEvent::ToolCall(_) => Ok(Event::default().comment("tool call")),
-            TurnEvent::Failed(error) => {
-                let error = ApiError::from(error);
-                Event::default()
-                    .event("error")
-                    .json_data(json!({ "code": error.code(), "message": error.to_string() }))
-            }
+        let event = loop {
+            break match rx.recv().await? {
+                // A refusal is what the model answered, to a `/chat` client.
+                TurnEvent::Delta(content) | TurnEvent::Refusal(content) => Event::default()
+                    .event("delta")
+                    .json_data(json!({ "content": content })),
+                TurnEvent::Done(answer) => {
+                    Event::default().event("done").json_data(Done::from(answer))
+                }
+                // `/chat` offers the model no tools, and does not carry filter verdicts.
+                TurnEvent::ToolCall(_) | TurnEvent::Filters(_) => continue,
+                TurnEvent::Failed(error) => {
+                    let error = ApiError::from(error);
+                    Event::default()
+                        .event("error")
+                        .json_data(json!({ "code": error.code(), "message": error.to_string() }))
+                }
+            };
         };
         let event = event.unwrap_or_else(|_| Event::default().event("error"));
         Some((Ok::<_, Infallible>(event), rx))
@@ -186,7 +191,10 @@ impl From<Answer> for ChatAnswer {
         Self {
             conversation_id: saved.map(|s| s.conversation_id).unwrap_or_default(),
             message_id: saved.map(|s| s.message_id).unwrap_or_default(),
-            answer: a.content,
+            answer: match a.refusal {
+                Some(refusal) if a.content.is_empty() => refusal,
+                _ => a.content,
+            },
             citations: a.citations,
             usage: a.usage,
             model: a.model,

@@ -23,6 +23,7 @@ use crate::http::extract::{ApiJson, ServiceAuth};
 use crate::http::openai::{
     Extras, InContent, InTool, TokenId, bad, check_sampling, event_stream, opt_i64, opt_u32,
 };
+use crate::llm::wire::ContentFilters;
 use crate::llm::{ToolCall, WireMessage};
 use crate::state::AppState;
 
@@ -203,8 +204,9 @@ pub async fn chat_completions(
                 index: 0,
                 message: AnswerMessage {
                     role: "assistant",
-                    content: (!answer.content.is_empty() || answer.tool_calls.is_empty())
-                        .then_some(answer.content.as_str()),
+                    content: (!answer.content.is_empty()
+                        || answer.tool_calls.is_empty() && answer.refusal.is_none())
+                    .then_some(answer.content.as_str()),
                     tool_calls: &answer.tool_calls,
                     refusal: answer.refusal.as_deref(),
                 },
@@ -223,49 +225,76 @@ pub async fn chat_completions(
         .stream_options
         .is_some_and(|o| o.include_usage == Some(true));
     let events = turn.stream(&app).await?;
-    let first = head.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
-    // The stream ends after [DONE] (or an error): `None` state stops it.
-    let chunks = futures_util::stream::unfold(Some(events), move |state| {
+    let first = head.chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        None,
+    );
+    // The stream ends after [DONE] (or an error): `None` state stops it. Azure's verdicts on
+    // the answer go on the next chunk sent (a chunk's verdicts come before its own pieces).
+    let chunks = futures_util::stream::unfold(Some((events, None)), move |state| {
         let head = head.clone();
         async move {
-            let mut rx = state?;
-            let (bytes, more) = match rx.recv().await {
-                Some(TurnEvent::Delta(content)) => {
-                    (head.chunk(json!({ "content": content }), Value::Null), true)
-                }
-                Some(TurnEvent::ToolCall(piece)) => {
-                    let mut call =
-                        json!({"index": piece.index, "function": {"arguments": piece.arguments}});
-                    if let Some(id) = piece.id {
-                        call["id"] = json!(id);
-                        call["type"] = json!("function");
-                    }
-                    if let Some(name) = piece.name {
-                        call["function"]["name"] = json!(name);
-                    }
-                    (
-                        head.chunk(json!({ "tool_calls": [call] }), Value::Null),
+            let (mut rx, mut verdicts) = state?;
+            let (bytes, more) = loop {
+                break match rx.recv().await {
+                    Some(TurnEvent::Delta(content)) => (
+                        head.chunk(json!({ "content": content }), Value::Null, verdicts.take()),
                         true,
-                    )
-                }
-                Some(TurnEvent::Done(answer)) => {
-                    let mut out = head.chunk(json!({}), json!(answer.finish_reason)).to_vec();
-                    if include_usage {
-                        let v = json!({"id": head.id, "object": "chat.completion.chunk", "created": head.created,
-                                       "model": head.model, "choices": [], "usage": usage_json(answer.usage)});
-                        out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+                    ),
+                    Some(TurnEvent::Refusal(refusal)) => (
+                        head.chunk(json!({ "refusal": refusal }), Value::Null, verdicts.take()),
+                        true,
+                    ),
+                    Some(TurnEvent::Filters(filters)) => {
+                        let ContentFilters { prompt, completion } = *filters;
+                        if completion.is_some() {
+                            verdicts = completion;
+                        }
+                        match prompt {
+                            Some(prompt) => (head.prompt_chunk(prompt), true),
+                            None => continue,
+                        }
                     }
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    (Bytes::from(out), false)
-                }
-                Some(TurnEvent::Failed(error)) => {
-                    let err = ApiError::from(error);
-                    let body = json!({"error": {"message": err.to_string(), "type": error_type(err.status()), "param": null, "code": err.code()}});
-                    (Bytes::from(format!("data: {body}\n\n")), false)
-                }
-                None => return None,
+                    Some(TurnEvent::ToolCall(piece)) => {
+                        let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments}});
+                        if let Some(id) = piece.id {
+                            call["id"] = json!(id);
+                            call["type"] = json!("function");
+                        }
+                        if let Some(name) = piece.name {
+                            call["function"]["name"] = json!(name);
+                        }
+                        (
+                            head.chunk(
+                                json!({ "tool_calls": [call] }),
+                                Value::Null,
+                                verdicts.take(),
+                            ),
+                            true,
+                        )
+                    }
+                    Some(TurnEvent::Done(answer)) => {
+                        let mut out = head
+                            .chunk(json!({}), json!(answer.finish_reason), verdicts.take())
+                            .to_vec();
+                        if include_usage {
+                            let v = json!({"id": head.id, "object": "chat.completion.chunk", "created": head.created,
+                                           "model": head.model, "choices": [], "usage": usage_json(answer.usage)});
+                            out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+                        }
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        (Bytes::from(out), false)
+                    }
+                    Some(TurnEvent::Failed(error)) => {
+                        let err = ApiError::from(error);
+                        let body = json!({"error": {"message": err.to_string(), "type": error_type(err.status()), "param": null, "code": err.code()}});
+                        (Bytes::from(format!("data: {body}\n\n")), false)
+                    }
+                    None => return None,
+                };
             };
-            Some((Ok::<_, Infallible>(bytes), more.then_some(rx)))
+            Some((Ok::<_, Infallible>(bytes), more.then_some((rx, verdicts))))
         }
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(chunks);
@@ -435,7 +464,7 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct AnswerMessage<'a> {
     role: &'static str,
-    /// `null` when the model only called tools.
+    /// `null` when the model only called tools or refused.
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     tool_calls: &'a [ToolCall],
@@ -469,9 +498,22 @@ struct ChunkHead {
 }
 
 impl ChunkHead {
-    fn chunk(&self, delta: Value, finish: Value) -> Bytes {
+    /// A chunk of the answer, with Azure's verdicts on it when there are some.
+    fn chunk(&self, delta: Value, finish: Value, verdicts: Option<Value>) -> Bytes {
+        let mut choice =
+            json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null});
+        if let Some(v) = verdicts {
+            choice["content_filter_results"] = v;
+        }
         let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
+                       "choices": [choice]});
+        Bytes::from(format!("data: {v}\n\n"))
+    }
+
+    /// Azure's verdicts on the prompt, in a chunk of their own (as Azure sends them).
+    fn prompt_chunk(&self, verdicts: Value) -> Bytes {
+        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                       "choices": [], "prompt_filter_results": verdicts});
         Bytes::from(format!("data: {v}\n\n"))
     }
 }

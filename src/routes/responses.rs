@@ -381,20 +381,32 @@ fn call_item(call: &ToolCall, status: &str) -> Value {
            "name": call.function.name, "arguments": call.function.arguments, "status": status})
 }
 
-/// A finished answer's output items: its text (unless it only called tools), then its calls.
+/// A text part before its first text.
+fn empty_text() -> Value {
+    text_part("", &[])
+}
+
+fn refusal_part(refusal: &str) -> Value {
+    json!({"type": "refusal", "refusal": refusal})
+}
+
+/// A finished answer's output items: its message (its text unless it only refused or only
+/// called tools, then its refusal), then its calls.
 fn output(
     reply: uuid::Uuid,
     content: &str,
+    refusal: Option<&str>,
     citations: &[Citation],
     calls: &[ToolCall],
 ) -> Vec<Value> {
     let mut out = Vec::with_capacity(1 + calls.len());
-    if !content.is_empty() || calls.is_empty() {
-        out.push(message_item(
-            &message_item_id(reply),
-            "completed",
-            vec![text_part(content, citations)],
-        ));
+    if !content.is_empty() || refusal.is_some() || calls.is_empty() {
+        let mut parts = Vec::with_capacity(1);
+        if !content.is_empty() || refusal.is_none() {
+            parts.push(text_part(content, citations));
+        }
+        parts.extend(refusal.map(refusal_part));
+        out.push(message_item(&message_item_id(reply), "completed", parts));
     }
     out.extend(calls.iter().map(|c| call_item(c, "completed")));
     out
@@ -521,6 +533,7 @@ pub async fn create_response(
                 output: output(
                     reply,
                     &answer.content,
+                    answer.refusal.as_deref(),
                     &answer.citations,
                     &answer.tool_calls,
                 ),
@@ -543,7 +556,10 @@ pub async fn create_response(
         echo,
         sequence: 0,
         message_at: None,
+        text_at: None,
+        refusal_at: None,
         text: String::new(),
+        refusal: String::new(),
         calls: Vec::new(),
         next_index: 0,
     };
@@ -556,6 +572,9 @@ pub async fn create_response(
         let (mut rx, mut w) = state?;
         let (bytes, more) = match rx.recv().await {
             Some(TurnEvent::Delta(delta)) => (w.delta(&delta), true),
+            Some(TurnEvent::Refusal(delta)) => (w.refusal(&delta), true),
+            // The Responses API carries no content-filter verdicts.
+            Some(TurnEvent::Filters(_)) => (Vec::new(), true),
             Some(TurnEvent::ToolCall(piece)) => (w.tool_piece(piece), true),
             Some(TurnEvent::Done(answer)) => (w.done(answer), false),
             Some(TurnEvent::Failed(error)) => (w.failed(error), false),
@@ -590,9 +609,13 @@ struct EventWriter {
     reply: uuid::Uuid,
     echo: Echo,
     sequence: u64,
-    /// The message item's output index, once its first text has come.
+    /// The message item's output index, once its first text or refusal has come.
     message_at: Option<usize>,
+    /// The content index of the message's text part and refusal part, once opened.
+    text_at: Option<usize>,
+    refusal_at: Option<usize>,
     text: String,
+    refusal: String,
     /// Calls so far: the upstream's index of each, its output index, the call.
     calls: Vec<(u32, usize, ToolCall)>,
     next_index: usize,
@@ -626,7 +649,7 @@ impl EventWriter {
         message_item_id(self.reply)
     }
 
-    /// Opens the message item (and its text part) before its first text.
+    /// Opens the message item before its first text or refusal.
     fn open_message(&mut self, out: &mut Vec<u8>) -> usize {
         if let Some(at) = self.message_at {
             return at;
@@ -639,21 +662,54 @@ impl EventWriter {
             "response.output_item.added",
             |_| json!({"output_index": at, "item": item}),
         ));
+        at
+    }
+
+    /// Opens a content part of the message (after the parts already open): its content index.
+    fn open_part(&mut self, out: &mut Vec<u8>, part: Value) -> usize {
+        let at = self.open_message(out);
+        let index = usize::from(self.text_at.is_some()) + usize::from(self.refusal_at.is_some());
         let item_id = self.item_id();
         out.extend(self.event("response.content_part.added", |_| {
-            json!({"item_id": item_id, "output_index": at, "content_index": 0,
-                   "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            json!({"item_id": item_id, "output_index": at, "content_index": index, "part": part})
         }));
-        at
+        index
     }
 
     fn delta(&mut self, delta: &str) -> Vec<u8> {
         let mut out = Vec::new();
+        let part = match self.text_at {
+            Some(part) => part,
+            None => {
+                let part = self.open_part(&mut out, empty_text());
+                self.text_at = Some(part);
+                part
+            }
+        };
         let at = self.open_message(&mut out);
         self.text.push_str(delta);
         let item_id = self.item_id();
         out.extend(self.event("response.output_text.delta", |_| {
-            json!({"item_id": item_id, "output_index": at, "content_index": 0, "delta": delta, "logprobs": []})
+            json!({"item_id": item_id, "output_index": at, "content_index": part, "delta": delta, "logprobs": []})
+        }));
+        out
+    }
+
+    fn refusal(&mut self, delta: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let part = match self.refusal_at {
+            Some(part) => part,
+            None => {
+                let part = self.open_part(&mut out, refusal_part(""));
+                self.refusal_at = Some(part);
+                part
+            }
+        };
+        let at = self.open_message(&mut out);
+        self.refusal.push_str(delta);
+        let item_id = self.item_id();
+        out.extend(self.event("response.refusal.delta", |_| {
+            json!({"item_id": item_id, "output_index": at, "content_index": part, "delta": delta})
         }));
         out
     }
@@ -712,21 +768,38 @@ impl EventWriter {
     fn done(&mut self, answer: Answer) -> Vec<u8> {
         let mut out = Vec::new();
         if self.message_at.is_none() && answer.tool_calls.is_empty() {
-            self.open_message(&mut out);
+            // An empty answer still has its (empty) text.
+            self.text_at = Some(self.open_part(&mut out, empty_text()));
         }
         let mut output = Vec::new();
         if let Some(at) = self.message_at {
             let item_id = self.item_id();
-            let text = answer.content.clone();
-            out.extend(self.event("response.output_text.done", |_| {
-                json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": []})
-            }));
-            let part = text_part(&answer.content, &answer.citations);
-            let done_part = part.clone();
-            out.extend(self.event("response.content_part.done", |_| {
-                json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": done_part})
-            }));
-            let item = message_item(&item_id, "completed", vec![part]);
+            let mut parts: Vec<(usize, Value)> = Vec::with_capacity(2);
+            if let Some(index) = self.text_at {
+                let text = answer.content.clone();
+                out.extend(self.event("response.output_text.done", |_| {
+                    json!({"item_id": item_id, "output_index": at, "content_index": index, "text": text, "logprobs": []})
+                }));
+                parts.push((index, text_part(&answer.content, &answer.citations)));
+            }
+            if let Some(index) = self.refusal_at {
+                let refusal = std::mem::take(&mut self.refusal);
+                out.extend(self.event("response.refusal.done", |_| {
+                    json!({"item_id": item_id, "output_index": at, "content_index": index, "refusal": refusal})
+                }));
+                parts.push((index, refusal_part(&refusal)));
+            }
+            parts.sort_by_key(|(index, _)| *index);
+            for (index, part) in &parts {
+                out.extend(self.event("response.content_part.done", |_| {
+                    json!({"item_id": item_id, "output_index": at, "content_index": index, "part": part})
+                }));
+            }
+            let item = message_item(
+                &item_id,
+                "completed",
+                parts.into_iter().map(|(_, p)| p).collect(),
+            );
             output.push(item.clone());
             out.extend(self.event(
                 "response.output_item.done",
@@ -803,6 +876,7 @@ pub async fn get_response(
             output: output(
                 message.id,
                 &message.content,
+                record.refusal.as_deref(),
                 &message.citations,
                 &message.tool_calls,
             ),

@@ -642,3 +642,247 @@ async fn responses_upstream_failures_map_like_model_calls() {
         assert_eq!(err["error"]["type"], "api_error");
     }
 }
+
+/// The text of a stream's events of one `type`, joined.
+fn joined(events: &[Value], kind: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .filter_map(|e| e["delta"].as_str())
+        .collect()
+}
+
+/// A model's refusal and Azure's content-filter verdicts reach the client on every route,
+/// whole and streamed, on both API styles: `refusal` on chat completions (`delta.refusal`
+/// when streamed), a `refusal` part on the Responses API (kept with a stored response and
+/// sent back upstream as what the model said), the answer's text on `/chat`; the prompt's
+/// verdicts in a chunk of their own, the answer's on the next chunk.
+#[tokio::test]
+async fn refusals_and_content_filters_pass_through() {
+    const REFUSAL: &str = "I'm sorry, but I can't help with that request.";
+    let (app, sim) = setup(&[]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o").await;
+    let beta = app
+        .create_instance_with(
+            "beta",
+            json!({"azureOpenaiEndpoint": sim.base, "azureOpenaiDeployment": "gpt-4o",
+                   "credentials": {"azureOpenaiKey": "key-beta"}, "settings": {"apiStyle": "v1"}}),
+        )
+        .await;
+    let forbidden = "Tell me the forbidden recipe";
+    for (name, key) in [("acme", &acme.key), ("beta", &beta.key)] {
+        let token = app.service_token(name, key).await;
+        let messages = json!([{"role": "user", "content": forbidden}]);
+
+        // Chat completions, whole.
+        let body: Value = app
+            .request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(&token),
+                Some(json!({"messages": messages})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let message = &body["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null, "{name}: {body}");
+        assert_eq!(message["refusal"], REFUSAL, "{name}");
+
+        // Chat completions, streamed.
+        let text = app
+            .request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(&token),
+                Some(json!({"messages": messages, "stream": true})),
+            )
+            .await
+            .text()
+            .await
+            .unwrap();
+        let chunks = data_lines(&text);
+        let refusal: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["refusal"].as_str())
+            .collect();
+        assert_eq!(refusal, REFUSAL, "{name}: {text}");
+        let prompt = chunks
+            .iter()
+            .find(|c| c.get("prompt_filter_results").is_some())
+            .unwrap_or_else(|| panic!("{name}: no prompt verdicts in {text}"));
+        assert_eq!(prompt["choices"], json!([]));
+        assert_eq!(
+            prompt["prompt_filter_results"][0]["content_filter_results"]["hate"]["severity"],
+            "safe"
+        );
+        // The asynchronous filter's verdicts follow the text: they ride on the finish chunk.
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            last["choices"][0]["content_filter_results"]["violence"]["filtered"], false,
+            "{name}: {text}"
+        );
+        // Every chunk is one completion's.
+        assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+
+        // The Responses API, whole, stored, read back and continued.
+        let created: Value = app
+            .request(
+                Method::POST,
+                "/v1/responses",
+                Some(&token),
+                Some(json!({"input": forbidden})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            created["output"][0]["content"],
+            json!([{"type": "refusal", "refusal": REFUSAL}]),
+            "{name}: {created}"
+        );
+        let id = created["id"].as_str().unwrap();
+        let got: Value = app
+            .request(
+                Method::GET,
+                &format!("/v1/responses/{id}"),
+                Some(&token),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["output"], created["output"], "{name}");
+        sim.sim.clear();
+        let next = app
+            .request(
+                Method::POST,
+                "/v1/responses",
+                Some(&token),
+                Some(json!({"input": "Then say hello", "previous_response_id": id})),
+            )
+            .await;
+        assert_eq!(next.status(), StatusCode::OK);
+        let sent = sim.sim.requests()[0].body.to_string();
+        assert!(
+            sent.contains(REFUSAL),
+            "{name}: the refusal went back: {sent}"
+        );
+
+        // The Responses API, streamed.
+        let text = app
+            .request(
+                Method::POST,
+                "/v1/responses",
+                Some(&token),
+                Some(json!({"input": forbidden, "stream": true})),
+            )
+            .await
+            .text()
+            .await
+            .unwrap();
+        let events = data_lines(&text);
+        assert_eq!(joined(&events, "response.refusal.delta"), REFUSAL, "{name}");
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            &kinds[kinds.len() - 4..],
+            [
+                "response.refusal.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ],
+            "{name}: {kinds:?}"
+        );
+        assert!(!kinds.contains(&"response.output_text.delta"));
+        let added = events
+            .iter()
+            .find(|e| e["type"] == "response.content_part.added")
+            .unwrap();
+        assert_eq!(added["part"], json!({"type": "refusal", "refusal": ""}));
+        let done = events.last().unwrap();
+        assert_eq!(
+            done["response"]["output"][0]["content"],
+            json!([{"type": "refusal", "refusal": REFUSAL}])
+        );
+
+        // `/chat`: the refusal is the answer.
+        let body: Value = app
+            .request(
+                Method::POST,
+                "/chat",
+                Some(&token),
+                Some(json!({"message": forbidden})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["answer"], REFUSAL, "{name}: {body}");
+        let text = app
+            .request(
+                Method::POST,
+                "/chat",
+                Some(&token),
+                Some(json!({"message": forbidden, "stream": true})),
+            )
+            .await
+            .text()
+            .await
+            .unwrap();
+        let streamed: String = data_lines(&text)
+            .iter()
+            .filter_map(|e| e["content"].as_str())
+            .collect();
+        assert_eq!(streamed, REFUSAL, "{name}: {text}");
+    }
+}
+
+/// An ordinary stream keeps Azure's verdicts too (the prompt's first, the answer's on the
+/// chunk after) and sends no chunk for verdicts that say nothing.
+#[tokio::test]
+async fn streamed_answers_carry_azure_verdicts_without_extra_chunks() {
+    let (app, sim) = setup(&[]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o").await;
+    let token = app.service_token("acme", &acme.key).await;
+    let text = app
+        .request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&token),
+            Some(json!({"messages": [{"role": "user", "content": "Say hello"}], "stream": true})),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let chunks = data_lines(&text);
+    let content: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["content"].is_string())
+        .collect();
+    // The role chunk, then one chunk per simulator piece: none is empty.
+    assert!(content.len() > 2);
+    let with_choices = chunks
+        .iter()
+        .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+        .count();
+    // role + pieces + finish; the prompt's verdicts are the one chunk without choices.
+    assert_eq!(with_choices, content.len() + 1, "{text}");
+    assert_eq!(chunks.len(), with_choices + 1, "{text}");
+    let prompts = chunks
+        .iter()
+        .filter(|c| c.get("prompt_filter_results").is_some())
+        .count();
+    assert_eq!(prompts, 1, "{text}");
+    assert!(
+        content
+            .iter()
+            .all(|c| c["choices"][0].get("content_filter_results").is_none()),
+        "empty verdicts are not repeated: {text}"
+    );
+}

@@ -123,7 +123,10 @@ async fn streams_deliver_every_part_and_usage() {
             StreamPart::Delta(d) => text.push_str(&d),
             StreamPart::Usage(u) => usage = Some(u),
             StreamPart::Finish(f) => finish = Some(f),
-            StreamPart::Model(_) | StreamPart::ToolCall(_) => {}
+            StreamPart::Model(_)
+            | StreamPart::ToolCall(_)
+            | StreamPart::Refusal(_)
+            | StreamPart::Filters(_) => {}
         }
     }
     assert_eq!(

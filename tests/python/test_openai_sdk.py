@@ -166,6 +166,43 @@ def test_chat_structured_output_parses():
     assert isinstance(parsed, Weather) and parsed.city == "Rome"
 
 
+REFUSAL = "I'm sorry, but I can't help with that request."
+
+
+def test_chat_refusal_whole_and_streamed():
+    # The simulator refuses a question with "forbidden" in it, as a model refuses a schema.
+    asked = [{"role": "user", "content": "The forbidden weather, please"}]
+    result = client().chat.completions.parse(model="gpt-4o", messages=asked, response_format=Weather)
+    message = result.choices[0].message
+    assert message.refusal == REFUSAL and message.parsed is None and message.content is None
+    kinds, verdicts = [], []
+    with client().chat.completions.stream(model="gpt-4o", messages=asked, response_format=Weather) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "chunk":
+                verdicts += [c.model_extra.get("content_filter_results") for c in event.chunk.choices]
+                verdicts.append((event.chunk.model_extra or {}).get("prompt_filter_results"))
+        final = stream.get_final_completion()
+    assert "refusal.delta" in kinds and "refusal.done" in kinds
+    assert final.choices[0].message.refusal == REFUSAL
+    # Azure's verdicts reach the SDK (in its extra fields), the prompt's and the answer's.
+    assert any(isinstance(v, list) and v[0]["content_filter_results"]["hate"]["filtered"] is False for v in verdicts)
+    assert any(isinstance(v, dict) and v["violence"]["severity"] == "safe" for v in verdicts)
+
+
+def test_responses_refusal_streamed_and_retrieved():
+    kinds = []
+    with client().responses.stream(model="gpt-4o", input="Something forbidden") as stream:
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_response()
+    assert "response.refusal.delta" in kinds and "response.refusal.done" in kinds
+    part = final.output[0].content[0]
+    assert part.type == "refusal" and part.refusal == REFUSAL
+    got = client().responses.retrieve(final.id)
+    assert got.output[0].content[0].refusal == REFUSAL
+
+
 def test_responses_create_retrieve_and_continue():
     first = client().responses.create(
         model="gpt-4o",

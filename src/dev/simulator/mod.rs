@@ -415,8 +415,13 @@ async fn azure_v1_responses(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let calls = tool_calls(&chat_body, &messages);
-    let answer = if calls.is_empty() {
+    let refusal = refusal(&messages);
+    let calls = if refusal.is_some() {
+        vec![]
+    } else {
+        tool_calls(&chat_body, &messages)
+    };
+    let answer = if calls.is_empty() && refusal.is_none() {
         shaped_answer(&chat_body, &messages)
     } else {
         String::new()
@@ -429,11 +434,17 @@ async fn azure_v1_responses(
         .iter()
         .map(|c| c["function"]["arguments"].as_str().unwrap_or(""))
         .collect();
-    let output_tokens = tokens(&answer) + tokens(&arguments);
+    let output_tokens =
+        tokens(&answer) + tokens(&arguments) + tokens(refusal.as_deref().unwrap_or(""));
     let id = format!("resp_sim{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("msg_sim{}", uuid::Uuid::new_v4().simple());
     let mut output: Vec<Value> = Vec::new();
-    if calls.is_empty() {
+    if let Some(refusal) = &refusal {
+        output.push(
+            json!({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                           "content": [{"type": "refusal", "refusal": refusal}]}),
+        );
+    } else if calls.is_empty() {
         output.push(json!({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
                            "content": [{"type": "output_text", "text": answer, "annotations": []}]}));
     }
@@ -460,7 +471,23 @@ async fn azure_v1_responses(
     for (index, item) in output.iter().enumerate() {
         let mut open = item.clone();
         open["status"] = json!("in_progress");
-        if item["type"] == "message" {
+        if let Some(refusal) = refusal.as_deref().filter(|_| item["type"] == "message") {
+            open["content"] = json!([]);
+            events.push((
+                "response.output_item.added".into(),
+                json!({"output_index": index, "item": open}),
+            ));
+            events.push((
+                "response.content_part.added".into(),
+                json!({"item_id": item["id"], "output_index": index, "content_index": 0,
+                "part": {"type": "refusal", "refusal": ""}}),
+            ));
+            for piece in split_keep_spaces(refusal) {
+                events.push(("response.refusal.delta".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "delta": piece})));
+            }
+            events.push(("response.refusal.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "refusal": refusal})));
+            events.push(("response.content_part.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "part": item["content"][0]})));
+        } else if item["type"] == "message" {
             open["content"] = json!([]);
             events.push((
                 "response.output_item.added".into(),
@@ -616,8 +643,13 @@ async fn chat(
             "'messages' is a required property",
         );
     };
-    let calls = tool_calls(&body, messages);
-    let answer = if calls.is_empty() {
+    let refusal = refusal(messages);
+    let calls = if refusal.is_some() {
+        vec![]
+    } else {
+        tool_calls(&body, messages)
+    };
+    let answer = if calls.is_empty() && refusal.is_none() {
         shaped_answer(&body, messages)
     } else {
         String::new()
@@ -635,14 +667,17 @@ async fn chat(
         .iter()
         .map(|m| tokens(m["content"].as_str().unwrap_or("")))
         .sum();
-    let completion_tokens = tokens(&answer) + tokens(&arguments);
+    let completion_tokens =
+        tokens(&answer) + tokens(&arguments) + tokens(refusal.as_deref().unwrap_or(""));
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let id = format!("chatcmpl-sim{}", uuid::Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
     if body["stream"].as_bool() != Some(true) {
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "finish_reason": finish, "content_filter_results": safe_filters(), "message": if calls.is_empty() {
+            "choices": [{"index": 0, "finish_reason": finish, "content_filter_results": safe_filters(), "message": if let Some(refusal) = &refusal {
+                json!({"role": "assistant", "content": null, "refusal": refusal})
+            } else if calls.is_empty() {
                 json!({"role": "assistant", "content": answer, "refusal": null})
             } else {
                 json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": calls})
@@ -656,13 +691,21 @@ async fn chat(
     let delay = sim.config().chunk_delay;
     let mut events: Vec<Value> = vec![
         json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
-        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}),
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": safe_filters()}]}),
     ];
     let chunk = |delta: Value, finish: Value| {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "content_filter_results": {}}], "usage": null})
     };
-    if calls.is_empty() {
+    if let Some(refusal) = &refusal {
+        events.push(chunk(
+            json!({"role": "assistant", "content": null, "refusal": ""}),
+            Value::Null,
+        ));
+        for piece in split_keep_spaces(refusal) {
+            events.push(chunk(json!({ "refusal": piece }), Value::Null));
+        }
+    } else if calls.is_empty() {
         events.push(chunk(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
@@ -696,7 +739,7 @@ async fn chat(
         }
     }
     events.push(chunk(json!({}), json!(finish)));
-    events.push(json!({"choices": [{"index": 0, "finish_reason": null, "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": answer.len()}, "content_filter_results": {}}], "created": 0, "id": "", "model": "", "object": ""}));
+    events.push(json!({"choices": [{"index": 0, "finish_reason": null, "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": answer.len()}, "content_filter_results": safe_filters()}], "created": 0, "id": "", "model": "", "object": ""}));
     if include_usage {
         events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}));
     }
@@ -965,6 +1008,14 @@ fn shaped_answer(body: &Value, messages: &[Value]) -> String {
         Some(at) => answer[..at].to_owned(),
         None => answer,
     }
+}
+
+/// The model's refusal, for a question with the word "forbidden" in it (the simulator's way
+/// to be asked for one).
+fn refusal(messages: &[Value]) -> Option<String> {
+    words(last_user(messages))
+        .contains("forbidden")
+        .then(|| "I'm sorry, but I can't help with that request.".to_owned())
 }
 
 /// Azure's content-filter verdicts when nothing was filtered.
