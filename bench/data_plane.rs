@@ -61,7 +61,22 @@ struct HeyResult {
 
 /// Runs `hey` for `secs` at concurrency `c`; parses requests/s and the latency distribution.
 fn hey(url: &str, headers: &[(&str, &str)], body: &str, c: usize, secs: u64) -> HeyResult {
+    hey_at(url, headers, body, c, secs, None)
+}
+
+/// `hey`, each worker held to `qps` requests a second when given (a fixed load).
+fn hey_at(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    c: usize,
+    secs: u64,
+    qps: Option<u32>,
+) -> HeyResult {
     let mut cmd = Command::new("hey");
+    if let Some(q) = qps {
+        cmd.args(["-q", &q.to_string()]);
+    }
     cmd.args([
         "-z",
         &format!("{secs}s"),
@@ -487,6 +502,46 @@ fn main() {
         export_cpu.push((export_after - export_before) / (r.rps * 10.0));
         floor_rows.push((name.to_string(), r, cpu));
     }
+    // Telemetry's cost on the request threads, paired: plain and sampling-0 SOPHIA in turns,
+    // at the same fixed load (32 workers × 150 req/s, below either's capacity), so the
+    // machine's drift during the run and a load-dependent kernel share cancel out.
+    let pair_secs = 4;
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let one = |url: &str, bearer: &str, pid: u32| {
+            let before = cpu_us(pid);
+            let r = hey_at(
+                url,
+                &[("Authorization", bearer)],
+                &body_text,
+                32,
+                pair_secs,
+                Some(150),
+            );
+            (cpu_us(pid) - before) / (r.rps * pair_secs as f64)
+        };
+        let plain = one(&sophia_url, &floor_bearer, server.id());
+        let hot = one(
+            &format!("{hot_base}/v1/chat/completions"),
+            &hot_bearer,
+            hot_server.id(),
+        );
+        pairs.push((plain, hot));
+    }
+    let mut deltas: Vec<f64> = pairs.iter().map(|(p, h)| h - p).collect();
+    deltas.sort_by(f64::total_cmp);
+    let mut plains: Vec<f64> = pairs.iter().map(|(p, _)| *p).collect();
+    plains.sort_by(f64::total_cmp);
+    let paired_line = format!(
+        "Sampling 0 vs off, paired at a fixed 4800 req/s (5 pairs of {pair_secs} s, plain first): median {:+.1} µs CPU per request (pairs {}), on a plain median of {:.1} µs.",
+        deltas[deltas.len() / 2],
+        pairs
+            .iter()
+            .map(|(p, h)| format!("{:+.1}", h - p))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plains[plains.len() / 2],
+    );
     let floor_rss_after = rss_mib(server.id());
     let otel_rss = rss_mib(otel_server.id());
     let otel_health: Value = client
@@ -536,6 +591,7 @@ fn main() {
         }
         println!("SOPHIA RSS {floor_rss_before:.1} → {floor_rss_after:.1} MiB");
         println!("{telemetry_line}");
+        println!("{paired_line}");
         println!("{responses_line}");
         stop(server);
         stop(sim);
@@ -645,7 +701,7 @@ fn main() {
         ));
     }
     table.push_str(&format!(
-        "\n{telemetry_line}\n\n{responses_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+        "\n{telemetry_line}\n\n{paired_line}\n\n{responses_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
          Against the simulator (zero latency), several concurrencies:\n\n"
     ));
     for r in &rows {

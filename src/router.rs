@@ -1,6 +1,7 @@
 //! Every route, in one place. The route table is also what the tests compare against
 //! `functions/*/function.json` and `openapi/openapi.yaml`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -10,7 +11,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::request_id;
@@ -202,25 +202,33 @@ async fn access_log(request: Request, next: Next) -> Response {
     }
     let started = Instant::now();
     let method = request.method().clone();
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let route = matched
-        .clone()
-        .unwrap_or_else(|| request.uri().path().chars().take(200).collect());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route: Arc<str> = match &matched {
+        Some(p) => Arc::from(p.as_str()),
+        None => request
+            .uri()
+            .path()
+            .chars()
+            .take(200)
+            .collect::<String>()
+            .into(),
+    };
     let request_id = request_id::current();
     // An unmatched path is not a route: one name for all of them (no cardinality from scans).
     let span = telemetry::request_span(
-        method.as_str(),
-        matched.as_deref().unwrap_or("(unmatched)"),
-        &request.uri().path().chars().take(400).collect::<String>(),
+        method_name(&method),
+        if matched.is_some() {
+            Arc::clone(&route)
+        } else {
+            Arc::from("(unmatched)")
+        },
+        request.uri().path().chars().take(400).collect(),
         &request_id,
         request.headers(),
     );
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = span.run(next.run(request)).await;
     let status = response.status().as_u16();
-    telemetry::end_request(&span, status);
+    span.end(status);
     if log {
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
@@ -233,7 +241,7 @@ async fn access_log(request: Request, next: Next) -> Response {
             "{method} {route} {status}"
         );
     }
-    if span.is_disabled() || !is_event_stream(&response) {
+    if !span.is_recording() || !is_event_stream(&response) {
         return response;
     }
     // The request lasts until the last event has gone out.
@@ -246,6 +254,23 @@ async fn access_log(request: Request, next: Next) -> Response {
         },
     ));
     Response::from_parts(parts, body)
+}
+
+/// A method's name, as a span attribute takes it (an extension method is `_OTHER`, as the
+/// semantic conventions say).
+fn method_name(method: &axum::http::Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
 }
 
 fn is_event_stream(response: &Response) -> bool {

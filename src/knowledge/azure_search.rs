@@ -16,7 +16,6 @@ use super::{Chunk, IndexError, KnowledgeIndex, Passage};
 use crate::domain::TenantId;
 use crate::telemetry::Owner;
 use crate::telemetry::deps::{self, Service};
-use tracing::Instrument;
 
 pub const API_VERSION: &str = "2024-07-01";
 /// Index used when the instance names none (`settings.searchIndex`).
@@ -182,20 +181,18 @@ impl AzureSearchIndex {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Value, IndexError> {
-        let span = deps::dependency_span(
+        let mut span = deps::dependency_span(
             Service::Search,
             method.as_str(),
             &url,
             self.owner.as_deref(),
         );
-        self.send_in(&span, method, url, body)
-            .instrument(span.clone())
-            .await
+        self.send_in(&mut span, method, url, body).await
     }
 
     async fn send_in(
         &self,
-        span: &tracing::Span,
+        span: &mut crate::telemetry::Dependency,
         method: reqwest::Method,
         url: Url,
         body: Option<&Value>,
@@ -204,7 +201,7 @@ impl AzureSearchIndex {
             .http
             .request(method, url)
             .timeout(std::time::Duration::from_secs(30));
-        if let Some(tp) = crate::telemetry::traceparent_of(span) {
+        if let Some(tp) = span.traceparent() {
             request = request.header("traceparent", tp);
         }
         if let Some(body) = body {

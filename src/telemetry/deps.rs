@@ -8,13 +8,14 @@
 //! Calls outside any traced request (the queue's polling loop, the usage flusher) are not
 //! recorded: they would be a dependency every second for nothing an operator acts on.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use tracing::{Instrument, Span};
+use opentelemetry::KeyValue;
 use url::Url;
 
 use super::Owner;
-use super::spans::{SPAN_TARGET, traceparent_of};
+use super::request::{Parent, Pending};
 
 /// The Azure service a dependency calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,40 +117,56 @@ pub fn redacted_url(url: &Url) -> String {
 /// current.
 #[inline]
 pub fn wanted() -> bool {
-    super::enabled() && !Span::current().is_none()
+    super::enabled() && Parent::current().is_some()
 }
 
 /// The client span of one call to `service` (disabled when not [`wanted`]). `owner` is the
 /// company instance whose resource this is (its AI Search, its Blob container): the
 /// dependency then goes to the company's own App Insights too. SOPHIA's own infrastructure
 /// (Key Vault, Cosmos DB, the refresh queue) has no owner and stays with the operator.
-pub fn dependency_span(service: Service, method: &str, url: &Url, owner: Option<&Owner>) -> Span {
-    if !wanted() {
-        return Span::none();
-    }
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "dependency",
-        companyId = owner.map(|o| o.company.as_str()),
-        instanceId = owner.map(|o| o.instance.as_str()),
-        otel.name = %format_args!("{} {method} {}", service.label(), path_template(service, url)),
-        otel.kind = "client",
-        az.namespace = service.namespace(),
-        http.request.method = method,
-        url.full = %redacted_url(url),
-        server.address = url.host_str().unwrap_or(""),
-        server.port = url.port_or_known_default().unwrap_or(443),
+pub fn dependency_span(
+    service: Service,
+    method: &str,
+    url: &Url,
+    owner: Option<&Owner>,
+) -> Pending {
+    Pending::start(
+        || {
+            Cow::Owned(format!(
+                "{} {method} {}",
+                service.label(),
+                path_template(service, url)
+            ))
+        },
+        || {
+            let mut attributes = Vec::with_capacity(10);
+            if let Some(o) = owner {
+                attributes.push(KeyValue::new(super::COMPANY_ATTRIBUTE, o.company.clone()));
+                attributes.push(KeyValue::new(super::INSTANCE_ATTRIBUTE, o.instance.clone()));
+            }
+            attributes.extend([
+                KeyValue::new("az.namespace", service.namespace()),
+                KeyValue::new("http.request.method", method.to_owned()),
+                KeyValue::new("url.full", redacted_url(url)),
+                KeyValue::new("server.address", url.host_str().unwrap_or("").to_owned()),
+                KeyValue::new(
+                    "server.port",
+                    i64::from(url.port_or_known_default().unwrap_or(443)),
+                ),
+            ]);
+            attributes
+        },
     )
 }
 
 /// Ends a dependency with its status (5xx, 429 and transport errors are failures; another 4xx
 /// the caller expects, such as a 404 for a missing secret, is not an error of the dependency).
-pub fn end_dependency(span: &Span, status: Option<u16>, error: Option<&str>) {
-    if span.is_disabled() {
+pub fn end_dependency(span: &mut Pending, status: Option<u16>, error: Option<&str>) {
+    if !span.is_recording() {
         return;
     }
     if let Some(status) = status {
-        super::spans::set(span, "http.response.status_code", i64::from(status));
+        span.set("http.response.status_code", i64::from(status));
     }
     let failed = match status {
         None => Some(error.unwrap_or("unavailable")),
@@ -158,10 +175,10 @@ pub fn end_dependency(span: &Span, status: Option<u16>, error: Option<&str>) {
         Some(_) => None,
     };
     if let Some(kind) = failed {
-        super::spans::fail(span);
-        super::spans::set(span, "error.type", kind.to_owned());
+        span.fail();
+        span.set("error.type", kind.to_owned());
     } else {
-        super::spans::ok(span);
+        span.ok();
     }
 }
 
@@ -207,26 +224,22 @@ impl azure_core::http::HttpClient for TracedHttp {
             return self.inner.execute_request(request).await;
         }
         let method = request.method();
-        let span = dependency_span(
+        let mut span = dependency_span(
             self.service,
             method.as_str(),
             request.url(),
             self.owner.as_deref(),
         );
         let mut request = request.clone();
-        if let Some(tp) = traceparent_of(&span)
+        if let Some(tp) = span.traceparent()
             && let Ok(tp) = tp.to_str()
         {
             request.insert_header("traceparent", tp.to_owned());
         }
-        let result = self
-            .inner
-            .execute_request(&request)
-            .instrument(span.clone())
-            .await;
+        let result = self.inner.execute_request(&request).await;
         match &result {
-            Ok(response) => end_dependency(&span, Some(u16::from(response.status())), None),
-            Err(e) => end_dependency(&span, None, Some(error_type(e.kind()))),
+            Ok(response) => end_dependency(&mut span, Some(u16::from(response.status())), None),
+            Err(e) => end_dependency(&mut span, None, Some(error_type(e.kind()))),
         }
         result
     }
@@ -255,16 +268,9 @@ impl azure_data_cosmos::diagnostics::DiagnosticsHandler for CosmosDependencies {
         diagnostics: &azure_data_cosmos::diagnostics::DiagnosticsContext,
         cx: &azure_core::http::Context<'_>,
     ) {
-        use opentelemetry::KeyValue;
-        use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer, TracerProvider as _};
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-
         if !wanted() {
             return;
         }
-        let Some(provider) = super::PROVIDER.get() else {
-            return;
-        };
         let op = cx.value::<azure_data_cosmos::diagnostics::CosmosOperationContext>();
         let operation = op
             .and_then(|o| o.operation_name())
@@ -309,18 +315,12 @@ impl azure_data_cosmos::diagnostics::DiagnosticsHandler for CosmosDependencies {
         if let Some(kind) = failed {
             attributes.push(KeyValue::new("error.type", kind));
         }
-        let parent = Span::current().context();
-        let tracer = provider.tracer("sophia");
-        let mut span = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(&tracer, &parent);
+        let mut span = Pending::start(|| Cow::Owned(name), || attributes).with_times(start, end);
         if failed.is_some() {
-            span.set_status(Status::error("the Cosmos DB operation failed"));
+            span.fail();
+        } else {
+            span.ok();
         }
-        span.end_with_timestamp(end);
     }
 }
 

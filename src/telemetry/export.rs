@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use opentelemetry::Value;
 use opentelemetry::trace::{Status, TraceId};
-use opentelemetry::{Context, Value};
 use opentelemetry_application_insights::Exporter;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Owner;
@@ -270,8 +269,13 @@ impl Pipeline {
         sampled(span.span_context.trace_id(), self.sampling).then_some(false)
     }
 
+    /// A finished span left out by sampling (never built).
+    pub(super) fn skip(&self) {
+        self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Queues a finished span; never waits.
-    fn offer(&self, span: SpanData) {
+    pub(super) fn offer(&self, span: SpanData) {
         let Some(kept) = self.decide(&span) else {
             self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
             return;
@@ -470,28 +474,6 @@ pub fn sampled(trace: TraceId, rate: f64) -> bool {
     low.copy_from_slice(&bytes[8..]);
     let x = u64::from_be_bytes(low) >> 1;
     (x as f64) < rate * (1u64 << 63) as f64
-}
-
-/// The span processor the tracer provider calls when a span ends.
-#[derive(Debug)]
-pub(super) struct Processor(pub(super) Arc<Pipeline>);
-
-impl SpanProcessor for Processor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        self.0.offer(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush(Duration::from_secs(5));
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.flush(timeout);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

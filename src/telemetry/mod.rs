@@ -12,6 +12,7 @@ pub mod deps;
 mod export;
 mod ingestion;
 pub mod metrics;
+pub mod request;
 pub mod spans;
 
 use std::sync::atomic::Ordering;
@@ -19,9 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
@@ -31,10 +30,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
-pub use spans::{
-    Dependency, SPAN_TARGET, end_request, format_traceparent, model_span, parse_traceparent,
-    record_caller, request_span, traceparent, traceparent_of,
-};
+pub use request::RequestSpan;
+pub use spans::{Dependency, format_traceparent, model_span, parse_traceparent, record_caller};
 
 use crate::config::{LogFormat, Settings};
 
@@ -42,9 +39,6 @@ use crate::config::{LogFormat, Settings};
 pub const ACCESS_LOG_TARGET: &str = "sophia::access";
 
 static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-/// SOPHIA's tracer on `PROVIDER`, for the spans built without `tracing` (`spans::Dependency`).
-static TRACER: OnceLock<opentelemetry_sdk::trace::SdkTracer> = OnceLock::new();
 
 /// Whose telemetry an item is: one company's agent instance. An instance may send its
 /// company's telemetry to the company's own App Insights as well (`register_owner`).
@@ -72,6 +66,21 @@ pub(crate) fn owner_meters(company: &str, instance: &str) -> Option<Arc<metrics:
 #[inline]
 pub fn enabled() -> bool {
     PIPELINE.get().is_some()
+}
+
+/// The span of a request now starting (nothing with telemetry off). `route` is its route
+/// template.
+pub fn request_span(
+    method: &'static str,
+    route: Arc<str>,
+    path: String,
+    request_id: &str,
+    headers: &axum::http::HeaderMap,
+) -> RequestSpan {
+    match PIPELINE.get() {
+        Some(p) => RequestSpan::start(method, route, path, request_id, headers, p.sampling()),
+        None => RequestSpan::none(),
+    }
 }
 
 /// The telemetry section of `/health`.
@@ -213,19 +222,11 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
         pipeline.resource(),
         pipeline.metrics_interval(),
     )?);
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOn)
-        .with_span_processor(export::Processor(Arc::clone(&pipeline)))
-        .build();
-    let tracer = provider.tracer("sophia");
-    let _ = TRACER.set(tracer.clone());
-    let _ = PROVIDER.set(provider);
     let _ = PIPELINE.set(pipeline);
-    // Exported: SOPHIA's own spans, and the events inside them at the log level (the
-    // access-log line is left out: the request itself is exported).
-    // A static target filter, not an `EnvFilter`: that one takes a lock on every enter and
-    // exit of every exported span (it tracks span scopes for its span directives), a cost
-    // each poll of a request would pay. A filter with span directives exports at its level.
+    // Exported: the events inside a request at the log level, as its App Insights traces
+    // (the access-log line is left out: the request itself is exported). A static target
+    // filter, not an `EnvFilter` (that one locks on every span enter and exit); a filter with
+    // span directives exports at its level.
     let events = settings.log_filter.parse::<Targets>().unwrap_or_else(|_| {
         let level = EnvFilter::try_new(&settings.log_filter)
             .ok()
@@ -233,18 +234,84 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
             .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
         Targets::new().with_default(level)
     });
-    let filter =
-        filter_fn(|m| m.is_span() && m.target() == SPAN_TARGET).or(events.and(filter_fn(|m| {
-            m.is_event() && m.target() != ACCESS_LOG_TARGET
-        })));
-    Ok(tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(false)
-        .with_filter(filter)
-        .boxed())
+    let filter = events.and(filter_fn(|m| {
+        m.is_event() && m.target() != ACCESS_LOG_TARGET
+    }));
+    Ok(RequestEvents.with_filter(filter).boxed())
+}
+
+/// Hands each log event to the request it happens in (as one of its span events, an App
+/// Insights trace under the request's operation), as `tracing-opentelemetry` names them: the
+/// message, `level`, `target` and the event's fields.
+struct RequestEvents;
+
+impl<S: tracing::Subscriber> Layer<S> for RequestEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _cx: tracing_subscriber::layer::Context<'_, S>) {
+        request::add_event(|| {
+            let meta = event.metadata();
+            let mut fields = EventFields {
+                message: None,
+                attributes: vec![
+                    KeyValue::new("level", meta.level().as_str()),
+                    KeyValue::new("target", meta.target()),
+                ],
+            };
+            event.record(&mut fields);
+            opentelemetry::trace::Event::new(
+                fields.message.map_or(
+                    std::borrow::Cow::Borrowed(meta.name()),
+                    std::borrow::Cow::Owned,
+                ),
+                std::time::SystemTime::now(),
+                fields.attributes,
+                0,
+            )
+        });
+    }
+}
+
+struct EventFields {
+    message: Option<String>,
+    attributes: Vec<KeyValue>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.attributes
+                .push(KeyValue::new(field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.attributes.push(KeyValue::new(
+            field.name(),
+            i64::try_from(value).unwrap_or(i64::MAX),
+        ));
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = Some(text);
+        } else {
+            self.attributes.push(KeyValue::new(field.name(), text));
+        }
+    }
 }
 
 /// Exports what is pending (spans and metrics), waiting at most `timeout`: the host gives a

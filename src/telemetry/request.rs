@@ -1,0 +1,353 @@
+//! The server span of a request, built straight on OpenTelemetry's span data rather than as a
+//! `tracing` span: the request carries its ids (in a task-local, for its dependencies and the
+//! `traceparent` they send), its attributes and the log events inside it, and only when it
+//! is exported — a failure, or a trace in the sample — does it become a span. A successful
+//! request left out by sampling costs its ids, a few attributes and a counter, nothing else.
+//!
+//! Dependencies ([`Pending`]) work the same way, under the request.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::http::HeaderMap;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+
+tokio::task_local! {
+    static CURRENT: Arc<Live>;
+}
+
+/// Ids a child span needs from its request.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent {
+    pub trace: TraceId,
+    pub span: SpanId,
+    /// Whether the trace is in the sample (successful spans of it are exported).
+    pub sampled: bool,
+}
+
+impl Parent {
+    /// The request now being served, if it is traced.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|live| live.ids()).ok()
+    }
+}
+
+/// A new span id.
+pub fn new_span_id() -> SpanId {
+    RandomIdGenerator::default().new_span_id()
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("sophia").build()
+}
+
+/// The request's span: ended (and, when kept, exported) when the last handle goes, which for
+/// a stream is when its last event has gone out.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSpan(Option<Arc<Live>>);
+
+#[derive(Debug)]
+struct Live {
+    trace: TraceId,
+    span: SpanId,
+    parent: Option<SpanId>,
+    sampled: bool,
+    start: SystemTime,
+    method: &'static str,
+    route: Arc<str>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    attributes: Vec<KeyValue>,
+    events: Vec<opentelemetry::trace::Event>,
+    failed: bool,
+}
+
+impl Live {
+    fn ids(&self) -> Parent {
+        Parent {
+            trace: self.trace,
+            span: self.span,
+            sampled: self.sampled,
+        }
+    }
+}
+
+impl RequestSpan {
+    /// Nothing recorded (telemetry off).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A request's span, continuing the caller's trace when it sent a valid `traceparent`.
+    /// `route` is the route template.
+    pub fn start(
+        method: &'static str,
+        route: Arc<str>,
+        path: String,
+        request_id: &str,
+        headers: &HeaderMap,
+        sampling: f64,
+    ) -> Self {
+        let remote = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_traceparent);
+        let ids = RandomIdGenerator::default();
+        let (trace, parent) = match &remote {
+            Some(cx) => (cx.trace_id(), Some(cx.span_id())),
+            None => (ids.new_trace_id(), None),
+        };
+        let attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", Value::String(route.clone().into())),
+            KeyValue::new("url.path", path),
+            KeyValue::new("request.id", request_id.to_owned()),
+        ];
+        Self(Some(Arc::new(Live {
+            trace,
+            span: ids.new_span_id(),
+            parent,
+            sampled: super::sampled(trace, sampling),
+            start: SystemTime::now(),
+            method,
+            route,
+            state: Mutex::new(State {
+                attributes,
+                ..State::default()
+            }),
+        })))
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Runs `fut` as this request (its dependencies and log events go under it).
+    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+        match &self.0 {
+            Some(live) => CURRENT.scope(Arc::clone(live), fut).await,
+            None => fut.await,
+        }
+    }
+
+    /// Records the status code; a 5xx is a failure (always exported; a 4xx is the caller's).
+    pub fn end(&self, status: u16) {
+        if let Some(live) = &self.0
+            && let Ok(mut state) = live.state.lock()
+        {
+            state.attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            state.failed |= status >= 500;
+        }
+    }
+}
+
+/// Adds attributes to the request now being served (a no-op outside one).
+pub fn annotate(attributes: impl FnOnce() -> [KeyValue; 3]) {
+    let _ = CURRENT.try_with(|live| {
+        if let Ok(mut state) = live.state.lock() {
+            state.attributes.extend(attributes());
+        }
+    });
+}
+
+/// Adds a log event to the request now being served; whether there was one.
+pub fn add_event(event: impl FnOnce() -> opentelemetry::trace::Event) -> bool {
+    CURRENT
+        .try_with(|live| {
+            if let Ok(mut state) = live.state.lock()
+                && state.events.len() < 128
+            {
+                state.events.push(event());
+            }
+        })
+        .is_ok()
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let Some(pipeline) = super::PIPELINE.get() else {
+            return;
+        };
+        let state = std::mem::take(self.state.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !state.failed && !self.sampled {
+            pipeline.skip();
+            return;
+        }
+        let mut events = SpanEvents::default();
+        events.events = state.events;
+        pipeline.offer(SpanData {
+            span_context: SpanContext::new(
+                self.trace,
+                self.span,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: self.parent.unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: self.parent.is_some(),
+            span_kind: SpanKind::Server,
+            name: Cow::Owned(format!("{} {}", self.method, self.route)),
+            start_time: self.start,
+            end_time: SystemTime::now(),
+            attributes: state.attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: if state.failed {
+                Status::error("")
+            } else {
+                Status::Unset
+            },
+            instrumentation_scope: scope(),
+        });
+    }
+}
+
+/// A client span (an App Insights dependency) under the current request, built only when it
+/// is exported: a failure, or a trace in the sample. Ends when dropped.
+#[derive(Debug, Default)]
+pub struct Pending(Option<Box<PendingData>>);
+
+#[derive(Debug)]
+struct PendingData {
+    parent: Parent,
+    span: SpanId,
+    name: Cow<'static, str>,
+    start: SystemTime,
+    end: Option<SystemTime>,
+    attributes: Vec<KeyValue>,
+    status: Status,
+}
+
+impl Pending {
+    /// Nothing recorded (telemetry off, or no traced request).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A dependency of the current request (none outside one). `attributes` are built only
+    /// when it is recorded.
+    pub fn start(
+        name: impl FnOnce() -> Cow<'static, str>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Self {
+        if !super::enabled() {
+            return Self::none();
+        }
+        let Some(parent) = Parent::current() else {
+            return Self::none();
+        };
+        Self(Some(Box::new(PendingData {
+            parent,
+            span: new_span_id(),
+            name: name(),
+            start: SystemTime::now(),
+            end: None,
+            attributes: attributes(),
+            status: Status::Unset,
+        })))
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether its successful end is exported (worth recording details for).
+    pub fn is_sampled(&self) -> bool {
+        self.0.as_ref().is_some_and(|d| d.parent.sampled)
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if let Some(d) = &mut self.0 {
+            d.attributes.push(KeyValue::new(key, value));
+        }
+    }
+
+    /// Successful (App Insights reads an unset dependency status as unknown).
+    pub fn ok(&mut self) {
+        if let Some(d) = &mut self.0 {
+            d.status = Status::Ok;
+        }
+    }
+
+    /// Failed: always kept, whatever the sampling.
+    pub fn fail(&mut self) {
+        if let Some(d) = &mut self.0 {
+            d.status = Status::error("");
+        }
+    }
+
+    /// Its times, when it was measured elsewhere (the Cosmos DB SDK reports them).
+    pub fn with_times(mut self, start: SystemTime, end: SystemTime) -> Self {
+        if let Some(d) = &mut self.0 {
+            d.start = start;
+            d.end = Some(end);
+        }
+        self
+    }
+
+    /// The `traceparent` naming this call as the parent, for its outbound request.
+    pub fn traceparent(&self) -> Option<axum::http::HeaderValue> {
+        let d = self.0.as_ref()?;
+        let cx = SpanContext::new(
+            d.parent.trace,
+            d.span,
+            if d.parent.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            false,
+            TraceState::NONE,
+        );
+        axum::http::HeaderValue::from_str(&super::format_traceparent(&cx)).ok()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(d) = self.0.take() else {
+            return;
+        };
+        let Some(pipeline) = super::PIPELINE.get() else {
+            return;
+        };
+        let failed = matches!(d.status, Status::Error { .. });
+        if !failed && !d.parent.sampled {
+            pipeline.skip();
+            return;
+        }
+        pipeline.offer(SpanData {
+            span_context: SpanContext::new(
+                d.parent.trace,
+                d.span,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: d.parent.span,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: d.name,
+            start_time: d.start,
+            end_time: d.end.unwrap_or_else(SystemTime::now),
+            attributes: d.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: d.status,
+            instrumentation_scope: scope(),
+        });
+    }
+}
