@@ -362,6 +362,7 @@ impl From<crate::admin::AdminError> for ApiError {
             AdminError::ForbiddenField { field, detail } => Self::ForbiddenField { field, detail },
             AdminError::NotFound(what) => Self::NotFound(what),
             AdminError::Conflict(message) => Self::Conflict(message),
+            AdminError::NotConfigured(detail) => Self::NotConfigured(detail),
             AdminError::Auth(e) => e.into(),
             AdminError::Store(e) => e.into(),
             AdminError::Secret(e) => e.into(),

@@ -111,6 +111,11 @@ fn table() -> RouteTable {
         post(instances::rotate_key),
     )
     .add(
+        Method::POST,
+        "/admin/agent-instances/{id}/provision",
+        post(instances::provision),
+    )
+    .add(
         Method::GET,
         "/admin/audit-logs",
         get(audit::list_audit_logs),

@@ -19,6 +19,9 @@ pub enum AdminError {
     /// A uniqueness rule (one live instance, one company per identity or secret) (409).
     #[error("{0}")]
     Conflict(String),
+    /// The instance lacks what the action needs, or its provisioning failed (409).
+    #[error("{0}")]
+    NotConfigured(String),
     /// The admin is not allowed to act on that company at all.
     #[error(transparent)]
     Auth(#[from] AdminAuthError),

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::AdminError;
 use crate::admin::credentials::{ReferencedSecret, bind_secret, current_bundle, referenced_secret};
-use crate::admin::validate;
 use crate::admin::views::{CreateInstance, Patch, PatchInstance};
+use crate::admin::{provision, validate};
 use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
@@ -35,7 +35,11 @@ pub async fn load(
 
 /// Writes `next` if the stored etag is still `etag`, and forgets the cached security state so
 /// the change bites at once on this instance of the service.
-async fn save(app: &App, next: &AgentInstance, etag: &str) -> Result<AgentInstance, AdminError> {
+pub(super) async fn save(
+    app: &App,
+    next: &AgentInstance,
+    etag: &str,
+) -> Result<AgentInstance, AdminError> {
     let stored = app
         .store
         .replace_instance(next, etag)
@@ -207,7 +211,10 @@ pub async fn create(
         id,
         tenant_id: body.company_id.clone(),
         agent_type: body.agent_type,
-        status: if config.azure_project_id.is_some() {
+        // A `foundry` instance is active once its agent is provisioned (below).
+        status: if config.azure_project_id.is_some()
+            && settings.runtime() != crate::domain::settings::Runtime::Foundry
+        {
             InstanceStatus::Active
         } else {
             InstanceStatus::ToProvision
@@ -219,6 +226,7 @@ pub async fn create(
         access_key_last4: key.last4(),
         key_version: 1,
         disabled_by: None,
+        provisioning_error: None,
         created_at: now,
         updated_at: now,
         last_used_at: None,
@@ -282,6 +290,10 @@ pub async fn create(
     )
     .await;
     tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, "agent instance {} created", stored.id);
+    if provision::applies(&stored) && stored.config.azure_project_endpoint.is_some() {
+        let (provisioned, _) = provision_and_save(app, admin, client, stored).await?;
+        return Ok((provisioned, key));
+    }
     Ok((stored, key))
 }
 
@@ -366,6 +378,7 @@ pub async fn patch(
     if !status_given
         && next.status == InstanceStatus::ToProvision
         && next.config.azure_project_id.is_some()
+        && next.settings.runtime() != crate::domain::settings::Runtime::Foundry
     {
         next.status = InstanceStatus::Active;
     }
@@ -505,7 +518,91 @@ pub async fn patch(
         )
         .await;
     }
+    // What the Foundry agent is made of changed: provision again (validates, or publishes a
+    // new agent version).
+    const PROVISIONED_FROM: &[&str] = &[
+        "azureProjectEndpoint",
+        "azureOpenaiDeployment",
+        "model",
+        "azureAgentId",
+        "azureVectorStoreId",
+        "settings",
+        "status",
+    ];
+    if provision::applies(&stored) && changed.iter().any(|f| PROVISIONED_FROM.contains(f)) {
+        let (provisioned, _) = provision_and_save(app, admin, client, stored).await?;
+        return Ok(provisioned);
+    }
     Ok(stored)
+}
+
+/// Provisions a stored `foundry` instance and saves the outcome (ids recorded and `ACTIVE`,
+/// or `TO_PROVISION` with the reason). Audited either way; `Err` only when saving fails.
+async fn provision_and_save(
+    app: &App,
+    admin: &AdminPrincipal,
+    client: &str,
+    current: AgentInstance,
+) -> Result<(AgentInstance, Result<provision::Provisioned, String>), AdminError> {
+    let (mut next, outcome, details) = provision::outcome(app, &current).await;
+    let stored = if next.config != current.config
+        || next.status != current.status
+        || next.provisioning_error != current.provisioning_error
+    {
+        next.updated_at = Utc::now();
+        save(app, &next, &current.etag).await?
+    } else {
+        current
+    };
+    let entry = AuditEntry::new(
+        stored.tenant_id.clone(),
+        action::INSTANCE_PROVISION,
+        admin.actor(),
+        if outcome.is_ok() {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Failure
+        },
+    )
+    .instance(stored.id)
+    .client(client)
+    .details(details);
+    app.audit(entry).await;
+    match &outcome {
+        Ok(done) => {
+            tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, "Foundry agent {} provisioned", done.agent)
+        }
+        Err(reason) => {
+            tracing::warn!(tenant.id = %stored.tenant_id, instance.id = %stored.id, "Foundry provisioning failed: {reason}")
+        }
+    }
+    Ok((stored, outcome))
+}
+
+/// `POST …/{id}/provision`: provisions a `foundry` instance again (idempotent). A failure is
+/// recorded on the instance and answered as `instance_not_configured` with its reason.
+pub async fn provision_instance(
+    app: &App,
+    admin: &AdminPrincipal,
+    client: &str,
+    current: AgentInstance,
+) -> Result<AgentInstance, AdminError> {
+    if current.status == InstanceStatus::Disabled {
+        return Err(AdminError::Conflict(
+            "the instance is disabled; enable it before provisioning".into(),
+        ));
+    }
+    if current.settings.runtime() != crate::domain::settings::Runtime::Foundry {
+        return Err(AdminError::NotConfigured(
+            "only a foundry instance (settings.runtime = foundry) is provisioned".into(),
+        ));
+    }
+    match provision_and_save(app, admin, client, current).await? {
+        (stored, Ok(_)) => Ok(stored),
+        (_, Err(reason)) => Err(AdminError::NotConfigured(format!(
+            "provisioning failed: {reason}"
+        ))),
+    }
 }
 
 /// A new access key; every token issued under the old one stops working.

@@ -5,6 +5,7 @@
 pub mod credentials;
 mod error;
 pub mod instances;
+pub mod provision;
 pub mod validate;
 pub mod views;
 

@@ -68,7 +68,40 @@ pub fn config_field(
         ConfigField::AzureOpenaiEndpoint | ConfigField::AzureSearchEndpoint => {
             endpoint(policy, name, value)
         }
+        ConfigField::AzureProjectEndpoint => project_endpoint(policy, value),
+        ConfigField::AzureAgentId => crate::domain::AgentRef::parse(value.trim())
+            .map(|a| a.to_string())
+            .ok_or_else(|| {
+                AdminError::invalid(
+                    name,
+                    "must be the agent's name:version (a name of letters, digits and '-', up to \
+                     63 characters; a version such as 3)",
+                )
+            }),
     }
+}
+
+/// A Foundry project endpoint: an allowed upstream whose path is `/api/projects/<project>`.
+pub fn project_endpoint(policy: &UpstreamPolicy, value: &str) -> Result<String, AdminError> {
+    const FIELD: &str = "azureProjectEndpoint";
+    let normalised = endpoint(policy, FIELD, value)?;
+    let path = url::Url::parse(&normalised)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let project = path.strip_prefix("/api/projects/").unwrap_or("");
+    let ok = !project.is_empty()
+        && project.len() <= 64
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    if !ok {
+        return Err(AdminError::invalid(
+            FIELD,
+            "must be a Foundry project endpoint: \
+             https://<resource>.services.ai.azure.com/api/projects/<project>",
+        ));
+    }
+    Ok(normalised)
 }
 
 /// Every text field of a configuration given on create, checked (and normalised) in place.
@@ -158,6 +191,27 @@ mod tests {
         assert!(deployment("d", "../x").is_err());
         assert!(deployment("d", "a/b").is_err());
         assert!(deployment("d", "").is_err());
+    }
+
+    #[test]
+    fn project_endpoints_and_agent_ids_are_checked() {
+        let policy = default_policy();
+        let ok = "https://acme-ai.services.ai.azure.com/api/projects/acme";
+        assert_eq!(project_endpoint(&policy, ok).unwrap(), ok);
+        for bad in [
+            "https://acme-ai.services.ai.azure.com/",
+            "https://acme-ai.services.ai.azure.com/api/projects/",
+            "https://acme-ai.services.ai.azure.com/api/projects/a/b",
+            "https://evil.example.com/api/projects/acme",
+            "http://acme-ai.services.ai.azure.com/api/projects/acme",
+        ] {
+            assert!(project_endpoint(&policy, bad).is_err(), "{bad}");
+        }
+        let agent = |v: &str| config_field(&policy, ConfigField::AzureAgentId, v);
+        assert_eq!(agent("sophia-acme:3").unwrap(), "sophia-acme:3");
+        for bad in ["sophia-acme", ":3", "a b:1", "x:", "-a:1", "a/b:1"] {
+            assert!(agent(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

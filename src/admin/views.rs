@@ -40,6 +40,8 @@ pub struct CreateInstance {
     pub azure_embedding_deployment: Option<String>,
     pub azure_search_endpoint: Option<String>,
     pub azure_vector_store_id: Option<String>,
+    pub azure_project_endpoint: Option<String>,
+    pub azure_agent_id: Option<String>,
     pub settings: Option<Map<String, Value>>,
     pub credentials: Option<CredentialBundle>,
     pub keyvault_secret_id: Option<String>,
@@ -58,6 +60,8 @@ impl CreateInstance {
             azure_embedding_deployment: self.azure_embedding_deployment.take(),
             azure_search_endpoint: self.azure_search_endpoint.take(),
             azure_vector_store_id: self.azure_vector_store_id.take(),
+            azure_project_endpoint: self.azure_project_endpoint.take(),
+            azure_agent_id: self.azure_agent_id.take(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct PatchInstance {
     pub azure_embedding_deployment: Patch<String>,
     pub azure_search_endpoint: Patch<String>,
     pub azure_vector_store_id: Patch<String>,
+    pub azure_project_endpoint: Patch<String>,
+    pub azure_agent_id: Patch<String>,
     /// Merged into the stored settings (RFC 7386): a `null` member removes that key.
     pub settings: Patch<Map<String, Value>>,
     pub credentials: Patch<CredentialBundle>,
@@ -84,7 +90,7 @@ pub struct PatchInstance {
 
 impl PatchInstance {
     /// The text fields of the configuration this body patches, by field.
-    pub fn take_config(&mut self) -> [(ConfigField, Patch<String>); 8] {
+    pub fn take_config(&mut self) -> [(ConfigField, Patch<String>); 10] {
         let take = std::mem::take;
         [
             (ConfigField::Region, take(&mut self.region)),
@@ -113,6 +119,11 @@ impl PatchInstance {
                 ConfigField::AzureVectorStoreId,
                 take(&mut self.azure_vector_store_id),
             ),
+            (
+                ConfigField::AzureProjectEndpoint,
+                take(&mut self.azure_project_endpoint),
+            ),
+            (ConfigField::AzureAgentId, take(&mut self.azure_agent_id)),
         ]
     }
 }
@@ -157,6 +168,9 @@ pub struct InstanceView {
     pub key_version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_by: Option<crate::domain::authority::DisabledBy>,
+    /// Why the last provisioning failed (a `foundry` instance waiting in `TO_PROVISION`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -178,6 +192,7 @@ impl From<&AgentInstance> for InstanceView {
             access_key_masked: format!("****{}", i.access_key_last4),
             key_version: i.key_version,
             disabled_by: i.disabled_by,
+            provisioning_error: i.provisioning_error.clone(),
             created_at: i.created_at,
             updated_at: i.updated_at,
             last_used_at: i.last_used_at,

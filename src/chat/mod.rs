@@ -205,12 +205,25 @@ impl Turn {
             .runtimes
             .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
             .await?;
-        let endpoint = runtime.chat.clone().map_err(ChatError::NotConfigured)?;
+        // A `foundry` instance runs its Foundry agent; any other its model deployment.
+        let foundry = match &runtime.foundry {
+            None => None,
+            Some(Ok(agent)) => Some(agent.clone()),
+            Some(Err(e)) => return Err(ChatError::NotConfigured(e.clone())),
+        };
+        let endpoint = match &foundry {
+            Some(agent) => Arc::clone(&agent.endpoint),
+            None => runtime.chat.clone().map_err(ChatError::NotConfigured)?,
+        };
         let mut params = runtime.params.clone();
         let mut conversation = ConversationId::new();
         let mut instructions = None;
         let mut native_responses = false;
-        let (question, history, model, stored) = match ask {
+        // The Foundry conversation the SOPHIA conversation maps to, and how many of the
+        // messages sent are new (the rest the Foundry conversation already holds).
+        let mut mapped: Option<String> = None;
+        let mut new_count = 0;
+        let (question, mut history, model, stored) = match ask {
             Ask::Message {
                 text,
                 conversation: id,
@@ -219,10 +232,12 @@ impl Turn {
                     Some(id) => {
                         let c =
                             load(app, &caller.tenant, id, ChatError::UnknownConversation).await?;
+                        mapped = foundry_conversation(&c.messages);
                         tail(&c.messages, runtime.history_messages)
                     }
                     None => Vec::new(),
                 };
+                new_count = 1;
                 let stored = Stored {
                     conversation_id: id.unwrap_or(conversation),
                     new_messages: vec![StoredMessage::text("user", text.clone())],
@@ -258,6 +273,7 @@ impl Turn {
                         let c =
                             load(app, &caller.tenant, &id, ChatError::UnknownConversation).await?;
                         conversation = id;
+                        mapped = foundry_conversation(&c.messages);
                         (c.messages, false, None)
                     }
                     Some(Continue::Response(rid)) => {
@@ -276,6 +292,7 @@ impl Turn {
                         messages.truncate(at + 1);
                         if !fork {
                             conversation = rid.conversation;
+                            mapped = foundry_conversation(&messages);
                         }
                         (messages, fork, Some(rid.to_string()))
                     }
@@ -284,6 +301,7 @@ impl Turn {
                     last_user(earlier.iter().chain(&input).map(|m| (&m.role, &m.content)));
                 let mut history = tail(&earlier, runtime.history_messages);
                 history.extend(input.iter().map(wire));
+                new_count = input.len();
                 if let Some(text) = asked.as_deref().filter(|t| !t.is_empty()) {
                     instructions = Some(WireMessage::text("system", text.to_owned()));
                 }
@@ -302,11 +320,35 @@ impl Turn {
                 (question, history, model, stored)
             }
         };
-        let citations = prompt::retrieve(app, &runtime, &caller.tenant, &question).await?;
-        let mut messages: Vec<WireMessage> = prompt::system_message(&runtime, &citations)
-            .into_iter()
-            .chain(instructions)
-            .collect();
+        let (citations, system) = match &foundry {
+            // The agent searches its own vector store and has its own instructions.
+            Some(agent) => {
+                native_responses = true;
+                if stored.is_some() {
+                    let id = match mapped {
+                        Some(id) => {
+                            // The Foundry conversation holds the earlier turns.
+                            history = history.split_off(history.len().saturating_sub(new_count));
+                            id
+                        }
+                        None => {
+                            agent
+                                .project
+                                .create_conversation(caller.tenant.as_str())
+                                .await?
+                        }
+                    };
+                    params.conversation = Some(Arc::from(id.as_str()));
+                }
+                (Vec::new(), None)
+            }
+            None => {
+                let citations = prompt::retrieve(app, &runtime, &caller.tenant, &question).await?;
+                let system = prompt::system_message(&runtime, &citations);
+                (citations, system)
+            }
+        };
+        let mut messages: Vec<WireMessage> = system.into_iter().chain(instructions).collect();
         messages.extend(history);
         let prompt_estimate = messages
             .iter()
@@ -356,6 +398,7 @@ impl Turn {
                     tool_calls: completion.tool_calls,
                     refusal: completion.refusal,
                     filters: completion.filters,
+                    citations: completion.citations,
                 },
             )
             .await)
@@ -368,7 +411,10 @@ impl Turn {
 
     /// Records a finished turn (both messages of a stored conversation, the usage) and says
     /// how it ended. Recording failures are logged, not returned: the caller has its answer.
-    async fn finish(self, app: &App, end: Ending) -> Answer {
+    async fn finish(mut self, app: &App, end: Ending) -> Answer {
+        if !end.citations.is_empty() {
+            self.citations = end.citations;
+        }
         let usage = if end.tool_calls.is_empty() {
             self.usage(end.usage, &end.content)
         } else {
@@ -389,6 +435,7 @@ impl Turn {
                 reply.id = self.reply_id;
                 reply.citations = self.citations.clone();
                 reply.tool_calls = end.tool_calls.clone();
+                reply.foundry_conversation = self.params.conversation.as_deref().map(str::to_owned);
                 reply.response = stored.response.as_ref().map(|draft| {
                     let incomplete_reason = responses::incomplete_reason(&finish_reason);
                     Box::new(ResponseRecord {
@@ -456,6 +503,8 @@ struct Ending {
     tool_calls: Vec<ToolCall>,
     refusal: Option<String>,
     filters: Option<Box<crate::llm::wire::ContentFilters>>,
+    /// A Foundry agent's citations (its file search ran upstream).
+    citations: Vec<Citation>,
 }
 
 /// A `/v1` caller's model (one the instance allows), sampling and extras over the instance's.
@@ -509,6 +558,14 @@ async fn load(
             StoreError::NotFound => missing,
             other => other.into(),
         })
+}
+
+/// The Foundry conversation a stored conversation maps to (its latest answer's).
+fn foundry_conversation(messages: &[StoredMessage]) -> Option<String> {
+    messages
+        .iter()
+        .rev()
+        .find_map(|m| m.foundry_conversation.clone())
 }
 
 /// The last `keep` messages, as sent upstream.

@@ -49,6 +49,7 @@ impl Turn {
             let (mut answer, mut usage, mut model, mut finish) = (String::new(), None, None, None);
             let mut tool_calls = Vec::new();
             let mut refusal = String::new();
+            let mut citations = Vec::new();
             let mut client_gone = false;
             while let Some(part) = upstream.next().await {
                 match part {
@@ -79,6 +80,7 @@ impl Turn {
                     Ok(StreamPart::Usage(u)) => usage = Some(u),
                     Ok(StreamPart::Model(m)) => model = Some(m),
                     Ok(StreamPart::Finish(f)) => finish = Some(f),
+                    Ok(StreamPart::Citations(c)) => citations = c,
                     Err(e) => {
                         self.fail(&app, usage, &answer);
                         let error = ChatError::from(e);
@@ -96,6 +98,7 @@ impl Turn {
                 tool_calls,
                 refusal: Some(refusal).filter(|r| !r.is_empty()),
                 filters: None,
+                citations,
             };
             let done = self.finish(&app, end).await;
             let _ = tx.send(TurnEvent::Done(done)).await;

@@ -75,6 +75,17 @@ const IDENTITY_BOUND: &[(&str, FieldReader)] = &[
         i.settings.knowledge_prefix()
     }),
     ("settings.managedIdentityClientId", identity_client_id),
+    ("azureProjectEndpoint", |i| {
+        i.config.azure_project_endpoint.as_deref()
+    }),
+    ("azureAgentId", |i| i.config.azure_agent_id.as_deref()),
+    ("azureVectorStoreId", |i| {
+        i.config.azure_vector_store_id.as_deref()
+    }),
+    ("settings.runtime", |i| match i.settings.runtime() {
+        super::settings::Runtime::Foundry => Some("foundry"),
+        super::settings::Runtime::Sophia => None,
+    }),
 ];
 
 /// Applies the rules above; `Ok` when the write may go ahead.
@@ -224,6 +235,8 @@ mod tests {
                 azure_embedding_deployment: None,
                 azure_search_endpoint: None,
                 azure_vector_store_id: None,
+                azure_project_endpoint: None,
+                azure_agent_id: None,
             },
             settings: InstanceSettings::from_map(
                 &settings.as_object().cloned().unwrap_or_default(),
@@ -234,6 +247,7 @@ mod tests {
             access_key_last4: "abcd".into(),
             key_version: 1,
             disabled_by: None,
+            provisioning_error: None,
             created_at: now,
             updated_at: now,
             last_used_at: None,

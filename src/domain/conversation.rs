@@ -123,6 +123,10 @@ pub struct StoredMessage {
     /// A `/v1/responses` answer's own record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<Box<ResponseRecord>>,
+    /// On a `foundry` instance, the Foundry conversation this SOPHIA conversation maps to
+    /// (kept on each answer; the latest answer's is the mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry_conversation: Option<String>,
 }
 
 impl StoredMessage {
@@ -137,6 +141,7 @@ impl StoredMessage {
             tool_calls: vec![],
             tool_call_id: None,
             response: None,
+            foundry_conversation: None,
         }
     }
 }

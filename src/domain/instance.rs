@@ -95,6 +95,14 @@ pub struct InstanceConfig {
     pub azure_search_endpoint: Option<String>,
     #[serde(default)]
     pub azure_vector_store_id: Option<String>,
+    /// The company's Azure AI Foundry project
+    /// (`https://<resource>.services.ai.azure.com/api/projects/<project>`), for the `foundry`
+    /// runtime.
+    #[serde(default)]
+    pub azure_project_endpoint: Option<String>,
+    /// The company's Foundry prompt agent, `name:version`.
+    #[serde(default)]
+    pub azure_agent_id: Option<String>,
 }
 
 /// The text fields of [`InstanceConfig`], by their API names.
@@ -108,10 +116,12 @@ pub enum ConfigField {
     AzureEmbeddingDeployment,
     AzureSearchEndpoint,
     AzureVectorStoreId,
+    AzureProjectEndpoint,
+    AzureAgentId,
 }
 
 impl ConfigField {
-    pub const ALL: [ConfigField; 8] = [
+    pub const ALL: [ConfigField; 10] = [
         Self::Region,
         Self::Model,
         Self::AzureProjectId,
@@ -120,6 +130,8 @@ impl ConfigField {
         Self::AzureEmbeddingDeployment,
         Self::AzureSearchEndpoint,
         Self::AzureVectorStoreId,
+        Self::AzureProjectEndpoint,
+        Self::AzureAgentId,
     ];
 
     /// The field's name in the API and the stored document.
@@ -133,6 +145,8 @@ impl ConfigField {
             Self::AzureEmbeddingDeployment => "azureEmbeddingDeployment",
             Self::AzureSearchEndpoint => "azureSearchEndpoint",
             Self::AzureVectorStoreId => "azureVectorStoreId",
+            Self::AzureProjectEndpoint => "azureProjectEndpoint",
+            Self::AzureAgentId => "azureAgentId",
         }
     }
 }
@@ -149,7 +163,43 @@ impl InstanceConfig {
             ConfigField::AzureEmbeddingDeployment => &mut self.azure_embedding_deployment,
             ConfigField::AzureSearchEndpoint => &mut self.azure_search_endpoint,
             ConfigField::AzureVectorStoreId => &mut self.azure_vector_store_id,
+            ConfigField::AzureProjectEndpoint => &mut self.azure_project_endpoint,
+            ConfigField::AzureAgentId => &mut self.azure_agent_id,
         }
+    }
+}
+
+/// A Foundry agent version as SOPHIA names it: `name:version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRef {
+    pub name: String,
+    pub version: String,
+}
+
+impl AgentRef {
+    /// Parses `name:version` (a name of letters, digits and '-', up to 63; a version of
+    /// letters, digits, '.', '-' or '_').
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (name, version) = raw.split_once(':')?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && name.as_bytes()[0].is_ascii_alphanumeric();
+        let version_ok = !version.is_empty()
+            && version.len() <= 64
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        (name_ok && version_ok).then(|| Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for AgentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.version)
     }
 }
 
@@ -177,6 +227,10 @@ pub struct AgentInstance {
     /// lifted only by a platform admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_by: Option<super::authority::DisabledBy>,
+    /// Why the last provisioning of a `foundry` instance failed (set while it waits in
+    /// `TO_PROVISION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,

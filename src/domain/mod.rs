@@ -16,7 +16,8 @@ pub use conversation::{
 };
 pub use ids::{InstanceId, TenantId};
 pub use instance::{
-    AgentInstance, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash, Provider,
+    AgentInstance, AgentRef, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash,
+    Provider,
 };
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};
 pub use settings::InstanceSettings;

@@ -27,6 +27,7 @@ pub const KNOWN: &[&str] = &[
     "allowedModels",
     "knowledgeContainerUrl",
     "knowledgePrefix",
+    "runtime",
 ];
 
 /// A setting that does not parse: the field (`settings.<key>`) and what it must be.
@@ -184,6 +185,27 @@ impl<'de> Deserialize<'de> for ApiStyle {
     }
 }
 
+/// `settings.runtime`: who runs the company's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Runtime {
+    /// SOPHIA's own retrieval over the company's Azure OpenAI deployment (and AI Search).
+    #[default]
+    Sophia,
+    /// The company's prompt agent in its Azure AI Foundry project.
+    Foundry,
+}
+
+impl<'de> Deserialize<'de> for Runtime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)?.as_str() {
+            Some("sophia") => Ok(Self::Sophia),
+            Some("foundry") => Ok(Self::Foundry),
+            _ => Err(de::Error::custom("must be 'sophia' or 'foundry'")),
+        }
+    }
+}
+
 /// What a setting must be, for its error message.
 fn expected(key: &str) -> &'static str {
     match key {
@@ -200,6 +222,7 @@ fn expected(key: &str) -> &'static str {
         "topK" => TopK::EXPECTED,
         "allowedModels" => AllowedModels::EXPECTED,
         "knowledgeContainerUrl" => ContainerUrl::EXPECTED,
+        "runtime" => "'sophia' or 'foundry'",
         _ => KnowledgePrefix::EXPECTED,
     }
 }
@@ -236,6 +259,8 @@ pub struct InstanceSettings {
     pub knowledge_container_url: Option<ContainerUrl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knowledge_prefix: Option<KnowledgePrefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
 }
 
 /// Defaults where a setting is unset.
@@ -346,6 +371,10 @@ impl InstanceSettings {
 
     pub fn api_version(&self) -> Option<&str> {
         self.api_version.as_ref().map(|s| s.get().as_str())
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.unwrap_or_default()
     }
 
     pub fn allowed_models(&self) -> &[String] {

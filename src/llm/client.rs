@@ -410,6 +410,7 @@ impl ModelClient {
             finish_reason,
             model: parsed.model.unwrap_or_else(|| endpoint.deployment.clone()),
             usage: parsed.usage.unwrap_or_default(),
+            citations: Vec::new(),
         })
     }
 
@@ -527,7 +528,7 @@ impl ModelClient {
         let mut dep = telemetry::model_span("responses", endpoint, false);
         let result = async {
             let started = Instant::now();
-            let body = super::responses::request(&endpoint.deployment, messages, params, false);
+            let body = super::responses::request_to(endpoint, messages, params, false);
             let response = self
                 .send(endpoint, endpoint.responses_url()?, &body, &mut dep)
                 .await?;
@@ -583,7 +584,7 @@ impl ModelClient {
         let mut dep = telemetry::model_span(operation, endpoint, true);
         let started = async {
             let response = if responses {
-                let body = super::responses::request(&endpoint.deployment, messages, params, true);
+                let body = super::responses::request_to(endpoint, messages, params, true);
                 self.send(endpoint, endpoint.responses_url()?, &body, &mut dep)
                     .await?
             } else {
@@ -813,7 +814,8 @@ impl ChatStream {
                         StreamPart::Delta(_)
                         | StreamPart::Refusal(_)
                         | StreamPart::ToolCall(_)
-                        | StreamPart::Filters(_) => {}
+                        | StreamPart::Filters(_)
+                        | StreamPart::Citations(_) => {}
                     }
                 }
                 return Some(Ok(part));

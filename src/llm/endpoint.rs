@@ -58,6 +58,9 @@ pub struct ModelEndpoint {
     /// Azure OpenAI's v1 API (`…/openai/v1/…`, the deployment as `model`) instead of the
     /// deployment routes.
     pub v1: bool,
+    /// A Foundry agent's turns: the project's Responses API with this `agent_reference`
+    /// (the agent's model and instructions) instead of a deployment.
+    pub agent: Option<crate::domain::AgentRef>,
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
@@ -137,12 +140,19 @@ impl ModelEndpoint {
             auth,
             owner: None,
             v1: false,
+            agent: None,
         }
     }
 
     /// The same endpoint, called with Azure OpenAI's v1 API when `v1` (`settings.apiStyle`).
     pub fn v1_style(mut self, v1: bool) -> Self {
         self.v1 = v1;
+        self
+    }
+
+    /// The same endpoint running a Foundry agent (`base` is the project endpoint).
+    pub fn for_agent(mut self, agent: crate::domain::AgentRef) -> Self {
+        self.agent = Some(agent);
         self
     }
 
@@ -187,6 +197,7 @@ impl ModelEndpoint {
         );
         endpoint.owner = owner;
         endpoint.v1 = self.v1;
+        endpoint.agent = self.agent;
         endpoint
     }
 

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod foundry;
 pub mod responses;
 pub mod sse;
 pub mod wire;

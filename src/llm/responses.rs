@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::wire::{ChatParams, Completion, StreamPart, ToolCallDelta, WireMessage, WireUsage};
-use crate::domain::{FunctionCall, ToolCall};
+use crate::domain::{Citation, FunctionCall, ToolCall};
 
 /// The request body for `messages` (system messages become `instructions`).
 pub fn request(
@@ -98,6 +98,37 @@ pub fn request(
     Value::Object(body)
 }
 
+/// The request body for `endpoint`: a deployment's (`request`), or a Foundry agent's — the
+/// `agent_reference` instead of a model (the agent brings its model, instructions and file
+/// search), the Foundry conversation to continue, and stored (a conversation keeps its items).
+pub fn request_to(
+    endpoint: &super::ModelEndpoint,
+    messages: &[WireMessage],
+    params: &ChatParams,
+    stream: bool,
+) -> Value {
+    let mut body = request(&endpoint.deployment, messages, params, stream);
+    if let (Some(agent), Value::Object(map)) = (&endpoint.agent, &mut body) {
+        map.remove("model");
+        map.remove("store");
+        // A caller's own instructions go in as a developer message; the agent's stay.
+        if let Some(Value::String(text)) = map.remove("instructions")
+            && let Some(Value::Array(input)) = map.get_mut("input")
+        {
+            input.insert(0, json!({"role": "developer", "content": text}));
+        }
+        map.insert(
+            "agent_reference".into(),
+            json!({"type": "agent_reference", "name": agent.name, "version": agent.version}),
+        );
+        if let Some(conversation) = &params.conversation {
+            map.insert("conversation".into(), json!(conversation.as_ref()));
+        }
+        map.insert("include".into(), json!(["file_search_call.results"]));
+    }
+    body
+}
+
 /// How the model stopped, in chat's terms.
 fn finish_reason(response: &Value, called: bool) -> &'static str {
     match response["incomplete_details"]["reason"].as_str() {
@@ -117,6 +148,50 @@ fn usage(response: &Value) -> Option<WireUsage> {
         completion_tokens: completion,
         total_tokens: u["total_tokens"].as_u64().unwrap_or(prompt + completion),
     })
+}
+
+/// The passages a Foundry agent's answer cited: each `file_citation` annotation's file (once),
+/// with the text the file search returned for it. The document id is the file's name (SOPHIA
+/// uploads each knowledge document under its own id).
+pub fn citations(response: &Value) -> Vec<Citation> {
+    let output = response["output"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let results: Vec<&Value> = output
+        .iter()
+        .filter(|i| i["type"] == "file_search_call")
+        .flat_map(|i| i["results"].as_array().into_iter().flatten())
+        .collect();
+    let mut out: Vec<Citation> = Vec::new();
+    let annotations = output
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|i| i["content"].as_array().into_iter().flatten())
+        .flat_map(|c| c["annotations"].as_array().into_iter().flatten())
+        .filter(|a| a["type"] == "file_citation");
+    for annotation in annotations {
+        let file = annotation["file_id"].as_str().unwrap_or("");
+        if file.is_empty() || out.iter().any(|c| c.document_id == file) {
+            continue;
+        }
+        let result = results.iter().find(|r| r["file_id"] == file);
+        let title = annotation["filename"]
+            .as_str()
+            .or_else(|| result.and_then(|r| r["filename"].as_str()))
+            .unwrap_or(file)
+            .to_owned();
+        out.push(Citation {
+            document_id: title.clone(),
+            title,
+            snippet: result
+                .and_then(|r| r["text"].as_str())
+                .map(|t| t.chars().take(500).collect())
+                .unwrap_or_default(),
+            score: result.and_then(|r| r["score"].as_f64()).unwrap_or(0.0),
+        });
+    }
+    out
 }
 
 /// A whole answer: its text, refusal and function calls.
@@ -156,6 +231,7 @@ pub fn completion(response: &Value, deployment: &str) -> Completion {
         refusal,
         tool_calls,
         filters: None,
+        citations: citations(response),
         model: response["model"].as_str().unwrap_or(deployment).to_owned(),
         usage: usage(response).unwrap_or_default(),
     }
@@ -231,6 +307,10 @@ impl EventReader {
                 ));
                 if let Some(u) = usage(response) {
                     parts.push(StreamPart::Usage(u));
+                }
+                let cited = citations(response);
+                if !cited.is_empty() {
+                    parts.push(StreamPart::Citations(cited));
                 }
                 Read::Done(parts)
             }

@@ -60,6 +60,8 @@ pub struct ChatParams {
     pub max_tokens: Option<u32>,
     /// Tools, structured output, seed, stop (a `/v1` caller's; none for `/chat`).
     pub extras: Option<Arc<ChatExtras>>,
+    /// A Foundry agent's turn: the Foundry conversation it continues.
+    pub conversation: Option<Arc<str>>,
 }
 
 /// A whole answer.
@@ -74,6 +76,8 @@ pub struct Completion {
     pub refusal: Option<String>,
     /// Azure's content-filter results (whole answers; `None` when it sent none).
     pub filters: Option<Box<ContentFilters>>,
+    /// What a Foundry agent's file search cited (its `file_citation` annotations).
+    pub citations: Vec<crate::domain::Citation>,
 }
 
 /// Token counts, as OpenAI reports them.
@@ -272,6 +276,8 @@ pub enum StreamPart {
     Finish(String),
     Usage(WireUsage),
     Model(String),
+    /// What a Foundry agent's file search cited, known when the answer is complete.
+    Citations(Vec<crate::domain::Citation>),
 }
 
 impl WireChunk {

@@ -25,6 +25,8 @@ pub enum Service {
     Queue,
     Search,
     Cosmos,
+    /// A company's Azure AI Foundry project (agents, vector stores, conversations, files).
+    Foundry,
 }
 
 impl Service {
@@ -36,6 +38,7 @@ impl Service {
             Self::Queue => "Queue",
             Self::Search => "AI Search",
             Self::Cosmos => "Cosmos DB",
+            Self::Foundry => "Foundry",
         }
     }
 
@@ -46,6 +49,7 @@ impl Service {
             Self::Blob | Self::Queue => "Microsoft.Storage",
             Self::Search => "Microsoft.Search",
             Self::Cosmos => "Microsoft.DocumentDB",
+            Self::Foundry => "Microsoft.CognitiveServices",
         }
     }
 }
@@ -67,6 +71,19 @@ impl Service {
                 "servicestats",
             ],
             Self::Cosmos => &["dbs", "colls", "docs", "pkranges"],
+            Self::Foundry => &[
+                "api",
+                "projects",
+                "agents",
+                "versions",
+                "openai",
+                "v1",
+                "conversations",
+                "vector_stores",
+                "files",
+                "file_batches",
+                "responses",
+            ],
         }
     }
 }

@@ -20,12 +20,13 @@ use serde::Serialize;
 
 use crate::azure_auth::{CompanyIdentities, EntraTokens};
 use crate::domain::authority::{AuthMode, identity_client_id};
-use crate::domain::settings::ApiStyle;
-use crate::domain::{AgentInstance, InstanceId, Provider, TenantId};
+use crate::domain::settings::{ApiStyle, Runtime};
+use crate::domain::{AgentInstance, AgentRef, InstanceId, Provider, TenantId};
 use crate::knowledge::KnowledgeIndex;
 use crate::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth};
 use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
 use crate::llm::client::DEFAULT_API_VERSION;
+use crate::llm::foundry::FoundryProject;
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
 use crate::secrets::{CredentialBundle, SecretError, SecretStore};
 use crate::store::{Store, StoreError, TenantScope};
@@ -77,6 +78,47 @@ impl std::fmt::Debug for Knowledge {
     }
 }
 
+/// A `foundry` instance's project and the agent version its turns run.
+#[derive(Debug, Clone)]
+pub struct FoundryAgent {
+    pub project: Arc<FoundryProject>,
+    pub agent: AgentRef,
+    /// The agent's turns: the Responses API of the project, as a model endpoint.
+    pub endpoint: Arc<ModelEndpoint>,
+}
+
+/// The company's Foundry project, reached with its own identity (Foundry takes Entra tokens
+/// only): `Err` says what the instance lacks.
+pub fn foundry_project(
+    instance: &AgentInstance,
+    identity: Option<&Result<Arc<EntraTokens>, String>>,
+    upstreams: &UpstreamPolicy,
+    http: &reqwest::Client,
+    owner: Option<Arc<telemetry::Owner>>,
+) -> Result<FoundryProject, String> {
+    let raw = instance
+        .config
+        .azure_project_endpoint
+        .as_deref()
+        .ok_or_else(|| "the foundry runtime needs azureProjectEndpoint".to_owned())?;
+    let url = upstreams
+        .check(raw)
+        .map_err(|e| format!("azureProjectEndpoint is not allowed: {e}"))?;
+    let tokens = match identity {
+        Some(Ok(tokens)) => Arc::clone(tokens),
+        Some(Err(e)) => return Err(e.clone()),
+        None => {
+            return Err(
+                "the foundry runtime needs the company's own managed identity (Foundry \
+                        accepts Entra tokens only): a platform admin sets settings.authMode=\
+                        managedIdentity and settings.managedIdentityClientId"
+                    .into(),
+            );
+        }
+    };
+    Ok(FoundryProject::new(url, tokens, http.clone(), owner))
+}
+
 /// Everything a chat turn needs about one tenant. Immutable; replaced on reload.
 #[derive(Debug)]
 pub struct TenantRuntime {
@@ -99,6 +141,8 @@ pub struct TenantRuntime {
     pub allowed_models: Vec<String>,
     /// The tenant's knowledge index, or why it cannot be used.
     pub knowledge: Result<Knowledge, String>,
+    /// On a `foundry` instance, its Foundry project and agent (or why they cannot be used).
+    pub foundry: Option<Result<FoundryAgent, String>>,
     pub loaded_at: Instant,
     /// Whose telemetry its calls are.
     owner: Arc<telemetry::Owner>,
@@ -188,9 +232,49 @@ impl TenantRuntime {
             top_p: settings.top_p.as_ref().map(|t| *t.get()),
             max_tokens: settings.max_tokens.as_ref().map(|n| *n.get()),
             extras: None,
+            conversation: None,
         };
         let knowledge = search_index(&instance, &identity, &credentials, resolver, &owner);
+        let foundry = (settings.runtime() == Runtime::Foundry).then(|| {
+            let project = foundry_project(
+                &instance,
+                identity.as_ref(),
+                &resolver.upstreams,
+                &resolver.http,
+                Some(Arc::clone(&owner)),
+            )?;
+            let agent = instance
+                .config
+                .azure_agent_id
+                .as_deref()
+                .and_then(AgentRef::parse)
+                .filter(|_| instance.status == crate::domain::InstanceStatus::Active)
+                .ok_or_else(|| {
+                    "the instance's Foundry agent is not provisioned yet (POST \
+                     /admin/agent-instances/{id}/provision)"
+                        .to_owned()
+                })?;
+            let endpoint = ModelEndpoint::new(
+                Provider::AzureOpenai,
+                project.endpoint.clone(),
+                agent.name.clone(),
+                api_version.clone(),
+                UpstreamAuth::Entra {
+                    tokens: Arc::clone(&project.tokens),
+                    scope: crate::llm::foundry::FOUNDRY_SCOPE,
+                },
+            )
+            .owned_by(Arc::clone(&owner))
+            .v1_style(true)
+            .for_agent(agent.clone());
+            Ok(FoundryAgent {
+                project: Arc::new(project),
+                agent,
+                endpoint: Arc::new(endpoint),
+            })
+        });
         Self {
+            foundry,
             chat,
             embeddings,
             knowledge,

@@ -126,7 +126,8 @@ async fn streams_deliver_every_part_and_usage() {
             StreamPart::Model(_)
             | StreamPart::ToolCall(_)
             | StreamPart::Refusal(_)
-            | StreamPart::Filters(_) => {}
+            | StreamPart::Filters(_)
+            | StreamPart::Citations(_) => {}
         }
     }
     assert_eq!(

@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Between streamed chunks.
     pub chunk_delay: Duration,
+    /// Foundry projects' role assignments, `(project, bearer token)`: when any is given, a
+    /// project admits only the tokens granted on it.
+    pub project_tokens: Vec<(String, String)>,
 }
 
 /// A queued misbehaviour, consumed by matching requests.
@@ -80,6 +83,7 @@ struct Inner {
     config: Mutex<SimConfig>,
     faults: Mutex<VecDeque<(Fault, u32)>>,
     log: Mutex<Vec<Recorded>>,
+    foundry: Mutex<foundry::Projects>,
 }
 
 /// Shared simulator state (cheap to clone).
@@ -163,6 +167,7 @@ impl Simulator {
             .route("/openai/v1/responses", post(azure_v1_responses))
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embeddings))
+            .merge(foundry::routes())
             .route("/_sim/requests", get(list_requests).delete(clear_requests))
             .route("/_sim/faults", post(add_fault))
             .route("/", get(|| async { "sophia azure openai simulator" }))
@@ -404,7 +409,21 @@ async fn azure_v1_responses(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(chat_body) = responses_as_chat(&body) else {
+    respond(&sim, &body, &model, None)
+}
+
+/// What a file search found for a Foundry agent's answer: the `file_search_call` item, the
+/// answer quoting it and the answer's `file_citation` annotations.
+pub(super) struct Grounding {
+    pub search_item: Value,
+    pub answer: String,
+    pub annotations: Vec<Value>,
+}
+
+/// A Responses API answer (whole or streamed, as `body.stream` asks) to a request already
+/// admitted; `grounding` is a Foundry agent's file search.
+fn respond(sim: &Simulator, body: &Value, model: &str, grounding: Option<Grounding>) -> Response {
+    let Some(chat_body) = responses_as_chat(body) else {
         return azure_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -421,8 +440,12 @@ async fn azure_v1_responses(
     } else {
         tool_calls(&chat_body, &messages)
     };
+    let (search_item, annotations, grounded) = match grounding {
+        Some(g) => (Some(g.search_item), g.annotations, Some(g.answer)),
+        None => (None, Vec::new(), None),
+    };
     let answer = if calls.is_empty() && refusal.is_none() {
-        shaped_answer(&chat_body, &messages)
+        grounded.unwrap_or_else(|| shaped_answer(&chat_body, &messages))
     } else {
         String::new()
     };
@@ -438,7 +461,7 @@ async fn azure_v1_responses(
         tokens(&answer) + tokens(&arguments) + tokens(refusal.as_deref().unwrap_or(""));
     let id = format!("resp_sim{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("msg_sim{}", uuid::Uuid::new_v4().simple());
-    let mut output: Vec<Value> = Vec::new();
+    let mut output: Vec<Value> = search_item.into_iter().collect();
     if let Some(refusal) = &refusal {
         output.push(
             json!({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
@@ -446,7 +469,7 @@ async fn azure_v1_responses(
         );
     } else if calls.is_empty() {
         output.push(json!({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
-                           "content": [{"type": "output_text", "text": answer, "annotations": []}]}));
+                           "content": [{"type": "output_text", "text": answer, "annotations": annotations}]}));
     }
     for c in &calls {
         output.push(json!({"type": "function_call", "id": format!("fc_sim{}", uuid::Uuid::new_v4().simple()),
@@ -454,6 +477,7 @@ async fn azure_v1_responses(
     }
     let response = json!({"id": id, "object": "response", "created_at": chrono::Utc::now().timestamp(),
         "status": "completed", "error": null, "incomplete_details": null, "model": model, "output": output,
+        "conversation": body.get("conversation").filter(|c| !c.is_null()).map(|c| json!({"id": c})),
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}});
     if body["stream"].as_bool() != Some(true) {
         return Json(response).into_response();
@@ -501,8 +525,23 @@ async fn azure_v1_responses(
             for piece in split_keep_spaces(&answer) {
                 events.push(("response.output_text.delta".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "delta": piece})));
             }
+            for (n, annotation) in annotations.iter().enumerate() {
+                events.push(("response.output_text.annotation.added".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "annotation_index": n, "annotation": annotation})));
+            }
             events.push(("response.output_text.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "text": answer})));
             events.push(("response.content_part.done".into(), json!({"item_id": item["id"], "output_index": index, "content_index": 0, "part": item["content"][0]})));
+        } else if item["type"] == "file_search_call" {
+            open["results"] = Value::Null;
+            events.push((
+                "response.output_item.added".into(),
+                json!({"output_index": index, "item": open}),
+            ));
+            for phase in ["in_progress", "searching", "completed"] {
+                events.push((
+                    format!("response.file_search_call.{phase}"),
+                    json!({"item_id": item["id"], "output_index": index}),
+                ));
+            }
         } else {
             open["arguments"] = json!("");
             events.push((
@@ -521,6 +560,11 @@ async fn azure_v1_responses(
         ));
     }
     events.push(("response.completed".into(), json!({"response": response})));
+    sse(sim, events)
+}
+
+/// Typed server-sent events, `chunk_delay` apart.
+fn sse(sim: &Simulator, events: Vec<(String, Value)>) -> Response {
     let delay = sim.config().chunk_delay;
     let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
         move |(n, (kind, mut data))| async move {
@@ -1117,5 +1161,6 @@ pub async fn serve(
         .await
 }
 
+mod foundry;
 #[cfg(test)]
 mod tests;

@@ -177,6 +177,27 @@ pub async fn rotate_key(
     Ok(with_instance_headers(StatusCode::OK, body, &stored, true))
 }
 
+/// `POST /admin/agent-instances/{id}/provision` — (re)provisions a `foundry` instance's vector
+/// store and agent in its Foundry project; idempotent.
+pub async fn provision(
+    State(app): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    ClientAddress(client): ClientAddress,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_instance_id(&id)?;
+    let current = service::load(&app, &admin, &id).await?;
+    check_if_match(&headers, &current)?;
+    let stored = service::provision_instance(&app, &admin, &client, current).await?;
+    Ok(with_instance_headers(
+        StatusCode::OK,
+        InstanceView::from(&stored),
+        &stored,
+        false,
+    ))
+}
+
 /// `DELETE /admin/agent-instances/{id}` — a soft delete: the instance becomes `DISABLED`, its
 /// key and every token issued under it stop working; the record and its audit trail remain.
 pub async fn delete_instance(
