@@ -214,6 +214,9 @@ pub struct KnowledgeDocument {
     pub chunks: u64,
     pub size: u64,
     pub indexed_at: DateTime<Utc>,
+    /// On a `foundry` instance, the Foundry file holding the document in its vector store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry_file_id: Option<String>,
 }
 
 #[cfg(test)]

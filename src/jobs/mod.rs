@@ -252,6 +252,26 @@ pub async fn run_job(app: &App, tenant: &TenantId, id: &str) -> anyhow::Result<D
 async fn execute(app: &App, job: &mut RefreshJob) -> Result<(), RefreshError> {
     let tenant = job.tenant_id.clone();
     let runtime = load_runtime(app, &tenant, &job.instance_id).await?;
+    // A `foundry` instance's knowledge is the vector store its agent searches.
+    if let Some(foundry) = &runtime.foundry {
+        let agent = foundry.clone().map_err(RefreshError::Unusable)?;
+        let vector_store = runtime
+            .instance
+            .config
+            .azure_vector_store_id
+            .clone()
+            .ok_or_else(|| RefreshError::Unusable("the instance has no vector store yet".into()))?;
+        let source = runtime.source().map_err(RefreshError::Unusable)?;
+        return crate::knowledge::foundry_sync::FoundrySync {
+            tenant: &tenant,
+            store: app.store.as_ref(),
+            source: source.as_ref(),
+            project: &agent.project,
+            vector_store: &vector_store,
+        }
+        .run(job)
+        .await;
+    }
     let knowledge = runtime.knowledge.clone().map_err(RefreshError::Unusable)?;
     let index = knowledge.index();
     let source = runtime.source().map_err(RefreshError::Unusable)?;

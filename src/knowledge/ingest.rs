@@ -381,6 +381,7 @@ impl Pipeline<'_> {
                 chunks: doc.chunks.len() as u64,
                 size: doc.size,
                 indexed_at: chrono::Utc::now(),
+                foundry_file_id: None,
             })
             .await
             .map_err(|e| format!("the manifest was not updated: {e}"))

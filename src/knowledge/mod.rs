@@ -5,6 +5,7 @@
 pub mod azure_search;
 pub mod chunk;
 pub mod extract;
+pub mod foundry_sync;
 pub mod ingest;
 pub mod sandbox;
 pub mod source;

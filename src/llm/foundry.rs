@@ -90,6 +90,13 @@ impl AgentDefinition {
     }
 }
 
+/// What a call sends.
+enum Payload {
+    None,
+    Json(Vec<u8>),
+    Form(reqwest::multipart::Form),
+}
+
 /// A short detail from an error body (`error.message`, at most 300 characters).
 fn detail(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
@@ -126,8 +133,7 @@ impl FoundryProject {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<reqwest::Body>,
-        json_body: bool,
+        payload: Payload,
         missing_ok: bool,
     ) -> Result<Option<Value>, UpstreamError> {
         let url = self.url(path)?;
@@ -146,12 +152,13 @@ impl FoundryProject {
         if let Some(tp) = span.traceparent() {
             request = request.header("traceparent", tp);
         }
-        if let Some(body) = body {
-            if json_body {
-                request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
-            }
-            request = request.body(body);
-        }
+        request = match payload {
+            Payload::None => request,
+            Payload::Json(bytes) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+            Payload::Form(form) => request.multipart(form),
+        };
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -214,20 +221,105 @@ impl FoundryProject {
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, UpstreamError> {
         let bytes = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        self.call(reqwest::Method::POST, path, Some(bytes.into()), true, false)
+        self.call(reqwest::Method::POST, path, Payload::Json(bytes), false)
             .await
             .map(Option::unwrap_or_default)
     }
 
     async fn get(&self, path: &str) -> Result<Option<Value>, UpstreamError> {
-        self.call(reqwest::Method::GET, path, None, false, true)
+        self.call(reqwest::Method::GET, path, Payload::None, true)
             .await
     }
 
+    /// A DELETE; an object already gone is not an error.
     async fn delete(&self, path: &str) -> Result<(), UpstreamError> {
-        self.call(reqwest::Method::DELETE, path, None, false, true)
+        self.call(reqwest::Method::DELETE, path, Payload::None, true)
             .await
             .map(|_| ())
+    }
+
+    /// Uploads a knowledge document (`purpose: assistants`) under its SOPHIA document id as
+    /// the file name; returns the file id.
+    pub async fn upload_file(
+        &self,
+        filename: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, UpstreamError> {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "assistants")
+            .part("file", part);
+        let file = self
+            .call(
+                reqwest::Method::POST,
+                "openai/v1/files",
+                Payload::Form(form),
+                false,
+            )
+            .await?
+            .unwrap_or_default();
+        file["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| UpstreamError::Protocol("the uploaded file has no id".into()))
+    }
+
+    pub async fn delete_file(&self, file: &str) -> Result<(), UpstreamError> {
+        self.delete(&format!("openai/v1/files/{file}")).await
+    }
+
+    /// Attaches files to a vector store in one batch; returns the batch.
+    pub async fn create_file_batch(
+        &self,
+        store: &str,
+        files: &[String],
+    ) -> Result<Value, UpstreamError> {
+        self.post(
+            &format!("openai/v1/vector_stores/{store}/file_batches"),
+            &json!({ "file_ids": files }),
+        )
+        .await
+    }
+
+    pub async fn file_batch(
+        &self,
+        store: &str,
+        batch: &str,
+    ) -> Result<Option<Value>, UpstreamError> {
+        self.get(&format!(
+            "openai/v1/vector_stores/{store}/file_batches/{batch}"
+        ))
+        .await
+    }
+
+    /// The files of a vector store (`vector_store.file` objects: id, status, last_error).
+    pub async fn store_files(&self, store: &str) -> Result<Vec<Value>, UpstreamError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        // Bounded: at most 100 pages of 100.
+        for _ in 0..100 {
+            let path = match &after {
+                Some(a) => format!("openai/v1/vector_stores/{store}/files?limit=100&after={a}"),
+                None => format!("openai/v1/vector_stores/{store}/files?limit=100"),
+            };
+            let page = self.get(&path).await?.unwrap_or_default();
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            after = data
+                .last()
+                .and_then(|f| f["id"].as_str())
+                .map(str::to_owned);
+            out.extend(data);
+            if page["has_more"] != true || after.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Detaches a file from a vector store (the file itself stays until deleted).
+    pub async fn detach_file(&self, store: &str, file: &str) -> Result<(), UpstreamError> {
+        self.delete(&format!("openai/v1/vector_stores/{store}/files/{file}"))
+            .await
     }
 
     /// Publishes a new version of the prompt agent `name`.

@@ -436,3 +436,115 @@ fn a_foundry_instance_without_its_company_identity_waits_to_be_provisioned() {
         .unwrap();
     assert_eq!(res.status(), 403);
 }
+
+fn refresh(rig: &Rig, token: &str) -> Value {
+    let (status, job, text) = post(rig, "/refresh", token, &json!({}));
+    assert_eq!(status, 202, "{text}");
+    let id = job["jobId"].as_str().unwrap().to_owned();
+    for _ in 0..400 {
+        let job: Value = Client::new()
+            .get(rig.server.url(&format!("/refresh/{id}")))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("refresh {id} did not finish");
+}
+
+#[test]
+fn refresh_syncs_the_knowledge_folder_into_the_agents_vector_store() {
+    let rig = rig();
+    let (status, acme, text) = post(
+        &rig,
+        "/admin/agent-instances",
+        &rig.platform,
+        &foundry_instance(&rig.sim_url, "acme", "acme-proj", ACME_ID),
+    );
+    assert_eq!(status, 201, "{text}");
+    let store = acme["azureVectorStoreId"].as_str().unwrap().to_owned();
+    let token = exchange(&rig, "acme", &acme["agentAccessKey"]);
+    let folder = rig._dir.path().join("knowledge").join("acme");
+    std::fs::create_dir_all(folder.join("policies")).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(folder.join(name), text).unwrap();
+    write(
+        "policies/refunds.md",
+        "Refunds are paid within 14 days of a return.",
+    );
+    write("policies/shipping.md", "Shipping is free over 50 euros.");
+    write("holidays.md", "The office closes on the first of May.");
+
+    let job = refresh(&rig, &token);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["counts"]["indexed"], 3, "{job}");
+    let attached = |rig: &Rig| {
+        let mut names = rig.sim.foundry_vector_stores("acme-proj")[&store].1.clone();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        attached(&rig),
+        ["holidays.md", "policies/refunds.md", "policies/shipping.md"]
+    );
+
+    // One unchanged, one changed, one gone, one new.
+    write("policies/shipping.md", "Shipping is free over 30 euros.");
+    std::fs::remove_file(folder.join("holidays.md")).unwrap();
+    write("warranty.md", "The warranty lasts two years from delivery.");
+    let job = refresh(&rig, &token);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["counts"]["unchanged"], 1, "{job}");
+    assert_eq!(job["counts"]["indexed"], 2, "{job}");
+    assert_eq!(job["counts"]["deleted"], 1, "{job}");
+    assert_eq!(
+        attached(&rig),
+        ["policies/refunds.md", "policies/shipping.md", "warranty.md"]
+    );
+    // Replaced and removed files are deleted from the project, not only detached.
+    assert_eq!(
+        rig.sim.foundry_files("acme-proj"),
+        ["policies/refunds.md", "policies/shipping.md", "warranty.md"]
+    );
+    // The agent now answers from the new file, cited by its document id.
+    let (status, answer, text) = post(
+        &rig,
+        "/chat",
+        &token,
+        &json!({"message": "How long does the warranty last?"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        answer["citations"][0]["documentId"], "warranty.md",
+        "{answer}"
+    );
+
+    // A failed upload is reported for its document; the old file keeps serving.
+    write(
+        "policies/refunds.md",
+        "Refunds are paid within 10 days of a return.",
+    );
+    rig.sim.push_fault(Fault {
+        deployment: Some("acme-proj".into()),
+        status: Some(500),
+        ..Default::default()
+    });
+    let job = refresh(&rig, &token);
+    assert_eq!(job["counts"]["failed"], 1, "{job}");
+    assert_eq!(job["counts"]["unchanged"], 2, "{job}");
+    assert!(job.to_string().contains("policies/refunds.md"), "{job}");
+    assert_eq!(
+        attached(&rig),
+        ["policies/refunds.md", "policies/shipping.md", "warranty.md"]
+    );
+    // The next refresh uploads it.
+    let job = refresh(&rig, &token);
+    assert_eq!(job["counts"]["indexed"], 1, "{job}");
+    assert_eq!(rig.sim.foundry_files("acme-proj").len(), 3);
+    let (_, logs) = rig.server.stop();
+    assert!(!logs.contains(ACME_TOKEN));
+}

@@ -824,6 +824,7 @@ pub async fn knowledge_manifest_per_tenant(store: Arc<dyn Store>) {
         chunks: 2,
         size: 10,
         indexed_at: Utc::now(),
+        foundry_file_id: None,
     };
     store
         .put_knowledge_document(&entry(&a, "policies/leave #2?.md", "sha256:1"))

@@ -283,6 +283,20 @@ impl Simulator {
         .flatten()
     }
 
+    /// The names of a project's files (attached or not), sorted, for tests.
+    pub fn foundry_files(&self, project: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .with_project(project, |p| {
+                p.files
+                    .values()
+                    .filter_map(|(f, _)| f["filename"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// The conversations of a project, for tests: id → items.
     pub fn foundry_conversations(&self, project: &str) -> HashMap<String, Vec<Value>> {
         self.with_project(project, |p| {
