@@ -237,6 +237,55 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     .collect();
     let runtime = TenantRuntime::build(instance.clone(), bundle, app.runtimes.resolver());
 
+    // A `foundry` instance: its project, agent and vector store instead of the deployments
+    // and the search index.
+    if runtime.foundry.is_some() {
+        checks.extend(foundry_checks(app, &runtime, limit).await);
+    } else {
+        deployment_checks(app, &runtime, managed_identity, limit, &mut checks).await;
+    }
+
+    // 5. The knowledge source.
+    let started = Instant::now();
+    let listed = match runtime.source() {
+        Err(reason) => Err(reason),
+        Ok(source) => {
+            bounded(limit, "the knowledge source", async {
+                match source.list().await {
+                    Ok(docs) => Ok(format!("{} documents in {}", docs.len(), source.describe())),
+                    Err(SourceError::Missing(m) | SourceError::Denied(m)) => Err(m),
+                    Err(other) => Err(format!("the knowledge source could not be listed: {other}")),
+                }
+            })
+            .await
+        }
+    };
+    checks.push(check("knowledgeSource", started, listed));
+
+    for c in &mut checks {
+        for secret in &secrets {
+            if c.detail.contains(secret.as_str()) {
+                c.detail = c.detail.replace(secret.as_str(), "[REDACTED]");
+            }
+        }
+    }
+    Report {
+        ok: checks.iter().all(|c| c.ok),
+        company_id: instance.tenant_id.clone(),
+        instance_id: instance.id,
+        checks,
+        tested_at: Utc::now(),
+    }
+}
+
+/// The chat and embedding deployments and the search index of a `sophia` instance.
+async fn deployment_checks(
+    app: &App,
+    runtime: &TenantRuntime,
+    managed_identity: bool,
+    limit: Duration,
+    checks: &mut Vec<Check>,
+) {
     // 2. The chat deployment.
     checks.push(match &runtime.chat {
         Err(reason) => check("chatDeployment", Instant::now(), Err(reason.clone())),
@@ -299,39 +348,128 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     });
 
     // 4. The search index.
-    checks.push(search_check(&runtime, limit).await);
+    checks.push(search_check(runtime, limit).await);
+}
 
-    // 5. The knowledge source.
+/// A `foundry` instance's project (reachable with the company's identity), its agent (exists,
+/// runs the expected model) and its vector store (status, file counts).
+async fn foundry_checks(app: &App, runtime: &TenantRuntime, limit: Duration) -> Vec<Check> {
+    let instance = &runtime.instance;
     let started = Instant::now();
-    let listed = match runtime.source() {
-        Err(reason) => Err(reason),
-        Ok(source) => {
-            bounded(limit, "the knowledge source", async {
-                match source.list().await {
-                    Ok(docs) => Ok(format!("{} documents in {}", docs.len(), source.describe())),
-                    Err(SourceError::Missing(m) | SourceError::Denied(m)) => Err(m),
-                    Err(other) => Err(format!("the knowledge source could not be listed: {other}")),
+    let project = match crate::tenant::runtime::foundry_project(
+        instance,
+        runtime.identity.as_ref(),
+        &app.upstreams,
+        &app.http,
+        None,
+    ) {
+        Ok(p) => p,
+        Err(reason) => return vec![check("foundryProject", started, Err(reason))],
+    };
+    let failure = |e: UpstreamError| match e {
+        UpstreamError::Rejected {
+            status: status @ (401 | 403),
+            ..
+        } => format!(
+            "the Foundry project rejected the company's identity ({status}): grant it 'Azure AI \
+             User' on the project"
+        ),
+        other => other.to_string(),
+    };
+    let mut out = Vec::with_capacity(3);
+    let agent = instance
+        .config
+        .azure_agent_id
+        .as_deref()
+        .and_then(crate::domain::AgentRef::parse);
+    let started = Instant::now();
+    let read = match &agent {
+        None => None,
+        Some(a) => Some(
+            bounded(limit, "the Foundry project", async {
+                project.agent_version(a).await.map_err(failure)
+            })
+            .await,
+        ),
+    };
+    // The project answers: any agent read that is not refused says so.
+    out.push(check(
+        "foundryProject",
+        started,
+        match &read {
+            Some(Err(e)) => Err(e.clone()),
+            _ => Ok(format!("project {} reachable", project.endpoint)),
+        },
+    ));
+    let expected = instance
+        .config
+        .azure_openai_deployment
+        .clone()
+        .or_else(|| instance.config.model.clone());
+    out.push(match (&agent, read) {
+        (None, _) => check(
+            "foundryAgent",
+            started,
+            Err("no azureAgentId yet: POST /admin/agent-instances/{id}/provision".into()),
+        ),
+        (Some(a), Some(Ok(None))) => check(
+            "foundryAgent",
+            started,
+            Err(format!("agent version '{a}' does not exist in the project")),
+        ),
+        (Some(a), Some(Ok(Some(version)))) => {
+            let model = version["definition"]["model"].as_str().unwrap_or("").to_owned();
+            let result = match &expected {
+                Some(e) if *e != model => Err(format!(
+                    "agent '{a}' runs model '{model}', not '{e}': POST …/provision publishes a new version"
+                )),
+                _ => Ok(format!("agent '{a}' exists (model '{model}')")),
+            };
+            let mut c = check("foundryAgent", started, result);
+            c.model = Some(model);
+            c
+        }
+        (Some(_), _) => check(
+            "foundryAgent",
+            started,
+            Err("the agent could not be read".into()),
+        ),
+    });
+    let started = Instant::now();
+    out.push(match &instance.config.azure_vector_store_id {
+        None => check(
+            "vectorStore",
+            started,
+            Err("no azureVectorStoreId yet: POST /admin/agent-instances/{id}/provision".into()),
+        ),
+        Some(id) => {
+            let result = bounded(limit, "the Foundry project", async {
+                match project.vector_store(id).await {
+                    Ok(Some(store)) => {
+                        let counts = &store["file_counts"];
+                        let status = store["status"].as_str().unwrap_or("unknown");
+                        let text = format!(
+                            "vector store '{id}' {status}: {} files ({} completed, {} in progress, {} failed)",
+                            counts["total"].as_u64().unwrap_or(0),
+                            counts["completed"].as_u64().unwrap_or(0),
+                            counts["in_progress"].as_u64().unwrap_or(0),
+                            counts["failed"].as_u64().unwrap_or(0)
+                        );
+                        if status == "expired" {
+                            Err(text)
+                        } else {
+                            Ok(text)
+                        }
+                    }
+                    Ok(None) => Err(format!("vector store '{id}' does not exist in the project")),
+                    Err(e) => Err(failure(e)),
                 }
             })
-            .await
+            .await;
+            check("vectorStore", started, result)
         }
-    };
-    checks.push(check("knowledgeSource", started, listed));
-
-    for c in &mut checks {
-        for secret in &secrets {
-            if c.detail.contains(secret.as_str()) {
-                c.detail = c.detail.replace(secret.as_str(), "[REDACTED]");
-            }
-        }
-    }
-    Report {
-        ok: checks.iter().all(|c| c.ok),
-        company_id: instance.tenant_id.clone(),
-        instance_id: instance.id,
-        checks,
-        tested_at: Utc::now(),
-    }
+    });
+    out
 }
 
 /// The secret's name (the last path segments of a reference), never a value.

@@ -263,6 +263,38 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
     );
     let conversation = call["conversation"].as_str().unwrap().to_owned();
     assert!(call.get("model").is_none(), "{call}");
+    // Diagnostics check the project, the agent's model and the vector store.
+    let (status, report, text) = post(
+        &rig,
+        &format!("/admin/agent-instances/{id}/config-test"),
+        &rig.platform,
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let named = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+    };
+    assert_eq!(named("foundryProject")["ok"], true, "{report}");
+    assert_eq!(named("foundryAgent")["model"], "gpt-4o-mini", "{report}");
+    assert_eq!(named("foundryAgent")["ok"], true, "{report}");
+    let store_check = named("vectorStore");
+    assert!(
+        store_check["detail"].as_str().unwrap().contains("1 files"),
+        "{store_check}"
+    );
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "chatDeployment")
+    );
     // The next turn continues the same Foundry conversation with only the new message.
     let conversation_id = first["conversationId"].as_str().unwrap();
     let (status, _, text) = post(
@@ -346,6 +378,53 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert!(streamed.contains("14 days"), "{chunks:?}");
+
+    // `/v1/responses`, stored: the Foundry conversation is kept per response chain.
+    let (status, r1, text) = post(
+        &rig,
+        "/v1/responses",
+        &acme_token,
+        &json!({"model": "gpt-4o", "input": "When are refunds paid?"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let message = r1["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "message")
+        .unwrap();
+    assert!(
+        message["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("14 days")
+    );
+    assert_eq!(
+        message["content"][0]["annotations"][0]["filename"],
+        "policies/refunds.md"
+    );
+    let first_call = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == "responses")
+        .unwrap();
+    let (status, _, text) = post(
+        &rig,
+        "/v1/responses",
+        &acme_token,
+        &json!({"model": "gpt-4o", "input": "Is shipping free?", "previous_response_id": r1["id"]}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let next_call = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == "responses")
+        .unwrap();
+    assert_eq!(
+        next_call.body["conversation"],
+        first_call.body["conversation"]
+    );
+    assert_eq!(next_call.body["input"].as_array().unwrap().len(), 1);
 
     // Foundry's 429 and 500 map as model failures do.
     sim.push_fault(Fault {
