@@ -323,6 +323,20 @@ async fn a_company_admin_cannot_point_its_instance_at_another_company_or_at_soph
             "settings.authMode",
         ),
         (json!({"settings": null}), "settings.authMode"),
+        // The Foundry runtime runs on the same identity: where it goes is locked too.
+        (
+            json!({"azureProjectEndpoint": "https://beta-ai.services.ai.azure.com/api/projects/beta"}),
+            "azureProjectEndpoint",
+        ),
+        (json!({"azureAgentId": "sophia-beta:1"}), "azureAgentId"),
+        (
+            json!({"azureVectorStoreId": "vs_beta"}),
+            "azureVectorStoreId",
+        ),
+        (
+            json!({"settings": {"runtime": "foundry"}}),
+            "settings.runtime",
+        ),
     ];
     for (body, field) in locked {
         refused_patch(&app, &acme, id, body, StatusCode::FORBIDDEN, field).await;

@@ -99,6 +99,50 @@ pub(super) fn routes() -> Router<Simulator> {
         )
 }
 
+#[derive(Deserialize)]
+pub(super) struct TokenQuery {
+    resource: Option<String>,
+    #[serde(rename = "api-version")]
+    api_version: Option<String>,
+    client_id: Option<String>,
+}
+
+/// The App Service / Functions managed-identity endpoint (`IDENTITY_ENDPOINT`, with the
+/// `X-IDENTITY-HEADER` of `IDENTITY_HEADER`), so a local SOPHIA can run a `foundry` instance on
+/// a "company identity": each client id gets a token of its own, which the Foundry routes
+/// accept. Local development only.
+pub(super) async fn identity_token(
+    State(sim): State<Simulator>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let header_ok = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty());
+    if !header_ok || q.api_version.as_deref() != Some("2019-08-01") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request",
+                "error_description": "X-IDENTITY-HEADER and api-version=2019-08-01 are required"})),
+        )
+            .into_response();
+    }
+    let who = q.client_id.clone().unwrap_or_else(|| "system".into());
+    let token = format!(
+        "sim-mi-{}",
+        who.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    );
+    if let Ok(mut issued) = sim.inner.issued.lock() {
+        issued.insert(token.clone());
+    }
+    let expires = (now() + 3600).to_string();
+    Json(json!({"access_token": token, "expires_on": expires,
+        "resource": q.resource.unwrap_or_default(), "token_type": "Bearer",
+        "client_id": q.client_id.unwrap_or_else(|| "00000000-0000-0000-0000-000000000001".into())}))
+    .into_response()
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -160,7 +204,12 @@ async fn admit(
         .filter(|(p, _)| p == project)
         .map(|(_, t)| t)
         .collect();
-    let known = config.keys.is_empty() || config.keys.contains(&token);
+    let issued = sim
+        .inner
+        .issued
+        .lock()
+        .is_ok_and(|issued| issued.contains(&token));
+    let known = config.keys.is_empty() || config.keys.contains(&token) || issued;
     if !known || (!config.project_tokens.is_empty() && !grants.contains(&&token)) {
         return Err(azure_error(
             StatusCode::FORBIDDEN,

@@ -6,6 +6,8 @@
 //! quotes the context sentence that best matches the question. Faults (429 with
 //! `Retry-After`, 5xx, delays) can be queued over HTTP (`POST /_sim/faults`) or in process;
 //! every request is recorded (`GET /_sim/requests`) so tests can assert what each tenant sent.
+//! It also serves the Azure AI Foundry project routes SOPHIA's `foundry` runtime calls
+//! (`foundry.rs`) and an App Service managed-identity endpoint (`/msi/token`) for them.
 
 // Early answers are whole HTTP responses; boxing them would only add noise here.
 #![allow(clippy::result_large_err)]
@@ -84,6 +86,8 @@ struct Inner {
     faults: Mutex<VecDeque<(Fault, u32)>>,
     log: Mutex<Vec<Recorded>>,
     foundry: Mutex<foundry::Projects>,
+    /// Tokens the managed-identity endpoint issued (Foundry accepts them).
+    issued: Mutex<HashSet<String>>,
 }
 
 /// Shared simulator state (cheap to clone).
@@ -168,6 +172,7 @@ impl Simulator {
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embeddings))
             .merge(foundry::routes())
+            .route("/msi/token", get(foundry::identity_token))
             .route("/_sim/requests", get(list_requests).delete(clear_requests))
             .route("/_sim/faults", post(add_fault))
             .route("/", get(|| async { "sophia azure openai simulator" }))
