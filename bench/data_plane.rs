@@ -304,6 +304,114 @@ fn tenant(
     token["access_token"].as_str().unwrap().to_owned()
 }
 
+/// A `foundry` company on the simulator's Foundry project (its managed identity from the
+/// simulator's identity endpoint), measured at c=32 for 10 s: the stand-in's own answer to the
+/// agent's Responses call, SOPHIA's `/v1/chat/completions` on that company, and the same two
+/// for the `sophia` runtime (the simulator's chat completions, SOPHIA on a `sophia` company).
+fn foundry_rows(
+    client: &reqwest::blocking::Client,
+    sim_base: &str,
+    sophia_url: &str,
+    sophia_bearer: &str,
+    body_text: &str,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let identity = format!("{sim_base}/msi/token");
+    let server = spawn_sophia(
+        dir.path(),
+        port,
+        &[
+            ("SOPHIA_AZURE_CREDENTIAL", "managed_identity"),
+            ("IDENTITY_ENDPOINT", identity.as_str()),
+            ("IDENTITY_HEADER", "bench"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/"));
+    let client_id = "12121212-1212-4121-8121-121212121212";
+    let created: Value = client
+        .post(format!("{base}/admin/agent-instances"))
+        .bearer_auth(admin_token(dir.path()))
+        .json(&json!({"companyId": "fbench", "agentType": "SOPHIA", "azureOpenaiDeployment": "gpt-4o",
+                      "azureProjectEndpoint": format!("{sim_base}/api/projects/bench"),
+                      "settings": {"runtime": "foundry", "authMode": "managedIdentity",
+                                   "managedIdentityClientId": client_id}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let agent = created["azureAgentId"].as_str().unwrap().to_owned();
+    let (name, version) = agent.split_once(':').unwrap();
+    let token: Value = client
+        .post(format!("{base}/agents/auth/token"))
+        .json(&json!({"companyId": "fbench", "agentAccessKey": created["agentAccessKey"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let entra: Value = client
+        .get(format!(
+            "{identity}?api-version=2019-08-01&resource=https://ai.azure.com&client_id={client_id}"
+        ))
+        .header("x-identity-header", "bench")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let entra = format!("Bearer {}", entra["access_token"].as_str().unwrap());
+    let agent_body = json!({"agent_reference": {"type": "agent_reference", "name": name, "version": version},
+        "input": [{"role": "user", "content": "Hello, how are you today?"}],
+        "include": ["file_search_call.results"]})
+    .to_string();
+    let foundry_direct = format!("{sim_base}/api/projects/bench/openai/v1/responses");
+    let foundry_sophia = format!("{base}/v1/chat/completions");
+    let chat_direct =
+        format!("{sim_base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
+    hey(&foundry_direct, &[("Authorization", &entra)], &agent_body, 4, 2);
+    hey(&foundry_sophia, &[("Authorization", &bearer)], body_text, 4, 2);
+    let measure = |url: &str, auth: (&str, &str), body: &str, pid: Option<u32>| {
+        std::thread::sleep(Duration::from_secs(1));
+        let before = pid.map(cpu_us);
+        let r = hey(url, &[auth], body, 32, 10);
+        let cpu = match (pid, before) {
+            (Some(pid), Some(b)) => (cpu_us(pid) - b) / (r.rps * 10.0),
+            _ => 0.0,
+        };
+        (r, cpu)
+    };
+    let (fd, _) = measure(&foundry_direct, ("Authorization", &entra), &agent_body, None);
+    let (fs, fcpu) = measure(
+        &foundry_sophia,
+        ("Authorization", &bearer),
+        body_text,
+        Some(server.id()),
+    );
+    let (cd, _) = measure(&chat_direct, ("api-key", SIM_KEY), body_text, None);
+    let (cs, _) = measure(sophia_url, ("Authorization", sophia_bearer), body_text, None);
+    stop(server);
+    format!(
+        "Runtimes against the simulator (c=32, 10 s each; the simulator shares the two cores): \
+         `foundry` — the stand-in's own agent turn {:.0} req/s, p50 {:.2} ms; through SOPHIA \
+         {:.0} req/s, p50 {:.2} ms (+{:.2} ms), SOPHIA {:.0} µs CPU per request. `sophia` — the \
+         simulator's chat completion {:.0} req/s, p50 {:.2} ms; through SOPHIA {:.0} req/s, p50 \
+         {:.2} ms (+{:.2} ms).",
+        fd.rps,
+        fd.p50_ms,
+        fs.rps,
+        fs.p50_ms,
+        fs.p50_ms - fd.p50_ms,
+        fcpu,
+        cd.rps,
+        cd.p50_ms,
+        cs.rps,
+        cs.p50_ms,
+        cs.p50_ms - cd.p50_ms,
+    )
+}
+
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -360,6 +468,16 @@ fn main() {
     // Warm both paths (connection pools, tenant cache).
     hey(&direct_url, &direct_headers, &body_text, 4, 2);
     hey(&sophia_url, &sophia_headers, &body_text, 4, 2);
+
+    // The `foundry` runtime beside the `sophia` one, both against the simulator: a Foundry
+    // agent's turn straight to the stand-in's project, then through SOPHIA.
+    let foundry_line = foundry_rows(&client, &sim_base, &sophia_url, &bearer, &body_text);
+    println!("{foundry_line}");
+    if std::env::var_os("BENCH_FOUNDRY_ONLY").is_some() {
+        stop(server);
+        stop(sim);
+        return;
+    }
 
     // The floor: a fixed-answer nginx upstream, directly, through an nginx hop, through SOPHIA.
     let nginx_dir = tempfile::tempdir().unwrap();
@@ -701,7 +819,7 @@ fn main() {
         ));
     }
     table.push_str(&format!(
-        "\n{telemetry_line}\n\n{paired_line}\n\n{responses_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+        "\n{telemetry_line}\n\n{paired_line}\n\n{responses_line}\n\n{foundry_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
          Against the simulator (zero latency), several concurrencies:\n\n"
     ));
     for r in &rows {
