@@ -311,8 +311,7 @@ fn tenant(
 fn foundry_rows(
     client: &reqwest::blocking::Client,
     sim_base: &str,
-    sophia_url: &str,
-    sophia_bearer: &str,
+    (sophia_url, sophia_bearer, sophia_pid): (&str, &str, u32),
     body_text: &str,
 ) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -390,14 +389,19 @@ fn foundry_rows(
         Some(server.id()),
     );
     let (cd, _) = measure(&chat_direct, ("api-key", SIM_KEY), body_text, None);
-    let (cs, _) = measure(sophia_url, ("Authorization", sophia_bearer), body_text, None);
+    let (cs, ccpu) = measure(
+        sophia_url,
+        ("Authorization", sophia_bearer),
+        body_text,
+        Some(sophia_pid),
+    );
     stop(server);
     format!(
         "Runtimes against the simulator (c=32, 10 s each; the simulator shares the two cores): \
          `foundry` — the stand-in's own agent turn {:.0} req/s, p50 {:.2} ms; through SOPHIA \
-         {:.0} req/s, p50 {:.2} ms (+{:.2} ms), SOPHIA {:.0} µs CPU per request. `sophia` — the \
+         {:.0} req/s, p50 {:.2} ms ({:+.2} ms), SOPHIA {:.0} µs CPU per request. `sophia` — the \
          simulator's chat completion {:.0} req/s, p50 {:.2} ms; through SOPHIA {:.0} req/s, p50 \
-         {:.2} ms (+{:.2} ms).",
+         {:.2} ms ({:+.2} ms), SOPHIA {:.0} µs CPU per request.",
         fd.rps,
         fd.p50_ms,
         fs.rps,
@@ -409,6 +413,7 @@ fn foundry_rows(
         cs.rps,
         cs.p50_ms,
         cs.p50_ms - cd.p50_ms,
+        ccpu,
     )
 }
 
@@ -471,7 +476,12 @@ fn main() {
 
     // The `foundry` runtime beside the `sophia` one, both against the simulator: a Foundry
     // agent's turn straight to the stand-in's project, then through SOPHIA.
-    let foundry_line = foundry_rows(&client, &sim_base, &sophia_url, &bearer, &body_text);
+    let foundry_line = foundry_rows(
+        &client,
+        &sim_base,
+        (&sophia_url, &bearer, server.id()),
+        &body_text,
+    );
     println!("{foundry_line}");
     if std::env::var_os("BENCH_FOUNDRY_ONLY").is_some() {
         stop(server);

@@ -329,6 +329,41 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
         &json!({"message": "hi", "conversationId": conversation_id}),
     );
     assert_eq!(status, 404);
+    // BETA's own turn runs BETA's agent over BETA's store, in BETA's project.
+    let beta_store = fixed["azureVectorStoreId"].as_str().unwrap();
+    sim.foundry_add_file(
+        "beta-proj",
+        beta_store,
+        "beta/shipping.md",
+        "Beta ships parcels only on Mondays.",
+    )
+    .unwrap();
+    let (status, beta_answer, text) = post(
+        &rig,
+        "/chat",
+        &beta_token,
+        &json!({"message": "When are parcels shipped?"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(beta_answer["citations"][0]["documentId"], "beta/shipping.md");
+    let beta_call = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == "responses")
+        .unwrap();
+    assert_eq!(beta_call.deployment.as_deref(), Some("beta-proj"));
+    assert_eq!(beta_call.body["agent_reference"]["name"], "sophia-beta");
+    // ACME's agent never sees BETA's file.
+    let (_, acme_answer, _) = post(
+        &rig,
+        "/chat",
+        &acme_token,
+        &json!({"message": "When are parcels shipped?"}),
+    );
+    assert!(
+        !acme_answer.to_string().contains("Mondays"),
+        "{acme_answer}"
+    );
 
     // Streamed on /chat: deltas, then done with the citations.
     let res = Client::new()
@@ -465,10 +500,7 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
         };
         assert_eq!(r.key.as_deref(), Some(expected), "{:?}", r.kind);
     }
-    assert!(
-        sim.foundry_conversations("beta-proj").is_empty(),
-        "BETA never chatted"
-    );
+    assert_eq!(sim.foundry_conversations("beta-proj").len(), 1, "BETA's one chat");
 
     // No token in the logs.
     let (_, logs) = rig.server.stop();
