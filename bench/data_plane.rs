@@ -332,10 +332,12 @@ fn foundry_rows(
     let created: Value = client
         .post(format!("{base}/admin/agent-instances"))
         .bearer_auth(admin_token(dir.path()))
-        .json(&json!({"companyId": "fbench", "agentType": "SOPHIA", "azureOpenaiDeployment": "gpt-4o",
+        .json(
+            &json!({"companyId": "fbench", "agentType": "SOPHIA", "azureOpenaiDeployment": "gpt-4o",
                       "azureProjectEndpoint": format!("{sim_base}/api/projects/bench"),
                       "settings": {"runtime": "foundry", "authMode": "managedIdentity",
-                                   "managedIdentityClientId": client_id}}))
+                                   "managedIdentityClientId": client_id}}),
+        )
         .send()
         .unwrap()
         .json()
@@ -361,16 +363,29 @@ fn foundry_rows(
         .json()
         .unwrap();
     let entra = format!("Bearer {}", entra["access_token"].as_str().unwrap());
-    let agent_body = json!({"agent_reference": {"type": "agent_reference", "name": name, "version": version},
+    let agent_body =
+        json!({"agent_reference": {"type": "agent_reference", "name": name, "version": version},
         "input": [{"role": "user", "content": "Hello, how are you today?"}],
         "include": ["file_search_call.results"]})
-    .to_string();
+        .to_string();
     let foundry_direct = format!("{sim_base}/api/projects/bench/openai/v1/responses");
     let foundry_sophia = format!("{base}/v1/chat/completions");
     let chat_direct =
         format!("{sim_base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21");
-    hey(&foundry_direct, &[("Authorization", &entra)], &agent_body, 4, 2);
-    hey(&foundry_sophia, &[("Authorization", &bearer)], body_text, 4, 2);
+    hey(
+        &foundry_direct,
+        &[("Authorization", &entra)],
+        &agent_body,
+        4,
+        2,
+    );
+    hey(
+        &foundry_sophia,
+        &[("Authorization", &bearer)],
+        body_text,
+        4,
+        2,
+    );
     let measure = |url: &str, auth: (&str, &str), body: &str, pid: Option<u32>| {
         std::thread::sleep(Duration::from_secs(1));
         let before = pid.map(cpu_us);
@@ -381,7 +396,12 @@ fn foundry_rows(
         };
         (r, cpu)
     };
-    let (fd, _) = measure(&foundry_direct, ("Authorization", &entra), &agent_body, None);
+    let (fd, _) = measure(
+        &foundry_direct,
+        ("Authorization", &entra),
+        &agent_body,
+        None,
+    );
     let (fs, fcpu) = measure(
         &foundry_sophia,
         ("Authorization", &bearer),

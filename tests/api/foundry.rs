@@ -345,7 +345,10 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
         &json!({"message": "When are parcels shipped?"}),
     );
     assert_eq!(status, 200, "{text}");
-    assert_eq!(beta_answer["citations"][0]["documentId"], "beta/shipping.md");
+    assert_eq!(
+        beta_answer["citations"][0]["documentId"],
+        "beta/shipping.md"
+    );
     let beta_call = sim
         .requests()
         .into_iter()
@@ -500,7 +503,11 @@ fn foundry_instances_provision_chat_and_stay_in_their_own_project() {
         };
         assert_eq!(r.key.as_deref(), Some(expected), "{:?}", r.kind);
     }
-    assert_eq!(sim.foundry_conversations("beta-proj").len(), 1, "BETA's one chat");
+    assert_eq!(
+        sim.foundry_conversations("beta-proj").len(),
+        1,
+        "BETA's one chat"
+    );
 
     // No token in the logs.
     let (_, logs) = rig.server.stop();
