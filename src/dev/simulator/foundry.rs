@@ -360,6 +360,34 @@ impl Simulator {
 
 type Answer = Result<Response, Response>;
 
+/// A read or a delete of one object: admitted (and, for the agents API, its api-version
+/// checked), then `act` on the project; `None` is a 404 naming `what` (kind, id).
+async fn one(
+    sim: &Simulator,
+    kind: &'static str,
+    project: &str,
+    headers: &HeaderMap,
+    agents_api: Option<&ApiVersion>,
+    what: (&str, &str),
+    act: impl FnOnce(&mut Project) -> Option<Value>,
+) -> Response {
+    done(
+        async {
+            let version = agents_api.and_then(|q| q.api_version.clone());
+            admit(sim, kind, project, headers, version, &Value::Null).await?;
+            if let Some(q) = agents_api {
+                agents_version(q)?;
+            }
+            let found = sim
+                .with_project(project, act)
+                .flatten()
+                .ok_or_else(|| not_found(what.0, what.1))?;
+            Ok(Json(found).into_response())
+        }
+        .await,
+    )
+}
+
 fn done(r: Answer) -> Response {
     r.unwrap_or_else(|e| e)
 }
@@ -457,32 +485,23 @@ async fn get_version(
     Query(q): Query<ApiVersion>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "agents.get_version",
-                &project,
-                &headers,
-                q.api_version.clone(),
-                &Value::Null,
-            )
-            .await?;
-            agents_version(&q)?;
-            let found = sim
-                .with_project(&project, |p| {
-                    p.agents.get(&name).and_then(|vs| {
-                        vs.iter()
-                            .find(|v| v["version"] == version.as_str())
-                            .cloned()
-                    })
-                })
-                .flatten()
-                .ok_or_else(|| not_found("Agent version", &format!("{name}:{version}")))?;
-            Ok(Json(found).into_response())
-        }
-        .await,
+    let what = format!("{name}:{version}");
+    one(
+        &sim,
+        "agents.get_version",
+        &project,
+        &headers,
+        Some(&q),
+        ("Agent version", &what),
+        |p| {
+            p.agents.get(&name).and_then(|vs| {
+                vs.iter()
+                    .find(|v| v["version"] == version.as_str())
+                    .cloned()
+            })
+        },
     )
+    .await
 }
 
 async fn get_agent(
@@ -491,17 +510,11 @@ async fn get_agent(
     Query(q): Query<ApiVersion>,
     headers: HeaderMap,
 ) -> Response {
-    done(async {
-        admit(&sim, "agents.get", &project, &headers, q.api_version.clone(), &Value::Null).await?;
-        agents_version(&q)?;
-        let latest = sim
-            .with_project(&project, |p| p.agents.get(&name).and_then(|v| v.last().cloned()))
-            .flatten()
-            .ok_or_else(|| not_found("Agent", &name))?;
-        Ok(Json(json!({"object": "agent", "id": name, "name": name, "versions": {"latest": latest}}))
-            .into_response())
-    }
-    .await)
+    one(&sim, "agents.get", &project, &headers, Some(&q), ("Agent", &name), |p| {
+        let latest = p.agents.get(&name)?.last()?.clone();
+        Some(json!({"object": "agent", "id": name, "name": name, "versions": {"latest": latest}}))
+    })
+    .await
 }
 
 async fn delete_agent(
@@ -510,28 +523,19 @@ async fn delete_agent(
     Query(q): Query<ApiVersion>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "agents.delete",
-                &project,
-                &headers,
-                q.api_version.clone(),
-                &Value::Null,
-            )
-            .await?;
-            agents_version(&q)?;
-            sim.with_project(&project, |p| p.agents.remove(&name))
-                .flatten()
-                .ok_or_else(|| not_found("Agent", &name))?;
-            Ok(
-                Json(json!({"object": "agent.deleted", "name": name, "deleted": true}))
-                    .into_response(),
-            )
-        }
-        .await,
+    one(
+        &sim,
+        "agents.delete",
+        &project,
+        &headers,
+        Some(&q),
+        ("Agent", &name),
+        |p| {
+            p.agents.remove(&name)?;
+            Some(json!({"object": "agent.deleted", "name": name, "deleted": true}))
+        },
     )
+    .await
 }
 
 async fn create_conversation(
@@ -570,25 +574,16 @@ async fn get_conversation(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "conversations.get",
-                &project,
-                &headers,
-                None,
-                &Value::Null,
-            )
-            .await?;
-            let found = sim
-                .with_project(&project, |p| p.conversations.get(&id).map(|c| c.0.clone()))
-                .flatten()
-                .ok_or_else(|| not_found("Conversation", &id))?;
-            Ok(Json(found).into_response())
-        }
-        .await,
+    one(
+        &sim,
+        "conversations.get",
+        &project,
+        &headers,
+        None,
+        ("Conversation", &id),
+        |p| p.conversations.get(&id).map(|c| c.0.clone()),
     )
+    .await
 }
 
 async fn delete_conversation(
@@ -596,27 +591,19 @@ async fn delete_conversation(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "conversations.delete",
-                &project,
-                &headers,
-                None,
-                &Value::Null,
-            )
-            .await?;
-            sim.with_project(&project, |p| p.conversations.remove(&id))
-                .flatten()
-                .ok_or_else(|| not_found("Conversation", &id))?;
-            Ok(
-                Json(json!({"id": id, "object": "conversation.deleted", "deleted": true}))
-                    .into_response(),
-            )
-        }
-        .await,
+    one(
+        &sim,
+        "conversations.delete",
+        &project,
+        &headers,
+        None,
+        ("Conversation", &id),
+        |p| {
+            p.conversations.remove(&id)?;
+            Some(json!({"id": id, "object": "conversation.deleted", "deleted": true}))
+        },
     )
+    .await
 }
 
 /// A vector store's object with its current file counts.
@@ -679,25 +666,16 @@ async fn get_vector_store(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "vector_stores.get",
-                &project,
-                &headers,
-                None,
-                &Value::Null,
-            )
-            .await?;
-            let store = sim
-                .with_project(&project, |p| store_object(p, &id))
-                .flatten()
-                .ok_or_else(|| not_found("Vector store", &id))?;
-            Ok(Json(store).into_response())
-        }
-        .await,
+    one(
+        &sim,
+        "vector_stores.get",
+        &project,
+        &headers,
+        None,
+        ("Vector store", &id),
+        |p| store_object(p, &id),
     )
+    .await
 }
 
 async fn delete_vector_store(
@@ -705,30 +683,20 @@ async fn delete_vector_store(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "vector_stores.delete",
-                &project,
-                &headers,
-                None,
-                &Value::Null,
-            )
-            .await?;
-            sim.with_project(&project, |p| {
-                p.store_files.remove(&id);
-                p.vector_stores.remove(&id)
-            })
-            .flatten()
-            .ok_or_else(|| not_found("Vector store", &id))?;
-            Ok(
-                Json(json!({"id": id, "object": "vector_store.deleted", "deleted": true}))
-                    .into_response(),
-            )
-        }
-        .await,
+    one(
+        &sim,
+        "vector_stores.delete",
+        &project,
+        &headers,
+        None,
+        ("Vector store", &id),
+        |p| {
+            p.store_files.remove(&id);
+            p.vector_stores.remove(&id)?;
+            Some(json!({"id": id, "object": "vector_store.deleted", "deleted": true}))
+        },
     )
+    .await
 }
 
 fn store_file_object(store: &str, file: &str) -> Value {
@@ -897,30 +865,21 @@ async fn get_batch(
     Path((project, id, batch)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(
-                &sim,
-                "vector_stores.file_batches.get",
-                &project,
-                &headers,
-                None,
-                &Value::Null,
-            )
-            .await?;
-            let found = sim
-                .with_project(&project, |p| {
-                    p.batches
-                        .get(&batch)
-                        .filter(|b| b["vector_store_id"] == id.as_str())
-                        .cloned()
-                })
-                .flatten()
-                .ok_or_else(|| not_found("File batch", &batch))?;
-            Ok(Json(found).into_response())
-        }
-        .await,
+    one(
+        &sim,
+        "vector_stores.file_batches.get",
+        &project,
+        &headers,
+        None,
+        ("File batch", &batch),
+        |p| {
+            p.batches
+                .get(&batch)
+                .filter(|b| b["vector_store_id"] == id.as_str())
+                .cloned()
+        },
     )
+    .await
 }
 
 async fn upload_file(
@@ -976,17 +935,16 @@ async fn get_file(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(&sim, "files.get", &project, &headers, None, &Value::Null).await?;
-            let found = sim
-                .with_project(&project, |p| p.files.get(&id).map(|f| f.0.clone()))
-                .flatten()
-                .ok_or_else(|| not_found("File", &id))?;
-            Ok(Json(found).into_response())
-        }
-        .await,
+    one(
+        &sim,
+        "files.get",
+        &project,
+        &headers,
+        None,
+        ("File", &id),
+        |p| p.files.get(&id).map(|f| f.0.clone()),
     )
+    .await
 }
 
 async fn delete_file(
@@ -994,21 +952,22 @@ async fn delete_file(
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    done(
-        async {
-            admit(&sim, "files.delete", &project, &headers, None, &Value::Null).await?;
-            sim.with_project(&project, |p| {
-                for files in p.store_files.values_mut() {
-                    files.retain(|f| *f != id);
-                }
-                p.files.remove(&id)
-            })
-            .flatten()
-            .ok_or_else(|| not_found("File", &id))?;
-            Ok(Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
-        }
-        .await,
+    one(
+        &sim,
+        "files.delete",
+        &project,
+        &headers,
+        None,
+        ("File", &id),
+        |p| {
+            for files in p.store_files.values_mut() {
+                files.retain(|f| *f != id);
+            }
+            p.files.remove(&id)?;
+            Some(json!({"id": id, "object": "file", "deleted": true}))
+        },
     )
+    .await
 }
 
 #[derive(Deserialize)]
