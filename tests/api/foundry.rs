@@ -663,6 +663,34 @@ fn refresh_syncs_the_knowledge_folder_into_the_agents_vector_store() {
     let job = refresh(&rig, &token);
     assert_eq!(job["counts"]["indexed"], 1, "{job}");
     assert_eq!(rig.sim.foundry_files("acme-proj").len(), 3);
+
+    // BETA's refresh reaches BETA's project only, and ACME's files stay ACME's.
+    let (status, beta, text) = post(
+        &rig,
+        "/admin/agent-instances",
+        &rig.platform,
+        &foundry_instance(&rig.sim_url, "beta", "beta-proj", BETA_ID),
+    );
+    assert_eq!(status, 201, "{text}");
+    let beta_token = exchange(&rig, "beta", &beta["agentAccessKey"]);
+    let beta_folder = rig._dir.path().join("knowledge").join("beta");
+    std::fs::create_dir_all(&beta_folder).unwrap();
+    std::fs::write(beta_folder.join("beta-only.md"), "Beta ships on Mondays.").unwrap();
+    let job = refresh(&rig, &beta_token);
+    assert_eq!(job["counts"]["indexed"], 1, "{job}");
+    assert_eq!(rig.sim.foundry_files("beta-proj"), ["beta-only.md"]);
+    assert_eq!(
+        rig.sim.foundry_files("acme-proj"),
+        ["policies/refunds.md", "policies/shipping.md", "warranty.md"]
+    );
+    for r in rig.sim.requests().iter().filter(|r| r.route == "foundry") {
+        let expected = if r.deployment.as_deref() == Some("beta-proj") {
+            BETA_TOKEN
+        } else {
+            ACME_TOKEN
+        };
+        assert_eq!(r.key.as_deref(), Some(expected), "{}", r.kind);
+    }
     let (_, logs) = rig.server.stop();
     assert!(!logs.contains(ACME_TOKEN));
 }
