@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::ingest::{RefreshError, content_hash};
+use super::ingest::{PROGRESS_EVERY, RefreshError, begin, content_hash, save_progress};
 use super::source::KnowledgeSource;
 use crate::domain::{KnowledgeDocument, RefreshJob, TenantId};
 use crate::llm::foundry::FoundryProject;
@@ -40,19 +40,8 @@ struct Uploaded {
 
 impl FoundrySync<'_> {
     pub async fn run(&self, job: &mut RefreshJob) -> Result<(), RefreshError> {
-        let started = Instant::now();
-        let listed = self.source.list().await.map_err(|e| {
-            RefreshError::Source(format!("the knowledge source could not be listed: {e}"))
-        })?;
-        job.timings.list_ms = started.elapsed().as_millis() as u64;
-        let manifest: HashMap<String, KnowledgeDocument> = self
-            .store
-            .list_knowledge_documents(self.tenant)
-            .await
-            .map_err(RefreshError::Manifest)?
-            .into_iter()
-            .map(|d| (d.document_id.clone(), d))
-            .collect();
+        let (listed, manifest) = begin(self.source, self.store, self.tenant, job).await?;
+        let mut last_save = Instant::now();
         let mut uploaded = Vec::new();
         let (mut fetch, mut index) = (Duration::ZERO, Duration::ZERO);
         for entry in &listed {
@@ -88,10 +77,22 @@ impl FoundrySync<'_> {
                 }),
                 Err(e) => job.fail_document(&entry.path, format!("upload failed: {e}")),
             }
+            if last_save.elapsed() >= PROGRESS_EVERY
+                && let Err(abandoned) = save_progress(self.store, job, &mut last_save).await
+            {
+                // Replaced by a newer refresh: this run's uploads are not attached; take them out.
+                for u in &uploaded {
+                    if let Err(e) = self.project.delete_file(&u.file).await {
+                        tracing::warn!(tenant.id = %self.tenant, error = %e, "an abandoned upload could not be deleted");
+                    }
+                }
+                return Err(abandoned);
+            }
         }
         let t = Instant::now();
         for batch in uploaded.chunks(BATCH_FILES) {
             self.attach(job, batch).await;
+            save_progress(self.store, job, &mut last_save).await?;
         }
         // Documents gone from the source: their files leave the vector store.
         let present: HashSet<&str> = listed.iter().map(|e| e.path.as_str()).collect();

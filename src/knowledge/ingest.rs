@@ -62,7 +62,7 @@ impl RefreshError {
     }
 }
 /// How often progress is saved (the job's heartbeat).
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// What a refresh works on.
 pub struct Pipeline<'a> {
@@ -100,6 +100,52 @@ impl Phases {
     }
 }
 
+/// The start of every refresh: the source's listing (timed on the job) and the manifest of
+/// what the company's index holds, by document id.
+pub(super) async fn begin(
+    source: &dyn KnowledgeSource,
+    store: &dyn Store,
+    tenant: &TenantId,
+    job: &mut RefreshJob,
+) -> Result<
+    (
+        Vec<super::source::SourceEntry>,
+        HashMap<String, KnowledgeDocument>,
+    ),
+    RefreshError,
+> {
+    let started = Instant::now();
+    let listed = source.list().await.map_err(RefreshError::listing)?;
+    job.timings.list_ms = ms(started);
+    let manifest = store
+        .list_knowledge_documents(tenant)
+        .await
+        .map_err(RefreshError::Manifest)?
+        .into_iter()
+        .map(|d| (d.document_id.clone(), d))
+        .collect();
+    Ok((listed, manifest))
+}
+
+/// The job's heartbeat: saves its progress now and restarts the clock. `Err` when the job
+/// was abandoned meanwhile (taken for dead and replaced): the run stops.
+pub(super) async fn save_progress(
+    store: &dyn Store,
+    job: &mut RefreshJob,
+    last_save: &mut Instant,
+) -> Result<(), RefreshError> {
+    job.updated_at = chrono::Utc::now();
+    *last_save = Instant::now();
+    match store.save_refresh_progress(job).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(RefreshError::Abandoned),
+        Err(e) => {
+            tracing::warn!(tenant.id = %job.tenant_id, job.id = %job.id, error = %e, "refresh progress not saved");
+            Ok(())
+        }
+    }
+}
+
 /// `sha256:<hex>` of a document's bytes.
 pub fn content_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -134,17 +180,7 @@ impl Pipeline<'_> {
     /// Runs the refresh, updating `job` (counts, per-file errors, timings) as it goes and
     /// saving it every few seconds. `Err` is a job-level failure.
     pub async fn run(&self, job: &mut RefreshJob) -> Result<(), RefreshError> {
-        let started = Instant::now();
-        let listed = self.source.list().await.map_err(RefreshError::listing)?;
-        job.timings.list_ms = ms(started);
-        let manifest: HashMap<String, KnowledgeDocument> = self
-            .store
-            .list_knowledge_documents(self.tenant)
-            .await
-            .map_err(RefreshError::Manifest)?
-            .into_iter()
-            .map(|d| (d.document_id.clone(), d))
-            .collect();
+        let (listed, manifest) = begin(self.source, self.store, self.tenant, job).await?;
         let mut run = Run {
             phases: Phases::default(),
             last_save: Instant::now(),
@@ -206,16 +242,7 @@ impl Pipeline<'_> {
             return Ok(());
         }
         run.phases.write(job);
-        job.updated_at = chrono::Utc::now();
-        run.last_save = Instant::now();
-        match self.store.save_refresh_progress(job).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(RefreshError::Abandoned),
-            Err(e) => {
-                tracing::warn!(tenant.id = %self.tenant, job.id = %job.id, error = %e, "refresh progress not saved");
-                Ok(())
-            }
-        }
+        save_progress(self.store, job, &mut run.last_save).await
     }
 
     /// Reads one document and cuts it into passages; `None` when its content is unchanged,
