@@ -8,7 +8,6 @@
 
 use serde_json::json;
 
-use crate::domain::authority::{AuthMode, identity_client_id};
 use crate::domain::settings::Runtime;
 use crate::domain::{AgentInstance, AgentRef, InstanceStatus};
 use crate::llm::foundry::{AgentDefinition, FoundryProject};
@@ -47,16 +46,7 @@ fn agent_name(instance: &AgentInstance) -> String {
 
 /// The company's project, reached with its own identity.
 fn project(app: &App, instance: &AgentInstance) -> Result<FoundryProject, String> {
-    let identity = match AuthMode::of(instance) {
-        AuthMode::ApiKey => None,
-        AuthMode::ManagedIdentity => Some(match (identity_client_id(instance), &app.identities) {
-            (Some(id), Some(identities)) => identities.for_client(id),
-            (None, _) => Err("settings.managedIdentityClientId is not set".to_owned()),
-            (Some(_), None) => Err("SOPHIA has no Azure credential to select the company's \
-                                    identity with (SOPHIA_AZURE_CREDENTIAL)"
-                .to_owned()),
-        }),
-    };
+    let identity = crate::tenant::runtime::company_identity(instance, app.identities.as_deref());
     let owner = std::sync::Arc::new(crate::telemetry::Owner::new(
         instance.tenant_id.as_str(),
         &instance.id.to_string(),

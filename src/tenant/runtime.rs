@@ -87,6 +87,32 @@ pub struct FoundryAgent {
     pub endpoint: Arc<ModelEndpoint>,
 }
 
+/// The company's own Entra identity when its instance uses one (`Err`: why it cannot);
+/// `None` for an instance on its own keys.
+pub fn company_identity(
+    instance: &AgentInstance,
+    identities: Option<&CompanyIdentities>,
+) -> Option<Result<Arc<EntraTokens>, String>> {
+    match AuthMode::of(instance) {
+        AuthMode::ApiKey => None,
+        AuthMode::ManagedIdentity => Some(match (identity_client_id(instance), identities) {
+            (None, _) => Err(
+                "settings.authMode=managedIdentity needs settings.managedIdentityClientId, the \
+                 company's own user-assigned identity (SOPHIA's identity is never used for a \
+                 company)"
+                    .to_owned(),
+            ),
+            (Some(_), None) => Err(
+                "settings.authMode=managedIdentity needs an Azure credential that selects the \
+                 company's identity by client id: set SOPHIA_AZURE_CREDENTIAL=managed_identity \
+                 (or workload_identity)"
+                    .to_owned(),
+            ),
+            (Some(id), Some(identities)) => identities.for_client(id),
+        }),
+    }
+}
+
 /// The company's Foundry project, reached with its own identity (Foundry takes Entra tokens
 /// only): `Err` says what the instance lacks.
 pub fn foundry_project(
@@ -156,31 +182,14 @@ impl TenantRuntime {
         credentials: CredentialBundle,
         resolver: &Arc<Resolver>,
     ) -> Self {
-        let identities = resolver.identities.as_ref();
+        let identities = resolver.identities.as_deref();
         let settings = &instance.settings;
         let api_version = settings
             .api_version()
             .unwrap_or(DEFAULT_API_VERSION)
             .to_owned();
         // A company's resources are reached with its own identity, never SOPHIA's.
-        let identity = match AuthMode::of(&instance) {
-            AuthMode::ApiKey => None,
-            AuthMode::ManagedIdentity => Some(match (identity_client_id(&instance), identities) {
-                (None, _) => Err(
-                    "settings.authMode=managedIdentity needs settings.managedIdentityClientId, the \
-                     company's own user-assigned identity (SOPHIA's identity is never used for a \
-                     company)"
-                        .to_owned(),
-                ),
-                (Some(_), None) => Err(
-                    "settings.authMode=managedIdentity needs an Azure credential that selects the \
-                     company's identity by client id: set SOPHIA_AZURE_CREDENTIAL=managed_identity \
-                     (or workload_identity)"
-                        .to_owned(),
-                ),
-                (Some(id), Some(identities)) => identities.for_client(id),
-            }),
-        };
+        let identity = company_identity(&instance, identities);
         let auth = match (&identity, &credentials.azure_openai_key) {
             (Some(Ok(tokens)), _) => Ok(UpstreamAuth::Entra {
                 tokens: Arc::clone(tokens),
