@@ -112,6 +112,11 @@ fn table() -> RouteTable {
     )
     .add(
         Method::POST,
+        "/admin/agent-instances/{id}/revoke-previous-key",
+        post(instances::revoke_previous_key),
+    )
+    .add(
+        Method::POST,
         "/admin/agent-instances/{id}/provision",
         post(instances::provision),
     )

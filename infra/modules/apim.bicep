@@ -126,6 +126,7 @@ var operations = [
   { name: 'admin-patch-instance', method: 'PATCH', template: '/admin/agent-instances/{id}', auth: 'admin' }
   { name: 'admin-delete-instance', method: 'DELETE', template: '/admin/agent-instances/{id}', auth: 'admin' }
   { name: 'admin-rotate-key', method: 'POST', template: '/admin/agent-instances/{id}/rotate-key', auth: 'admin' }
+  { name: 'admin-revoke-previous-key', method: 'POST', template: '/admin/agent-instances/{id}/revoke-previous-key', auth: 'admin' }
   { name: 'admin-provision', method: 'POST', template: '/admin/agent-instances/{id}/provision', auth: 'admin' }
   { name: 'admin-config-test', method: 'POST', template: '/admin/agent-instances/{id}/config-test', auth: 'admin' }
   { name: 'admin-audit-logs', method: 'GET', template: '/admin/audit-logs', auth: 'admin' }

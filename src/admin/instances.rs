@@ -16,7 +16,9 @@ use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
 use crate::domain::authority::{self, DisabledBy};
-use crate::domain::{AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash};
+use crate::domain::{AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash,
+    PreviousKey,
+};
 use crate::secrets::{CredentialBundle, SecretName};
 use crate::state::App;
 use crate::store::{InstanceFilter, PageRequest, TenantScope};
@@ -110,6 +112,7 @@ fn authorize(
 fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
     next.status = InstanceStatus::Disabled;
     next.key_version = next.key_version.saturating_add(1);
+    next.previous_key = None;
     next.disabled_by = Some(match admin.role {
         AdminRole::PlatformAdmin => DisabledBy::PlatformAdmin,
         AdminRole::Admin(_) => DisabledBy::Admin,
@@ -225,6 +228,7 @@ pub async fn create(
         access_key_hash: KeyHash::new(hash),
         access_key_last4: key.last4(),
         key_version: 1,
+        previous_key: None,
         disabled_by: None,
         provisioning_error: None,
         created_at: now,
@@ -605,15 +609,39 @@ pub async fn provision_instance(
     }
 }
 
-/// A new access key; every token issued under the old one stops working.
+/// The longest grace period a rotation may give the previous key: seven days.
+pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+
+/// A new access key. With `grace_seconds = 0` every token issued under the old key stops
+/// working at once; otherwise the old key, and the tokens issued under it, stay valid for that
+/// long (a key still in an earlier rotation's grace period is replaced: two keys at most).
 pub async fn rotate_key(
     app: &App,
     admin: &AdminPrincipal,
     client: &str,
     current: AgentInstance,
+    grace_seconds: u64,
 ) -> Result<(AgentInstance, AccessKey), AdminError> {
+    if grace_seconds > MAX_GRACE_SECONDS {
+        return Err(AdminError::invalid(
+            "gracePeriodSeconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS} (7 days)"),
+        ));
+    }
+    if current.status == InstanceStatus::Disabled && grace_seconds > 0 {
+        return Err(AdminError::Conflict(
+            "the instance is disabled: its old key has nothing to keep working; rotate without a grace period".into(),
+        ));
+    }
     let key = AccessKey::generate();
+    let now = Utc::now();
     let mut next = current.clone();
+    next.previous_key = (grace_seconds > 0).then(|| PreviousKey {
+        hash: current.access_key_hash.clone(),
+        last4: current.access_key_last4.clone(),
+        version: current.key_version,
+        expires_at: now + chrono::Duration::seconds(grace_seconds as i64),
+    });
     next.access_key_hash = KeyHash::new(
         app.auth
             .hasher
@@ -623,6 +651,40 @@ pub async fn rotate_key(
     );
     next.access_key_last4 = key.last4();
     next.key_version = current.key_version.saturating_add(1);
+    next.updated_at = now;
+    let stored = save(app, &next, &current.etag).await?;
+    let previous_expires = stored.previous_key.as_ref().map(|p| p.expires_at);
+    audit_admin(
+        app,
+        admin,
+        client,
+        &stored,
+        action::INSTANCE_ROTATE_KEY,
+        json!({
+            "keyVersion": stored.key_version,
+            "gracePeriodSeconds": grace_seconds,
+            "previousKeyExpiresAt": previous_expires,
+        }),
+    )
+    .await;
+    tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, key.version = stored.key_version, "access key of {} rotated", stored.id);
+    Ok((stored, key))
+}
+
+/// Ends a rotation's grace period now: the previous key and every token issued under it stop
+/// working. Without a previous key in its grace period nothing changes (and nothing is
+/// audited).
+pub async fn revoke_previous_key(
+    app: &App,
+    admin: &AdminPrincipal,
+    client: &str,
+    current: AgentInstance,
+) -> Result<AgentInstance, AdminError> {
+    let Some(previous) = current.previous_key_at(Utc::now()).cloned() else {
+        return Ok(current);
+    };
+    let mut next = current.clone();
+    next.previous_key = None;
     next.updated_at = Utc::now();
     let stored = save(app, &next, &current.etag).await?;
     audit_admin(
@@ -630,12 +692,16 @@ pub async fn rotate_key(
         admin,
         client,
         &stored,
-        action::INSTANCE_ROTATE_KEY,
-        json!({ "keyVersion": stored.key_version }),
+        action::INSTANCE_REVOKE_PREVIOUS_KEY,
+        json!({
+            "keyVersion": stored.key_version,
+            "revokedKeyVersion": previous.version,
+            "graceEndedEarlyBySeconds": (previous.expires_at - next.updated_at).num_seconds(),
+        }),
     )
     .await;
-    tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, key.version = stored.key_version, "access key of {} rotated", stored.id);
-    Ok((stored, key))
+    tracing::info!(tenant.id = %stored.tenant_id, instance.id = %stored.id, key.version = previous.version, "previous access key of {} revoked", stored.id);
+    Ok(stored)
 }
 
 /// A soft delete: `DISABLED`, its tokens revoked; the record and its audit trail remain.

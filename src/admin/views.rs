@@ -166,6 +166,14 @@ pub struct InstanceView {
     pub access_key_last4: String,
     pub access_key_masked: String,
     pub key_version: u32,
+    /// While a rotation's grace period runs: the previous key's version, its last four
+    /// characters and when it (and every token issued under it) stops working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_key_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_key_last4: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_key_expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_by: Option<crate::domain::authority::DisabledBy>,
     /// Why the last provisioning failed (a `foundry` instance waiting in `TO_PROVISION`).
@@ -179,7 +187,11 @@ pub struct InstanceView {
 
 impl From<&AgentInstance> for InstanceView {
     fn from(i: &AgentInstance) -> Self {
+        let previous = i.previous_key_at(Utc::now());
         Self {
+            previous_key_version: previous.map(|p| p.version),
+            previous_key_last4: previous.map(|p| p.last4.clone()),
+            previous_key_expires_at: previous.map(|p| p.expires_at),
             id: i.id,
             company_id: i.tenant_id.clone(),
             agent_type: i.agent_type,
@@ -199,6 +211,16 @@ impl From<&AgentInstance> for InstanceView {
             etag: i.etag.clone(),
         }
     }
+}
+
+/// `POST …/rotate-key`'s optional body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotateKey {
+    /// How long the previous key (and its tokens) stays valid: 0 (the default) ends it at
+    /// once; at most 7 days.
+    #[serde(default)]
+    pub grace_period_seconds: u64,
 }
 
 /// The answer of create and rotate-key: the instance plus the key in clear, this once.

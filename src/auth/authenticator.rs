@@ -37,6 +37,15 @@ pub enum AuthError {
     Internal(#[source] anyhow::Error),
 }
 
+/// An access key that matched: its instance and the key version it is — the current one, or
+/// the previous one while its grace period runs (`valid_until`).
+#[derive(Debug)]
+pub struct KeyMatch {
+    pub instance: AgentInstance,
+    pub key_version: u32,
+    pub valid_until: Option<chrono::DateTime<Utc>>,
+}
+
 /// What the verified-key cache remembers for (companyId, SHA-256 of the key).
 #[derive(Clone)]
 struct VerifiedKey {
@@ -136,7 +145,7 @@ impl Authenticator {
         if !security.status.can_authenticate() {
             return Err(AuthError::InvalidToken("instance disabled"));
         }
-        if security.key_version != key_version {
+        if !security.honours(key_version, Utc::now().timestamp()) {
             return Err(AuthError::InvalidToken("access key rotated"));
         }
         Ok(())
@@ -166,13 +175,14 @@ impl Authenticator {
         self.limit_by_address
             .check(client)
             .map_err(|retry_after_secs| AuthError::RateLimited { retry_after_secs })?;
-        let instance = self
+        let matched = self
             .access_key(client, company, agent_type, key, "chat")
             .await?;
+        let instance = matched.instance;
         let verified = VerifiedKey {
             tenant: instance.tenant_id.clone(),
             instance: instance.id,
-            key_version: instance.key_version,
+            key_version: matched.key_version,
         };
         self.verified_keys.insert(digest, verified).await;
         Ok((instance.tenant_id, instance.id))
@@ -190,7 +200,7 @@ impl Authenticator {
         agent_type: AgentType,
         key: &str,
         via: &str,
-    ) -> Result<AgentInstance, AuthError> {
+    ) -> Result<KeyMatch, AuthError> {
         let admission = self
             .key_checks
             .admit(company, client)
@@ -202,14 +212,32 @@ impl Authenticator {
             None => None,
         };
         let key = AccessKey::parse(key);
-        let verified = self
+        let mut matched = self
             .hasher
             .verify(
                 key.as_ref(),
                 instance.as_ref().map(|i| i.access_key_hash.as_str()),
             )
             .await
-            .map_err(|e| AuthError::Internal(e.into()))?;
+            .map_err(|e| AuthError::Internal(e.into()))?
+            .then(|| instance.as_ref().map(|i| (i.key_version, None)))
+            .flatten();
+        // During a rotation's grace period the previous key is still good (until its end).
+        let previous = instance
+            .as_ref()
+            .and_then(|i| i.previous_key_at(Utc::now()))
+            .cloned();
+        if let (None, Some(previous), Some(presented)) = (&matched, previous, &key) {
+            if self
+                .hasher
+                .verify(Some(presented), Some(previous.hash.as_str()))
+                .await
+                .map_err(|e| AuthError::Internal(e.into()))?
+            {
+                matched = Some((previous.version, Some(previous.expires_at)));
+            }
+        }
+        let verified = matched.is_some();
         let instance = match instance {
             Some(i) if verified && i.status.can_authenticate() => i,
             other => {
@@ -248,6 +276,7 @@ impl Authenticator {
                 return Err(AuthError::InvalidClient);
             }
         };
+        let (key_version, valid_until) = matched.unwrap_or((instance.key_version, None));
         if let Err(e) = self
             .store
             .touch_instance(&instance.tenant_id, &instance.id, Utc::now())
@@ -265,10 +294,14 @@ impl Authenticator {
             )
             .instance(instance.id)
             .client(client)
-            .details(json!({ "keyVersion": instance.key_version, "via": via })),
+            .details(json!({ "keyVersion": key_version, "via": via })),
         )
         .await;
-        Ok(instance)
+        Ok(KeyMatch {
+            instance,
+            key_version,
+            valid_until,
+        })
     }
 
     /// Whether `tenant` has any instance at all (a disabled one counts): the partition exists.

@@ -156,9 +156,21 @@ impl ServiceTokens {
         self.ttl_secs
     }
 
-    /// Signs a token for `instance`; returns it with its claims.
+    /// Signs a token for `instance` under its current key; returns it with its claims.
     pub fn issue(&self, instance: &AgentInstance) -> anyhow::Result<(String, ServiceClaims)> {
+        self.issue_under(instance, instance.key_version, None)
+    }
+
+    /// Signs a token for `instance` under key version `key_version`, expiring no later than
+    /// `not_after` (Unix seconds; the end of a previous key's grace period).
+    pub fn issue_under(
+        &self,
+        instance: &AgentInstance,
+        key_version: u32,
+        not_after: Option<i64>,
+    ) -> anyhow::Result<(String, ServiceClaims)> {
         let now = chrono::Utc::now().timestamp();
+        let exp = (now + self.ttl_secs as i64).min(not_after.unwrap_or(i64::MAX));
         let claims = ServiceClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -166,10 +178,10 @@ impl ServiceTokens {
             company_id: instance.tenant_id.clone(),
             agent_type: instance.agent_type.as_str().to_owned(),
             scope: scope_for(&instance.tenant_id),
-            key_version: instance.key_version,
+            key_version,
             iat: now,
             nbf: now,
-            exp: now + self.ttl_secs as i64,
+            exp,
             jti: uuid::Uuid::new_v4().to_string(),
         };
         let mut header = Header::new(Algorithm::ES256);
@@ -265,6 +277,7 @@ mod tests {
             access_key_hash: Default::default(),
             access_key_last4: AccessKey::generate().last4(),
             key_version: 3,
+            previous_key: None,
             disabled_by: None,
             provisioning_error: None,
             created_at: now,

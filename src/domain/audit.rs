@@ -10,6 +10,7 @@ pub mod action {
     pub const INSTANCE_CREATE: &str = "agent_instance.create";
     pub const INSTANCE_UPDATE: &str = "agent_instance.update";
     pub const INSTANCE_ROTATE_KEY: &str = "agent_instance.rotate_key";
+    pub const INSTANCE_REVOKE_PREVIOUS_KEY: &str = "agent_instance.revoke_previous_key";
     pub const INSTANCE_DISABLE: &str = "agent_instance.disable";
     pub const INSTANCE_PROVISION: &str = "agent_instance.provision";
     pub const AUTH_SUCCESS: &str = "agent.auth.success";

@@ -246,6 +246,7 @@ mod tests {
             access_key_hash: KeyHash::default(),
             access_key_last4: "abcd".into(),
             key_version: 1,
+            previous_key: None,
             disabled_by: None,
             provisioning_error: None,
             created_at: now,

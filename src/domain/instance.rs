@@ -223,6 +223,10 @@ pub struct AgentInstance {
     pub access_key_hash: KeyHash,
     pub access_key_last4: String,
     pub key_version: u32,
+    /// The key a rotation with a grace period replaced: it, and the tokens issued under it,
+    /// stay valid until `expiresAt` (or until `revoke-previous-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<PreviousKey>,
     /// Who disabled the instance (set while it is `DISABLED`): a platform admin's disable is
     /// lifted only by a platform admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +240,30 @@ pub struct AgentInstance {
     pub last_used_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub etag: String,
+}
+
+/// The access key a rotation replaced, valid until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    pub hash: KeyHash,
+    pub last4: String,
+    pub version: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PreviousKey {
+    /// Whether the grace period is still running at `now`.
+    pub fn valid_at(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+    }
+}
+
+impl AgentInstance {
+    /// The previous key, while its grace period runs.
+    pub fn previous_key_at(&self, now: DateTime<Utc>) -> Option<&PreviousKey> {
+        self.previous_key.as_ref().filter(|p| p.valid_at(now))
+    }
 }
 
 /// A bcrypt hash of an access key. Not the key, but still nothing to print: `Debug` redacts.

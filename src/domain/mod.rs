@@ -16,7 +16,7 @@ pub use conversation::{
 };
 pub use ids::{InstanceId, TenantId};
 pub use instance::{
-    AgentInstance, AgentRef, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash,
+    AgentInstance, AgentRef, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash, PreviousKey,
     Provider,
 };
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};

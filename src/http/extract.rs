@@ -88,6 +88,8 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
         Err(ApiError::UnsupportedMediaType(
             "the body, when given, is JSON: Content-Type: application/json".into(),
         ))
+    } else if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        Err(ApiError::bad_request("the body, when given, is a JSON object"))
     } else {
         parse_json(&bytes)
     }

@@ -144,20 +144,25 @@ pub async fn exchange_token(
         Some(raw) => AgentType::parse(raw)
             .ok_or_else(|| ApiError::validation("agentType", "must be SOPHIA"))?,
     };
-    let instance = app
+    let matched = app
         .auth
         .access_key(&client, &creds.company, agent_type, &creds.key, "token")
         .await?;
+    let instance = &matched.instance;
     let (token, claims) = app
         .auth
         .tokens
-        .issue(&instance)
+        .issue_under(
+            instance,
+            matched.key_version,
+            matched.valid_until.map(|t| t.timestamp()),
+        )
         .map_err(ApiError::internal)?;
     tracing::info!(tenant.id = %instance.tenant_id, instance.id = %instance.id, "service token issued for {}", instance.tenant_id);
     let mut response = Json(TokenResponse {
         access_token: token,
         token_type: "Bearer",
-        expires_in: app.auth.tokens.ttl_secs(),
+        expires_in: u64::try_from(claims.exp - claims.iat).unwrap_or(0),
         scope: claims.scope,
     })
     .into_response();

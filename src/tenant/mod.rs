@@ -17,6 +17,20 @@ use crate::store::{Store, StoreError, TenantScope};
 pub struct SecurityState {
     pub status: InstanceStatus,
     pub key_version: u32,
+    /// The previous key's version and when its grace period ends (Unix seconds), while a
+    /// rotation with a grace period keeps it valid.
+    pub previous: Option<(u32, i64)>,
+}
+
+impl SecurityState {
+    /// Whether a token carrying `key_version` is still honoured at `now` (Unix seconds): the
+    /// current version, or the previous one while its grace period runs.
+    pub fn honours(&self, key_version: u32, now: i64) -> bool {
+        key_version == self.key_version
+            || self
+                .previous
+                .is_some_and(|(version, until)| version == key_version && now < until)
+    }
 }
 
 /// Short-TTL cache of `SecurityState`, keyed by tenant and instance; loads are single-flight.
@@ -51,6 +65,10 @@ impl SecurityCache {
                 Ok(i) => Ok(Some(SecurityState {
                     status: i.status,
                     key_version: i.key_version,
+                    previous: i
+                        .previous_key
+                        .as_ref()
+                        .map(|p| (p.version, p.expires_at.timestamp())),
                 })),
                 Err(StoreError::NotFound) => Ok(None),
                 Err(e) => Err(e),

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{assert_problem, spawn_app};
+use crate::support::{TestApp, assert_problem, spawn_app};
 
 #[tokio::test]
 async fn create_returns_the_key_once_with_no_store() {
@@ -750,4 +750,246 @@ fn rusqlite_count(path: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("SELECT COUNT(DISTINCT name) FROM secrets", [], |r| r.get(0))
         .unwrap()
+}
+
+/// Rotates `id`'s key with `body`; the answer's JSON.
+async fn rotate(app: &TestApp, id: &str, body: Option<Value>) -> Value {
+    let resp = app
+        .request(
+            Method::POST,
+            &format!("/admin/agent-instances/{id}/rotate-key"),
+            Some(&app.platform_token()),
+            body,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn rotation_with_grace_keeps_the_old_key_and_its_tokens_until_the_grace_ends() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let old_token = app.service_token("acme", &created.key).await;
+    let before = chrono::Utc::now();
+    let body = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 3}))).await;
+    let new_key = body["agentAccessKey"].as_str().unwrap().to_owned();
+    assert_eq!(body["keyVersion"], 2);
+    assert_eq!(body["previousKeyVersion"], 1);
+    assert_eq!(body["previousKeyLast4"], created.key[36..]);
+    let expires: chrono::DateTime<chrono::Utc> =
+        body["previousKeyExpiresAt"].as_str().unwrap().parse().unwrap();
+    assert!(expires > before + chrono::Duration::seconds(2));
+    assert!(expires <= chrono::Utc::now() + chrono::Duration::seconds(3));
+
+    // During the grace: the old token, the old key and the new key all work.
+    assert_eq!(
+        app.get("/agents/me", &old_token).await.status(),
+        StatusCode::OK
+    );
+    let resp = app.exchange("acme", &created.key).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let grant: Value = resp.json().await.unwrap();
+    // A token issued under the previous key expires with the grace period.
+    assert!(grant["expires_in"].as_u64().unwrap() <= 3);
+    let grace_token = grant["access_token"].as_str().unwrap().to_owned();
+    let me: Value = app
+        .get("/agents/me", &grace_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["keyVersion"], 1);
+    let new_token = app.service_token("acme", &new_key).await;
+    // The body-key flow of /chat accepts the old key too (it is cached as version 1).
+    let body_key = |key: &str| json!({"companyId": "acme", "agentAccessKey": key, "message": "hi"});
+    assert_ne!(
+        app.request(Method::POST, "/chat", None, Some(body_key(&created.key)))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // After the grace: only the new key and its tokens.
+    let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(200)).await;
+    for token in [&old_token, &grace_token] {
+        assert_problem(
+            app.get("/agents/me", token).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+    }
+    assert_problem(
+        app.exchange("acme", &created.key).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )
+    .await;
+    assert_eq!(
+        app.request(Method::POST, "/chat", None, Some(body_key(&created.key)))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/agents/me", &new_token).await.status(),
+        StatusCode::OK
+    );
+    // The view no longer mentions the previous key.
+    let view: Value = app
+        .get(
+            &format!("/admin/agent-instances/{}", created.id),
+            &app.platform_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(view.get("previousKeyExpiresAt").is_none(), "{view}");
+}
+
+#[tokio::test]
+async fn revoke_previous_key_ends_the_grace_at_once_and_is_audited() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let old_token = app.service_token("acme", &created.key).await;
+    let body = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 3600}))).await;
+    assert!(body["previousKeyExpiresAt"].is_string());
+    assert_eq!(
+        app.get("/agents/me", &old_token).await.status(),
+        StatusCode::OK
+    );
+    // Another company's admin cannot see, let alone revoke, it.
+    let other = app.admin_token("beta");
+    let path = format!("/admin/agent-instances/{}/revoke-previous-key", created.id);
+    assert_problem(
+        app.request(Method::POST, &path, Some(&other), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        app.get("/agents/me", &old_token).await.status(),
+        StatusCode::OK
+    );
+    // acme's own admin can.
+    let resp = app
+        .request(Method::POST, &path, Some(&app.admin_token("acme")), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let view: Value = resp.json().await.unwrap();
+    assert!(view.get("previousKeyExpiresAt").is_none(), "{view}");
+    assert!(view.get("agentAccessKey").is_none());
+    assert_problem(
+        app.get("/agents/me", &old_token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.exchange("acme", &created.key).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )
+    .await;
+    // Again: nothing to revoke, still 200, not audited twice.
+    let resp = app
+        .request(Method::POST, &path, Some(&app.platform_token()), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let audit: Value = app
+        .get(
+            &format!("/admin/audit-logs?companyId=acme&instanceId={}", created.id),
+            &app.platform_token(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["items"].as_array().unwrap();
+    let by = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .collect::<Vec<_>>()
+    };
+    let rotations = by("agent_instance.rotate_key");
+    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations[0]["details"]["gracePeriodSeconds"], 3600);
+    assert!(rotations[0]["details"]["previousKeyExpiresAt"].is_string());
+    let revocations = by("agent_instance.revoke_previous_key");
+    assert_eq!(revocations.len(), 1, "{entries:?}");
+    assert_eq!(revocations[0]["details"]["revokedKeyVersion"], 1);
+    assert!(revocations[0]["actor"].as_str().unwrap().starts_with("admin:"));
+}
+
+#[tokio::test]
+async fn rotation_refuses_a_bad_grace_period_and_changes_nothing() {
+    let app = spawn_app().await;
+    let created = app.create_instance("acme").await;
+    let path = format!("/admin/agent-instances/{}/rotate-key", created.id);
+    for body in [
+        json!({"gracePeriodSeconds": 604_801}),
+        json!({"gracePeriodSeconds": -1}),
+        json!({"gracePeriodSeconds": "60"}),
+        json!({"gracePeriodSeconds": 1.5}),
+        json!({"gracePeriod": 60}),
+        json!([]),
+    ] {
+        let resp = app
+            .request(Method::POST, &path, Some(&app.platform_token()), Some(body.clone()))
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let resp = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(app.platform_token())
+        .header("content-type", "text/plain")
+        .body("gracePeriodSeconds=60")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // The previous key is not writable by a patch (mass assignment).
+    for field in ["previousKey", "previousKeyExpiresAt", "previousKeyVersion"] {
+        let resp = app
+            .request(
+                Method::PATCH,
+                &format!("/admin/agent-instances/{}", created.id),
+                Some(&app.platform_token()),
+                Some(json!({ field: "2099-01-01T00:00:00Z" })),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{field}");
+    }
+    // Nothing changed: the key is the same one, at version 1.
+    let view: Value = app
+        .get(&format!("/admin/agent-instances/{}", created.id), &app.platform_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["keyVersion"], 1);
+    assert_eq!(app.exchange("acme", &created.key).await.status(), StatusCode::OK);
+    // The longest grace is accepted.
+    let body = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 604_800}))).await;
+    assert_eq!(body["previousKeyVersion"], 1);
+    // A rotation during a grace replaces the older key: two keys at most.
+    let second = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 60}))).await;
+    assert_eq!(second["previousKeyVersion"], 2);
+    assert_problem(
+        app.exchange("acme", &created.key).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )
+    .await;
+    assert_eq!(
+        app.exchange("acme", body["agentAccessKey"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }

@@ -166,6 +166,7 @@ async fn bad_path_ids_are_400_and_unknown_ids_404() {
             (Method::PATCH, ""),
             (Method::DELETE, ""),
             (Method::POST, "/rotate-key"),
+            (Method::POST, "/revoke-previous-key"),
         ] {
             let body = (method == Method::PATCH).then(|| json!({"model": "x"}));
             let resp = app

@@ -16,6 +16,16 @@ fn admin_routes(id: &str, company: &str) -> Vec<(Method, String, Option<Value>)>
             format!("/admin/agent-instances/{id}"),
             Some(json!({"model": "gpt-4o-mini"})),
         ),
+        (
+            Method::POST,
+            format!("/admin/agent-instances/{id}/rotate-key"),
+            Some(json!({"gracePeriodSeconds": 3600})),
+        ),
+        (
+            Method::POST,
+            format!("/admin/agent-instances/{id}/revoke-previous-key"),
+            None,
+        ),
         (Method::DELETE, format!("/admin/agent-instances/{id}"), None),
         (
             Method::POST,

@@ -47,6 +47,7 @@ pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
         ),
         access_key_last4: "abcd".into(),
         key_version: 1,
+        previous_key: None,
         disabled_by: None,
         provisioning_error: None,
         created_at: now,

@@ -3,7 +3,7 @@
 //! (views, `ETag`, `Cache-Control`, `Location`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::{CACHE_CONTROL, ETAG, IF_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,10 +11,13 @@ use axum::response::{IntoResponse, Response};
 use crate::admin::instances as service;
 use crate::admin::views::{
     CreateInstance, InstanceView, InstanceWithKey, List, ListInstancesQuery, PatchInstance,
+    RotateKey,
 };
 use crate::domain::AgentInstance;
 use crate::error::ApiError;
-use crate::http::extract::{AdminAuth, ApiJson, ClientAddress, page_limit, parse_instance_id};
+use crate::http::extract::{
+    AdminAuth, ApiJson, ClientAddress, optional_json, page_limit, parse_instance_id,
+};
 use crate::routes::ApiQuery;
 use crate::state::AppState;
 use crate::store::{InstanceFilter, PageRequest};
@@ -165,17 +168,47 @@ pub async fn rotate_key(
     ClientAddress(client): ClientAddress,
     Path(id): Path<String>,
     headers: HeaderMap,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
+    let body: RotateKey = optional_json(req, &app).await?;
     let current = service::load(&app, &admin, &id).await?;
     check_if_match(&headers, &current)?;
-    let (stored, key) = service::rotate_key(&app, &admin, &client, current).await?;
+    let (stored, key) =
+        service::rotate_key(&app, &admin, &client, current, body.grace_period_seconds).await?;
     let body = InstanceWithKey {
         instance: InstanceView::from(&stored),
         agent_access_key: key.expose().to_owned(),
     };
     Ok(with_instance_headers(StatusCode::OK, body, &stored, true))
 }
+
+/// `POST /admin/agent-instances/{id}/revoke-previous-key` — ends a rotation's grace period.
+pub async fn revoke_previous_key(
+    State(app): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    ClientAddress(client): ClientAddress,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let id = parse_instance_id(&id)?;
+    let NoBody {} = optional_json(req, &app).await?;
+    let current = service::load(&app, &admin, &id).await?;
+    check_if_match(&headers, &current)?;
+    let stored = service::revoke_previous_key(&app, &admin, &client, current).await?;
+    Ok(with_instance_headers(
+        StatusCode::OK,
+        InstanceView::from(&stored),
+        &stored,
+        false,
+    ))
+}
+
+/// A body that may be absent or `{}`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
 
 /// `POST /admin/agent-instances/{id}/provision` — (re)provisions a `foundry` instance's vector
 /// store and agent in its Foundry project; idempotent.
