@@ -48,6 +48,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    /// A company's own limit (`rate_limited` per minute, `quota_exceeded` for a budget).
+    #[error("{}", .0.detail())]
+    OverLimit(Box<crate::limits::Refused>),
     #[error("{0}")]
     Unavailable(String),
     /// A dependency (store, secret store, knowledge index) failed; the cause is logged once,
@@ -120,7 +123,7 @@ impl ApiError {
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::OverLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Dependency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -146,6 +149,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
+            Self::OverLimit(r) if r.which.is_rate() => "rate_limited",
+            Self::OverLimit(_) => "quota_exceeded",
             Self::Unavailable(_) | Self::Dependency { .. } => "service_unavailable",
             Self::Upstream(e) => match e {
                 UpstreamError::RateLimited { .. } => "rate_limited",
@@ -175,6 +180,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::RateLimited { .. } => "Too many requests",
+            Self::OverLimit(r) if r.which.is_rate() => "Too many requests",
+            Self::OverLimit(_) => "Quota exceeded",
             Self::Unavailable(_) | Self::Dependency { .. } => "Service unavailable",
             Self::Upstream(UpstreamError::RateLimited { .. }) => "Too many requests",
             Self::Upstream(UpstreamError::Timeout(_)) => "Gateway timeout",
@@ -252,6 +259,13 @@ impl IntoResponse for ApiError {
             | Self::Upstream(UpstreamError::RateLimited { retry_after_secs }) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            Self::OverLimit(refused) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(refused.retry_after_secs),
+                );
+                refused.standing.write_headers(headers);
+            }
             Self::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -317,6 +331,7 @@ impl From<ChatError> for ApiError {
             ChatError::UnknownResponse => Self::NotFound("response"),
             ChatError::NoEmbeddingDeployment => Self::NotFound("embedding deployment"),
             ChatError::NotConfigured(detail) => Self::NotConfigured(detail),
+            ChatError::OverLimit(refused) => Self::OverLimit(refused),
             ChatError::Invalid { field, detail } => Self::validation(field, detail),
             ChatError::Store(e) => e.into(),
             ChatError::Secret(e) => e.into(),

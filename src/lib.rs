@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod knowledge;
+pub mod limits;
 pub mod llm;
 pub mod router;
 pub mod routes;

@@ -343,6 +343,7 @@ pub async fn build_state_with(
         upstreams,
         models,
         usage: crate::usage::UsageRecorder::default(),
+        limits: crate::limits::Limiter::default(),
         runtimes: RuntimeCache::new(
             settings.tenant_cache_ttl,
             settings.tenant_cache_max_stale,
@@ -421,6 +422,17 @@ impl Application {
                 }
             })
         };
+        let limit_sync = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::limits::SYNC_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    state.limits.sync_all(state.store.as_ref()).await;
+                }
+            })
+        };
         tokio::spawn({
             let state = Arc::clone(&state);
             async move { crate::jobs::resume_queued(&state).await }
@@ -437,7 +449,9 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await;
         flusher.abort();
+        limit_sync.abort();
         state.usage.flush(state.store.as_ref()).await;
+        state.limits.flush(state.store.as_ref()).await;
         result
     }
 }

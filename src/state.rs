@@ -36,6 +36,8 @@ pub struct App {
     /// Companies' own user-assigned identities (`settings.managedIdentityClientId`).
     pub identities: Option<Arc<crate::azure_auth::CompanyIdentities>>,
     pub usage: crate::usage::UsageRecorder,
+    /// Fleet-wide limits per company (counters in the store, reserved locally).
+    pub limits: crate::limits::Limiter,
     pub started_at: Instant,
 }
 

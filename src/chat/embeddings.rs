@@ -52,6 +52,8 @@ pub struct EmbeddingAnswer {
     /// The model the deployment reported, else the deployment's name.
     pub model: String,
     pub usage: Usage,
+    /// Where the company stands against its limits, for the answer's headers.
+    pub standing: crate::limits::Standing,
 }
 
 /// Embeds `inputs` with the tenant's embedding deployment (whatever `model` the caller named:
@@ -69,14 +71,18 @@ pub async fn embed(
     let Some(endpoint) = &runtime.embeddings else {
         return Err(ChatError::NoEmbeddingDeployment);
     };
-    let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
-    // Without a count from the deployment: the token ids given, or the turns' estimate.
-    let prompt_tokens = answer.prompt_tokens.unwrap_or_else(|| match inputs {
+    // The token ids given, or the turns' estimate: reserved, and the count when the
+    // deployment reports none.
+    let estimate = match inputs {
         EmbedInput::Texts(texts) => texts.iter().map(|t| estimate_tokens(t)).sum(),
         EmbedInput::Tokens(lists) => lists.iter().map(|l| l.len() as u64).sum(),
-    });
+    };
+    let reservation = super::admit(app, caller, &runtime, estimate).await?;
+    let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
+    let prompt_tokens = answer.prompt_tokens.unwrap_or(estimate);
     let usage = Usage::new(prompt_tokens, 0);
     app.usage.record(&caller.tenant, usage);
+    reservation.settle(usage.total_tokens);
     Ok(EmbeddingAnswer {
         vectors: answer.vectors,
         model: answer
@@ -84,5 +90,6 @@ pub async fn embed(
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| endpoint.deployment.clone()),
         usage,
+        standing: reservation.standing,
     })
 }

@@ -55,6 +55,9 @@ pub enum ChatError {
     /// The stored response is not one of the caller's (or was not stored).
     #[error("response not found")]
     UnknownResponse,
+    /// The company is over one of its limits (see `crate::limits`).
+    #[error("{}", .0.detail())]
+    OverLimit(Box<crate::limits::Refused>),
     /// The instance lacks something the turn needs (endpoint, key, deployment, index).
     #[error("{0}")]
     NotConfigured(String),
@@ -158,6 +161,8 @@ pub struct Turn {
     /// instance's model or deployment.
     pub model: String,
     prompt_estimate: u64,
+    /// The turn's hold on the company's limits, settled with its usage.
+    pub reservation: crate::limits::Reservation,
     stored: Option<Stored>,
     /// The answer's message id, known before it is had (a response's id names it).
     pub reply_id: uuid::Uuid,
@@ -354,7 +359,9 @@ impl Turn {
             .iter()
             .map(|m| crate::domain::usage::estimate_tokens(&m.content))
             .sum();
+        let reservation = admit(app, &caller, &runtime, prompt_estimate).await?;
         Ok(Self {
+            reservation,
             model: model.unwrap_or_else(|| runtime.model_name()),
             caller,
             runtime,
@@ -426,6 +433,7 @@ impl Turn {
             self.usage(end.usage, &written)
         };
         app.usage.record(&self.caller.tenant, usage);
+        self.reservation.settle(usage.total_tokens);
         self.metrics(usage, end.model.as_deref(), true);
         let model = end.model.unwrap_or(self.model);
         let finish_reason = end.finish_reason.unwrap_or_else(|| "stop".into());
@@ -474,6 +482,7 @@ impl Turn {
     fn fail(&self, app: &App, reported: Option<WireUsage>, partial: &str) {
         let usage = self.usage(reported, partial);
         app.usage.record(&self.caller.tenant, usage);
+        self.reservation.settle(usage.total_tokens);
         self.metrics(usage, None, false);
     }
 
@@ -491,6 +500,43 @@ impl Turn {
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             ok,
         });
+    }
+}
+
+/// Admits a request of `caller` expected to use `estimate` tokens against its company's
+/// limits; the first refusal of a budget in its window is audited.
+pub(crate) async fn admit(
+    app: &App,
+    caller: &Caller,
+    runtime: &TenantRuntime,
+    estimate: u64,
+) -> Result<crate::limits::Reservation, ChatError> {
+    let limits = runtime.instance.settings.limits();
+    match app
+        .limits
+        .admit(app.store.as_ref(), &caller.tenant, limits, estimate)
+        .await
+    {
+        Ok(reservation) => Ok(reservation),
+        Err(refused) => {
+            tracing::info!(tenant.id = %caller.tenant, limit = refused.which.name(), "request refused: {}", refused.detail());
+            if refused.first_in_window {
+                let entry = crate::domain::AuditEntry::new(
+                    caller.tenant.clone(),
+                    crate::domain::audit::action::LIMIT_EXHAUSTED,
+                    format!("client:{}", caller.tenant),
+                    crate::domain::AuditOutcome::Failure,
+                )
+                .instance(caller.instance)
+                .details(serde_json::json!({
+                    "limit": refused.which.name(),
+                    "value": limits.named(refused.which.name()),
+                    "resetsInSeconds": refused.retry_after_secs,
+                }));
+                app.audit(entry).await;
+            }
+            Err(ChatError::OverLimit(Box::new(refused)))
+        }
     }
 }
 

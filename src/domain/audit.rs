@@ -18,6 +18,8 @@ pub mod action {
     pub const REFRESH_START: &str = "refresh.start";
     pub const REFRESH_FINISH: &str = "refresh.finish";
     pub const CONFIG_TEST: &str = "config.test";
+    /// A company's day or month token budget ran out (once per window and process).
+    pub const LIMIT_EXHAUSTED: &str = "limits.exhausted";
 }
 
 /// One audit record. `details` never holds a secret: field names, not values.

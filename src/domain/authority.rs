@@ -140,6 +140,24 @@ fn company_admin(change: &Change<'_>) -> Result<(), Refusal> {
             });
         }
     }
+    // Limits: a company admin may lower them (or set one where there is none), never raise
+    // or remove one.
+    if let Some(current) = change.current {
+        let (now, then) = (current.settings.limits(), next.settings.limits());
+        for key in super::settings::LIMITS {
+            if let Some(limit) = now.named(key)
+                && then.named(key).is_none_or(|n| n > limit)
+            {
+                return Err(Refusal::Forbidden {
+                    field: limit_field(key),
+                    reason: format!(
+                        "settings.{key} is {limit}: a company admin may only lower it; a \
+                         platform admin raises or removes it"
+                    ),
+                });
+            }
+        }
+    }
     if let Some(current) = change.current
         && current.status == InstanceStatus::Disabled
         && next.status != InstanceStatus::Disabled
@@ -153,6 +171,16 @@ fn company_admin(change: &Change<'_>) -> Result<(), Refusal> {
         });
     }
     Ok(())
+}
+
+/// The field a limit refusal names.
+fn limit_field(key: &str) -> &'static str {
+    match key {
+        "tokensPerMinute" => "settings.tokensPerMinute",
+        "requestsPerMinute" => "settings.requestsPerMinute",
+        "tokensPerDay" => "settings.tokensPerDay",
+        _ => "settings.tokensPerMonth",
+    }
 }
 
 /// What must hold of any instance, whoever writes it.
@@ -278,6 +306,29 @@ mod tests {
             Err(Refusal::Forbidden { field, .. }) => field,
             other => panic!("expected a 403, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn company_admins_only_lower_limits() {
+        let limited = instance(json!({"tokensPerMinute": 1000, "tokensPerDay": 50_000}));
+        let lower = instance(json!({"tokensPerMinute": 500, "tokensPerDay": 50_000}));
+        assert!(check(&change(false, Some(&limited), &lower)).is_ok());
+        let higher = instance(json!({"tokensPerMinute": 1001, "tokensPerDay": 50_000}));
+        assert_eq!(
+            forbidden_field(check(&change(false, Some(&limited), &higher))),
+            "settings.tokensPerMinute"
+        );
+        let removed = instance(json!({"tokensPerMinute": 1000}));
+        assert_eq!(
+            forbidden_field(check(&change(false, Some(&limited), &removed))),
+            "settings.tokensPerDay"
+        );
+        // A new limit where there was none is a lowering; a platform admin does anything.
+        let more = instance(json!({"tokensPerMinute": 1000, "tokensPerDay": 50_000,
+            "requestsPerMinute": 10, "tokensPerMonth": 1}));
+        assert!(check(&change(false, Some(&limited), &more)).is_ok());
+        assert!(check(&change(true, Some(&limited), &higher)).is_ok());
+        assert!(check(&change(true, Some(&limited), &instance(json!({})))).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod authority;
 pub mod conversation;
 pub mod ids;
+pub mod limits;
 pub mod instance;
 pub mod refresh;
 pub mod settings;

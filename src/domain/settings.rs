@@ -28,6 +28,19 @@ pub const KNOWN: &[&str] = &[
     "knowledgeContainerUrl",
     "knowledgePrefix",
     "runtime",
+    "tokensPerMinute",
+    "requestsPerMinute",
+    "tokensPerDay",
+    "tokensPerMonth",
+];
+
+/// The company's limits, as written in JSON: set by a platform admin; a company admin may
+/// only lower them.
+pub const LIMITS: &[&str] = &[
+    "tokensPerMinute",
+    "requestsPerMinute",
+    "tokensPerDay",
+    "tokensPerMonth",
 ];
 
 /// A setting that does not parse: the field (`settings.<key>`) and what it must be.
@@ -137,6 +150,13 @@ checked!(
     |s| s.len() <= 512 && !s.starts_with('/') && !s.split('/').any(|p| p == "..")
 );
 
+checked!(
+    /// A fleet-wide limit: requests or tokens per window.
+    Limit(u64),
+    "an integer from 1 to 1000000000000",
+    |n| (1..=1_000_000_000_000).contains(n)
+);
+
 /// `settings.authMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,6 +243,9 @@ fn expected(key: &str) -> &'static str {
         "allowedModels" => AllowedModels::EXPECTED,
         "knowledgeContainerUrl" => ContainerUrl::EXPECTED,
         "runtime" => "'sophia' or 'foundry'",
+        "tokensPerMinute" | "requestsPerMinute" | "tokensPerDay" | "tokensPerMonth" => {
+            Limit::EXPECTED
+        }
         _ => KnowledgePrefix::EXPECTED,
     }
 }
@@ -261,6 +284,40 @@ pub struct InstanceSettings {
     pub knowledge_prefix: Option<KnowledgePrefix>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<Limit>,
+}
+
+/// An instance's limits (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub tokens_per_minute: Option<u64>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The limit named as in JSON (`tokensPerMinute`, …).
+    pub fn named(&self, key: &str) -> Option<u64> {
+        match key {
+            "tokensPerMinute" => self.tokens_per_minute,
+            "requestsPerMinute" => self.requests_per_minute,
+            "tokensPerDay" => self.tokens_per_day,
+            "tokensPerMonth" => self.tokens_per_month,
+            _ => None,
+        }
+    }
 }
 
 /// Defaults where a setting is unset.
@@ -375,6 +432,16 @@ impl InstanceSettings {
 
     pub fn runtime(&self) -> Runtime {
         self.runtime.unwrap_or_default()
+    }
+
+    pub fn limits(&self) -> Limits {
+        let get = |l: &Option<Limit>| l.as_ref().map(|l| *l.get());
+        Limits {
+            tokens_per_minute: get(&self.tokens_per_minute),
+            requests_per_minute: get(&self.requests_per_minute),
+            tokens_per_day: get(&self.tokens_per_day),
+            tokens_per_month: get(&self.tokens_per_month),
+        }
     }
 
     pub fn allowed_models(&self) -> &[String] {

@@ -125,9 +125,10 @@ pub async fn chat(
         conversation: body.conversation_id,
     };
     let turn = Turn::prepare(&app, caller, ask).await?;
+    let standing = turn.reservation.standing;
     if !body.stream {
         let answer = turn.complete(&app).await?;
-        return Ok(Json(ChatAnswer::from(answer)).into_response());
+        return Ok(standing.on(Json(ChatAnswer::from(answer)).into_response()));
     }
     // Streamed: the first upstream content has arrived before we answer 200.
     let events = turn.stream(&app).await?;
@@ -154,9 +155,11 @@ pub async fn chat(
         let event = event.unwrap_or_else(|_| Event::default().event("error"));
         Some((Ok::<_, Infallible>(event), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(standing.on(
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response(),
+    ))
 }
 
 /// The `done` event of a streamed turn: the answer's metadata, not its text.

@@ -188,6 +188,7 @@ pub async fn chat_completions(
         extras,
     };
     let turn = Turn::prepare(&app, caller, ask).await?;
+    let standing = turn.reservation.standing;
     let head = ChunkHead {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: chrono::Utc::now().timestamp(),
@@ -195,7 +196,7 @@ pub async fn chat_completions(
     };
     if request.stream != Some(true) {
         let answer = turn.complete(&app).await?;
-        return Ok(Json(Completion {
+        return Ok(standing.on(Json(Completion {
             id: &head.id,
             object: "chat.completion",
             created: head.created,
@@ -218,7 +219,7 @@ pub async fn chat_completions(
             system_fingerprint: None,
             prompt_filter_results: answer.filters.as_ref().and_then(|f| f.prompt.as_ref()),
         })
-        .into_response());
+        .into_response()));
     }
 
     let include_usage = request
@@ -298,7 +299,7 @@ pub async fn chat_completions(
         }
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(chunks);
-    Ok(event_stream(Body::from_stream(body)))
+    Ok(standing.on(event_stream(Body::from_stream(body))))
 }
 
 /// `GET /v1/models`: the models the caller's instance answers with (its allowed models, or
@@ -427,13 +428,15 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": answer.model,
-        "usage": {"prompt_tokens": answer.usage.prompt_tokens, "total_tokens": answer.usage.total_tokens},
-    }))
-    .into_response())
+    Ok(answer.standing.on(
+        Json(json!({
+            "object": "list",
+            "data": data,
+            "model": answer.model,
+            "usage": {"prompt_tokens": answer.usage.prompt_tokens, "total_tokens": answer.usage.total_tokens},
+        }))
+        .into_response(),
+    ))
 }
 
 /// A `chat.completion` object (serialised straight from the answer, no JSON tree).
@@ -548,9 +551,13 @@ pub async fn openai_errors(response: Response) -> Response {
         .await
         .unwrap_or_default();
     let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let kind = match problem["code"].as_str() {
+        Some("quota_exceeded") => "insufficient_quota",
+        _ => error_type(parts.status),
+    };
     let body = json!({"error": {
         "message": problem["detail"].as_str().unwrap_or("error"),
-        "type": error_type(parts.status),
+        "type": kind,
         "param": problem.get("field").cloned().unwrap_or(Value::Null),
         "code": problem["code"],
     }});

@@ -496,6 +496,7 @@ pub async fn create_response(
         extras,
     };
     let turn = Turn::prepare(&app, caller, ask).await?;
+    let standing = turn.reservation.standing;
     let id = ResponseId {
         conversation: turn.conversation,
         message: turn.reply_id,
@@ -520,7 +521,7 @@ pub async fn create_response(
     if request.stream != Some(true) {
         let answer = turn.complete(&app).await?;
         let incomplete = incomplete_reason(&answer.finish_reason);
-        return Ok(Json(
+        return Ok(standing.on(Json(
             Shape {
                 id: &id,
                 created_at,
@@ -544,7 +545,7 @@ pub async fn create_response(
             }
             .json(),
         )
-        .into_response());
+        .into_response()));
     }
     let model = turn.model.clone();
     let events = turn.stream(&app).await?;
@@ -587,7 +588,7 @@ pub async fn create_response(
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) })
         .chain(body);
-    Ok(event_stream(Body::from_stream(body)))
+    Ok(standing.on(event_stream(Body::from_stream(body))))
 }
 
 /// A checked field's error under the name the Responses API gives it.

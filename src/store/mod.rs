@@ -201,6 +201,16 @@ pub trait UsageStore: Send + Sync {
         requests: u64,
     ) -> StoreResult<()>;
 
+    /// Adds `add` to the tenant's limit windows (the minute, day and month of `keys`; a
+    /// window that has ended starts from zero) and answers the fleet's totals after it.
+    /// `add` may be empty: a read of what the other instances used.
+    async fn add_to_limit_windows(
+        &self,
+        tenant: &TenantId,
+        keys: crate::domain::limits::WindowKeys,
+        add: crate::domain::limits::WindowAdd,
+    ) -> StoreResult<crate::domain::limits::LimitWindows>;
+
     /// Daily usage in scope between `from` and `to` (inclusive), by tenant then day.
     async fn list_usage(
         &self,

@@ -21,6 +21,7 @@ mod infra;
 mod isolation;
 mod jwks_admin;
 mod jwt_attacks;
+mod limits;
 mod openai;
 mod packaging;
 mod refresh;

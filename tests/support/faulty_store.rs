@@ -134,6 +134,14 @@ impl UsageStore for FaultyStore {
     ) -> StoreResult<()> {
         self.inner.add_usage(t, d, p, c, n).await
     }
+    async fn add_to_limit_windows(
+        &self,
+        t: &TenantId,
+        k: sophia::domain::limits::WindowKeys,
+        a: sophia::domain::limits::WindowAdd,
+    ) -> StoreResult<sophia::domain::limits::LimitWindows> {
+        self.inner.add_to_limit_windows(t, k, a).await
+    }
     async fn list_usage(
         &self,
         s: &TenantScope,

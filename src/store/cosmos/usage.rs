@@ -5,6 +5,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::{Change, CosmosStore, Sql, collect, read_modify_write, within};
+use crate::domain::limits::{LimitWindows, WindowAdd, WindowKeys};
 use crate::domain::{TenantId, UsageRecord};
 use crate::store::{StoreResult, TenantScope, UsageStore};
 
@@ -19,8 +20,55 @@ pub(super) struct UsageDoc {
     requests: u64,
 }
 
+/// A company's limit windows: one document (`id: "limits"`) in its usage partition.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitDoc {
+    id: String,
+    tenant_id: TenantId,
+    kind: String,
+    #[serde(flatten)]
+    windows: LimitWindows,
+}
+
+const LIMIT_DOC: &str = "limits";
+
 #[async_trait]
 impl UsageStore for CosmosStore {
+    async fn add_to_limit_windows(
+        &self,
+        tenant: &TenantId,
+        keys: WindowKeys,
+        add: WindowAdd,
+    ) -> StoreResult<LimitWindows> {
+        read_modify_write(
+            &self.usage,
+            tenant,
+            LIMIT_DOC,
+            |d: &LimitDoc| &d.tenant_id,
+            "limit windows",
+            |current| {
+                Box::pin(async move {
+                    let before = current.as_ref().map(|d| d.windows);
+                    let next = before.unwrap_or_default().plus(keys, add);
+                    if before == Some(next) {
+                        return Ok(Change::Keep(next));
+                    }
+                    Ok(Change::Write(
+                        LimitDoc {
+                            id: LIMIT_DOC.into(),
+                            tenant_id: tenant.clone(),
+                            kind: LIMIT_DOC.into(),
+                            windows: next,
+                        },
+                        next,
+                    ))
+                })
+            },
+        )
+        .await
+    }
+
     async fn add_usage(
         &self,
         tenant: &TenantId,
@@ -70,7 +118,7 @@ impl UsageStore for CosmosStore {
         let mut sql = Sql::new("SELECT * FROM c");
         let feed = sql.scope(scope);
         sql.and(
-            "c.day >= @from AND c.day <= @to",
+            "IS_DEFINED(c.day) AND c.day >= @from AND c.day <= @to",
             &[
                 ("@from", from.to_string().into()),
                 ("@to", to.to_string().into()),

@@ -78,6 +78,11 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT NOT NULL,
         PRIMARY KEY (tenant_id, document_id)
     );",
+    // 4: each company's limit windows (one row per company).
+    "CREATE TABLE limit_windows (
+        tenant_id TEXT PRIMARY KEY NOT NULL,
+        doc TEXT NOT NULL
+    );",
 ];
 
 /// SQLite-backed store. Cheap to clone.

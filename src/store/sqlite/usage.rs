@@ -1,9 +1,10 @@
 //! SQLite: daily token usage per tenant.
 
 use async_trait::async_trait;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Query, SqliteStore, map_err};
+use crate::domain::limits::{LimitWindows, WindowAdd, WindowKeys};
 use crate::domain::{TenantId, UsageRecord};
 use crate::store::{StoreError, StoreResult, TenantScope, UsageStore};
 
@@ -29,6 +30,44 @@ impl UsageStore for SqliteStore {
             )
             .map_err(map_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_to_limit_windows(
+        &self,
+        tenant: &TenantId,
+        keys: WindowKeys,
+        add: WindowAdd,
+    ) -> StoreResult<LimitWindows> {
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(map_err)?;
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM limit_windows WHERE tenant_id = ?1",
+                    params![tenant.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let current = match stored {
+                Some(doc) => serde_json::from_str::<LimitWindows>(&doc).map_err(|e| {
+                    StoreError::Internal(anyhow::anyhow!("corrupt limit windows: {e}"))
+                })?,
+                None => LimitWindows::default(),
+            };
+            let next = current.plus(keys, add);
+            if next != current {
+                tx.execute(
+                    "INSERT INTO limit_windows (tenant_id, doc) VALUES (?1, ?2)
+                     ON CONFLICT (tenant_id) DO UPDATE SET doc = excluded.doc",
+                    params![tenant.as_str(), super::encode(&next)?],
+                )
+                .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(next)
         })
         .await
     }
