@@ -609,6 +609,48 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     assert!(all.iter().any(|u| u.tenant_id == b) && all.iter().any(|u| u.tenant_id == a));
 }
 
+pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Store>) {
+    use sophia::domain::limits::{WindowAdd, WindowKeys};
+    let (a, b) = (tenant(), tenant());
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    store.add_usage(&a, day, 1, 1, 1).await.unwrap();
+    let t0 = WindowKeys::at("2026-11-20T10:00:05Z".parse().unwrap());
+    let add = |tokens, requests| WindowAdd { tokens, requests };
+    let w = store.add_to_limit_windows(&a, t0, add(10, 1)).await.unwrap();
+    assert_eq!((w.minute_tokens, w.minute_requests, w.day_tokens), (10, 1, 10));
+    let w = store.add_to_limit_windows(&a, t0, add(5, 2)).await.unwrap();
+    assert_eq!((w.minute_tokens, w.minute_requests, w.month_tokens), (15, 3, 15));
+    // An empty addition reads.
+    let read = store.add_to_limit_windows(&a, t0, add(0, 0)).await.unwrap();
+    assert_eq!(read, w);
+    // Another company's windows are its own.
+    let other = store.add_to_limit_windows(&b, t0, add(1, 1)).await.unwrap();
+    assert_eq!((other.minute_tokens, other.day_tokens), (1, 1));
+    // The next minute starts again; the day and month carry on.
+    let t1 = WindowKeys::at("2026-11-20T10:01:00Z".parse().unwrap());
+    let w = store.add_to_limit_windows(&a, t1, add(1, 1)).await.unwrap();
+    assert_eq!(
+        (w.minute_tokens, w.minute_requests, w.day_tokens, w.month_tokens),
+        (1, 1, 16, 16)
+    );
+    // Concurrent additions are all counted.
+    let adds = (0..8).map(|_| store.add_to_limit_windows(&a, t1, add(1, 1)));
+    for r in futures_util::future::join_all(adds).await {
+        r.unwrap();
+    }
+    let w = store.add_to_limit_windows(&a, t1, add(0, 0)).await.unwrap();
+    assert_eq!((w.minute_tokens, w.minute_requests), (9, 9));
+    // The daily usage listing does not see the windows.
+    let usage = store
+        .list_usage(&TenantScope::Tenant(a.clone()), day, day)
+        .await
+        .unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].total_tokens, 2);
+    let all = store.list_usage(&TenantScope::All, day, day).await.unwrap();
+    assert!(all.iter().all(|u| u.day == day));
+}
+
 pub fn job(tenant: &TenantId) -> RefreshJob {
     RefreshJob::queued(
         tenant.clone(),
@@ -879,6 +921,7 @@ macro_rules! store_contract_tests {
             touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
             long_conversations_keep_saving,
             concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
+            limit_windows_add_roll_over_and_stay_per_tenant,
             one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
             concurrent_refreshes_record_one_job, a_queued_job_is_claimed_once,
             progress_is_saved_only_while_running,
