@@ -135,6 +135,21 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     assert_eq!(audited.len(), 1, "{audited:?}");
     assert_eq!(audited[0]["details"]["limit"], "tokensPerDay");
 
+    // The usage view shows the limit, what is used of it and what remains.
+    let view: Value = app
+        .get("/admin/usage?companyId=acme", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let limits = view["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 1, "{view}");
+    assert_eq!(limits[0]["limit"], "tokensPerDay");
+    assert_eq!(limits[0]["value"], used);
+    assert_eq!(limits[0]["used"], used);
+    assert_eq!(limits[0]["remaining"], 0);
+    assert!(limits[0]["resetsInSeconds"].as_u64().unwrap() <= 86_400);
+
     // The platform admin raises it: served again.
     let resp = set_settings(&app, &acme.id, &platform, json!({"tokensPerDay": used * 100})).await;
     assert_eq!(resp.status(), StatusCode::OK);
