@@ -6,6 +6,8 @@
 
 use crate::support;
 
+use std::time::Duration;
+
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use support::appinsights::{Ingestion, of_type};
@@ -387,4 +389,89 @@ fn a_wrong_credential_fails_at_start_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("workload_identity"), "{stderr}");
     assert!(stderr.contains("SOPHIA_AZURE_CREDENTIAL"), "{stderr}");
+}
+
+/// Two SOPHIA processes on one Cosmos DB database enforce one company's limit together:
+/// requests per minute are exact counts, so the stated tolerance (two instances within 10 %
+/// above the limit) is checked without estimates in the way.
+#[test]
+fn two_processes_on_one_cosmos_database_enforce_one_limit() {
+    const LIMIT: u64 = 120;
+    let (mut sim, sim_url) = start_simulator(OPENAI_KEY);
+    let cosmos = support::rig::cosmos_endpoint();
+    let database = support::rig::fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SOPHIA_STORE", "cosmos"),
+        ("SOPHIA_COSMOS_ENDPOINT", cosmos.as_str()),
+        ("SOPHIA_COSMOS_DATABASE", database.as_str()),
+        ("SOPHIA_COSMOS_KEY", EMULATOR_KEY),
+        ("SOPHIA_COSMOS_CREATE_CONTAINERS", "true"),
+        ("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true"),
+        ("SOPHIA_PUBLIC_URL", "https://sophia.example.com"),
+    ];
+    // One data dir: the two processes share the signing key and the local secret store, as
+    // instances of one Function App share Key Vault.
+    let a = Server::start(dir.path(), &env);
+    let b = Server::start(dir.path(), &env);
+    let admin = admin_token_with(
+        dir.path(),
+        &[("SOPHIA_ADMIN_JWT_SECRET", ADMIN_SECRET)],
+        &["--role", "PLATFORM_ADMIN"],
+    );
+    let (_, token) = create_and_exchange(
+        &a,
+        &admin,
+        &json!({"companyId": "umbrella", "agentType": "SOPHIA", "model": "gpt-4o",
+                "azureOpenaiEndpoint": sim_url, "azureOpenaiDeployment": "gpt-4o",
+                "credentials": {"azureOpenaiKey": OPENAI_KEY},
+                "settings": {"requestsPerMinute": LIMIT}}),
+    );
+    // Stay inside one minute window (the test takes a few seconds).
+    while chrono::Utc::now().timestamp().rem_euclid(60) > 35 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hammer = |server: &Server| {
+        let url = server.url("/chat");
+        let token = token.clone();
+        std::thread::spawn(move || {
+            let client = Client::new();
+            let (mut served, mut refused) = (0u64, 0u64);
+            for _ in 0..400 {
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"message": "count me"}))
+                    .send()
+                    .unwrap();
+                match res.status().as_u16() {
+                    200 => served += 1,
+                    429 => {
+                        refused += 1;
+                        if refused >= 10 {
+                            break;
+                        }
+                    }
+                    other => panic!("unexpected {other}: {}", res.text().unwrap_or_default()),
+                }
+            }
+            (served, refused)
+        })
+    };
+    let (ta, tb) = (hammer(&a), hammer(&b));
+    let ((sa, ra), (sb, rb)) = (ta.join().unwrap(), tb.join().unwrap());
+    let served = sa + sb;
+    eprintln!("limit {LIMIT}: served {sa} + {sb} = {served}, refused {ra} + {rb}");
+    assert!(ra >= 10 && rb >= 10, "both processes refused once over the limit");
+    assert!(sa > 0 && sb > 0, "both processes served");
+    assert!(served >= LIMIT * 9 / 10, "served {served} of {LIMIT}");
+    assert!(
+        served <= LIMIT + LIMIT / 10,
+        "served {served}: more than 10 % over {LIMIT}"
+    );
+    a.stop();
+    b.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
 }
