@@ -18,7 +18,12 @@ const ROUNDS: u32 = 200_000;
 /// CPU time of this thread (µs), from `/proc/thread-self/stat`.
 fn thread_cpu_us() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks * 1e6 / 100.0
 }
@@ -41,7 +46,11 @@ fn main() {
     let run = |tenant: &TenantId, limits: Limits| {
         rt.block_on(async {
             // Warm: the first admission reads the window from the store.
-            limiter.admit(&store, tenant, limits, 50).await.unwrap().settle(80);
+            limiter
+                .admit(&store, tenant, limits, 50)
+                .await
+                .unwrap()
+                .settle(80);
             let (wall, cpu) = (Instant::now(), thread_cpu_us());
             for _ in 0..ROUNDS {
                 let r = limiter.admit(&store, tenant, limits, 50).await.unwrap();

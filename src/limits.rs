@@ -86,7 +86,11 @@ impl Standing {
     pub fn tokens(&self) -> Option<(u64, u64, u64)> {
         let u = &self.used;
         [
-            (self.limits.tokens_per_minute, u.minute_tokens, self.resets.0),
+            (
+                self.limits.tokens_per_minute,
+                u.minute_tokens,
+                self.resets.0,
+            ),
             (self.limits.tokens_per_day, u.day_tokens, self.resets.1),
             (self.limits.tokens_per_month, u.month_tokens, self.resets.2),
         ]
@@ -244,8 +248,11 @@ impl Local {
             limits.requests_per_minute,
             fleet.minute_requests,
             self.pending.requests + 1,
-        ) || over(limits.tokens_per_minute, fleet.minute_tokens, unsynced_tokens)
-            || over(limits.tokens_per_day, fleet.day_tokens, unsynced_tokens)
+        ) || over(
+            limits.tokens_per_minute,
+            fleet.minute_tokens,
+            unsynced_tokens,
+        ) || over(limits.tokens_per_day, fleet.day_tokens, unsynced_tokens)
             || over(limits.tokens_per_month, fleet.month_tokens, unsynced_tokens)
     }
 }
@@ -345,14 +352,19 @@ impl Limiter {
         local.seen_at = Some(Instant::now());
         let view = local.view(keys);
         let resets = WindowKeys::resets(now);
-        let over = |limit: Option<u64>, used: u64, more: u64| limit.is_some_and(|l| used + more > l);
+        let over =
+            |limit: Option<u64>, used: u64, more: u64| limit.is_some_and(|l| used + more > l);
         let refused = if over(limits.requests_per_minute, view.minute_requests, 1) {
             Some((Which::RequestsPerMinute, resets.0))
         } else if over(limits.tokens_per_month, view.month_tokens, estimate.max(1)) {
             Some((Which::TokensPerMonth, resets.2))
         } else if over(limits.tokens_per_day, view.day_tokens, estimate.max(1)) {
             Some((Which::TokensPerDay, resets.1))
-        } else if over(limits.tokens_per_minute, view.minute_tokens, estimate.max(1)) {
+        } else if over(
+            limits.tokens_per_minute,
+            view.minute_tokens,
+            estimate.max(1),
+        ) {
             Some((Which::TokensPerMinute, resets.0))
         } else {
             None
@@ -410,7 +422,9 @@ impl Limiter {
     /// Writes what this process admitted for `tenant` and reads back the fleet's totals.
     pub async fn sync(&self, store: &dyn Store, tenant: &TenantId) {
         let pending = match self.shared.tenants.lock() {
-            Ok(mut tenants) => std::mem::take(&mut tenants.entry(tenant.clone()).or_default().pending),
+            Ok(mut tenants) => {
+                std::mem::take(&mut tenants.entry(tenant.clone()).or_default().pending)
+            }
             Err(_) => return,
         };
         let keys = WindowKeys::at(Utc::now());

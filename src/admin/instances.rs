@@ -16,8 +16,8 @@ use crate::auth::admin::{AdminPrincipal, AdminRole};
 use crate::auth::keys::AccessKey;
 use crate::domain::audit::action;
 use crate::domain::authority::{self, DisabledBy};
-use crate::domain::{AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash,
-    PreviousKey,
+use crate::domain::{
+    AgentInstance, AuditEntry, AuditOutcome, InstanceId, InstanceStatus, KeyHash, PreviousKey,
 };
 use crate::secrets::{CredentialBundle, SecretName};
 use crate::state::App;

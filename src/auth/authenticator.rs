@@ -227,15 +227,14 @@ impl Authenticator {
             .as_ref()
             .and_then(|i| i.previous_key_at(Utc::now()))
             .cloned();
-        if let (None, Some(previous), Some(presented)) = (&matched, previous, &key) {
-            if self
+        if let (None, Some(previous), Some(presented)) = (&matched, previous, &key)
+            && self
                 .hasher
                 .verify(Some(presented), Some(previous.hash.as_str()))
                 .await
                 .map_err(|e| AuthError::Internal(e.into()))?
-            {
-                matched = Some((previous.version, Some(previous.expires_at)));
-            }
+        {
+            matched = Some((previous.version, Some(previous.expires_at)));
         }
         let verified = matched.is_some();
         let instance = match instance {

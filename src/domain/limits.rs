@@ -111,7 +111,12 @@ mod tests {
         let t0 = WindowKeys::at(at("2026-12-31T23:59:30Z"));
         let w = LimitWindows::default().plus(t0, add).plus(t0, add);
         assert_eq!(
-            (w.minute_tokens, w.minute_requests, w.day_tokens, w.month_tokens),
+            (
+                w.minute_tokens,
+                w.minute_requests,
+                w.day_tokens,
+                w.month_tokens
+            ),
             (20, 2, 20, 20)
         );
         let same_minute = WindowKeys::at(at("2026-12-31T23:59:59Z"));
@@ -119,7 +124,12 @@ mod tests {
         // A new minute, day, month and year at once.
         let next = w.plus(WindowKeys::at(at("2027-01-01T00:00:00Z")), add);
         assert_eq!(
-            (next.minute_tokens, next.minute_requests, next.day_tokens, next.month_tokens),
+            (
+                next.minute_tokens,
+                next.minute_requests,
+                next.day_tokens,
+                next.month_tokens
+            ),
             (10, 1, 10, 10)
         );
         // A new minute of the same day and month keeps the budgets.
@@ -135,10 +145,7 @@ mod tests {
 
     #[test]
     fn resets_count_to_the_end_of_each_window() {
-        assert_eq!(
-            WindowKeys::resets(at("2026-12-31T23:59:30Z")),
-            (30, 30, 30)
-        );
+        assert_eq!(WindowKeys::resets(at("2026-12-31T23:59:30Z")), (30, 30, 30));
         assert_eq!(
             WindowKeys::resets(at("2026-02-28T00:00:00Z")),
             (60, 86_400, 86_400)

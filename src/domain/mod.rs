@@ -4,8 +4,8 @@ pub mod audit;
 pub mod authority;
 pub mod conversation;
 pub mod ids;
-pub mod limits;
 pub mod instance;
+pub mod limits;
 pub mod refresh;
 pub mod settings;
 pub mod usage;
@@ -17,8 +17,8 @@ pub use conversation::{
 };
 pub use ids::{InstanceId, TenantId};
 pub use instance::{
-    AgentInstance, AgentRef, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash, PreviousKey,
-    Provider,
+    AgentInstance, AgentRef, AgentType, ConfigField, InstanceConfig, InstanceStatus, KeyHash,
+    PreviousKey, Provider,
 };
 pub use refresh::{JobState, KnowledgeDocument, RefreshJob};
 pub use settings::InstanceSettings;

@@ -89,7 +89,9 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
             "the body, when given, is JSON: Content-Type: application/json".into(),
         ))
     } else if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        Err(ApiError::bad_request("the body, when given, is a JSON object"))
+        Err(ApiError::bad_request(
+            "the body, when given, is a JSON object",
+        ))
     } else {
         parse_json(&bytes)
     }

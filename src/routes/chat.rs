@@ -155,11 +155,9 @@ pub async fn chat(
         let event = event.unwrap_or_else(|_| Event::default().event("error"));
         Some((Ok::<_, Infallible>(event), rx))
     });
-    Ok(standing.on(
-        Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response(),
-    ))
+    Ok(standing.on(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()))
 }
 
 /// The `done` event of a streamed turn: the answer's metadata, not its text.

@@ -777,8 +777,11 @@ async fn rotation_with_grace_keeps_the_old_key_and_its_tokens_until_the_grace_en
     assert_eq!(body["keyVersion"], 2);
     assert_eq!(body["previousKeyVersion"], 1);
     assert_eq!(body["previousKeyLast4"], created.key[36..]);
-    let expires: chrono::DateTime<chrono::Utc> =
-        body["previousKeyExpiresAt"].as_str().unwrap().parse().unwrap();
+    let expires: chrono::DateTime<chrono::Utc> = body["previousKeyExpiresAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(expires > before + chrono::Duration::seconds(2));
     assert!(expires <= chrono::Utc::now() + chrono::Duration::seconds(3));
 
@@ -922,7 +925,12 @@ async fn revoke_previous_key_ends_the_grace_at_once_and_is_audited() {
     let revocations = by("agent_instance.revoke_previous_key");
     assert_eq!(revocations.len(), 1, "{entries:?}");
     assert_eq!(revocations[0]["details"]["revokedKeyVersion"], 1);
-    assert!(revocations[0]["actor"].as_str().unwrap().starts_with("admin:"));
+    assert!(
+        revocations[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin:")
+    );
 }
 
 #[tokio::test]
@@ -939,7 +947,12 @@ async fn rotation_refuses_a_bad_grace_period_and_changes_nothing() {
         json!([]),
     ] {
         let resp = app
-            .request(Method::POST, &path, Some(&app.platform_token()), Some(body.clone()))
+            .request(
+                Method::POST,
+                &path,
+                Some(&app.platform_token()),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
     }
@@ -967,15 +980,26 @@ async fn rotation_refuses_a_bad_grace_period_and_changes_nothing() {
     }
     // Nothing changed: the key is the same one, at version 1.
     let view: Value = app
-        .get(&format!("/admin/agent-instances/{}", created.id), &app.platform_token())
+        .get(
+            &format!("/admin/agent-instances/{}", created.id),
+            &app.platform_token(),
+        )
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(view["keyVersion"], 1);
-    assert_eq!(app.exchange("acme", &created.key).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.exchange("acme", &created.key).await.status(),
+        StatusCode::OK
+    );
     // The longest grace is accepted.
-    let body = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 604_800}))).await;
+    let body = rotate(
+        &app,
+        &created.id,
+        Some(json!({"gracePeriodSeconds": 604_800})),
+    )
+    .await;
     assert_eq!(body["previousKeyVersion"], 1);
     // A rotation during a grace replaces the older key: two keys at most.
     let second = rotate(&app, &created.id, Some(json!({"gracePeriodSeconds": 60}))).await;

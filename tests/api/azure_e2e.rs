@@ -463,7 +463,10 @@ fn two_processes_on_one_cosmos_database_enforce_one_limit() {
     let ((sa, ra), (sb, rb)) = (ta.join().unwrap(), tb.join().unwrap());
     let served = sa + sb;
     eprintln!("limit {LIMIT}: served {sa} + {sb} = {served}, refused {ra} + {rb}");
-    assert!(ra >= 10 && rb >= 10, "both processes refused once over the limit");
+    assert!(
+        ra >= 10 && rb >= 10,
+        "both processes refused once over the limit"
+    );
     assert!(sa > 0 && sb > 0, "both processes served");
     assert!(served >= LIMIT * 9 / 10, "served {served} of {LIMIT}");
     assert!(

@@ -41,7 +41,13 @@ async fn a_company_over_its_request_rate_gets_429_with_headers_and_another_is_un
     let acme = company(&app, &sim, "acme", "gpt-4o-acme").await;
     let beta = company(&app, &sim, "beta", "gpt-4o-beta").await;
     let platform = app.platform_token();
-    let resp = set_settings(&app, &acme.id, &platform, json!({"requestsPerMinute": 3, "tokensPerMinute": 1_000_000})).await;
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &platform,
+        json!({"requestsPerMinute": 3, "tokensPerMinute": 1_000_000}),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let acme_token = app.service_token("acme", &acme.key).await;
     let beta_token = app.service_token("beta", &beta.key).await;
@@ -49,22 +55,44 @@ async fn a_company_over_its_request_rate_gets_429_with_headers_and_another_is_un
     for left in [2, 1, 0] {
         let resp = chat(&app, &acme_token, json!({"message": "hello"})).await;
         assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(header(&resp, "x-ratelimit-limit-requests").as_deref(), Some("3"));
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-requests").as_deref(),
+            Some("3")
+        );
         assert_eq!(
             header(&resp, "x-ratelimit-remaining-requests"),
             Some(left.to_string())
         );
-        assert_eq!(header(&resp, "x-ratelimit-limit-tokens").as_deref(), Some("1000000"));
-        let remaining: u64 = header(&resp, "x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-tokens").as_deref(),
+            Some("1000000")
+        );
+        let remaining: u64 = header(&resp, "x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(remaining < 1_000_000);
-        assert!(header(&resp, "x-ratelimit-reset-requests").unwrap().ends_with('s'));
+        assert!(
+            header(&resp, "x-ratelimit-reset-requests")
+                .unwrap()
+                .ends_with('s')
+        );
     }
     let resp = chat(&app, &acme_token, json!({"message": "hello"})).await;
     let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(header(&resp, "x-ratelimit-remaining-requests").as_deref(), Some("0"));
+    assert_eq!(
+        header(&resp, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
     let problem = assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    assert!(problem["detail"].as_str().unwrap().contains("requestsPerMinute"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("requestsPerMinute"),
+        "{problem}"
+    );
     // The OpenAI surface answers the same limit in OpenAI's shape.
     let resp = app
         .request(
@@ -92,7 +120,13 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     let (app, sim) = setup(&[]).await;
     let acme = company(&app, &sim, "acme", "gpt-4o-acme").await;
     let platform = app.platform_token();
-    let resp = set_settings(&app, &acme.id, &platform, json!({"tokensPerDay": 1_000_000})).await;
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &platform,
+        json!({"tokensPerDay": 1_000_000}),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let token = app.service_token("acme", &acme.key).await;
     let resp = chat(&app, &token, json!({"message": "hello"})).await;
@@ -105,7 +139,10 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     let admin = app.admin_token("acme");
     let resp = set_settings(&app, &acme.id, &admin, json!({"tokensPerDay": used})).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    for settings in [json!({"tokensPerDay": used + 1}), json!({"tokensPerDay": null})] {
+    for settings in [
+        json!({"tokensPerDay": used + 1}),
+        json!({"tokensPerDay": null}),
+    ] {
         let resp = set_settings(&app, &acme.id, &admin, settings.clone()).await;
         let problem = assert_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
         assert_eq!(problem["field"], "settings.tokensPerDay", "{settings}");
@@ -114,8 +151,14 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     for _ in 0..2 {
         let resp = chat(&app, &token, json!({"message": "hello"})).await;
         assert!(header(&resp, "retry-after").is_some());
-        assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), Some(used.to_string()));
-        assert_eq!(header(&resp, "x-ratelimit-remaining-tokens").as_deref(), Some("0"));
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-tokens"),
+            Some(used.to_string())
+        );
+        assert_eq!(
+            header(&resp, "x-ratelimit-remaining-tokens").as_deref(),
+            Some("0")
+        );
         assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
     }
     let resp = app
@@ -129,9 +172,7 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "insufficient_quota");
-    let audited = app
-        .audit("companyId=acme&action=limits.exhausted")
-        .await;
+    let audited = app.audit("companyId=acme&action=limits.exhausted").await;
     assert_eq!(audited.len(), 1, "{audited:?}");
     assert_eq!(audited[0]["details"]["limit"], "tokensPerDay");
 
@@ -151,7 +192,13 @@ async fn a_spent_budget_is_quota_exceeded_audited_once_and_only_a_platform_admin
     assert!(limits[0]["resetsInSeconds"].as_u64().unwrap() <= 86_400);
 
     // The platform admin raises it: served again.
-    let resp = set_settings(&app, &acme.id, &platform, json!({"tokensPerDay": used * 100})).await;
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &platform,
+        json!({"tokensPerDay": used * 100}),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = chat(&app, &token, json!({"message": "hello"})).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -170,6 +217,9 @@ async fn limits_are_validated() {
     ] {
         let resp = set_settings(&app, &acme.id, &app.platform_token(), bad.clone()).await;
         let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
-        assert!(problem["field"].as_str().unwrap().starts_with("settings."), "{bad}");
+        assert!(
+            problem["field"].as_str().unwrap().starts_with("settings."),
+            "{bad}"
+        );
     }
 }

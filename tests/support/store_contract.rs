@@ -616,10 +616,19 @@ pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Stor
     store.add_usage(&a, day, 1, 1, 1).await.unwrap();
     let t0 = WindowKeys::at("2026-11-20T10:00:05Z".parse().unwrap());
     let add = |tokens, requests| WindowAdd { tokens, requests };
-    let w = store.add_to_limit_windows(&a, t0, add(10, 1)).await.unwrap();
-    assert_eq!((w.minute_tokens, w.minute_requests, w.day_tokens), (10, 1, 10));
+    let w = store
+        .add_to_limit_windows(&a, t0, add(10, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (w.minute_tokens, w.minute_requests, w.day_tokens),
+        (10, 1, 10)
+    );
     let w = store.add_to_limit_windows(&a, t0, add(5, 2)).await.unwrap();
-    assert_eq!((w.minute_tokens, w.minute_requests, w.month_tokens), (15, 3, 15));
+    assert_eq!(
+        (w.minute_tokens, w.minute_requests, w.month_tokens),
+        (15, 3, 15)
+    );
     // An empty addition reads.
     let read = store.add_to_limit_windows(&a, t0, add(0, 0)).await.unwrap();
     assert_eq!(read, w);
@@ -630,7 +639,12 @@ pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Stor
     let t1 = WindowKeys::at("2026-11-20T10:01:00Z".parse().unwrap());
     let w = store.add_to_limit_windows(&a, t1, add(1, 1)).await.unwrap();
     assert_eq!(
-        (w.minute_tokens, w.minute_requests, w.day_tokens, w.month_tokens),
+        (
+            w.minute_tokens,
+            w.minute_requests,
+            w.day_tokens,
+            w.month_tokens
+        ),
         (1, 1, 16, 16)
     );
     // Concurrent additions are all counted.

@@ -7,11 +7,11 @@ use chrono::{Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AgentType, TenantId, UsageRecord};
-use crate::store::TenantScope;
 use crate::error::ApiError;
 use crate::http::extract::AdminAuth;
 use crate::routes::ApiQuery;
 use crate::state::AppState;
+use crate::store::TenantScope;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
