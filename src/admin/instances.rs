@@ -119,6 +119,39 @@ fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
     });
 }
 
+/// A company admin's new instance keeps the limits of the company's latest earlier one (a
+/// disabled one included): disabling and re-creating must not lift them.
+async fn limits_carried_over(app: &App, next: &AgentInstance) -> Result<(), AdminError> {
+    let page = PageRequest {
+        limit: 100,
+        continuation_token: None,
+    };
+    let earlier = app
+        .store
+        .list_instances(
+            &TenantScope::Tenant(next.tenant_id.clone()),
+            &InstanceFilter::default(),
+            &page,
+        )
+        .await
+        .map_err(AdminError::store_as("agent instance"))?;
+    let Some(latest) = earlier
+        .items
+        .iter()
+        .filter(|i| !i.settings.limits().is_empty())
+        .max_by_key(|i| i.updated_at)
+    else {
+        return Ok(());
+    };
+    authority::limits_only_lowered(latest, next).map_err(|refusal| match refusal {
+        authority::Refusal::Forbidden { field, reason } => AdminError::ForbiddenField {
+            field: field.into(),
+            detail: format!("{reason} (the company's earlier instance had it)"),
+        },
+        authority::Refusal::Invalid { field, reason } => AdminError::invalid(field, reason),
+    })
+}
+
 /// A company's managed identity belongs to that company alone: binding one that another
 /// company's instance uses would give each the other's resources (409). Checked across every
 /// company — a platform admin's rare write — only when the identity changes.
@@ -249,6 +282,9 @@ pub async fn create(
         knowledge_sas,
         credentials.is_some() || referenced.is_some(),
     )?;
+    if !matches!(admin.role, AdminRole::PlatformAdmin) {
+        limits_carried_over(app, &instance).await?;
+    }
     identity_unshared(app, None, &instance).await?;
     instance.keyvault_secret_id = match (&credentials, &referenced) {
         (Some(bundle), _) => Some(

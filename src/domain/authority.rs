@@ -140,23 +140,8 @@ fn company_admin(change: &Change<'_>) -> Result<(), Refusal> {
             });
         }
     }
-    // Limits: a company admin may lower them (or set one where there is none), never raise
-    // or remove one.
     if let Some(current) = change.current {
-        let (now, then) = (current.settings.limits(), next.settings.limits());
-        for key in super::settings::LIMITS {
-            if let Some(limit) = now.named(key)
-                && then.named(key).is_none_or(|n| n > limit)
-            {
-                return Err(Refusal::Forbidden {
-                    field: limit_field(key),
-                    reason: format!(
-                        "settings.{key} is {limit}: a company admin may only lower it; a \
-                         platform admin raises or removes it"
-                    ),
-                });
-            }
-        }
+        limits_only_lowered(current, next)?;
     }
     if let Some(current) = change.current
         && current.status == InstanceStatus::Disabled
@@ -169,6 +154,26 @@ fn company_admin(change: &Change<'_>) -> Result<(), Refusal> {
                      re-enable it"
                 .into(),
         });
+    }
+    Ok(())
+}
+
+/// A company admin may lower a limit (or set one where there is none), never raise or remove
+/// one: `next`'s limits against `current`'s (for a create, the company's earlier instance).
+pub fn limits_only_lowered(current: &AgentInstance, next: &AgentInstance) -> Result<(), Refusal> {
+    let (now, then) = (current.settings.limits(), next.settings.limits());
+    for key in super::settings::LIMITS {
+        if let Some(limit) = now.named(key)
+            && then.named(key).is_none_or(|n| n > limit)
+        {
+            return Err(Refusal::Forbidden {
+                field: limit_field(key),
+                reason: format!(
+                    "settings.{key} is {limit}: a company admin may only lower it; a platform \
+                     admin raises or removes it"
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -673,3 +673,122 @@ async fn a_company_admin_cannot_aim_its_telemetry_at_a_private_or_foreign_endpoi
     assert!(audit.contains("appInsightsConnectionString"), "{audit}");
     assert!(!audit.contains(IKEY), "{audit}");
 }
+
+#[tokio::test]
+async fn a_company_admin_cannot_raise_remove_or_rotate_around_its_limits() {
+    let app = spawn().await;
+    let created = app
+        .create_instance_with(
+            "acme",
+            json!({"settings": {"tokensPerMinute": 1000, "requestsPerMinute": 10,
+                                "tokensPerDay": 10_000, "tokensPerMonth": 100_000}}),
+        )
+        .await;
+    let id = &created.id;
+    let acme = app.admin_token("acme");
+    for (key, value) in [
+        ("tokensPerMinute", json!(1001)),
+        ("requestsPerMinute", json!(11)),
+        ("tokensPerDay", json!(10_001)),
+        ("tokensPerMonth", json!(1_000_000_000_000u64)),
+        ("tokensPerMinute", Value::Null),
+        ("tokensPerMonth", Value::Null),
+    ] {
+        let field = format!("settings.{key}");
+        refused_patch(
+            &app,
+            &acme,
+            id,
+            json!({"settings": { key: value }}),
+            StatusCode::FORBIDDEN,
+            &field,
+        )
+        .await;
+        // Hidden among allowed changes, the same.
+        refused_patch(
+            &app,
+            &acme,
+            id,
+            json!({"model": "gpt-4o-mini", "settings": {"temperature": 0.1, key: value}}),
+            StatusCode::FORBIDDEN,
+            &field,
+        )
+        .await;
+    }
+    // Lowering is its own right.
+    let resp = app
+        .request(
+            Method::PATCH,
+            &format!("/admin/agent-instances/{id}"),
+            Some(&acme),
+            Some(json!({"settings": {"tokensPerMinute": 500}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["settings"]["tokensPerMinute"], 500);
+    assert_eq!(view["settings"]["tokensPerDay"], 10_000);
+
+    // Disabling and creating a fresh instance does not lift them either.
+    let resp = app
+        .request(
+            Method::DELETE,
+            &format!("/admin/agent-instances/{id}"),
+            Some(&acme),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    for settings in [
+        json!({}),
+        json!({"tokensPerMinute": 500, "requestsPerMinute": 10, "tokensPerDay": 10_000}),
+        json!({"tokensPerMinute": 501, "requestsPerMinute": 10, "tokensPerDay": 10_000, "tokensPerMonth": 100_000}),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/admin/agent-instances",
+                Some(&acme),
+                Some(json!({"companyId": "acme", "agentType": "SOPHIA", "settings": settings})),
+            )
+            .await;
+        let problem = assert_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
+        assert!(
+            problem["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("settings.tokensPer"),
+            "{problem}"
+        );
+    }
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&acme),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA", "settings":
+                {"tokensPerMinute": 400, "requestsPerMinute": 10, "tokensPerDay": 10_000, "tokensPerMonth": 100_000}})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // A platform admin is not bound by it.
+    let again: Value = resp.json().await.unwrap();
+    let resp = app
+        .request(
+            Method::DELETE,
+            &format!("/admin/agent-instances/{}", again["id"].as_str().unwrap()),
+            Some(&app.platform_token()),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app
+        .request(
+            Method::POST,
+            "/admin/agent-instances",
+            Some(&app.platform_token()),
+            Some(json!({"companyId": "acme", "agentType": "SOPHIA"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
