@@ -223,3 +223,66 @@ async fn limits_are_validated() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_company_over_its_tokens_per_minute_gets_429_and_another_is_unaffected() {
+    let (app, sim) = setup(&[]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o-acme").await;
+    let beta = company(&app, &sim, "beta", "gpt-4o-beta").await;
+    let platform = app.platform_token();
+    let both = json!({"tokensPerMinute": 1_000_000});
+    for id in [&acme.id, &beta.id] {
+        assert_eq!(
+            set_settings(&app, id, &platform, both.clone())
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let acme_token = app.service_token("acme", &acme.key).await;
+    let beta_token = app.service_token("beta", &beta.key).await;
+    early_in_a_minute().await;
+    let resp = chat(&app, &acme_token, json!({"message": "hello"})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let used = resp.json::<Value>().await.unwrap()["usage"]["totalTokens"]
+        .as_u64()
+        .unwrap();
+    // One token of room left this minute: the next turn's prompt does not fit.
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &platform,
+        json!({"tokensPerMinute": used + 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = chat(&app, &acme_token, json!({"message": "hello again"})).await;
+    assert_eq!(
+        header(&resp, "x-ratelimit-limit-tokens"),
+        Some((used + 1).to_string())
+    );
+    assert_eq!(
+        header(&resp, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("1")
+    );
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let problem = assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("tokensPerMinute"),
+        "{problem}"
+    );
+    // beta's window is its own.
+    for _ in 0..3 {
+        let resp = chat(&app, &beta_token, json!({"message": "hello"})).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let remaining: u64 = header(&resp, "x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(remaining > 999_000);
+    }
+}
