@@ -7,8 +7,9 @@
 //! the turn settles with its real usage. It syncs — writes what it admitted, reads back the
 //! fleet's totals — in the background every `SYNC_EVERY`, and synchronously, before admitting,
 //! when what it has admitted unsynced would exceed `SHARE` of what the fleet has left of a
-//! limit (and the first time it sees a company). So a warm window costs one mutex and a map
-//! lookup, and going over a limit is bounded:
+//! limit (and the first time it sees a company). A company with nothing to write has the
+//! fleet's totals re-read at most every second while it is in use. So a warm window costs one
+//! mutex and a map lookup, and going over a limit is bounded:
 //!
 //! **Tolerance**: `N` instances together admit at most `N × SHARE` (5 %) of a limit beyond
 //! it — two instances stay within 10 % — plus, for tokens, the difference between estimated
@@ -32,6 +33,10 @@ use crate::store::Store;
 pub const SHARE: f64 = 0.05;
 /// How often the background sync runs.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// A company with nothing to write has the fleet's totals re-read at most this often …
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// … and only while it was seen this recently.
+const BUSY: Duration = Duration::from_secs(10);
 /// A company not seen for this long is forgotten (after its last admissions are written).
 const IDLE: Duration = Duration::from_secs(120);
 
@@ -331,6 +336,29 @@ impl Limiter {
         limits: Limits,
         estimate: u64,
     ) -> Result<Reservation, Refused> {
+        self.decide(store, tenant, limits, estimate, true).await
+    }
+
+    /// Whether a request of `tenant` could be admitted at all now (its windows have room for
+    /// one more request and one more token), without reserving anything: the cheap check
+    /// before a turn does its retrieval.
+    pub async fn has_room(
+        &self,
+        store: &dyn Store,
+        tenant: &TenantId,
+        limits: Limits,
+    ) -> Result<(), Refused> {
+        self.decide(store, tenant, limits, 0, false).await.map(drop)
+    }
+
+    async fn decide(
+        &self,
+        store: &dyn Store,
+        tenant: &TenantId,
+        limits: Limits,
+        estimate: u64,
+        reserve: bool,
+    ) -> Result<Reservation, Refused> {
         if limits.is_empty() {
             return Ok(Reservation::unlimited(tenant));
         }
@@ -387,6 +415,9 @@ impl Limiter {
                 },
                 first_in_window,
             });
+        }
+        if !reserve {
+            return Ok(Reservation::unlimited(tenant));
         }
         local.pending.requests += 1;
         local.reserved += estimate;
@@ -462,12 +493,15 @@ impl Limiter {
                 let mut active = Vec::new();
                 let mut idle = Vec::new();
                 for (tenant, local) in tenants.iter() {
-                    let recent = local
-                        .seen_at
-                        .is_some_and(|at| now.duration_since(at) < IDLE);
-                    if recent || !local.pending.is_empty() {
+                    let seen = local.seen_at.map(|at| now.duration_since(at));
+                    let stale = local
+                        .synced_at
+                        .is_none_or(|at| now.duration_since(at) >= REFRESH_EVERY);
+                    // Writes whenever there is something to write; reads the other
+                    // instances' use for a company in use right now, at most every second.
+                    if !local.pending.is_empty() || (seen.is_some_and(|d| d < BUSY) && stale) {
                         active.push(tenant.clone());
-                    } else if local.reserved == 0 {
+                    } else if seen.is_none_or(|d| d >= IDLE) && local.reserved == 0 {
                         idle.push(tenant.clone());
                     }
                 }
@@ -581,6 +615,8 @@ mod tests {
         let refused = limiter.admit(&store, &acme, l, 60).await.err().unwrap();
         assert_eq!(refused.which, Which::TokensPerMinute);
         assert!(refused.retry_after_secs >= 1 && refused.retry_after_secs <= 60);
+        // Room for one more request and token, but not for 60 more tokens.
+        assert!(limiter.has_room(&store, &acme, l).await.is_ok());
         // The turn used only 10: now it fits.
         first.settle(10);
         let second = limiter.admit(&store, &acme, l, 60).await.unwrap();

@@ -216,6 +216,16 @@ impl Turn {
             Some(Ok(agent)) => Some(agent.clone()),
             Some(Err(e)) => return Err(ChatError::NotConfigured(e.clone())),
         };
+        // A company out of room is refused before any retrieval or conversation read.
+        let limits = runtime.instance.settings.limits();
+        if !limits.is_empty()
+            && let Err(refused) = app
+                .limits
+                .has_room(app.store.as_ref(), &caller.tenant, limits)
+                .await
+        {
+            return Err(refusal(app, &caller, limits, refused).await);
+        }
         let endpoint = match &foundry {
             Some(agent) => Arc::clone(&agent.endpoint),
             None => runtime.chat.clone().map_err(ChatError::NotConfigured)?,
@@ -518,26 +528,35 @@ pub(crate) async fn admit(
         .await
     {
         Ok(reservation) => Ok(reservation),
-        Err(refused) => {
-            tracing::info!(tenant.id = %caller.tenant, limit = refused.which.name(), "request refused: {}", refused.detail());
-            if refused.first_in_window {
-                let entry = crate::domain::AuditEntry::new(
-                    caller.tenant.clone(),
-                    crate::domain::audit::action::LIMIT_EXHAUSTED,
-                    format!("client:{}", caller.tenant),
-                    crate::domain::AuditOutcome::Failure,
-                )
-                .instance(caller.instance)
-                .details(serde_json::json!({
-                    "limit": refused.which.name(),
-                    "value": limits.named(refused.which.name()),
-                    "resetsInSeconds": refused.retry_after_secs,
-                }));
-                app.audit(entry).await;
-            }
-            Err(ChatError::OverLimit(Box::new(refused)))
-        }
+        Err(refused) => Err(refusal(app, caller, limits, refused).await),
     }
+}
+
+/// A refusal by the company's limits, logged (and audited, the first of a budget in its
+/// window).
+async fn refusal(
+    app: &App,
+    caller: &Caller,
+    limits: crate::domain::settings::Limits,
+    refused: crate::limits::Refused,
+) -> ChatError {
+    tracing::info!(tenant.id = %caller.tenant, limit = refused.which.name(), "request refused: {}", refused.detail());
+    if refused.first_in_window {
+        let entry = crate::domain::AuditEntry::new(
+            caller.tenant.clone(),
+            crate::domain::audit::action::LIMIT_EXHAUSTED,
+            format!("client:{}", caller.tenant),
+            crate::domain::AuditOutcome::Failure,
+        )
+        .instance(caller.instance)
+        .details(serde_json::json!({
+            "limit": refused.which.name(),
+            "value": limits.named(refused.which.name()),
+            "resetsInSeconds": refused.retry_after_secs,
+        }));
+        app.audit(entry).await;
+    }
+    ChatError::OverLimit(Box::new(refused))
 }
 
 /// How a finished upstream answer ended, before it is recorded.
