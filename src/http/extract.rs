@@ -73,6 +73,11 @@ pub async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErro
     })
 }
 
+/// A body that may be absent or `{}` and has no fields (anything else is a 400).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
 /// An optional JSON body: empty (or whitespace) gives `T::default()`; a body with a
 /// non-JSON `Content-Type` is a 415; anything else parses strictly.
 pub async fn optional_json<T: DeserializeOwned + Default>(

@@ -6,22 +6,16 @@ use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::diagnostics::{self, Report};
 use crate::domain::audit::action;
 use crate::domain::{AgentInstance, AuditEntry, AuditOutcome};
 use crate::error::{ApiError, NotFoundAs};
 use crate::http::extract::{
-    AdminAuth, ClientAddress, ServiceAuth, optional_json, parse_instance_id,
+    AdminAuth, ClientAddress, EmptyBody, ServiceAuth, optional_json, parse_instance_id,
 };
 use crate::state::{App, AppState};
 use crate::store::TenantScope;
-
-/// The body is optional and has no fields today (`{}` is accepted).
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ConfigTestBody {}
 
 async fn run_and_audit(
     app: &App,
@@ -56,7 +50,8 @@ pub async fn config_test(
     ClientAddress(client): ClientAddress,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let ConfigTestBody {} = optional_json(req, &app).await?;
+    // The body is optional and has no fields today (`{}` is accepted).
+    let EmptyBody {} = optional_json(req, &app).await?;
     let instance = app
         .store
         .get_instance(&TenantScope::Tenant(claims.company_id.clone()), &claims.sub)
@@ -75,7 +70,8 @@ pub async fn admin_config_test(
     req: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let ConfigTestBody {} = optional_json(req, &app).await?;
+    // The body is optional and has no fields today (`{}` is accepted).
+    let EmptyBody {} = optional_json(req, &app).await?;
     let instance = app
         .store
         .get_instance(&admin.scope(), &id)

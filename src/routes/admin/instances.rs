@@ -16,7 +16,7 @@ use crate::admin::views::{
 use crate::domain::AgentInstance;
 use crate::error::ApiError;
 use crate::http::extract::{
-    AdminAuth, ApiJson, ClientAddress, optional_json, page_limit, parse_instance_id,
+    AdminAuth, ApiJson, ClientAddress, EmptyBody, optional_json, page_limit, parse_instance_id,
 };
 use crate::routes::ApiQuery;
 use crate::state::AppState;
@@ -193,7 +193,7 @@ pub async fn revoke_previous_key(
     req: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_instance_id(&id)?;
-    let NoBody {} = optional_json(req, &app).await?;
+    let EmptyBody {} = optional_json(req, &app).await?;
     let current = service::load(&app, &admin, &id).await?;
     check_if_match(&headers, &current)?;
     let stored = service::revoke_previous_key(&app, &admin, &client, current).await?;
@@ -204,11 +204,6 @@ pub async fn revoke_previous_key(
         false,
     ))
 }
-
-/// A body that may be absent or `{}`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct NoBody {}
 
 /// `POST /admin/agent-instances/{id}/provision` — (re)provisions a `foundry` instance's vector
 /// store and agent in its Foundry project; idempotent.
