@@ -78,30 +78,19 @@ pub struct Standing {
 impl Standing {
     /// `(limit, remaining, reset seconds)` of the requests-per-minute limit.
     pub fn requests(&self) -> Option<(u64, u64, u64)> {
-        self.limits.requests_per_minute.map(|l| {
-            (
-                l,
-                l.saturating_sub(self.used.minute_requests),
-                self.resets.0,
-            )
-        })
+        self.each()
+            .into_iter()
+            .find(|e| e.0 == "requestsPerMinute")
+            .map(|(_, limit, used, reset)| (limit, limit.saturating_sub(used), reset))
     }
 
     /// `(limit, remaining, reset seconds)` of the token limit with the least left.
     pub fn tokens(&self) -> Option<(u64, u64, u64)> {
-        let u = &self.used;
-        [
-            (
-                self.limits.tokens_per_minute,
-                u.minute_tokens,
-                self.resets.0,
-            ),
-            (self.limits.tokens_per_day, u.day_tokens, self.resets.1),
-            (self.limits.tokens_per_month, u.month_tokens, self.resets.2),
-        ]
-        .into_iter()
-        .filter_map(|(limit, used, reset)| limit.map(|l| (l, l.saturating_sub(used), reset)))
-        .min_by_key(|(_, remaining, _)| *remaining)
+        self.each()
+            .into_iter()
+            .filter(|e| e.0 != "requestsPerMinute")
+            .map(|(_, limit, used, reset)| (limit, limit.saturating_sub(used), reset))
+            .min_by_key(|(_, remaining, _)| *remaining)
     }
 
     /// The limit each window reports, with what is used and left of it, by name.
@@ -158,26 +147,29 @@ impl Standing {
     /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits the
     /// company has (none for a company without limits).
     pub fn write_headers(&self, headers: &mut http::HeaderMap) {
-        use http::HeaderValue;
-        for (kind, value) in [("requests", self.requests()), ("tokens", self.tokens())] {
+        use http::{HeaderName, HeaderValue};
+        const NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        for ([limit_name, remaining_name, reset_name], value) in
+            NAMES.into_iter().zip([self.requests(), self.tokens()])
+        {
             let Some((limit, remaining, reset)) = value else {
                 continue;
             };
-            let pairs = [
-                ("limit", HeaderValue::from(limit)),
-                ("remaining", HeaderValue::from(remaining)),
-                (
-                    "reset",
-                    HeaderValue::from_str(&reset_text(reset))
-                        .unwrap_or(HeaderValue::from_static("0s")),
-                ),
-            ];
-            for (what, v) in pairs {
-                if let Ok(name) =
-                    http::HeaderName::from_bytes(format!("x-ratelimit-{what}-{kind}").as_bytes())
-                {
-                    headers.insert(name, v);
-                }
+            headers.insert(limit_name, HeaderValue::from(limit));
+            headers.insert(remaining_name, HeaderValue::from(remaining));
+            if let Ok(reset) = HeaderValue::from_str(&reset_text(reset)) {
+                headers.insert(reset_name, reset);
             }
         }
     }
@@ -198,10 +190,9 @@ impl Refused {
     pub fn detail(&self) -> String {
         let limit = self
             .standing
-            .each()
-            .into_iter()
-            .find(|e| e.0 == self.which.name())
-            .map_or(0, |e| e.1);
+            .limits
+            .named(self.which.name())
+            .unwrap_or_default();
         format!(
             "the company's {} limit ({limit}) is reached; retry after {} s",
             self.which.name(),

@@ -95,7 +95,16 @@ fn authorize(
         credentials_changed,
         sophia_client_id: app.settings.azure_client_id.as_deref(),
     })
-    .map_err(|refusal| match refusal {
+    .map_err(|refusal| refused(admin, next, refusal))
+}
+
+/// An [`authority`] refusal as the admin API answers it (logged when forbidden).
+fn refused(
+    admin: &AdminPrincipal,
+    next: &AgentInstance,
+    refusal: authority::Refusal,
+) -> AdminError {
+    match refusal {
         authority::Refusal::Forbidden { field, reason } => {
             tracing::warn!(tenant.id = %next.tenant_id, admin.actor = %admin.actor(), field, "admin change refused: {reason}");
             AdminError::ForbiddenField {
@@ -104,7 +113,7 @@ fn authorize(
             }
         }
         authority::Refusal::Invalid { field, reason } => AdminError::invalid(field, reason),
-    })
+    }
 }
 
 /// Marks `next` disabled by this admin and revokes every token issued so far (they carry
@@ -121,7 +130,11 @@ fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
 
 /// A company admin's new instance keeps the limits of the company's latest earlier one (a
 /// disabled one included): disabling and re-creating must not lift them.
-async fn limits_carried_over(app: &App, next: &AgentInstance) -> Result<(), AdminError> {
+async fn limits_carried_over(
+    app: &App,
+    admin: &AdminPrincipal,
+    next: &AgentInstance,
+) -> Result<(), AdminError> {
     let page = PageRequest {
         limit: 100,
         continuation_token: None,
@@ -143,13 +156,7 @@ async fn limits_carried_over(app: &App, next: &AgentInstance) -> Result<(), Admi
     else {
         return Ok(());
     };
-    authority::limits_only_lowered(latest, next).map_err(|refusal| match refusal {
-        authority::Refusal::Forbidden { field, reason } => AdminError::ForbiddenField {
-            field: field.into(),
-            detail: format!("{reason} (the company's earlier instance had it)"),
-        },
-        authority::Refusal::Invalid { field, reason } => AdminError::invalid(field, reason),
-    })
+    authority::limits_only_lowered(latest, next).map_err(|refusal| refused(admin, next, refusal))
 }
 
 /// A company's managed identity belongs to that company alone: binding one that another
@@ -283,7 +290,7 @@ pub async fn create(
         credentials.is_some() || referenced.is_some(),
     )?;
     if !matches!(admin.role, AdminRole::PlatformAdmin) {
-        limits_carried_over(app, &instance).await?;
+        limits_carried_over(app, admin, &instance).await?;
     }
     identity_unshared(app, None, &instance).await?;
     instance.keyvault_secret_id = match (&credentials, &referenced) {
