@@ -39,6 +39,10 @@ pub struct Check {
     /// The model the chat deployment reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The failover deployment checked (`deployments[].name`): one `chatDeployment` check
+    /// per entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +78,7 @@ fn check(name: &'static str, started: Instant, result: Result<String, String>) -
         detail,
         skipped: false,
         model: None,
+        deployment: None,
     }
 }
 
@@ -85,6 +90,7 @@ fn skipped(name: &'static str, detail: impl Into<String>) -> Check {
         detail: detail.into(),
         skipped: true,
         model: None,
+        deployment: None,
     }
 }
 
@@ -160,6 +166,45 @@ fn throttled(endpoint: &ModelEndpoint) -> String {
     )
 }
 
+/// One chat deployment answers a one-token turn.
+async fn chat_check(
+    app: &App,
+    endpoint: &ModelEndpoint,
+    managed_identity: bool,
+    limit: Duration,
+) -> Check {
+    let started = Instant::now();
+    let messages = [WireMessage::text("user", "ping".into())];
+    let params = ChatParams {
+        max_tokens: Some(1),
+        ..Default::default()
+    };
+    let result = bounded(limit, service_name(endpoint), async {
+        match app.models.complete(endpoint, &messages, &params).await {
+            Ok(done) => Ok(Some(done.model)),
+            Err(UpstreamError::RateLimited { .. }) => Ok(None),
+            Err(e) => Err(model_failure(endpoint, managed_identity, e)),
+        }
+    })
+    .await;
+    let mut c = check(
+        "chatDeployment",
+        started,
+        result
+            .as_ref()
+            .map(|m| match m {
+                Some(model) => format!(
+                    "deployment '{}' answered (model {model})",
+                    endpoint.deployment
+                ),
+                None => throttled(endpoint),
+            })
+            .map_err(Clone::clone),
+    );
+    c.model = result.ok().flatten();
+    c
+}
+
 /// Runs every check for `instance`.
 pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     let limit = app.settings.config_test_timeout;
@@ -232,6 +277,7 @@ pub async fn run(app: &App, instance: &AgentInstance) -> Report {
     ]
     .into_iter()
     .flatten()
+    .chain(bundle.deployment_keys.iter().flat_map(|keys| keys.values()))
     .map(|s| s.expose_secret().to_owned())
     .filter(|s| s.len() >= 4)
     .collect();
@@ -286,42 +332,30 @@ async fn deployment_checks(
     limit: Duration,
     checks: &mut Vec<Check>,
 ) {
-    // 2. The chat deployment.
-    checks.push(match &runtime.chat {
-        Err(reason) => check("chatDeployment", Instant::now(), Err(reason.clone())),
-        Ok(endpoint) => {
-            let started = Instant::now();
-            let messages = [WireMessage::text("user", "ping".into())];
-            let params = ChatParams {
-                max_tokens: Some(1),
-                ..Default::default()
-            };
-            let result = bounded(limit, service_name(endpoint), async {
-                match app.models.complete(endpoint, &messages, &params).await {
-                    Ok(done) => Ok(Some(done.model)),
-                    Err(UpstreamError::RateLimited { .. }) => Ok(None),
-                    Err(e) => Err(model_failure(endpoint, managed_identity, e)),
+    // 2. The chat deployment — each of them, for an instance with failover deployments.
+    match &runtime.chat {
+        Err(reason) => checks.push(check("chatDeployment", Instant::now(), Err(reason.clone()))),
+        Ok(pool) => {
+            let now = Instant::now();
+            let each = pool.entries().iter().map(|entry| async move {
+                let mut c = match &entry.endpoint {
+                    Err(reason) => check("chatDeployment", Instant::now(), Err(reason.clone())),
+                    Ok(endpoint) => chat_check(app, endpoint, managed_identity, limit).await,
+                };
+                if let Some(name) = &entry.name {
+                    if c.ok && entry.breaker.is_open(now) {
+                        c.detail.push_str(
+                            "; its circuit was open (turns skipped it): a turn probes it again \
+                             once the breaker's time is up",
+                        );
+                    }
+                    c.deployment = Some(name.to_string());
                 }
-            })
-            .await;
-            let mut c = check(
-                "chatDeployment",
-                started,
-                result
-                    .as_ref()
-                    .map(|m| match m {
-                        Some(model) => format!(
-                            "deployment '{}' answered (model {model})",
-                            endpoint.deployment
-                        ),
-                        None => throttled(endpoint),
-                    })
-                    .map_err(Clone::clone),
-            );
-            c.model = result.ok().flatten();
-            c
+                c
+            });
+            checks.extend(futures_util::future::join_all(each).await);
         }
-    });
+    }
 
     // 3. The embedding deployment.
     checks.push(match &runtime.embeddings {

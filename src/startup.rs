@@ -337,6 +337,11 @@ pub async fn build_state_with(
         embedded: Arc::clone(&knowledge),
         data_dir: settings.data_dir.clone(),
         identities: identities.clone(),
+        breakers: Arc::default(),
+        breaker_policy: crate::llm::pool::BreakerPolicy {
+            failures: settings.breaker_failures,
+            open_for: settings.breaker_open_for,
+        },
     };
     Ok(Arc::new(App {
         extractor,

@@ -3,18 +3,39 @@
 //! before usage is read), so a chat turn never waits for a usage write.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
 
+use crate::domain::usage::Tally;
 use crate::domain::{TenantId, Usage};
 use crate::store::Store;
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Pending {
-    prompt: u64,
-    completion: u64,
-    requests: u64,
+    total: Tally,
+    /// Each failover deployment's share (few per company: a list, not a map).
+    deployments: Vec<(Arc<str>, Tally)>,
+}
+
+impl Pending {
+    fn merge(&mut self, other: Pending) {
+        self.total.merge(other.total);
+        for (name, tally) in other.deployments {
+            self.deployment(name).merge(tally);
+        }
+    }
+
+    fn deployment(&mut self, name: Arc<str>) -> &mut Tally {
+        let at = match self.deployments.iter().position(|(n, _)| *n == name) {
+            Some(at) => at,
+            None => {
+                self.deployments.push((name, Tally::default()));
+                self.deployments.len() - 1
+            }
+        };
+        &mut self.deployments[at].1
+    }
 }
 
 /// Pending usage, by (tenant, day).
@@ -25,14 +46,16 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// Adds one request's tokens for today (UTC).
-    pub fn record(&self, tenant: &TenantId, usage: Usage) {
+    /// Adds one request's tokens for today (UTC), and to `deployment`'s share when a failover
+    /// deployment answered it.
+    pub fn record(&self, tenant: &TenantId, usage: Usage, deployment: Option<&Arc<str>>) {
         let day = chrono::Utc::now().date_naive();
         if let Ok(mut pending) = self.pending.lock() {
             let entry = pending.entry((tenant.clone(), day)).or_default();
-            entry.prompt += usage.prompt_tokens;
-            entry.completion += usage.completion_tokens;
-            entry.requests += 1;
+            entry.total.add(usage);
+            if let Some(name) = deployment {
+                entry.deployment(Arc::clone(name)).add(usage);
+            }
         }
     }
 
@@ -44,16 +67,15 @@ impl UsageRecorder {
             Err(_) => return,
         };
         for ((tenant, day), p) in batch {
-            if let Err(e) = store
-                .add_usage(&tenant, day, p.prompt, p.completion, p.requests)
-                .await
-            {
+            let shares: Vec<(String, Tally)> = p
+                .deployments
+                .iter()
+                .map(|(name, tally)| (name.to_string(), *tally))
+                .collect();
+            if let Err(e) = store.add_usage(&tenant, day, p.total, &shares).await {
                 tracing::warn!(tenant.id = %tenant, error = ?e, "usage flush failed; will retry: {e:#}");
                 if let Ok(mut pending) = self.pending.lock() {
-                    let entry = pending.entry((tenant, day)).or_default();
-                    entry.prompt += p.prompt;
-                    entry.completion += p.completion;
-                    entry.requests += p.requests;
+                    pending.entry((tenant, day)).or_default().merge(p);
                 }
             }
         }

@@ -208,6 +208,9 @@ pub async fn create(
     admin.check_company(&body.company_id)?;
     let mut config = body.take_config();
     validate::config(&app.upstreams, &mut config)?;
+    if let Some(raw) = &body.deployments {
+        config.deployments = validate::deployments(&app.upstreams, raw)?;
+    }
     let settings = validate::settings(&body.settings.unwrap_or_default(), &app.upstreams)?;
     let credentials = body.credentials.filter(|c| !c.is_empty());
     if credentials.is_some() && body.keyvault_secret_id.is_some() {
@@ -385,6 +388,17 @@ pub async fn patch(
             &mut changed,
             |v| validate::config_field(&app.upstreams, field, v),
         )?;
+    }
+    match &patch.deployments {
+        Patch::Absent => {}
+        Patch::Null => {
+            next.config.deployments.clear();
+            changed.push("deployments");
+        }
+        Patch::Value(raw) => {
+            next.config.deployments = validate::deployments(&app.upstreams, raw)?;
+            changed.push("deployments");
+        }
     }
     match patch.provider {
         Patch::Absent => {}

@@ -104,6 +104,30 @@ pub fn project_endpoint(policy: &UpstreamPolicy, value: &str) -> Result<String, 
     Ok(normalised)
 }
 
+/// The deployments an admin listed (`deployments`): each entry's endpoint on the upstream
+/// policy and its deployment URL-safe, like `azureOpenaiEndpoint` and `azureOpenaiDeployment`.
+pub fn deployments(
+    policy: &UpstreamPolicy,
+    raw: &Value,
+) -> Result<Vec<crate::domain::deployments::Deployment>, AdminError> {
+    use crate::domain::deployments::{self, DeploymentError};
+    deployments::parse(raw, |field, kind, value| {
+        let checked = if kind == "endpoint" {
+            endpoint(policy, field, value)
+        } else {
+            deployment(field, value)
+        };
+        checked.map_err(|e| match e {
+            AdminError::Invalid { field, detail } => DeploymentError { field, detail },
+            other => DeploymentError {
+                field: field.to_owned(),
+                detail: other.to_string(),
+            },
+        })
+    })
+    .map_err(|e| AdminError::invalid(e.field, e.detail))
+}
+
 /// Every text field of a configuration given on create, checked (and normalised) in place.
 pub fn config(policy: &UpstreamPolicy, config: &mut InstanceConfig) -> Result<(), AdminError> {
     for field in ConfigField::ALL {
@@ -140,6 +164,35 @@ pub fn credentials(
     field: &str,
     bundle: &CredentialBundle,
 ) -> Result<(), AdminError> {
+    if let Some(keys) = &bundle.deployment_keys {
+        let at = |detail: String| {
+            let name = if field == "credentials" {
+                "credentials.deploymentKeys"
+            } else {
+                field
+            };
+            AdminError::invalid(name, detail)
+        };
+        if keys.len() > crate::domain::deployments::MAX_DEPLOYMENTS {
+            return Err(at(format!(
+                "must hold at most {} keys",
+                crate::domain::deployments::MAX_DEPLOYMENTS
+            )));
+        }
+        if let Some(bad) = keys
+            .keys()
+            .find(|n| !crate::domain::deployments::is_name(n))
+        {
+            return Err(at(format!(
+                "key names are 1-32 lower-case letters, digits or '-' (the name a deployment's \
+                 credential gives), not '{}'",
+                bad.chars().take(40).collect::<String>()
+            )));
+        }
+        if keys.values().any(|k| k.expose_secret().trim().is_empty()) {
+            return Err(at("keys must not be empty".into()));
+        }
+    }
     let Some(raw) = &bundle.app_insights_connection_string else {
         return Ok(());
     };

@@ -42,6 +42,8 @@ pub struct CreateInstance {
     pub azure_vector_store_id: Option<String>,
     pub azure_project_endpoint: Option<String>,
     pub azure_agent_id: Option<String>,
+    /// Checked by `validate::deployments` (each bad field named).
+    pub deployments: Option<Value>,
     pub settings: Option<Map<String, Value>>,
     pub credentials: Option<CredentialBundle>,
     pub keyvault_secret_id: Option<String>,
@@ -62,6 +64,7 @@ impl CreateInstance {
             azure_vector_store_id: self.azure_vector_store_id.take(),
             azure_project_endpoint: self.azure_project_endpoint.take(),
             azure_agent_id: self.azure_agent_id.take(),
+            deployments: Vec::new(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct PatchInstance {
     pub azure_vector_store_id: Patch<String>,
     pub azure_project_endpoint: Patch<String>,
     pub azure_agent_id: Patch<String>,
+    /// Replaces the list (`null` or `[]` clears it).
+    pub deployments: Patch<Value>,
     /// Merged into the stored settings (RFC 7386): a `null` member removes that key.
     pub settings: Patch<Map<String, Value>>,
     pub credentials: Patch<CredentialBundle>,

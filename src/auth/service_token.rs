@@ -271,6 +271,7 @@ mod tests {
                 azure_vector_store_id: None,
                 azure_project_endpoint: None,
                 azure_agent_id: None,
+                deployments: Vec::new(),
             },
             settings: Default::default(),
             keyvault_secret_id: None,

@@ -81,7 +81,7 @@ pub async fn embed(
     let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
     let prompt_tokens = answer.prompt_tokens.unwrap_or(estimate);
     let usage = Usage::new(prompt_tokens, 0);
-    app.usage.record(&caller.tenant, usage);
+    app.usage.record(&caller.tenant, usage, None);
     reservation.settle(usage.total_tokens);
     Ok(EmbeddingAnswer {
         vectors: answer.vectors,

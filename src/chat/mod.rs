@@ -14,7 +14,8 @@ use std::sync::Arc;
 use crate::domain::{
     Citation, ConversationId, InstanceId, ResponseRecord, StoredMessage, TenantId, ToolCall, Usage,
 };
-use crate::llm::{ChatExtras, ChatParams, ModelEndpoint, WireMessage, WireUsage};
+use crate::llm::pool::Pool;
+use crate::llm::{ChatExtras, ChatParams, WireMessage, WireUsage};
 use crate::secrets::SecretError;
 use crate::state::App;
 use crate::store::StoreError;
@@ -153,7 +154,10 @@ struct ResponseDraft {
 pub struct Turn {
     pub caller: Caller,
     pub runtime: Arc<TenantRuntime>,
-    endpoint: Arc<ModelEndpoint>,
+    /// The deployments the turn may go to (one but for an instance with failover).
+    pool: Arc<Pool>,
+    /// The failover deployment that answers (`None` for an instance with one deployment).
+    answered_by: Option<Arc<str>>,
     messages: Vec<WireMessage>,
     pub citations: Vec<Citation>,
     params: ChatParams,
@@ -226,7 +230,7 @@ impl Turn {
         {
             return Err(refusal(app, &caller, limits, refused).await);
         }
-        let endpoint = match &foundry {
+        let pool = match &foundry {
             Some(agent) => Arc::clone(&agent.endpoint),
             None => runtime.chat.clone().map_err(ChatError::NotConfigured)?,
         };
@@ -281,7 +285,7 @@ impl Turn {
                 extras,
             } => {
                 apply(&runtime, &mut params, model.as_deref(), overrides, extras)?;
-                native_responses = endpoint.has_responses();
+                native_responses = pool.primary().has_responses();
                 let (earlier, fork, previous_response_id) = match from {
                     None => (Vec::new(), false, None),
                     Some(Continue::Conversation(id)) => {
@@ -375,7 +379,8 @@ impl Turn {
             model: model.unwrap_or_else(|| runtime.model_name()),
             caller,
             runtime,
-            endpoint,
+            pool,
+            answered_by: None,
             messages,
             citations,
             params,
@@ -394,16 +399,17 @@ impl Turn {
     }
 
     /// The whole answer, recorded.
-    pub async fn complete(self, app: &App) -> Result<Answer, ChatError> {
-        let completion = if self.native_responses {
-            app.models
-                .respond(&self.endpoint, &self.messages, &self.params)
-                .await?
-        } else {
-            app.models
-                .complete(&self.endpoint, &self.messages, &self.params)
-                .await?
-        };
+    pub async fn complete(mut self, app: &App) -> Result<Answer, ChatError> {
+        let (completion, entry) = app
+            .models
+            .complete_on(
+                &self.pool,
+                &self.messages,
+                &self.params,
+                self.native_responses,
+            )
+            .await?;
+        self.answered_by = entry.name.clone();
         Ok(self
             .finish(
                 app,
@@ -442,7 +448,8 @@ impl Turn {
             }
             self.usage(end.usage, &written)
         };
-        app.usage.record(&self.caller.tenant, usage);
+        app.usage
+            .record(&self.caller.tenant, usage, self.answered_by.as_ref());
         self.reservation.settle(usage.total_tokens);
         self.metrics(usage, end.model.as_deref(), true);
         let model = end.model.unwrap_or(self.model);
@@ -491,7 +498,8 @@ impl Turn {
     /// Records the tokens of a turn that failed part-way (nothing is stored).
     fn fail(&self, app: &App, reported: Option<WireUsage>, partial: &str) {
         let usage = self.usage(reported, partial);
-        app.usage.record(&self.caller.tenant, usage);
+        app.usage
+            .record(&self.caller.tenant, usage, self.answered_by.as_ref());
         self.reservation.settle(usage.total_tokens);
         self.metrics(usage, None, false);
     }

@@ -33,16 +33,17 @@ pub type TurnEvents = mpsc::Receiver<TurnEvent>;
 impl Turn {
     /// Starts the answer upstream and returns once its first content has arrived (so an
     /// upstream that refuses the request is still an ordinary error answer).
-    pub async fn stream(self, app: &AppState) -> Result<TurnEvents, ChatError> {
-        let mut upstream = if self.native_responses {
-            app.models
-                .respond_stream(&self.endpoint, &self.messages, &self.params)
-                .await?
-        } else {
-            app.models
-                .stream(&self.endpoint, &self.messages, &self.params)
-                .await?
-        };
+    pub async fn stream(mut self, app: &AppState) -> Result<TurnEvents, ChatError> {
+        let (mut upstream, entry) = app
+            .models
+            .stream_on(
+                &self.pool,
+                &self.messages,
+                &self.params,
+                self.native_responses,
+            )
+            .await?;
+        self.answered_by = entry.name.clone();
         let (tx, rx) = mpsc::channel(16);
         let app = app.clone();
         tokio::spawn(async move {

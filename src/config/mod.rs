@@ -53,7 +53,7 @@ pub enum LogFormat {
 /// `SOPHIA_MAX_BODY_BYTES`, `SOPHIA_TENANT_CACHE_TTL_SECS`, `SOPHIA_TENANT_CACHE_MAX_STALE_SECS`,
 /// `SOPHIA_UPSTREAM_CONNECT_TIMEOUT_MS`, `SOPHIA_UPSTREAM_FIRST_BYTE_TIMEOUT_MS`,
 /// `SOPHIA_UPSTREAM_TIMEOUT_MS`, `SOPHIA_UPSTREAM_IDLE_TIMEOUT_MS`,
-/// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
+/// `SOPHIA_UPSTREAM_RETRY_BUDGET_MS`, `SOPHIA_BREAKER_FAILURES`, `SOPHIA_BREAKER_OPEN_MS`, `SOPHIA_USAGE_FLUSH_MS`, `SOPHIA_LOG`, `SOPHIA_LOG_FORMAT`, `SOPHIA_COSMOS_ENDPOINT`,
 /// `SOPHIA_COSMOS_DATABASE`, `SOPHIA_COSMOS_KEY`, `SOPHIA_COSMOS_CREATE_CONTAINERS`,
 /// `SOPHIA_COSMOS_REGION`, `SOPHIA_AUDIT_TTL_DAYS`, `SOPHIA_REFRESH_WORKERS`, `SOPHIA_REFRESH_STALE_SECS`,
 /// `SOPHIA_CONFIG_TEST_TIMEOUT_MS`, `SOPHIA_REFRESH_QUEUE`, `SOPHIA_REFRESH_QUEUE_URL`,
@@ -107,6 +107,10 @@ pub struct Settings {
     pub upstream_total_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub upstream_retry_budget: Duration,
+    /// Consecutive failures that open a failover deployment's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its deployment before one turn probes it.
+    pub breaker_open_for: Duration,
     pub usage_flush_interval: Duration,
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -407,6 +411,13 @@ impl Settings {
                 10_000u64,
                 0,
                 600_000,
+            )?),
+            breaker_failures: env.range("SOPHIA_BREAKER_FAILURES", 3u32, 1, 100)?,
+            breaker_open_for: Duration::from_millis(env.range(
+                "SOPHIA_BREAKER_OPEN_MS",
+                30_000u64,
+                10,
+                3_600_000,
             )?),
             usage_flush_interval: Duration::from_millis(env.range(
                 "SOPHIA_USAGE_FLUSH_MS",

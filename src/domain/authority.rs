@@ -8,8 +8,8 @@
 //! * only a `PLATFORM_ADMIN` sets `settings.authMode = managedIdentity`, and then binds
 //!   `settings.managedIdentityClientId`, a user-assigned identity of that company alone (Azure
 //!   RBAC on it is what confines the company to its own resources);
-//! * while an instance uses an identity, a company `ADMIN` cannot move it: not its endpoints,
-//!   search index, knowledge container or prefix, nor the identity or the mode;
+//! * while an instance uses an identity, a company `ADMIN` cannot move it: not its endpoints
+//!   (its failover `deployments` included), search index, knowledge container or prefix, nor the identity or the mode;
 //! * a knowledge container read without an identity needs the company's own SAS;
 //! * an instance a `PLATFORM_ADMIN` disabled is re-enabled only by a `PLATFORM_ADMIN`.
 //!
@@ -122,6 +122,15 @@ fn company_admin(change: &Change<'_>) -> Result<(), Refusal> {
                         ),
                     });
                 }
+            }
+            // Every failover deployment is a place the identity is sent.
+            if current.config.deployments != next.config.deployments {
+                return Err(Refusal::Forbidden {
+                    field: "deployments",
+                    reason: "this instance uses its company's managed identity: only a platform \
+                             admin may change its deployments"
+                        .into(),
+                });
             }
         }
     } else {
@@ -270,6 +279,7 @@ mod tests {
                 azure_vector_store_id: None,
                 azure_project_endpoint: None,
                 azure_agent_id: None,
+                deployments: Vec::new(),
             },
             settings: InstanceSettings::from_map(
                 &settings.as_object().cloned().unwrap_or_default(),
@@ -381,6 +391,20 @@ mod tests {
         );
         type Tweak = Box<dyn Fn(&mut AgentInstance)>;
         let tweaks: Vec<(&str, Tweak)> = vec![
+            (
+                "deployments",
+                Box::new(|i| {
+                    i.config.deployments = vec![crate::domain::deployments::Deployment {
+                        name: "elsewhere".into(),
+                        endpoint: "https://beta.openai.azure.com".into(),
+                        deployment: "gpt-4o".into(),
+                        priority: 1,
+                        weight: 1,
+                        credential: None,
+                        timeout_seconds: None,
+                    }]
+                }),
+            ),
             (
                 "azureOpenaiEndpoint",
                 Box::new(|i| {

@@ -246,6 +246,10 @@ pub struct UsageRecord {
     pub completion_tokens: u64,
     pub total_tokens: u64,
     pub requests: u64,
+    /// How much of it each failover deployment answered (absent for an instance with one
+    /// deployment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<super::usage::DeploymentUsage>,
 }
 
 #[cfg(test)]

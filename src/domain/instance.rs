@@ -103,6 +103,10 @@ pub struct InstanceConfig {
     /// The company's Foundry prompt agent, `name:version`.
     #[serde(default)]
     pub azure_agent_id: Option<String>,
+    /// The model deployments a turn fails over between, in priority order (when empty: the
+    /// one of `azureOpenaiEndpoint` and `azureOpenaiDeployment`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<super::deployments::Deployment>,
 }
 
 /// The text fields of [`InstanceConfig`], by their API names.

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod authority;
 pub mod conversation;
+pub mod deployments;
 pub mod ids;
 pub mod instance;
 pub mod limits;

@@ -30,6 +30,53 @@ impl Usage {
     }
 }
 
+/// Tokens and requests summed over turns (a day's usage, or one deployment's share of it).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tally {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub requests: u64,
+}
+
+impl Tally {
+    /// One turn's usage.
+    pub fn add(&mut self, usage: Usage) {
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.requests += 1;
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.requests += other.requests;
+    }
+}
+
+/// One failover deployment's share of a day's usage (`deployments[].name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentUsage {
+    pub deployment: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub requests: u64,
+}
+
+impl DeploymentUsage {
+    pub fn new(deployment: String, tally: Tally) -> Self {
+        Self {
+            deployment,
+            prompt_tokens: tally.prompt_tokens,
+            completion_tokens: tally.completion_tokens,
+            total_tokens: tally.prompt_tokens + tally.completion_tokens,
+            requests: tally.requests,
+        }
+    }
+}
+
 /// A rough count (≈ 4 characters a token) for upstreams that report no usage.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)

@@ -21,6 +21,7 @@ use secrecy::ExposeSecret;
 
 use super::endpoint::bearer;
 pub use super::endpoint::{DEFAULT_API_VERSION, ModelEndpoint, UpstreamAuth};
+use super::pool::{Entry, Outcome, Pool};
 use super::sse::SseParser;
 pub use super::wire::{ChatParams, Completion};
 use super::wire::{
@@ -50,6 +51,32 @@ impl Default for UpstreamTimeouts {
             idle: Duration::from_secs(60),
             retry_budget: Duration::from_secs(10),
             max_retries: 3,
+        }
+    }
+}
+
+/// How one call goes: whether it retries a 429 or 5xx itself (not when another deployment
+/// can take over) and its first-byte timeout (`None`: the process's).
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub retry: bool,
+    pub first_byte: Option<Duration>,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Self {
+            retry: true,
+            first_byte: None,
+        }
+    }
+}
+
+impl Call {
+    fn of(attempt: &super::pool::Attempt<'_>) -> Self {
+        Self {
+            retry: attempt.retry,
+            first_byte: attempt.first_byte,
         }
     }
 }
@@ -198,6 +225,7 @@ impl ModelClient {
         uri: &Uri,
         body: &impl serde::Serialize,
         dep: &mut telemetry::Dependency,
+        call: Call,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         // The endpoint was checked when an admin set it; check again now (policy may have changed).
         self.policy.check_url(&endpoint.base).map_err(|e| {
@@ -231,7 +259,8 @@ impl ModelClient {
                     .map(|v| (HeaderName::from_static("traceparent"), v)),
             );
             let sent = self.transport.post_json(uri, headers, body.clone());
-            let response = match tokio::time::timeout(self.timeouts.first_byte, sent).await {
+            let first_byte = call.first_byte.unwrap_or(self.timeouts.first_byte);
+            let response = match tokio::time::timeout(first_byte, sent).await {
                 Err(_) => return Err(UpstreamError::Timeout("first byte")),
                 Ok(Err(e)) => return Err(transport_error(&e)),
                 Ok(Ok(r)) => r,
@@ -269,7 +298,7 @@ impl ModelClient {
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT
                 );
-            if retryable && attempt < self.timeouts.max_retries {
+            if retryable && call.retry && attempt < self.timeouts.max_retries {
                 let delay = wait.unwrap_or(Duration::from_millis(250 * 2u64.pow(attempt)));
                 if started.elapsed() + delay <= self.timeouts.retry_budget {
                     tracing::info!(
@@ -355,12 +384,77 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
     ) -> Result<Completion, UpstreamError> {
+        self.complete_call(endpoint, messages, params, Call::default())
+            .await
+    }
+
+    async fn complete_call(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: &ChatParams,
+        call: Call,
+    ) -> Result<Completion, UpstreamError> {
         let mut dep = telemetry::model_span("chat", endpoint, false);
         let result = self
-            .complete_inner(endpoint, messages, params, &mut dep)
+            .complete_inner(endpoint, messages, params, &mut dep, call)
             .await;
         completion_span(&mut dep, endpoint, &result);
         result
+    }
+
+    /// A whole answer from the first of the pool's deployments that gives one (the
+    /// Responses API when `responses`), with the entry that answered.
+    pub async fn complete_on<'p>(
+        &self,
+        pool: &'p Pool,
+        messages: &[WireMessage],
+        params: &ChatParams,
+        responses: bool,
+    ) -> Result<(Completion, &'p Entry), UpstreamError> {
+        let mut tries = pool.tries();
+        while let Some(attempt) = tries.next_attempt() {
+            let call = Call::of(&attempt);
+            let result = if responses {
+                self.respond_call(attempt.endpoint, messages, params, call)
+                    .await
+            } else {
+                self.complete_call(attempt.endpoint, messages, params, call)
+                    .await
+            };
+            if let Outcome::Done(done) = tries.settle(&attempt, result) {
+                return done.map(|completion| (completion, attempt.entry));
+            }
+        }
+        Err(tries.exhausted())
+    }
+
+    /// A streamed answer from the first of the pool's deployments that starts one (a
+    /// deployment failing before its first content is left for the next), with the entry
+    /// that answers.
+    pub async fn stream_on<'p>(
+        &self,
+        pool: &'p Pool,
+        messages: &[WireMessage],
+        params: &ChatParams,
+        responses: bool,
+    ) -> Result<(ChatStream, &'p Entry), UpstreamError> {
+        let mut tries = pool.tries();
+        while let Some(attempt) = tries.next_attempt() {
+            let result = self
+                .open_stream(
+                    attempt.endpoint,
+                    messages,
+                    params,
+                    responses,
+                    Call::of(&attempt),
+                )
+                .await;
+            if let Outcome::Done(done) = tries.settle(&attempt, result) {
+                return done.map(|stream| (stream, attempt.entry));
+            }
+        }
+        Err(tries.exhausted())
     }
 
     async fn complete_inner(
@@ -369,6 +463,7 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
         dep: &mut telemetry::Dependency,
+        call: Call,
     ) -> Result<Completion, UpstreamError> {
         let started = Instant::now();
         let response = self
@@ -377,6 +472,7 @@ impl ModelClient {
                 endpoint.chat_url()?,
                 &Self::request(endpoint, messages, params, false),
                 dep,
+                call,
             )
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
@@ -494,7 +590,7 @@ impl ModelClient {
             dimensions,
         };
         let response = self
-            .send(endpoint, endpoint.embeddings_url()?, &body, dep)
+            .send(endpoint, endpoint.embeddings_url()?, &body, dep, Call::default())
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
         let bytes = tokio::time::timeout(remaining, read_body(response))
@@ -525,12 +621,23 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
     ) -> Result<Completion, UpstreamError> {
+        self.respond_call(endpoint, messages, params, Call::default())
+            .await
+    }
+
+    async fn respond_call(
+        &self,
+        endpoint: &ModelEndpoint,
+        messages: &[WireMessage],
+        params: &ChatParams,
+        call: Call,
+    ) -> Result<Completion, UpstreamError> {
         let mut dep = telemetry::model_span("responses", endpoint, false);
         let result = async {
             let started = Instant::now();
             let body = super::responses::request_to(endpoint, messages, params, false);
             let response = self
-                .send(endpoint, endpoint.responses_url()?, &body, &mut dep)
+                .send(endpoint, endpoint.responses_url()?, &body, &mut dep, call)
                 .await?;
             let remaining = self.timeouts.total.saturating_sub(started.elapsed());
             let bytes = tokio::time::timeout(remaining, read_body(response))
@@ -559,7 +666,8 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
-        self.open_stream(endpoint, messages, params, false).await
+        self.open_stream(endpoint, messages, params, false, Call::default())
+            .await
     }
 
     /// A streamed answer from the upstream Responses API, in chat stream parts.
@@ -569,7 +677,8 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
     ) -> Result<ChatStream, UpstreamError> {
-        self.open_stream(endpoint, messages, params, true).await
+        self.open_stream(endpoint, messages, params, true, Call::default())
+            .await
     }
 
     async fn open_stream(
@@ -578,6 +687,7 @@ impl ModelClient {
         messages: &[WireMessage],
         params: &ChatParams,
         responses: bool,
+        call: Call,
     ) -> Result<ChatStream, UpstreamError> {
         // The dependency lasts until the stream ends (or is dropped).
         let operation = if responses { "responses" } else { "chat" };
@@ -585,7 +695,7 @@ impl ModelClient {
         let started = async {
             let response = if responses {
                 let body = super::responses::request_to(endpoint, messages, params, true);
-                self.send(endpoint, endpoint.responses_url()?, &body, &mut dep)
+                self.send(endpoint, endpoint.responses_url()?, &body, &mut dep, call)
                     .await?
             } else {
                 self.send(
@@ -593,6 +703,7 @@ impl ModelClient {
                     endpoint.chat_url()?,
                     &Self::request(endpoint, messages, params, true),
                     &mut dep,
+                    call,
                 )
                 .await?
             };

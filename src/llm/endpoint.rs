@@ -61,6 +61,8 @@ pub struct ModelEndpoint {
     /// A Foundry agent's turns: the project's Responses API with this `agent_reference`
     /// (the agent's model and instructions) instead of a deployment.
     pub agent: Option<crate::domain::AgentRef>,
+    /// The failover entry this endpoint is (`deployments[].name`), for usage and telemetry.
+    pub label: Option<Arc<str>>,
     // Boxed: an operation never used costs a pointer, not a `Uri`.
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
@@ -141,7 +143,14 @@ impl ModelEndpoint {
             owner: None,
             v1: false,
             agent: None,
+            label: None,
         }
+    }
+
+    /// The same endpoint as the failover entry `name`.
+    pub fn labelled(mut self, name: &str) -> Self {
+        self.label = Some(Arc::from(name));
+        self
     }
 
     /// The same endpoint, called with Azure OpenAI's v1 API when `v1` (`settings.apiStyle`).
@@ -198,6 +207,7 @@ impl ModelEndpoint {
         endpoint.owner = owner;
         endpoint.v1 = self.v1;
         endpoint.agent = self.agent;
+        endpoint.label = self.label;
         endpoint
     }
 

@@ -4,12 +4,13 @@
 pub mod client;
 pub mod endpoint;
 pub mod foundry;
+pub mod pool;
 pub mod responses;
 pub mod sse;
 pub mod wire;
 
 pub use client::{
-    ChatParams, ChatStream, Completion, EmbedInput, ModelClient, ModelEndpoint, UpstreamAuth,
+    Call, ChatParams, ChatStream, Completion, EmbedInput, ModelClient, ModelEndpoint, UpstreamAuth,
     UpstreamTimeouts,
 };
 pub use wire::{ChatExtras, StreamPart, ToolCall, ToolCallDelta, WireMessage, WireUsage};

@@ -1,6 +1,7 @@
 //! The credential bundle of one instance: every Azure credential it needs, kept as one
 //! secret (one Key Vault read per tenant load).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -19,6 +20,9 @@ pub struct CredentialBundle {
     /// The company's own Application Insights connection string: the instance's requests,
     /// dependencies, traces and metrics are exported there too.
     pub app_insights_connection_string: Option<SecretString>,
+    /// Keys of the instance's failover deployments, by the name an entry's `credential`
+    /// gives (`deployments[].credential`).
+    pub deployment_keys: Option<BTreeMap<String, SecretString>>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +36,8 @@ struct Exposed<'a> {
     knowledge_sas: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     app_insights_connection_string: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment_keys: Option<BTreeMap<&'a str, &'a str>>,
 }
 
 impl CredentialBundle {
@@ -40,6 +46,12 @@ impl CredentialBundle {
             && self.azure_search_key.is_none()
             && self.knowledge_sas.is_none()
             && self.app_insights_connection_string.is_none()
+            && self.deployment_keys.as_ref().is_none_or(BTreeMap::is_empty)
+    }
+
+    /// The key of a failover deployment, by the name its entry gives.
+    pub fn deployment_key(&self, name: &str) -> Option<&SecretString> {
+        self.deployment_keys.as_ref()?.get(name)
     }
 
     /// Names of the credentials present (for audit details; never values).
@@ -57,6 +69,13 @@ impl CredentialBundle {
         if self.app_insights_connection_string.is_some() {
             out.push("appInsightsConnectionString");
         }
+        if self
+            .deployment_keys
+            .as_ref()
+            .is_some_and(|k| !k.is_empty())
+        {
+            out.push("deploymentKeys");
+        }
         out
     }
 
@@ -70,6 +89,11 @@ impl CredentialBundle {
                 .app_insights_connection_string
                 .as_ref()
                 .map(|s| s.expose_secret()),
+            deployment_keys: self.deployment_keys.as_ref().map(|keys| {
+                keys.iter()
+                    .map(|(name, key)| (name.as_str(), key.expose_secret()))
+                    .collect()
+            }),
         };
         SecretString::from(serde_json::to_string(&exposed).unwrap_or_default())
     }
@@ -97,6 +121,12 @@ impl CredentialBundle {
         if patch.app_insights_connection_string.is_some() {
             self.app_insights_connection_string = patch.app_insights_connection_string;
         }
+        // Key by key: a patch naming one deployment's key keeps the others.
+        if let Some(keys) = patch.deployment_keys {
+            self.deployment_keys
+                .get_or_insert_with(BTreeMap::new)
+                .extend(keys);
+        }
         self
     }
 }
@@ -122,6 +152,13 @@ impl fmt::Debug for CredentialBundle {
                     .app_insights_connection_string
                     .as_ref()
                     .map(|_| "[REDACTED]"),
+            )
+            .field(
+                "deployment_keys",
+                &self
+                    .deployment_keys
+                    .as_ref()
+                    .map(|k| k.keys().map(|n| (n, "[REDACTED]")).collect::<Vec<_>>()),
             )
             .finish()
     }
@@ -174,9 +211,25 @@ mod tests {
             azure_search_key: None,
             knowledge_sas: Some("sv=1&sig=x".into()),
             app_insights_connection_string: None,
+            deployment_keys: None,
         });
         assert_eq!(merged.azure_openai_key.unwrap().expose_secret(), "c");
         assert_eq!(merged.azure_search_key.unwrap().expose_secret(), "b");
+    }
+
+    #[test]
+    fn deployment_keys_merge_by_name_round_trip_and_redact() {
+        let bundle: CredentialBundle =
+            serde_json::from_str(r#"{"deploymentKeys":{"ptu":"dk-111","payg":"dk-222"}}"#)
+                .unwrap();
+        assert!(!format!("{bundle:?}").contains("dk-"), "{bundle:?}");
+        assert_eq!(bundle.present_fields(), ["deploymentKeys"]);
+        let patch: CredentialBundle =
+            serde_json::from_str(r#"{"deploymentKeys":{"payg":"dk-333"}}"#).unwrap();
+        let merged = CredentialBundle::from_secret(&bundle.merged(patch).to_secret());
+        assert_eq!(merged.deployment_key("ptu").unwrap().expose_secret(), "dk-111");
+        assert_eq!(merged.deployment_key("payg").unwrap().expose_secret(), "dk-333");
+        assert!(merged.deployment_key("other").is_none());
     }
 
     #[test]

@@ -191,14 +191,14 @@ pub trait ConversationStore: Send + Sync {
 /// Daily token usage per tenant.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Adds tokens (of `requests` requests) to the tenant's daily usage.
+    /// Adds `total` to the tenant's daily usage, and each failover deployment's share of it
+    /// to that deployment's (`deployments`: name, share). One write: all of it or none.
     async fn add_usage(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        requests: u64,
+        total: crate::domain::usage::Tally,
+        deployments: &[(String, crate::domain::usage::Tally)],
     ) -> StoreResult<()>;
 
     /// Adds `add` to the tenant's limit windows (the minute, day and month of `keys`; a

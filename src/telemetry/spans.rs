@@ -106,6 +106,9 @@ pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: boo
                 ),
                 KeyValue::new("http.request.method", "POST"),
             ]);
+            if let Some(label) = &endpoint.label {
+                attributes.push(KeyValue::new("sophia.deployment", label.to_string()));
+            }
             attributes
         },
     )

@@ -27,6 +27,7 @@ use crate::knowledge::azure_search::{AzureSearchIndex, DEFAULT_INDEX, SearchAuth
 use crate::knowledge::source::{BlobAuth, BlobSource, FolderSource, KnowledgeSource};
 use crate::llm::client::DEFAULT_API_VERSION;
 use crate::llm::foundry::FoundryProject;
+use crate::llm::pool::{BreakerPolicy, Breakers, Entry, Pool};
 use crate::llm::{ChatParams, ModelEndpoint, UpstreamAuth};
 use crate::secrets::{CredentialBundle, SecretError, SecretStore};
 use crate::store::{Store, StoreError, TenantScope};
@@ -43,6 +44,9 @@ pub struct Resolver {
     pub embedded: Arc<dyn KnowledgeIndex>,
     pub data_dir: std::path::PathBuf,
     pub identities: Option<Arc<CompanyIdentities>>,
+    /// Every failover deployment's circuit breaker, and when they open.
+    pub breakers: Arc<Breakers>,
+    pub breaker_policy: BreakerPolicy,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -83,8 +87,9 @@ impl std::fmt::Debug for Knowledge {
 pub struct FoundryAgent {
     pub project: Arc<FoundryProject>,
     pub agent: AgentRef,
-    /// The agent's turns: the Responses API of the project, as a model endpoint.
-    pub endpoint: Arc<ModelEndpoint>,
+    /// The agent's turns: the Responses API of the project, as a model endpoint (a pool of
+    /// one).
+    pub endpoint: Arc<Pool>,
 }
 
 /// The company's own Entra identity when its instance uses one (`Err`: why it cannot);
@@ -149,8 +154,8 @@ pub fn foundry_project(
 #[derive(Debug)]
 pub struct TenantRuntime {
     pub instance: AgentInstance,
-    /// The chat model, or why there is none.
-    pub chat: Result<Arc<ModelEndpoint>, String>,
+    /// The chat model — its deployments, tried in turn — or why there is none.
+    pub chat: Result<Arc<Pool>, String>,
     /// The embedding model, when the instance names an embedding deployment.
     pub embeddings: Option<ModelEndpoint>,
     /// SAS for the knowledge Blob container (`credentials.knowledgeSas`).
@@ -228,12 +233,71 @@ impl TenantRuntime {
             .owned_by(Arc::clone(&owner))
             .v1_style(settings.api_style() == ApiStyle::V1)
         };
-        let chat = match (base.clone(), deployment, auth.clone()) {
-            (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(endpoint(deployment, auth, base))),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        let chat = if instance.config.deployments.is_empty() {
+            match (base.clone(), deployment, auth.clone()) {
+                (Ok(base), Ok(deployment), Ok(auth)) => Ok(Arc::new(Pool::single(Arc::new(
+                    endpoint(deployment, auth, base),
+                )))),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+            }
+        } else {
+            let entries = instance
+                .config
+                .deployments
+                .iter()
+                .map(|d| {
+                    let built = resolver
+                        .upstreams
+                        .check(&d.endpoint)
+                        .map_err(|e| format!("the endpoint is not allowed: {e}"))
+                        .and_then(|base| {
+                            // Only the company's own bundle is ever looked in.
+                            let auth = match &d.credential {
+                                Some(name) => credentials
+                                    .deployment_key(name)
+                                    .map(|key| UpstreamAuth::Key(key.clone()))
+                                    .ok_or_else(|| {
+                                        format!("credentials.deploymentKeys has no key '{name}'")
+                                    })?,
+                                None => auth.clone()?,
+                            };
+                            Ok(Arc::new(
+                                endpoint(d.deployment.clone(), auth, base).labelled(&d.name),
+                            ))
+                        });
+                    Entry {
+                        name: Some(Arc::from(d.name.as_str())),
+                        endpoint: built,
+                        priority: d.priority,
+                        weight: d.weight,
+                        timeout: d
+                            .timeout_seconds
+                            .map(|s| std::time::Duration::from_secs(u64::from(s))),
+                        breaker: resolver.breakers.of(
+                            instance.tenant_id.as_str(),
+                            &instance.id.to_string(),
+                            &d.name,
+                            &d.endpoint,
+                            &d.deployment,
+                        ),
+                    }
+                })
+                .collect();
+            Pool::new(entries, resolver.breaker_policy)
+                .map(Arc::new)
+                .map_err(|e| format!("no deployment of the instance can be called: {e}"))
         };
-        let embeddings = match (&instance.config.azure_embedding_deployment, base, auth) {
-            (Some(d), Ok(base), Ok(auth)) => Some(endpoint(d.clone(), auth, base)),
+        // Embeddings go to `azureOpenaiEndpoint`, else to the first failover deployment.
+        let embedding_home = match (base, auth, &chat) {
+            (Ok(base), Ok(auth), _) => Some((base, auth)),
+            (_, _, Ok(pool)) if !instance.config.deployments.is_empty() => {
+                let primary = pool.primary();
+                Some((primary.base.clone(), primary.auth.clone()))
+            }
+            _ => None,
+        };
+        let embeddings = match (&instance.config.azure_embedding_deployment, embedding_home) {
+            (Some(d), Some((base, auth))) => Some(endpoint(d.clone(), auth, base)),
             _ => None,
         };
         let params = ChatParams {
@@ -279,7 +343,7 @@ impl TenantRuntime {
             Ok(FoundryAgent {
                 project: Arc::new(project),
                 agent,
-                endpoint: Arc::new(endpoint),
+                endpoint: Arc::new(Pool::single(Arc::new(endpoint))),
             })
         });
         Self {
@@ -304,12 +368,12 @@ impl TenantRuntime {
     /// The model the answer is attributed to when the upstream does not say.
     pub fn model_name(&self) -> String {
         match &self.chat {
-            Ok(ep) => self
+            Ok(pool) => self
                 .instance
                 .config
                 .model
                 .clone()
-                .unwrap_or_else(|| ep.deployment.clone()),
+                .unwrap_or_else(|| pool.primary().deployment.clone()),
             Err(_) => self.instance.config.model.clone().unwrap_or_default(),
         }
     }

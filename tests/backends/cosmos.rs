@@ -99,7 +99,16 @@ mod cosmos_only {
             .instance(i);
             store.append_audit(&entry).await.unwrap();
             store
-                .add_usage(t, Utc::now().date_naive(), 10, 5, 1)
+                .add_usage(
+                    t,
+                    Utc::now().date_naive(),
+                    sophia::domain::usage::Tally {
+                        prompt_tokens: 10,
+                        completion_tokens: 5,
+                        requests: 1,
+                    },
+                    &[],
+                )
                 .await
                 .unwrap();
         }

@@ -128,11 +128,10 @@ impl UsageStore for FaultyStore {
         &self,
         t: &TenantId,
         d: NaiveDate,
-        p: u64,
-        c: u64,
-        n: u64,
+        total: sophia::domain::usage::Tally,
+        shares: &[(String, sophia::domain::usage::Tally)],
     ) -> StoreResult<()> {
-        self.inner.add_usage(t, d, p, c, n).await
+        self.inner.add_usage(t, d, total, shares).await
     }
     async fn add_to_limit_windows(
         &self,

@@ -39,6 +39,7 @@ pub fn instance(tenant: &TenantId, status: InstanceStatus) -> AgentInstance {
             azure_vector_store_id: None,
             azure_project_endpoint: None,
             azure_agent_id: None,
+            deployments: Vec::new(),
         },
         settings: Default::default(),
         keyvault_secret_id: None,
@@ -575,14 +576,22 @@ pub async fn concurrent_appends_lose_nothing(store: Arc<dyn Store>) {
     );
 }
 
+fn tally(prompt_tokens: u64, completion_tokens: u64, requests: u64) -> sophia::domain::usage::Tally {
+    sophia::domain::usage::Tally {
+        prompt_tokens,
+        completion_tokens,
+        requests,
+    }
+}
+
 pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     let (a, b) = (tenant(), tenant());
     let d1 = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     let d2 = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
-    store.add_usage(&a, d1, 10, 5, 1).await.unwrap();
-    store.add_usage(&a, d1, 1, 2, 1).await.unwrap();
-    store.add_usage(&a, d2, 7, 7, 1).await.unwrap();
-    store.add_usage(&b, d1, 100, 100, 3).await.unwrap();
+    store.add_usage(&a, d1, tally(10, 5, 1), &[]).await.unwrap();
+    store.add_usage(&a, d1, tally(1, 2, 1), &[]).await.unwrap();
+    store.add_usage(&a, d2, tally(7, 7, 1), &[]).await.unwrap();
+    store.add_usage(&b, d1, tally(100, 100, 3), &[]).await.unwrap();
     let ua = store
         .list_usage(&TenantScope::Tenant(a.clone()), d1, d2)
         .await
@@ -607,13 +616,44 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     assert_eq!(only_d2.len(), 1);
     let all = store.list_usage(&TenantScope::All, d1, d2).await.unwrap();
     assert!(all.iter().any(|u| u.tenant_id == b) && all.iter().any(|u| u.tenant_id == a));
+    assert!(all.iter().all(|u| u.deployments.is_empty()), "no shares written");
+
+    // Failover deployments' shares add up by name, in the same write as the day's total.
+    let c = tenant();
+    let share = |name: &str, p, k, n| (name.to_owned(), tally(p, k, n));
+    store
+        .add_usage(&c, d1, tally(30, 3, 3), &[share("ptu", 10, 1, 1), share("payg", 20, 2, 2)])
+        .await
+        .unwrap();
+    store
+        .add_usage(&c, d1, tally(5, 5, 1), &[share("ptu", 5, 5, 1)])
+        .await
+        .unwrap();
+    let uc = store
+        .list_usage(&TenantScope::Tenant(c.clone()), d1, d1)
+        .await
+        .unwrap();
+    assert_eq!((uc[0].total_tokens, uc[0].requests), (43, 4));
+    let mut got: Vec<(String, u64, u64)> = uc[0]
+        .deployments
+        .iter()
+        .map(|d| (d.deployment.clone(), d.total_tokens, d.requests))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("payg".into(), 22, 2), ("ptu".into(), 21, 2)]);
+    // Another company's listing shows none of them.
+    let ub = store
+        .list_usage(&TenantScope::Tenant(b.clone()), d1, d1)
+        .await
+        .unwrap();
+    assert!(ub.iter().all(|u| u.deployments.is_empty() && u.tenant_id == b));
 }
 
 pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Store>) {
     use sophia::domain::limits::{WindowAdd, WindowKeys};
     let (a, b) = (tenant(), tenant());
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
-    store.add_usage(&a, day, 1, 1, 1).await.unwrap();
+    store.add_usage(&a, day, tally(1, 1, 1), &[]).await.unwrap();
     let t0 = WindowKeys::at("2026-11-20T10:00:05Z".parse().unwrap());
     let add = |tokens, requests| WindowAdd { tokens, requests };
     let w = store

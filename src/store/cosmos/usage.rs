@@ -1,11 +1,14 @@
 //! Cosmos DB: daily token usage per tenant.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::{Change, CosmosStore, Sql, collect, read_modify_write, within};
 use crate::domain::limits::{LimitWindows, WindowAdd, WindowKeys};
+use crate::domain::usage::{DeploymentUsage, Tally};
 use crate::domain::{TenantId, UsageRecord};
 use crate::store::{StoreResult, TenantScope, UsageStore};
 
@@ -18,6 +21,9 @@ pub(super) struct UsageDoc {
     prompt_tokens: u64,
     completion_tokens: u64,
     requests: u64,
+    /// Each failover deployment's share, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deployments: BTreeMap<String, Tally>,
 }
 
 /// A company's limit windows: one document (`id: "limits"`) in its usage partition.
@@ -73,9 +79,8 @@ impl UsageStore for CosmosStore {
         &self,
         tenant: &TenantId,
         day: NaiveDate,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        requests: u64,
+        total: Tally,
+        deployments: &[(String, Tally)],
     ) -> StoreResult<()> {
         let key = &day.to_string();
         read_modify_write(
@@ -86,22 +91,21 @@ impl UsageStore for CosmosStore {
             "usage",
             |current| {
                 Box::pin(async move {
-                    let doc = match current {
-                        Some(mut doc) => {
-                            doc.prompt_tokens += prompt_tokens;
-                            doc.completion_tokens += completion_tokens;
-                            doc.requests += requests;
-                            doc
-                        }
-                        None => UsageDoc {
-                            id: key.clone(),
-                            tenant_id: tenant.clone(),
-                            day,
-                            prompt_tokens,
-                            completion_tokens,
-                            requests,
-                        },
-                    };
+                    let mut doc = current.unwrap_or_else(|| UsageDoc {
+                        id: key.clone(),
+                        tenant_id: tenant.clone(),
+                        day,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        requests: 0,
+                        deployments: BTreeMap::new(),
+                    });
+                    doc.prompt_tokens += total.prompt_tokens;
+                    doc.completion_tokens += total.completion_tokens;
+                    doc.requests += total.requests;
+                    for (name, share) in deployments {
+                        doc.deployments.entry(name.clone()).or_default().merge(*share);
+                    }
                     Ok(Change::Write(doc, ()))
                 })
             },
@@ -136,6 +140,11 @@ impl UsageStore for CosmosStore {
                 completion_tokens: d.completion_tokens,
                 total_tokens: d.prompt_tokens + d.completion_tokens,
                 requests: d.requests,
+                deployments: d
+                    .deployments
+                    .into_iter()
+                    .map(|(name, tally)| DeploymentUsage::new(name, tally))
+                    .collect(),
             })
             .collect())
     }

@@ -83,6 +83,16 @@ const MIGRATIONS: &[&str] = &[
         tenant_id TEXT PRIMARY KEY NOT NULL,
         doc TEXT NOT NULL
     );",
+    // 5: each failover deployment's share of a company's daily usage.
+    "CREATE TABLE usage_deployments (
+        tenant_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, day, deployment)
+    );",
 ];
 
 /// SQLite-backed store. Cheap to clone.

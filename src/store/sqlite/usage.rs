@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Query, SqliteStore, map_err};
 use crate::domain::limits::{LimitWindows, WindowAdd, WindowKeys};
+use crate::domain::usage::{DeploymentUsage, Tally};
 use crate::domain::{TenantId, UsageRecord};
 use crate::store::{StoreError, StoreResult, TenantScope, UsageStore};
 
@@ -14,21 +15,35 @@ impl UsageStore for SqliteStore {
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        requests: u64,
+        total: Tally,
+        deployments: &[(String, Tally)],
     ) -> StoreResult<()> {
         let tenant = tenant.clone();
+        let deployments = deployments.to_vec();
         self.run(move |conn| {
-            conn.execute(
+            let tx = conn.transaction().map_err(map_err)?;
+            let day = day.to_string();
+            tx.execute(
                 "INSERT INTO usage (tenant_id, day, prompt_tokens, completion_tokens, requests) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant_id, day) DO UPDATE SET
                     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                     completion_tokens = completion_tokens + excluded.completion_tokens,
                     requests = requests + excluded.requests",
-                params![tenant.as_str(), day.to_string(), prompt_tokens as i64, completion_tokens as i64, requests as i64],
+                params![tenant.as_str(), day, total.prompt_tokens as i64, total.completion_tokens as i64, total.requests as i64],
             )
             .map_err(map_err)?;
+            for (name, share) in &deployments {
+                tx.execute(
+                    "INSERT INTO usage_deployments (tenant_id, day, deployment, prompt_tokens, completion_tokens, requests) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (tenant_id, day, deployment) DO UPDATE SET
+                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                        completion_tokens = completion_tokens + excluded.completion_tokens,
+                        requests = requests + excluded.requests",
+                    params![tenant.as_str(), day, name, share.prompt_tokens as i64, share.completion_tokens as i64, share.requests as i64],
+                )
+                .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
             Ok(())
         })
         .await
@@ -103,9 +118,44 @@ impl UsageStore for SqliteStore {
                 .map_err(map_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(map_err)?;
+            // Each day's deployment shares, by (tenant, day).
+            let mut d = Query::new(
+                "SELECT tenant_id, day, deployment, prompt_tokens, completion_tokens, requests FROM usage_deployments",
+            );
+            if let Some(tenant) = scope.tenant() {
+                d.and("tenant_id = ?", &[tenant.as_str()]);
+            }
+            d.and("day >= ? AND day <= ?", &[&from, &to]);
+            d.sql.push_str(" ORDER BY tenant_id, day, deployment LIMIT 100000");
+            let mut stmt = conn.prepare(&d.sql).map_err(map_err)?;
+            let mut shares: std::collections::HashMap<(String, String), Vec<DeploymentUsage>> =
+                std::collections::HashMap::new();
+            let share_rows = stmt
+                .query_map(rusqlite::params_from_iter(&d.args), |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        r.get::<_, String>(2)?,
+                        Tally {
+                            prompt_tokens: r.get::<_, i64>(3)? as u64,
+                            completion_tokens: r.get::<_, i64>(4)? as u64,
+                            requests: r.get::<_, i64>(5)? as u64,
+                        },
+                    ))
+                })
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            for (key, name, tally) in share_rows {
+                shares
+                    .entry(key)
+                    .or_default()
+                    .push(DeploymentUsage::new(name, tally));
+            }
             rows.into_iter()
                 .map(|(tenant, day, p, c, n)| {
+                    let deployments = shares.remove(&(tenant.clone(), day.clone())).unwrap_or_default();
                     Ok(UsageRecord {
+                        deployments,
                         tenant_id: TenantId::parse(&tenant).map_err(|e| {
                             StoreError::Internal(anyhow::anyhow!("corrupt usage tenant: {e}"))
                         })?,
