@@ -15,6 +15,7 @@ mod chat;
 mod cli;
 mod config_test;
 mod errors;
+mod failover;
 mod foundry;
 mod hostile_admin;
 mod infra;
