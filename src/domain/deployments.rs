@@ -210,16 +210,28 @@ mod tests {
             (json!(["x"]), "deployments[0]"),
             (with("name", json!("A B")), "deployments[0].name"),
             (with("name", json!(1)), "deployments[0].name"),
-            (with("endpoint", json!("http://x")), "deployments[0].endpoint"),
+            (
+                with("endpoint", json!("http://x")),
+                "deployments[0].endpoint",
+            ),
             (with("priority", json!(0)), "deployments[0].priority"),
             (with("priority", json!(101)), "deployments[0].priority"),
             (with("weight", json!(1.5)), "deployments[0].weight"),
             (with("weight", json!("1")), "deployments[0].weight"),
-            (with("credential", json!("../k")), "deployments[0].credential"),
-            (with("timeoutSeconds", json!(601)), "deployments[0].timeoutSeconds"),
+            (
+                with("credential", json!("../k")),
+                "deployments[0].credential",
+            ),
+            (
+                with("timeoutSeconds", json!(601)),
+                "deployments[0].timeoutSeconds",
+            ),
             (with("colour", json!("red")), "deployments[0].colour"),
             (json!([ok, ok]), "deployments[1].name"),
-            (json!([{"name": "a", "deployment": "d"}]), "deployments[0].endpoint"),
+            (
+                json!([{"name": "a", "deployment": "d"}]),
+                "deployments[0].endpoint",
+            ),
             (
                 json!([{"name": "a", "endpoint": "https://a.openai.azure.com"}]),
                 "deployments[0].deployment",

@@ -590,7 +590,13 @@ impl ModelClient {
             dimensions,
         };
         let response = self
-            .send(endpoint, endpoint.embeddings_url()?, &body, dep, Call::default())
+            .send(
+                endpoint,
+                endpoint.embeddings_url()?,
+                &body,
+                dep,
+                Call::default(),
+            )
             .await?;
         let remaining = self.timeouts.total.saturating_sub(started.elapsed());
         let bytes = tokio::time::timeout(remaining, read_body(response))

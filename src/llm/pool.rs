@@ -153,7 +153,14 @@ impl Default for Breakers {
 
 impl Breakers {
     /// The breaker of one deployment of one company's instance.
-    pub fn of(&self, tenant: &str, instance: &str, name: &str, endpoint: &str, deployment: &str) -> Arc<Breaker> {
+    pub fn of(
+        &self,
+        tenant: &str,
+        instance: &str,
+        name: &str,
+        endpoint: &str,
+        deployment: &str,
+    ) -> Arc<Breaker> {
         let key = format!("{tenant}\n{instance}\n{name}\n{endpoint}\n{deployment}");
         self.by_key.get_with(key, Arc::default)
     }
@@ -223,7 +230,10 @@ impl Pool {
                 .iter()
                 .filter_map(|e| {
                     let name = e.name.as_deref().unwrap_or("deployment");
-                    e.endpoint.as_ref().err().map(|why| format!("{name}: {why}"))
+                    e.endpoint
+                        .as_ref()
+                        .err()
+                        .map(|why| format!("{name}: {why}"))
                 })
                 .collect::<Vec<_>>()
                 .join("; ")),
@@ -268,7 +278,10 @@ impl Pool {
         {
             let mut left: Vec<usize> = group.to_vec();
             while !left.is_empty() {
-                let total: u64 = left.iter().map(|&i| u64::from(self.entries[i].weight)).sum();
+                let total: u64 = left
+                    .iter()
+                    .map(|&i| u64::from(self.entries[i].weight))
+                    .sum();
                 // xorshift: cheap, and enough to spread turns by weight.
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -339,7 +352,8 @@ impl<'a> Tries<'a> {
             match gate {
                 Gate::Closed | Gate::Probe => return Some(self.attempt(index)),
                 Gate::Throttled(until) => {
-                    self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.min(until)));
+                    self.throttled_until =
+                        Some(self.throttled_until.map_or(until, |t| t.min(until)));
                 }
                 Gate::Open(_) => {}
             }
@@ -358,11 +372,9 @@ impl<'a> Tries<'a> {
                         Gate::Throttled(_)
                     )
                 })
-                .min_by_key(|&i| {
-                    match pool.entries[i].breaker.gate(now, &pool.policy) {
-                        Gate::Open(until) => until,
-                        _ => now,
-                    }
+                .min_by_key(|&i| match pool.entries[i].breaker.gate(now, &pool.policy) {
+                    Gate::Open(until) => until,
+                    _ => now,
                 });
             if let Some(index) = soonest {
                 return Some(Attempt {
@@ -393,7 +405,11 @@ impl<'a> Tries<'a> {
     }
 
     /// Records how an attempt ended and says whether the turn is over.
-    pub fn settle<T>(&mut self, attempt: &Attempt<'_>, result: Result<T, UpstreamError>) -> Outcome<T> {
+    pub fn settle<T>(
+        &mut self,
+        attempt: &Attempt<'_>,
+        result: Result<T, UpstreamError>,
+    ) -> Outcome<T> {
         let pool = self.pool;
         let entry = attempt.entry;
         let name = entry.name.as_deref().unwrap_or("deployment");
@@ -401,7 +417,10 @@ impl<'a> Tries<'a> {
         match result {
             Ok(value) => {
                 if !single && entry.breaker.succeeded() {
-                    tracing::info!(deployment.name = name, "deployment {name} answered again: its circuit is closed");
+                    tracing::info!(
+                        deployment.name = name,
+                        "deployment {name} answered again: its circuit is closed"
+                    );
                 }
                 Outcome::Done(Ok(value))
             }
@@ -411,11 +430,23 @@ impl<'a> Tries<'a> {
                 if let UpstreamError::RateLimited { retry_after_secs } = &error {
                     let until = now + Duration::from_secs(*retry_after_secs);
                     entry.breaker.throttled(until);
-                    self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.min(until)));
+                    self.throttled_until =
+                        Some(self.throttled_until.map_or(until, |t| t.min(until)));
                 } else if entry.breaker.failed(now, &pool.policy) {
-                    tracing::warn!(deployment.name = name, error.kind = error.kind(), "deployment {name} failed {} times in a row: its circuit is open for {} s", pool.policy.failures, pool.policy.open_for.as_secs());
+                    tracing::warn!(
+                        deployment.name = name,
+                        error.kind = error.kind(),
+                        "deployment {name} failed {} times in a row: its circuit is open for {} s",
+                        pool.policy.failures,
+                        pool.policy.open_for.as_secs()
+                    );
                 }
-                tracing::info!(deployment.name = name, error.kind = error.kind(), "deployment {name} failed ({}); trying the next", error.kind());
+                tracing::info!(
+                    deployment.name = name,
+                    error.kind = error.kind(),
+                    "deployment {name} failed ({}); trying the next",
+                    error.kind()
+                );
                 self.last_error = Some(error);
                 Outcome::Next
             }
@@ -426,10 +457,15 @@ impl<'a> Tries<'a> {
     /// one left throttled, else the last failure.
     pub fn exhausted(self) -> UpstreamError {
         let now = Instant::now();
-        let throttled = self.throttled_until.map(|until| UpstreamError::RateLimited {
-            retry_after_secs: until.saturating_duration_since(now).as_secs_f64().ceil().max(1.0)
-                as u64,
-        });
+        let throttled = self
+            .throttled_until
+            .map(|until| UpstreamError::RateLimited {
+                retry_after_secs: until
+                    .saturating_duration_since(now)
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64,
+            });
         match (self.last_error, throttled) {
             (Some(UpstreamError::RateLimited { .. }) | None, Some(throttled)) => throttled,
             (Some(error), _) => error,
@@ -445,7 +481,9 @@ impl<'a> Tries<'a> {
 fn fails_over(error: &UpstreamError) -> bool {
     matches!(
         error,
-        UpstreamError::RateLimited { .. } | UpstreamError::Timeout(_) | UpstreamError::Unavailable(_)
+        UpstreamError::RateLimited { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Unavailable(_)
     )
 }
 
@@ -493,7 +531,11 @@ mod tests {
     #[test]
     fn priorities_come_first_and_weights_share_a_priority() {
         let pool = Pool::new(
-            vec![entry("payg", 2, 1), entry("ptu-a", 1, 3), entry("ptu-b", 1, 1)],
+            vec![
+                entry("payg", 2, 1),
+                entry("ptu-a", 1, 3),
+                entry("ptu-b", 1, 1),
+            ],
             policy(),
         )
         .unwrap();
@@ -534,7 +576,10 @@ mod tests {
         assert!(matches!(b.gate(t0, &p), Gate::Open(_)));
         let later = t0 + Duration::from_millis(60);
         assert_eq!(b.gate(later, &p), Gate::Probe);
-        assert!(matches!(b.gate(later, &p), Gate::Open(_)), "one probe at a time");
+        assert!(
+            matches!(b.gate(later, &p), Gate::Open(_)),
+            "one probe at a time"
+        );
         assert!(b.failed(later, &p), "a failed probe opens it again");
         let much_later = later + Duration::from_millis(60);
         assert_eq!(b.gate(much_later, &p), Gate::Probe);
@@ -562,7 +607,10 @@ mod tests {
         assert!(matches!(outcome, Outcome::Next));
         let second = tries.next_attempt().unwrap();
         assert_eq!(second.entry.name.as_deref(), Some("b"));
-        assert!(second.retry, "the last one retries as a single deployment would");
+        assert!(
+            second.retry,
+            "the last one retries as a single deployment would"
+        );
         assert!(matches!(
             tries.settle::<()>(&second, Err(UpstreamError::Unavailable("500".into()))),
             Outcome::Next
@@ -581,15 +629,22 @@ mod tests {
                 detail: "bad".into(),
             }),
         );
-        assert!(matches!(refused, Outcome::Done(Err(UpstreamError::Rejected { .. }))));
+        assert!(matches!(
+            refused,
+            Outcome::Done(Err(UpstreamError::Rejected { .. }))
+        ));
     }
 
     #[test]
     fn every_entry_throttled_is_a_429_with_the_shortest_wait() {
         let pool = Pool::new(vec![entry("a", 1, 1), entry("b", 1, 1)], policy()).unwrap();
         let now = Instant::now();
-        pool.entries[0].breaker.throttled(now + Duration::from_secs(20));
-        pool.entries[1].breaker.throttled(now + Duration::from_secs(5));
+        pool.entries[0]
+            .breaker
+            .throttled(now + Duration::from_secs(20));
+        pool.entries[1]
+            .breaker
+            .throttled(now + Duration::from_secs(5));
         let mut tries = pool.tries();
         assert!(tries.next_attempt().is_none());
         match tries.exhausted() {

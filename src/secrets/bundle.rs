@@ -69,11 +69,7 @@ impl CredentialBundle {
         if self.app_insights_connection_string.is_some() {
             out.push("appInsightsConnectionString");
         }
-        if self
-            .deployment_keys
-            .as_ref()
-            .is_some_and(|k| !k.is_empty())
-        {
+        if self.deployment_keys.as_ref().is_some_and(|k| !k.is_empty()) {
             out.push("deploymentKeys");
         }
         out
@@ -220,15 +216,20 @@ mod tests {
     #[test]
     fn deployment_keys_merge_by_name_round_trip_and_redact() {
         let bundle: CredentialBundle =
-            serde_json::from_str(r#"{"deploymentKeys":{"ptu":"dk-111","payg":"dk-222"}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"deploymentKeys":{"ptu":"dk-111","payg":"dk-222"}}"#).unwrap();
         assert!(!format!("{bundle:?}").contains("dk-"), "{bundle:?}");
         assert_eq!(bundle.present_fields(), ["deploymentKeys"]);
         let patch: CredentialBundle =
             serde_json::from_str(r#"{"deploymentKeys":{"payg":"dk-333"}}"#).unwrap();
         let merged = CredentialBundle::from_secret(&bundle.merged(patch).to_secret());
-        assert_eq!(merged.deployment_key("ptu").unwrap().expose_secret(), "dk-111");
-        assert_eq!(merged.deployment_key("payg").unwrap().expose_secret(), "dk-333");
+        assert_eq!(
+            merged.deployment_key("ptu").unwrap().expose_secret(),
+            "dk-111"
+        );
+        assert_eq!(
+            merged.deployment_key("payg").unwrap().expose_secret(),
+            "dk-333"
+        );
         assert!(merged.deployment_key("other").is_none());
     }
 

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use sophia::dev::simulator::{Fault, SimConfig};
 
 use crate::chat::{chat, sse_events};
-use crate::support::{Created, SimServer, TestApp, assert_problem, spawn_app_with, spawn_simulator};
+use crate::support::{
+    Created, SimServer, TestApp, assert_problem, spawn_app_with, spawn_simulator,
+};
 
 struct Rig {
     app: TestApp,
@@ -38,7 +40,8 @@ async fn rig(extra: &[(&str, &str)], ptu_entry: Value) -> Rig {
     let mut overrides = vec![("SOPHIA_ALLOW_LOCAL_UPSTREAMS", "true")];
     overrides.extend_from_slice(extra);
     let app = spawn_app_with(&overrides).await;
-    let mut first = json!({"name": "ptu", "endpoint": ptu.base, "deployment": "gpt-4o-ptu", "priority": 1});
+    let mut first =
+        json!({"name": "ptu", "endpoint": ptu.base, "deployment": "gpt-4o-ptu", "priority": 1});
     for (k, v) in ptu_entry.as_object().unwrap() {
         first[k] = v.clone();
     }
@@ -75,7 +78,10 @@ impl Rig {
 
     /// How many model calls each deployment has received so far.
     fn calls(&self) -> (usize, usize) {
-        (self.ptu.sim.requests().len(), self.payg.sim.requests().len())
+        (
+            self.ptu.sim.requests().len(),
+            self.payg.sim.requests().len(),
+        )
     }
 }
 
@@ -106,7 +112,11 @@ async fn a_429_moves_the_turn_on_and_the_throttled_deployment_waits_out_its_retr
     rig.turn().await;
     assert_eq!(rig.calls(), (2, 2));
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(rig.turn().await["model"], "gpt-4o-ptu", "back once it has waited");
+    assert_eq!(
+        rig.turn().await["model"],
+        "gpt-4o-ptu",
+        "back once it has waited"
+    );
     assert_eq!(rig.calls(), (3, 2));
 
     // The usage record says which deployment answered what.
@@ -300,7 +310,10 @@ async fn config_test_checks_every_deployment_and_names_a_missing_key() {
     );
     assert_eq!(report["ok"], false);
     let text = report.to_string();
-    assert!(!text.contains("key-ptu") && !text.contains("key-payg"), "{text}");
+    assert!(
+        !text.contains("key-ptu") && !text.contains("key-payg"),
+        "{text}"
+    );
     // Turns still go through the usable ones.
     assert_eq!(rig.turn().await["model"], "gpt-4o-ptu");
 }
@@ -318,12 +331,24 @@ async fn entries_are_validated_and_credentials_are_looked_up_only_in_the_company
     };
     for (deployments, field) in [
         (json!("nope"), "deployments"),
-        (with("endpoint", json!("https://evil.example.com")), "deployments[0].endpoint"),
-        (with("endpoint", json!("http://169.254.169.254")), "deployments[0].endpoint"),
-        (with("deployment", json!("../x")), "deployments[0].deployment"),
+        (
+            with("endpoint", json!("https://evil.example.com")),
+            "deployments[0].endpoint",
+        ),
+        (
+            with("endpoint", json!("http://169.254.169.254")),
+            "deployments[0].endpoint",
+        ),
+        (
+            with("deployment", json!("../x")),
+            "deployments[0].deployment",
+        ),
         (with("priority", json!(0)), "deployments[0].priority"),
         (with("weight", json!(-1)), "deployments[0].weight"),
-        (with("credential", json!("UPPER")), "deployments[0].credential"),
+        (
+            with("credential", json!("UPPER")),
+            "deployments[0].credential",
+        ),
         (with("apiKey", json!("sk-inline")), "deployments[0].apiKey"),
         (json!([entry, entry]), "deployments[1].name"),
     ] {
@@ -348,7 +373,12 @@ async fn entries_are_validated_and_credentials_are_looked_up_only_in_the_company
         .await;
     assert_problem(bad_keys, StatusCode::BAD_REQUEST, "validation_failed").await;
     // Nothing of it was written.
-    let view: Value = app.get(&path, &app.platform_token()).await.json().await.unwrap();
+    let view: Value = app
+        .get(&path, &app.platform_token())
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(view["deployments"].as_array().unwrap().len(), 2);
 
     // Beta stores a key named "shared"; acme's entry naming "shared" does not find it.
@@ -371,7 +401,11 @@ async fn entries_are_validated_and_credentials_are_looked_up_only_in_the_company
             ]})),
         )
         .await;
-    assert_eq!(resp.status(), StatusCode::OK, "a company admin lists its own");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a company admin lists its own"
+    );
     let resp = chat(app, &rig.token, json!({"message": "hello"})).await;
     let problem = assert_problem(resp, StatusCode::CONFLICT, "instance_not_configured").await;
     assert!(
@@ -381,6 +415,9 @@ async fn entries_are_validated_and_credentials_are_looked_up_only_in_the_company
             .contains("no key 'shared'"),
         "{problem}"
     );
-    assert!(rig.payg.sim.requests().is_empty(), "beta's key was never sent");
+    assert!(
+        rig.payg.sim.requests().is_empty(),
+        "beta's key was never sent"
+    );
     let _ = beta;
 }

@@ -29,6 +29,8 @@ fn resolver() -> Resolver {
         embedded: Arc::new(sophia::knowledge::sqlite::SqliteIndex::open_in_memory().unwrap()),
         data_dir: std::env::temp_dir(),
         identities: None,
+        breakers: Arc::default(),
+        breaker_policy: Default::default(),
     }
 }
 
@@ -165,7 +167,7 @@ async fn a_thousand_concurrent_cold_requests_make_one_store_read_and_one_secret_
         .get(&r.store, &r.secrets, &r.tenant, &r.id)
         .await
         .unwrap();
-    let endpoint = rt.chat.as_ref().unwrap();
+    let endpoint = rt.chat.as_ref().unwrap().primary();
     assert_eq!(endpoint.deployment, "gpt-4o");
     match &endpoint.auth {
         sophia::llm::UpstreamAuth::Key(k) => assert_eq!(k.expose_secret(), "k-1"),

@@ -576,7 +576,11 @@ pub async fn concurrent_appends_lose_nothing(store: Arc<dyn Store>) {
     );
 }
 
-fn tally(prompt_tokens: u64, completion_tokens: u64, requests: u64) -> sophia::domain::usage::Tally {
+fn tally(
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    requests: u64,
+) -> sophia::domain::usage::Tally {
     sophia::domain::usage::Tally {
         prompt_tokens,
         completion_tokens,
@@ -591,7 +595,10 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     store.add_usage(&a, d1, tally(10, 5, 1), &[]).await.unwrap();
     store.add_usage(&a, d1, tally(1, 2, 1), &[]).await.unwrap();
     store.add_usage(&a, d2, tally(7, 7, 1), &[]).await.unwrap();
-    store.add_usage(&b, d1, tally(100, 100, 3), &[]).await.unwrap();
+    store
+        .add_usage(&b, d1, tally(100, 100, 3), &[])
+        .await
+        .unwrap();
     let ua = store
         .list_usage(&TenantScope::Tenant(a.clone()), d1, d2)
         .await
@@ -616,13 +623,21 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
     assert_eq!(only_d2.len(), 1);
     let all = store.list_usage(&TenantScope::All, d1, d2).await.unwrap();
     assert!(all.iter().any(|u| u.tenant_id == b) && all.iter().any(|u| u.tenant_id == a));
-    assert!(all.iter().all(|u| u.deployments.is_empty()), "no shares written");
+    assert!(
+        all.iter().all(|u| u.deployments.is_empty()),
+        "no shares written"
+    );
 
     // Failover deployments' shares add up by name, in the same write as the day's total.
     let c = tenant();
     let share = |name: &str, p, k, n| (name.to_owned(), tally(p, k, n));
     store
-        .add_usage(&c, d1, tally(30, 3, 3), &[share("ptu", 10, 1, 1), share("payg", 20, 2, 2)])
+        .add_usage(
+            &c,
+            d1,
+            tally(30, 3, 3),
+            &[share("ptu", 10, 1, 1), share("payg", 20, 2, 2)],
+        )
         .await
         .unwrap();
     store
@@ -646,7 +661,10 @@ pub async fn usage_accumulates_per_tenant_and_day(store: Arc<dyn Store>) {
         .list_usage(&TenantScope::Tenant(b.clone()), d1, d1)
         .await
         .unwrap();
-    assert!(ub.iter().all(|u| u.deployments.is_empty() && u.tenant_id == b));
+    assert!(
+        ub.iter()
+            .all(|u| u.deployments.is_empty() && u.tenant_id == b)
+    );
 }
 
 pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Store>) {

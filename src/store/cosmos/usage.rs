@@ -104,7 +104,10 @@ impl UsageStore for CosmosStore {
                     doc.completion_tokens += total.completion_tokens;
                     doc.requests += total.requests;
                     for (name, share) in deployments {
-                        doc.deployments.entry(name.clone()).or_default().merge(*share);
+                        doc.deployments
+                            .entry(name.clone())
+                            .or_default()
+                            .merge(*share);
                     }
                     Ok(Change::Write(doc, ()))
                 })
