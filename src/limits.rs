@@ -225,6 +225,7 @@ impl Local {
             WindowAdd {
                 tokens: self.pending.tokens + self.reserved,
                 requests: self.pending.requests,
+                key_failures: self.pending.key_failures,
             },
         )
     }
@@ -257,7 +258,8 @@ struct Shared {
     tenants: Mutex<HashMap<TenantId, Local>>,
 }
 
-/// The fleet-wide limiter (see the module comment).
+/// The fleet-wide limiter (see the module comment). Clones share their counters.
+#[derive(Clone)]
 pub struct Limiter {
     shared: Arc<Shared>,
 }
@@ -425,6 +427,31 @@ impl Limiter {
         })
     }
 
+    /// Counts a failed access-key check of `tenant` (a company that exists: made-up ids get
+    /// no record), written to the fleet's counters with the next sync.
+    pub fn key_failed(&self, tenant: &TenantId) {
+        if let Ok(mut tenants) = self.shared.tenants.lock() {
+            let local = tenants.entry(tenant.clone()).or_default();
+            local.pending.key_failures += 1;
+            local.seen_at = Some(Instant::now());
+        }
+    }
+
+    /// `tenant`'s failed access-key checks this minute across the fleet, as this process knows
+    /// them: the last sync (at most about a second old while the company is in use) plus its
+    /// own since. No store call.
+    pub fn key_failures(&self, tenant: &TenantId) -> u64 {
+        let keys = WindowKeys::at(Utc::now());
+        match self.shared.tenants.lock() {
+            Ok(mut tenants) => {
+                let local = tenants.entry(tenant.clone()).or_default();
+                local.seen_at = Some(Instant::now());
+                local.view(keys).minute_key_failures
+            }
+            Err(_) => 0,
+        }
+    }
+
     /// Where `tenant` stands, after reading the fleet's totals.
     pub async fn standing(&self, store: &dyn Store, tenant: &TenantId, limits: Limits) -> Standing {
         self.sync(store, tenant).await;
@@ -466,11 +493,13 @@ impl Limiter {
                     minute_requests: totals.minute_requests.max(known.minute_requests),
                     day_tokens: totals.day_tokens.max(known.day_tokens),
                     month_tokens: totals.month_tokens.max(known.month_tokens),
+                    minute_key_failures: totals.minute_key_failures.max(known.minute_key_failures),
                 };
             }
             Err(e) => {
                 local.pending.tokens += pending.tokens;
                 local.pending.requests += pending.requests;
+                local.pending.key_failures += pending.key_failures;
                 tracing::warn!(tenant.id = %tenant, error = ?e, "limit windows not synced; admitting on the last known totals: {e:#}");
             }
         }

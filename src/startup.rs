@@ -320,6 +320,8 @@ pub async fn build_state_with(
         timeout: settings.extract_timeout,
         max_chars: settings.extract_max_chars,
     };
+    // One set of fleet counters: the limits and the token endpoint's failure counts.
+    let limits = crate::limits::Limiter::default();
     let auth = Authenticator::new(
         Arc::clone(&store),
         tokens,
@@ -329,7 +331,8 @@ pub async fn build_state_with(
         crate::auth::key_checks::KeyChecks::new(
             settings.token_failures_per_source,
             settings.token_rate_limit_per_company,
-        ),
+        )
+        .across(limits.clone()),
     );
     let resolver = Resolver {
         upstreams: Arc::new(upstreams.clone()),
@@ -348,7 +351,7 @@ pub async fn build_state_with(
         upstreams,
         models,
         usage: crate::usage::UsageRecorder::default(),
-        limits: crate::limits::Limiter::default(),
+        limits,
         runtimes: RuntimeCache::new(
             settings.tenant_cache_ttl,
             settings.tenant_cache_max_stale,

@@ -201,7 +201,7 @@ impl Authenticator {
         key: &str,
         via: &str,
     ) -> Result<KeyMatch, AuthError> {
-        let admission = self
+        let mut admission = self
             .key_checks
             .admit(company, client)
             .await
@@ -211,6 +211,11 @@ impl Authenticator {
             Some(t) => self.store.find_live_instance(t, agent_type).await?,
             None => None,
         };
+        if let (Some(t), Some(_)) = (&tenant, &instance) {
+            self.key_checks
+                .slow_down_if_fleet_over(&mut admission, t)
+                .await;
+        }
         let key = AccessKey::parse(key);
         let mut matched = self
             .hasher
@@ -256,6 +261,7 @@ impl Authenticator {
                 };
                 match tenant {
                     Some(tenant) if known => {
+                        self.key_checks.failed_known(&tenant);
                         let mut entry = AuditEntry::new(
                             tenant.clone(),
                             action::AUTH_FAILURE,

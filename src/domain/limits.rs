@@ -51,6 +51,10 @@ pub struct LimitWindows {
     pub minute_requests: u64,
     pub day_tokens: u64,
     pub month_tokens: u64,
+    /// Failed access-key checks of the company this minute, across the fleet (the token
+    /// endpoint's brute-force protection).
+    #[serde(default)]
+    pub minute_key_failures: u64,
 }
 
 /// An addition to the windows.
@@ -58,11 +62,12 @@ pub struct LimitWindows {
 pub struct WindowAdd {
     pub tokens: u64,
     pub requests: u64,
+    pub key_failures: u64,
 }
 
 impl WindowAdd {
     pub fn is_empty(&self) -> bool {
-        self.tokens == 0 && self.requests == 0
+        self.tokens == 0 && self.requests == 0 && self.key_failures == 0
     }
 }
 
@@ -72,6 +77,7 @@ impl LimitWindows {
         if self.keys.minute != keys.minute {
             self.minute_tokens = 0;
             self.minute_requests = 0;
+            self.minute_key_failures = 0;
         }
         if self.keys.day != keys.day {
             self.day_tokens = 0;
@@ -88,6 +94,7 @@ impl LimitWindows {
         let mut w = self.rolled(keys);
         w.minute_tokens += add.tokens;
         w.minute_requests += add.requests;
+        w.minute_key_failures += add.key_failures;
         w.day_tokens += add.tokens;
         w.month_tokens += add.tokens;
         w
@@ -107,6 +114,7 @@ mod tests {
         let add = WindowAdd {
             tokens: 10,
             requests: 1,
+            key_failures: 1,
         };
         let t0 = WindowKeys::at(at("2026-12-31T23:59:30Z"));
         let w = LimitWindows::default().plus(t0, add).plus(t0, add);
@@ -119,6 +127,7 @@ mod tests {
             ),
             (20, 2, 20, 20)
         );
+        assert_eq!(w.minute_key_failures, 2);
         let same_minute = WindowKeys::at(at("2026-12-31T23:59:59Z"));
         assert_eq!(w.rolled(same_minute), w);
         // A new minute, day, month and year at once.
@@ -132,6 +141,7 @@ mod tests {
             ),
             (10, 1, 10, 10)
         );
+        assert_eq!(next.minute_key_failures, 1, "key failures count per minute");
         // A new minute of the same day and month keeps the budgets.
         let later = next.plus(WindowKeys::at(at("2027-01-01T00:01:00Z")), add);
         assert_eq!(

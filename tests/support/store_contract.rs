@@ -673,7 +673,11 @@ pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Stor
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     store.add_usage(&a, day, tally(1, 1, 1), &[]).await.unwrap();
     let t0 = WindowKeys::at("2026-11-20T10:00:05Z".parse().unwrap());
-    let add = |tokens, requests| WindowAdd { tokens, requests };
+    let add = |tokens, requests| WindowAdd {
+        tokens,
+        requests,
+        key_failures: 0,
+    };
     let w = store
         .add_to_limit_windows(&a, t0, add(10, 1))
         .await
