@@ -16,7 +16,7 @@
 //! passes the threshold — so scaling out does not multiply what a guesser gets. Per source and
 //! per address the counts stay in memory, per process: a record per client address would let
 //! anyone write into the store at will (APIM's `rate-limit-by-key` gives the global bound
-//! there, `infra/modules/apim.bicep`).
+//! there, `infra/modules/apim/api-policy.xml`).
 
 use std::sync::Arc;
 use std::sync::Mutex;
