@@ -455,6 +455,26 @@ impl Limiter {
     /// Where `tenant` stands, after reading the fleet's totals.
     pub async fn standing(&self, store: &dyn Store, tenant: &TenantId, limits: Limits) -> Standing {
         self.sync(store, tenant).await;
+        self.known(tenant, limits)
+    }
+
+    /// Where `tenant` stands as this process knows it (read from the store only the first
+    /// time): for the headers of answers that admit nothing (`/v1/models`, a stored response).
+    pub async fn current(&self, store: &dyn Store, tenant: &TenantId, limits: Limits) -> Standing {
+        if limits.is_empty() {
+            return Standing::default();
+        }
+        let unknown = match self.shared.tenants.lock() {
+            Ok(tenants) => tenants.get(tenant).is_none_or(|l| l.synced_at.is_none()),
+            Err(_) => false,
+        };
+        if unknown {
+            self.sync(store, tenant).await;
+        }
+        self.known(tenant, limits)
+    }
+
+    fn known(&self, tenant: &TenantId, limits: Limits) -> Standing {
         let now = Utc::now();
         let keys = WindowKeys::at(now);
         let used = match self.shared.tenants.lock() {

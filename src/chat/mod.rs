@@ -521,6 +521,23 @@ impl Turn {
     }
 }
 
+/// Where `caller`'s company stands against its limits, for an answer that admits nothing
+/// (its `x-ratelimit-*` headers).
+pub async fn standing(app: &App, caller: &Caller) -> Result<crate::limits::Standing, ChatError> {
+    let runtime = app
+        .runtimes
+        .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
+        .await?;
+    Ok(app
+        .limits
+        .current(
+            app.store.as_ref(),
+            &caller.tenant,
+            runtime.instance.settings.limits(),
+        )
+        .await)
+}
+
 /// Admits a request of `caller` expected to use `estimate` tokens against its company's
 /// limits; the first refusal of a budget in its window is audited.
 pub(crate) async fn admit(

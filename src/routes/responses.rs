@@ -519,7 +519,11 @@ pub async fn create_response(
     let created_at = chrono::Utc::now().timestamp();
     let reply = turn.reply_id;
     if request.stream != Some(true) {
-        let answer = turn.complete(&app).await?;
+        let answer = match turn.complete(&app).await {
+            Ok(answer) => answer,
+            // A failure after admission still says where the company stands.
+            Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
+        };
         let incomplete = incomplete_reason(&answer.finish_reason);
         return Ok(standing.on(Json(
             Shape {
@@ -548,7 +552,10 @@ pub async fn create_response(
         .into_response()));
     }
     let model = turn.model.clone();
-    let events = turn.stream(&app).await?;
+    let events = match turn.stream(&app).await {
+        Ok(events) => events,
+        Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
+    };
     let mut writer = EventWriter {
         id,
         created_at,
@@ -868,7 +875,8 @@ pub async fn get_response(
         return Err(ApiError::NotFound("response"));
     };
     let echo = Echo::stored(record, id.conversation);
-    Ok(Json(
+    let standing = crate::chat::standing(&app, &caller).await?;
+    Ok(standing.on(Json(
         Shape {
             id: &raw,
             created_at: message.at.timestamp(),
@@ -888,5 +896,5 @@ pub async fn get_response(
         }
         .json(),
     )
-    .into_response())
+    .into_response()))
 }

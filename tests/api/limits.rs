@@ -286,3 +286,62 @@ async fn a_company_over_its_tokens_per_minute_gets_429_and_another_is_unaffected
         assert!(remaining > 999_000);
     }
 }
+
+#[tokio::test]
+async fn failures_after_admission_and_answers_that_admit_nothing_carry_the_headers() {
+    let (app, sim) = setup(&[("SOPHIA_UPSTREAM_RETRY_BUDGET_MS", "0")]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o-acme").await;
+    let beta = company(&app, &sim, "beta", "gpt-4o-beta").await;
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &app.platform_token(),
+        json!({"requestsPerMinute": 1000, "tokensPerDay": 1_000_000}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token = app.service_token("acme", &acme.key).await;
+    early_in_a_minute().await;
+    // The upstream fails after the turn was admitted: 502, and the headers still say where
+    // the company stands (the failed turn counted as a request).
+    for (path, body) in [
+        ("/chat", json!({"message": "hello"})),
+        ("/chat", json!({"message": "hello", "stream": true})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        sim.sim.push_fault(sophia::dev::simulator::Fault {
+            status: Some(500),
+            ..Default::default()
+        });
+        let resp = app
+            .request(Method::POST, path, Some(&token), Some(body.clone()))
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{path} {body}");
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-requests").as_deref(),
+            Some("1000"),
+            "{path} {body}"
+        );
+        assert!(header(&resp, "x-ratelimit-remaining-requests").is_some());
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-tokens").as_deref(),
+            Some("1000000")
+        );
+    }
+    // /v1/models admits nothing and still answers the headers.
+    let resp = app.get("/v1/models", &token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let remaining: u64 = header(&resp, "x-ratelimit-remaining-requests")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining <= 997, "three requests counted: {remaining}");
+    // A company without limits gets none.
+    let beta_token = app.service_token("beta", &beta.key).await;
+    let resp = app.get("/v1/models", &beta_token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(header(&resp, "x-ratelimit-limit-requests").is_none());
+}
