@@ -181,11 +181,35 @@ pub struct Refused {
     pub which: Which,
     pub retry_after_secs: u64,
     pub standing: Standing,
-    /// The first refusal of this budget in its window (audited once).
+    /// The first refusal of this budget in its window in this process (announced once per
+    /// window across the fleet: [`Refused::announce`]).
     pub first_in_window: bool,
 }
 
 impl Refused {
+    /// Whether this refusal is the fleet's first of its budget in the window: claimed in the
+    /// store, so one instance audits it. `false` for a rate limit (not audited) or when this
+    /// process already announced it; `true` when the store cannot say (rather audit twice
+    /// than never).
+    pub async fn announce(&self, store: &dyn Store, tenant: &TenantId) -> bool {
+        if !self.first_in_window {
+            return false;
+        }
+        let keys = self.standing.used.keys;
+        let window = match self.which {
+            Which::TokensPerDay => keys.day,
+            Which::TokensPerMonth => keys.month,
+            _ => return false,
+        };
+        match store.claim_window(tenant, self.which.name(), window).await {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::warn!(tenant.id = %tenant, error = ?e, "could not claim the announcement of an exhausted budget: {e:#}");
+                true
+            }
+        }
+    }
+
     /// What the caller is told.
     pub fn detail(&self) -> String {
         let limit = self

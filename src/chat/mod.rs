@@ -566,7 +566,7 @@ async fn refusal(
     refused: crate::limits::Refused,
 ) -> ChatError {
     tracing::info!(tenant.id = %caller.tenant, limit = refused.which.name(), "request refused: {}", refused.detail());
-    if refused.first_in_window {
+    if refused.announce(app.store.as_ref(), &caller.tenant).await {
         let entry = crate::domain::AuditEntry::new(
             caller.tenant.clone(),
             crate::domain::audit::action::LIMIT_EXHAUSTED,

@@ -420,16 +420,19 @@ pub async fn embeddings(
         return Err(bad("dimensions", "must be at least 1"));
     }
     let caller = Caller::from(claims);
-    let answer = match crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await {
-        Ok(answer) => answer,
-        // A refusal carries its own headers; any other failure still says where the company
-        // stands.
-        Err(e @ crate::chat::ChatError::OverLimit(_)) => return Err(e.into()),
-        Err(e) => {
-            let standing = crate::chat::standing(&app, &caller).await.unwrap_or_default();
-            return Ok(standing.on(ApiError::from(e).into_response()));
-        }
-    };
+    let answer =
+        match crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await {
+            Ok(answer) => answer,
+            // A refusal carries its own headers; any other failure still says where the company
+            // stands.
+            Err(e @ crate::chat::ChatError::OverLimit(_)) => return Err(e.into()),
+            Err(e) => {
+                let standing = crate::chat::standing(&app, &caller)
+                    .await
+                    .unwrap_or_default();
+                return Ok(standing.on(ApiError::from(e).into_response()));
+            }
+        };
     let data: Vec<Value> = answer
         .vectors
         .iter()

@@ -211,6 +211,11 @@ pub trait UsageStore: Send + Sync {
         add: crate::domain::limits::WindowAdd,
     ) -> StoreResult<crate::domain::limits::LimitWindows>;
 
+    /// Claims the announcement of `name` (a limit) in `window` (its window key) for the
+    /// caller: `true` for the first claim of that window across the fleet, `false` after.
+    /// Atomic: of concurrent claims one wins.
+    async fn claim_window(&self, tenant: &TenantId, name: &str, window: i64) -> StoreResult<bool>;
+
     /// Daily usage in scope between `from` and `to` (inclusive), by tenant then day.
     async fn list_usage(
         &self,

@@ -133,6 +133,9 @@ impl UsageStore for FaultyStore {
     ) -> StoreResult<()> {
         self.inner.add_usage(t, d, total, shares).await
     }
+    async fn claim_window(&self, t: &TenantId, name: &str, window: i64) -> StoreResult<bool> {
+        self.inner.claim_window(t, name, window).await
+    }
     async fn add_to_limit_windows(
         &self,
         t: &TenantId,

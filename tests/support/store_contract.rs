@@ -989,6 +989,48 @@ pub async fn knowledge_manifest_per_tenant(store: Arc<dyn Store>) {
     assert_eq!(bs[0].content_hash, "sha256:b");
 }
 
+pub async fn a_window_is_claimed_once(store: Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    assert!(store.claim_window(&a, "tokensPerDay", 100).await.unwrap());
+    assert!(!store.claim_window(&a, "tokensPerDay", 100).await.unwrap());
+    assert!(
+        !store.claim_window(&a, "tokensPerDay", 99).await.unwrap(),
+        "an older window"
+    );
+    assert!(
+        store.claim_window(&a, "tokensPerMonth", 100).await.unwrap(),
+        "per limit"
+    );
+    assert!(
+        store.claim_window(&b, "tokensPerDay", 100).await.unwrap(),
+        "per company"
+    );
+    assert!(
+        store.claim_window(&a, "tokensPerDay", 101).await.unwrap(),
+        "the next window"
+    );
+    // Of concurrent claims exactly one wins.
+    let claims = (0..8).map(|_| {
+        let (store, a) = (Arc::clone(&store), a.clone());
+        tokio::spawn(async move { store.claim_window(&a, "tokensPerDay", 102).await.unwrap() })
+    });
+    let won = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(won, 1);
+    // The claims are not daily usage.
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    assert!(
+        store
+            .list_usage(&TenantScope::Tenant(a.clone()), day, day)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Generates one `#[tokio::test]` per contract case for a backend.
 #[macro_export]
 macro_rules! store_contract_tests {
@@ -997,7 +1039,7 @@ macro_rules! store_contract_tests {
             touch_keeps_the_etag, pagination_and_filters, audit_queries, conversations,
             long_conversations_keep_saving,
             concurrent_appends_lose_nothing, usage_accumulates_per_tenant_and_day,
-            limit_windows_add_roll_over_and_stay_per_tenant,
+            limit_windows_add_roll_over_and_stay_per_tenant, a_window_is_claimed_once,
             one_active_refresh_per_tenant, a_stale_refresh_is_abandoned,
             concurrent_refreshes_record_one_job, a_queued_job_is_claimed_once,
             progress_is_saved_only_while_running,

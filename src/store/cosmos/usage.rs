@@ -39,6 +39,19 @@ struct LimitDoc {
 
 const LIMIT_DOC: &str = "limits";
 
+/// The windows whose exhaustion the fleet has announced, by limit: one document
+/// (`id: "window-claims"`) in the company's usage partition.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimDoc {
+    id: String,
+    tenant_id: TenantId,
+    kind: String,
+    claims: BTreeMap<String, i64>,
+}
+
+const CLAIM_DOC: &str = "window-claims";
+
 #[async_trait]
 impl UsageStore for CosmosStore {
     async fn add_to_limit_windows(
@@ -110,6 +123,32 @@ impl UsageStore for CosmosStore {
                             .merge(*share);
                     }
                     Ok(Change::Write(doc, ()))
+                })
+            },
+        )
+        .await
+    }
+
+    async fn claim_window(&self, tenant: &TenantId, name: &str, window: i64) -> StoreResult<bool> {
+        read_modify_write(
+            &self.usage,
+            tenant,
+            CLAIM_DOC,
+            |d: &ClaimDoc| &d.tenant_id,
+            "window claims",
+            |current| {
+                Box::pin(async move {
+                    let mut doc = current.unwrap_or_else(|| ClaimDoc {
+                        id: CLAIM_DOC.into(),
+                        tenant_id: tenant.clone(),
+                        kind: CLAIM_DOC.into(),
+                        claims: BTreeMap::new(),
+                    });
+                    if doc.claims.get(name).is_some_and(|w| *w >= window) {
+                        return Ok(Change::Keep(false));
+                    }
+                    doc.claims.insert(name.to_owned(), window);
+                    Ok(Change::Write(doc, true))
                 })
             },
         )

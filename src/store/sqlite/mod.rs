@@ -93,6 +93,13 @@ const MIGRATIONS: &[&str] = &[
         requests INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, day, deployment)
     );",
+    // 6: which limit windows' exhaustion the fleet has already announced (audited).
+    "CREATE TABLE window_claims (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        window INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );",
 ];
 
 /// SQLite-backed store. Cheap to clone.

@@ -87,6 +87,23 @@ impl UsageStore for SqliteStore {
         .await
     }
 
+    async fn claim_window(&self, tenant: &TenantId, name: &str, window: i64) -> StoreResult<bool> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.run(move |conn| {
+            // Inserts, or moves an older window's claim on; no change means already claimed.
+            let changed = conn
+                .execute(
+                    "INSERT INTO window_claims (tenant_id, name, window) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant_id, name) DO UPDATE SET window = excluded.window
+                     WHERE window_claims.window < excluded.window",
+                    params![tenant.as_str(), name, window],
+                )
+                .map_err(map_err)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn list_usage(
         &self,
         scope: &TenantScope,
