@@ -250,6 +250,7 @@ impl Local {
                 tokens: self.pending.tokens + self.reserved,
                 requests: self.pending.requests,
                 key_failures: self.pending.key_failures,
+                ..WindowAdd::default()
             },
         )
     }
@@ -449,6 +450,48 @@ impl Limiter {
                 resets,
             },
         })
+    }
+
+    /// Brings `tenant`'s day and month windows up to what its usage records say it used
+    /// (a company getting a budget mid-month has its earlier use of the month counted), then
+    /// reads the totals back. Idempotent.
+    pub async fn seed_from_usage(
+        &self,
+        store: &dyn Store,
+        usage: &crate::usage::UsageRecorder,
+        tenant: &TenantId,
+    ) -> crate::store::StoreResult<()> {
+        use chrono::Datelike;
+        usage.flush(store).await;
+        let now = Utc::now();
+        let today = now.date_naive();
+        let first = today.with_day(1).unwrap_or(today);
+        let records = store
+            .list_usage(
+                &crate::store::TenantScope::Tenant(tenant.clone()),
+                first,
+                today,
+            )
+            .await?;
+        let floor_month = records.iter().map(|r| r.total_tokens).sum();
+        let floor_day = records
+            .iter()
+            .filter(|r| r.day == today)
+            .map(|r| r.total_tokens)
+            .sum();
+        store
+            .add_to_limit_windows(
+                tenant,
+                WindowKeys::at(now),
+                WindowAdd {
+                    floor_day,
+                    floor_month,
+                    ..WindowAdd::default()
+                },
+            )
+            .await?;
+        self.sync(store, tenant).await;
+        Ok(())
     }
 
     /// Counts a failed access-key check of `tenant` (a company that exists: made-up ids get

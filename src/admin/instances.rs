@@ -116,6 +116,23 @@ fn refused(
     }
 }
 
+/// A budget set or changed counts what the company used earlier in its day and month (not
+/// only from now on). A failure is logged: the write stands, the windows count from now.
+async fn seed_budgets(app: &App, before: Option<&AgentInstance>, after: &AgentInstance) {
+    let then = before.map(|b| b.settings.limits()).unwrap_or_default();
+    let now = after.settings.limits();
+    if then == now || (now.tokens_per_day.is_none() && now.tokens_per_month.is_none()) {
+        return;
+    }
+    if let Err(e) = app
+        .limits
+        .seed_from_usage(app.store.as_ref(), &app.usage, &after.tenant_id)
+        .await
+    {
+        tracing::warn!(tenant.id = %after.tenant_id, error = ?e, "the budget counts from now: earlier usage could not be read: {e:#}");
+    }
+}
+
 /// Marks `next` disabled by this admin and revokes every token issued so far (they carry
 /// the old key version). The access key itself is kept: re-enabling restores it.
 fn disable(next: &mut AgentInstance, admin: &AdminPrincipal) {
@@ -325,6 +342,7 @@ pub async fn create(
         .invalidate(&stored.tenant_id, &stored.id)
         .await;
     app.runtimes.invalidate(&stored.tenant_id, &stored.id).await;
+    seed_budgets(app, None, &stored).await;
     let fields = credentials
         .as_ref()
         .map(CredentialBundle::present_fields)
@@ -555,6 +573,7 @@ pub async fn patch(
     }
     next.updated_at = Utc::now();
     let stored = save(app, &next, &current.etag).await?;
+    seed_budgets(app, Some(&current), &stored).await;
     let disabled_now =
         stored.status == InstanceStatus::Disabled && current.status != InstanceStatus::Disabled;
     let details = json!({ "fields": changed, "credentials": credential_fields, "status": stored.status.as_str() });

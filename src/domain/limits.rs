@@ -63,11 +63,15 @@ pub struct WindowAdd {
     pub tokens: u64,
     pub requests: u64,
     pub key_failures: u64,
+    /// The day's and the month's tokens are at least these (what the company used before it
+    /// had a limit, from its usage records; idempotent).
+    pub floor_day: u64,
+    pub floor_month: u64,
 }
 
 impl WindowAdd {
     pub fn is_empty(&self) -> bool {
-        self.tokens == 0 && self.requests == 0 && self.key_failures == 0
+        *self == Self::default()
     }
 }
 
@@ -95,8 +99,8 @@ impl LimitWindows {
         w.minute_tokens += add.tokens;
         w.minute_requests += add.requests;
         w.minute_key_failures += add.key_failures;
-        w.day_tokens += add.tokens;
-        w.month_tokens += add.tokens;
+        w.day_tokens = (w.day_tokens + add.tokens).max(add.floor_day);
+        w.month_tokens = (w.month_tokens + add.tokens).max(add.floor_month);
         w
     }
 }
@@ -115,6 +119,7 @@ mod tests {
             tokens: 10,
             requests: 1,
             key_failures: 1,
+            ..WindowAdd::default()
         };
         let t0 = WindowKeys::at(at("2026-12-31T23:59:30Z"));
         let w = LimitWindows::default().plus(t0, add).plus(t0, add);
@@ -142,6 +147,23 @@ mod tests {
             (10, 1, 10, 10)
         );
         assert_eq!(next.minute_key_failures, 1, "key failures count per minute");
+        // Floors raise the day and month to what was used before counting began, once.
+        let floor = WindowAdd {
+            floor_day: 500,
+            floor_month: 900,
+            ..WindowAdd::default()
+        };
+        let seeded = next.plus(next.keys, floor).plus(next.keys, floor);
+        assert_eq!((seeded.day_tokens, seeded.month_tokens), (500, 900));
+        assert_eq!(seeded.minute_tokens, next.minute_tokens);
+        let higher = seeded.plus(
+            next.keys,
+            WindowAdd {
+                floor_day: 10,
+                ..add
+            },
+        );
+        assert_eq!(higher.day_tokens, 510, "a floor never lowers");
         // A new minute of the same day and month keeps the budgets.
         let later = next.plus(WindowKeys::at(at("2027-01-01T00:01:00Z")), add);
         assert_eq!(

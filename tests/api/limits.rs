@@ -345,3 +345,60 @@ async fn failures_after_admission_and_answers_that_admit_nothing_carry_the_heade
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(header(&resp, "x-ratelimit-limit-requests").is_none());
 }
+
+#[tokio::test]
+async fn a_budget_set_mid_day_counts_what_the_company_already_used() {
+    let (app, sim) = setup(&[]).await;
+    let acme = company(&app, &sim, "acme", "gpt-4o-acme").await;
+    let token = app.service_token("acme", &acme.key).await;
+    let mut used = 0;
+    for _ in 0..3 {
+        let resp = chat(&app, &token, json!({"message": "hello there"})).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            header(&resp, "x-ratelimit-limit-tokens").is_none(),
+            "no limit yet"
+        );
+        let body: Value = resp.json().await.unwrap();
+        used += body["usage"]["totalTokens"].as_u64().unwrap();
+    }
+    // A day budget just above what was used: the day's earlier turns count against it.
+    let resp = set_settings(
+        &app,
+        &acme.id,
+        &app.platform_token(),
+        json!({"tokensPerDay": used + 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let usage: Value = app
+        .get("/admin/usage?companyId=acme", &app.platform_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let day = usage["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["limit"] == "tokensPerDay")
+        .unwrap()
+        .clone();
+    assert_eq!(day["used"].as_u64().unwrap(), used, "{usage}");
+    assert_eq!(day["remaining"], 1);
+    // One more turn fits (its estimate is reserved against the one token left only after
+    // admission); the one after it is refused.
+    let mut refused = false;
+    for _ in 0..2 {
+        let resp = chat(&app, &token, json!({"message": "hello there"})).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the budget includes the tokens used before it was set"
+    );
+}

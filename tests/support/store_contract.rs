@@ -676,7 +676,7 @@ pub async fn limit_windows_add_roll_over_and_stay_per_tenant(store: Arc<dyn Stor
     let add = |tokens, requests| WindowAdd {
         tokens,
         requests,
-        key_failures: 0,
+        ..WindowAdd::default()
     };
     let w = store
         .add_to_limit_windows(&a, t0, add(10, 1))
