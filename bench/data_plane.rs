@@ -8,7 +8,8 @@
 //! BENCHMARKS.md.
 //!
 //! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
-//! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing.
+//! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing; `BENCH_LIMITS_ONLY=1`
+//! runs the limit-check comparison alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
@@ -304,6 +305,78 @@ fn tenant(
     token["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The limit check in the data plane: `plain` (a company without limits, its bearer and the
+/// server's pid) against a company with `requestsPerMinute`, `tokensPerMinute`, `tokensPerDay`
+/// and `tokensPerMonth` set (never reached), in turns at 32 workers × 100 req/s, 5 pairs of
+/// 4 s: SOPHIA's CPU per request, the median difference.
+fn limits_rows(
+    client: &reqwest::blocking::Client,
+    (base, admin): (&str, &str),
+    sim_base: &str,
+    (url, plain_bearer, pid): (&str, &str, u32),
+    body_text: &str,
+) -> String {
+    let limited = tenant(client, base, admin, "limited", sim_base);
+    let instances: Value = client
+        .get(format!("{base}/admin/agent-instances?companyId=limited"))
+        .bearer_auth(admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = instances["items"][0]["id"].as_str().unwrap().to_owned();
+    let patched = client
+        .patch(format!("{base}/admin/agent-instances/{id}"))
+        .bearer_auth(admin)
+        .json(
+            &json!({"settings": {"requestsPerMinute": 1_000_000_000_000u64,
+            "tokensPerMinute": 1_000_000_000_000u64, "tokensPerDay": 1_000_000_000_000u64,
+            "tokensPerMonth": 1_000_000_000_000u64}}),
+        )
+        .send()
+        .unwrap();
+    assert!(patched.status().is_success(), "{}", patched.text().unwrap());
+    let limited_bearer = format!("Bearer {limited}");
+    hey(url, &[("Authorization", &limited_bearer)], body_text, 4, 2);
+    let secs = 4;
+    let one = |bearer: &str| {
+        let before = cpu_us(pid);
+        let r = hey_at(
+            url,
+            &[("Authorization", bearer)],
+            body_text,
+            32,
+            secs,
+            Some(100),
+        );
+        assert!(!r.errors, "a limited request was refused or failed");
+        ((cpu_us(pid) - before) / (r.rps * secs as f64), r.p99_ms)
+    };
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let plain = one(plain_bearer);
+        let with = one(&limited_bearer);
+        pairs.push((plain, with));
+    }
+    let mut deltas: Vec<f64> = pairs.iter().map(|(p, w)| w.0 - p.0).collect();
+    deltas.sort_by(f64::total_cmp);
+    let mut plains: Vec<f64> = pairs.iter().map(|(p, _)| p.0).collect();
+    plains.sort_by(f64::total_cmp);
+    let mut p99s: Vec<f64> = pairs.iter().map(|(p, w)| w.1 - p.1).collect();
+    p99s.sort_by(f64::total_cmp);
+    format!(
+        "Limits vs none, paired at a fixed 3200 req/s on `/v1/chat/completions` (5 pairs of {secs} s, plain first): median {:+.1} µs CPU per request (pairs {}), on a plain median of {:.1} µs; p99 change median {:+.2} ms.",
+        deltas[deltas.len() / 2],
+        pairs
+            .iter()
+            .map(|(p, w)| format!("{:+.1}", w.0 - p.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plains[plains.len() / 2],
+        p99s[p99s.len() / 2],
+    )
+}
+
 /// A `foundry` company on the simulator's Foundry project (its managed identity from the
 /// simulator's identity endpoint), measured at c=32 for 10 s: the stand-in's own answer to the
 /// agent's Responses call, SOPHIA's `/v1/chat/completions` on that company, and the same two
@@ -504,6 +577,22 @@ fn main() {
     );
     println!("{foundry_line}");
     if std::env::var_os("BENCH_FOUNDRY_ONLY").is_some() {
+        stop(server);
+        stop(sim);
+        return;
+    }
+
+    // The limit check's cost in the whole request: a company with all four limits (high
+    // enough never to refuse) against one without, paired at a fixed load on one server.
+    let limited_line = limits_rows(
+        &client,
+        (&base, &admin),
+        &sim_base,
+        (&sophia_url, &bearer, server.id()),
+        &body_text,
+    );
+    println!("{limited_line}");
+    if std::env::var_os("BENCH_LIMITS_ONLY").is_some() {
         stop(server);
         stop(sim);
         return;
@@ -849,7 +938,7 @@ fn main() {
         ));
     }
     table.push_str(&format!(
-        "\n{telemetry_line}\n\n{paired_line}\n\n{responses_line}\n\n{foundry_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
+        "\n{telemetry_line}\n\n{paired_line}\n\n{responses_line}\n\n{foundry_line}\n\n{limited_line}\n\nSOPHIA's RSS {floor_rss_before:.1} MiB before the floor runs, {floor_rss_after:.1} MiB after.\n\n\
          Against the simulator (zero latency), several concurrencies:\n\n"
     ));
     for r in &rows {

@@ -116,7 +116,7 @@ impl KeyChecks {
             None
         };
         Ok(Admission {
-            permit: permit,
+            permit,
             source,
             company,
         })
