@@ -623,3 +623,54 @@ fn each_company_gets_its_own_telemetry_and_nothing_of_another() {
         );
     }
 }
+
+#[test]
+fn a_failover_shows_the_failed_attempt_and_the_deployment_that_answered() {
+    let ingestion = Ingestion::start();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, _dir, admin) = start(&ingestion, &[]);
+    let body = json!({"companyId": "acme", "agentType": "SOPHIA",
+        "deployments": [
+            {"name": "ptu", "endpoint": sim_url, "deployment": "gpt-4o-ptu"},
+            {"name": "payg", "endpoint": sim_url, "deployment": "gpt-4o-payg", "priority": 2}
+        ],
+        "credentials": {"azureOpenaiKey": MODEL_KEY}});
+    let (_, token) = create_and_exchange(&server, &admin, &body);
+    reqwest::blocking::Client::new()
+        .post(format!("{sim_url}/_sim/faults"))
+        .json(&json!({"status": 503, "deployment": "gpt-4o-ptu"}))
+        .send()
+        .unwrap();
+    let parent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let resp = reqwest::blocking::Client::new()
+        .post(server.url("/chat"))
+        .bearer_auth(&token)
+        .header("traceparent", &parent)
+        .json(&json!({"message": "hello"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let all = ingestion.wait_for("both attempts", |e| {
+        of_type(e, "RemoteDependencyData")
+            .iter()
+            .filter(|d| op_id(d) == TRACE && prop(d, "gen_ai.operation.name") == "chat")
+            .count()
+            >= 2
+    });
+    let deps: Vec<&Value> = of_type(&all, "RemoteDependencyData")
+        .into_iter()
+        .filter(|d| op_id(d) == TRACE && prop(d, "gen_ai.operation.name") == "chat")
+        .collect();
+    let by = |name: &str| {
+        deps.iter()
+            .find(|d| prop(d, "sophia.deployment") == name)
+            .unwrap_or_else(|| panic!("{name}: {deps:?}"))
+    };
+    assert_eq!(by("ptu")["data"]["baseData"]["success"], false);
+    assert_eq!(by("ptu")["data"]["baseData"]["resultCode"], "503");
+    assert_eq!(by("payg")["data"]["baseData"]["success"], true);
+    assert_eq!(prop(by("payg"), "gen_ai.request.model"), "gpt-4o-payg");
+    server.stop();
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
