@@ -294,6 +294,11 @@ async fn a_company_admin_cannot_point_its_instance_at_another_company_or_at_soph
             "azureOpenaiEndpoint",
         ),
         (json!({"azureOpenaiEndpoint": null}), "azureOpenaiEndpoint"),
+        // A failover deployment is one more place the identity would be sent.
+        (
+            json!({"deployments": [{"name": "spill", "endpoint": BETA_OPENAI, "deployment": "gpt-4o"}]}),
+            "deployments",
+        ),
         (
             json!({"azureSearchEndpoint": BETA_SEARCH}),
             "azureSearchEndpoint",

@@ -17,6 +17,15 @@ fn admin_routes(id: &str, company: &str) -> Vec<(Method, String, Option<Value>)>
             Some(json!({"model": "gpt-4o-mini"})),
         ),
         (
+            Method::PATCH,
+            format!("/admin/agent-instances/{id}"),
+            Some(
+                json!({"deployments": [{"name": "x", "endpoint": "https://a.openai.azure.com",
+                                          "deployment": "gpt-4o"}],
+                        "credentials": {"deploymentKeys": {"x": "k"}}}),
+            ),
+        ),
+        (
             Method::POST,
             format!("/admin/agent-instances/{id}/rotate-key"),
             Some(json!({"gracePeriodSeconds": 3600})),
