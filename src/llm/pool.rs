@@ -253,10 +253,15 @@ impl Pool {
         &self.policy
     }
 
-    /// The attempts of one turn.
+    /// The attempts of one turn (for a pool of one: no draw, no allocation).
     pub fn tries(&self) -> Tries<'_> {
+        let order = if self.entries.len() == 1 {
+            Order::from_slice(&[0])
+        } else {
+            Order::from_slice(&self.order(rand::random::<u64>()))
+        };
         Tries {
-            order: self.order(rand::random::<u64>()),
+            order,
             pool: self,
             next: 0,
             last_error: None,
@@ -303,6 +308,39 @@ impl Pool {
     }
 }
 
+/// The entries a turn tries, in order (at most `MAX_DEPLOYMENTS`; a pool lists no more).
+#[derive(Debug, Clone, Copy)]
+struct Order {
+    at: [u8; crate::domain::deployments::MAX_DEPLOYMENTS],
+    len: usize,
+}
+
+impl Order {
+    fn from_slice(indices: &[usize]) -> Self {
+        let mut order = Self {
+            at: [0; crate::domain::deployments::MAX_DEPLOYMENTS],
+            len: 0,
+        };
+        for (slot, &i) in order.at.iter_mut().zip(indices) {
+            *slot = i as u8;
+            order.len += 1;
+        }
+        order
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, k: usize) -> usize {
+        usize::from(self.at[k])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.at[..self.len].iter().map(|&i| usize::from(i))
+    }
+}
+
 /// One attempt of a turn: the entry and how to call it.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
@@ -326,7 +364,7 @@ pub enum Outcome<T> {
 /// A turn's way through a pool.
 pub struct Tries<'a> {
     pool: &'a Pool,
-    order: Vec<usize>,
+    order: Order,
     next: usize,
     last_error: Option<UpstreamError>,
     throttled_until: Option<Instant>,
@@ -341,7 +379,7 @@ impl<'a> Tries<'a> {
         let single = pool.entries.len() == 1;
         let now = Instant::now();
         while self.next < self.order.len() {
-            let index = self.order[self.next];
+            let index = self.order.get(self.next);
             self.next += 1;
             let entry = &pool.entries[index];
             let gate = if single {
@@ -365,7 +403,6 @@ impl<'a> Tries<'a> {
             let soonest = self
                 .order
                 .iter()
-                .copied()
                 .filter(|&i| {
                     !matches!(
                         pool.entries[i].breaker.gate(now, &pool.policy),
