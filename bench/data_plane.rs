@@ -352,10 +352,15 @@ fn limits_rows(
         assert!(!r.errors, "a limited request was refused or failed");
         ((cpu_us(pid) - before) / (r.rps * secs as f64), r.p99_ms)
     };
+    // Pairs of the paired comparison (`BENCH_PAIRS`, default 10).
+    let pair_count: usize = std::env::var("BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     // Warm the limited company's windows (its first sync) before measuring.
     one(&limited_bearer);
     let mut pairs = Vec::new();
-    for k in 0..10 {
+    for k in 0..pair_count {
         // Alternating which goes first, so a drift during a pair cancels over the run.
         let (plain, with) = if k % 2 == 0 {
             let plain = one(plain_bearer);
@@ -373,7 +378,7 @@ fn limits_rows(
     let mut p99s: Vec<f64> = pairs.iter().map(|(p, w)| w.1 - p.1).collect();
     p99s.sort_by(f64::total_cmp);
     format!(
-        "Limits vs none, paired at a fixed 3200 req/s on `/v1/chat/completions` (10 pairs of {secs} s, alternating which goes first): median {:+.1} µs CPU per request (pairs {}), on a plain median of {:.1} µs; p99 change median {:+.2} ms.",
+        "Limits vs none, paired at a fixed 3200 req/s on `/v1/chat/completions` ({pair_count} pairs of {secs} s, alternating which goes first): median {:+.1} µs CPU per request (pairs {}), on a plain median of {:.1} µs; p99 change median {:+.2} ms.",
         deltas[deltas.len() / 2],
         pairs
             .iter()
