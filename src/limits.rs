@@ -454,7 +454,8 @@ impl Limiter {
 
     /// Brings `tenant`'s day and month windows up to what its usage records say it used
     /// (a company getting a budget mid-month has its earlier use of the month counted), then
-    /// reads the totals back. Idempotent.
+    /// reads the totals back. Idempotent. Turns another instance counted in its last
+    /// unsynced quarter-second may be counted twice, at that moment only.
     pub async fn seed_from_usage(
         &self,
         store: &dyn Store,
@@ -462,6 +463,9 @@ impl Limiter {
         tenant: &TenantId,
     ) -> crate::store::StoreResult<()> {
         use chrono::Datelike;
+        // What this process counted goes in first, so the floor does not count it twice
+        // (another instance's last quarter-second may be: an over-count, never an under-).
+        self.sync(store, tenant).await;
         usage.flush(store).await;
         let now = Utc::now();
         let today = now.date_naive();

@@ -156,7 +156,7 @@ async fn server_errors_open_the_breaker_and_a_probe_closes_it() {
     let rig = rig(
         &[
             ("SOPHIA_BREAKER_FAILURES", "2"),
-            ("SOPHIA_BREAKER_OPEN_MS", "700"),
+            ("SOPHIA_BREAKER_OPEN_MS", "1500"),
         ],
         json!({}),
     )
@@ -176,7 +176,7 @@ async fn server_errors_open_the_breaker_and_a_probe_closes_it() {
     assert_eq!(rig.calls(), (2, 3), "an open breaker skips its deployment");
 
     // Once its time is up, one turn probes it; a failed probe opens it again.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     rig.ptu.sim.push_fault(Fault {
         status: Some(503),
         times: Some(1),
@@ -188,7 +188,7 @@ async fn server_errors_open_the_breaker_and_a_probe_closes_it() {
     assert_eq!(rig.calls(), (3, 5), "open again after the failed probe");
 
     // A successful probe closes it: turns go to priority 1 again.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(rig.turn().await["model"], "gpt-4o-ptu");
     assert_eq!(rig.turn().await["model"], "gpt-4o-ptu");
     assert_eq!(rig.calls(), (5, 5));
