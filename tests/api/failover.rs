@@ -421,3 +421,17 @@ async fn entries_are_validated_and_credentials_are_looked_up_only_in_the_company
     );
     let _ = beta;
 }
+
+#[tokio::test]
+async fn a_deployment_that_cannot_be_reached_is_left_for_the_next() {
+    // A port nothing listens on: the connection is refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("http://127.0.0.1:{port}")
+    };
+    let rig = rig(&[], json!({"endpoint": closed})).await;
+    assert_eq!(rig.turn().await["model"], "gpt-4o-payg");
+    assert_eq!(rig.calls(), (0, 1));
+}
