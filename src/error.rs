@@ -68,6 +68,10 @@ pub enum ApiError {
     NotConfigured(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// A failure after the company's limits admitted the request: answered as the inner
+    /// error, with the company's `x-ratelimit-*` headers.
+    #[error("{}", .0.0)]
+    Admitted(Box<(ApiError, crate::limits::Standing)>),
 }
 
 #[derive(Serialize)]
@@ -112,6 +116,7 @@ impl ApiError {
     /// HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Admitted(admitted) => admitted.0.status(),
             Self::BadRequest(_) | Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthenticated | Self::InvalidToken(_) | Self::InvalidClient => {
                 StatusCode::UNAUTHORIZED
@@ -135,6 +140,7 @@ impl ApiError {
     /// Stable machine-readable code; clients switch on this, never on `detail`.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Admitted(admitted) => admitted.0.code(),
             Self::BadRequest(_) => "invalid_request",
             Self::Validation { .. } => "validation_failed",
             Self::Unauthenticated => "unauthenticated",
@@ -166,6 +172,7 @@ impl ApiError {
 
     fn title(&self) -> &'static str {
         match self {
+            Self::Admitted(admitted) => admitted.0.title(),
             Self::BadRequest(_) => "Bad request",
             Self::Validation { .. } => "Validation failed",
             Self::Unauthenticated => "Authentication required",
@@ -192,6 +199,7 @@ impl ApiError {
 
     fn detail(&self) -> String {
         match self {
+            Self::Admitted(admitted) => admitted.0.detail(),
             // The token error reason is deliberately not echoed: a client learns only that
             // its token is not accepted.
             Self::InvalidToken(_) => {
@@ -210,6 +218,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Admitted(admitted) = self {
+            let (inner, standing) = *admitted;
+            return standing.on(inner.into_response());
+        }
         let status = self.status();
         let request_id = request_id::current();
         match &self {
@@ -341,6 +353,10 @@ impl From<ChatError> for ApiError {
                 cause,
             },
             ChatError::Internal(cause) => Self::Internal(cause),
+            ChatError::Admitted(admitted) => {
+                let (inner, standing) = *admitted;
+                Self::Admitted(Box::new((Self::from(inner), standing)))
+            }
         }
     }
 }

@@ -509,16 +509,15 @@ impl Limiter {
     }
 
     /// `tenant`'s failed access-key checks this minute across the fleet, as this process knows
-    /// them: the last sync (at most about a second old while the company is in use) plus its
-    /// own since. No store call.
+    /// them: the last sync plus its own since. No store call, and nothing recorded for a
+    /// company that has not failed here: an instance a guesser reaches has failures of its
+    /// own, so it syncs (writes them, reads the fleet's) within a quarter-second.
     pub fn key_failures(&self, tenant: &TenantId) -> u64 {
         let keys = WindowKeys::at(Utc::now());
         match self.shared.tenants.lock() {
-            Ok(mut tenants) => {
-                let local = tenants.entry(tenant.clone()).or_default();
-                local.seen_at = Some(Instant::now());
-                local.view(keys).minute_key_failures
-            }
+            Ok(tenants) => tenants
+                .get(tenant)
+                .map_or(0, |local| local.view(keys).minute_key_failures),
             Err(_) => 0,
         }
     }

@@ -22,11 +22,15 @@ pub struct ModelInfo {
 
 /// The models of the caller's instance: its allowed models (or its chat model) and its
 /// embedding deployment, each once.
-pub async fn models(app: &App, caller: &Caller) -> Result<Vec<ModelInfo>, ChatError> {
+pub async fn models(
+    app: &App,
+    caller: &Caller,
+) -> Result<(Vec<ModelInfo>, crate::limits::Standing), ChatError> {
     let runtime = app
         .runtimes
         .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
         .await?;
+    let standing = super::standing_of(app, &runtime).await;
     let created = runtime.instance.created_at.timestamp();
     let mut ids: Vec<String> = if runtime.allowed_models.is_empty() {
         let name = runtime.model_name();
@@ -39,10 +43,12 @@ pub async fn models(app: &App, caller: &Caller) -> Result<Vec<ModelInfo>, ChatEr
     }
     let mut seen = std::collections::HashSet::new();
     ids.retain(|id| seen.insert(id.clone()));
-    Ok(ids
-        .into_iter()
-        .map(|id| ModelInfo { id, created })
-        .collect())
+    Ok((
+        ids.into_iter()
+            .map(|id| ModelInfo { id, created })
+            .collect(),
+        standing,
+    ))
 }
 
 /// Embeddings from the caller's embedding deployment.
@@ -78,7 +84,11 @@ pub async fn embed(
         EmbedInput::Tokens(lists) => lists.iter().map(|l| l.len() as u64).sum(),
     };
     let reservation = super::admit(app, caller, &runtime, estimate).await?;
-    let answer = app.models.embeddings(endpoint, inputs, dimensions).await?;
+    let answer = app
+        .models
+        .embeddings(endpoint, inputs, dimensions)
+        .await
+        .map_err(|e| ChatError::from(e).admitted(reservation.standing))?;
     let prompt_tokens = answer.prompt_tokens.unwrap_or(estimate);
     let usage = Usage::new(prompt_tokens, 0);
     app.usage.record(&caller.tenant, usage, None);

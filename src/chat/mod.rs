@@ -78,6 +78,21 @@ pub enum ChatError {
     KnowledgeUnavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// A failure after the company's limits admitted the request, with where the company
+    /// stands (its answer carries the `x-ratelimit-*` headers too).
+    #[error("{}", .0.0)]
+    Admitted(Box<(ChatError, crate::limits::Standing)>),
+}
+
+impl ChatError {
+    /// This failure, after an admission that left the company at `standing`.
+    pub fn admitted(self, standing: crate::limits::Standing) -> Self {
+        if standing.limits.is_empty() {
+            self
+        } else {
+            Self::Admitted(Box::new((self, standing)))
+        }
+    }
 }
 
 impl From<RuntimeError> for ChatError {
@@ -400,6 +415,7 @@ impl Turn {
 
     /// The whole answer, recorded.
     pub async fn complete(mut self, app: &App) -> Result<Answer, ChatError> {
+        let standing = self.reservation.standing;
         let (completion, entry) = app
             .models
             .complete_on(
@@ -408,7 +424,8 @@ impl Turn {
                 &self.params,
                 self.native_responses,
             )
-            .await?;
+            .await
+            .map_err(|e| ChatError::from(e).admitted(standing))?;
         self.answered_by = entry.name.clone();
         Ok(self
             .finish(
@@ -528,14 +545,18 @@ pub async fn standing(app: &App, caller: &Caller) -> Result<crate::limits::Stand
         .runtimes
         .get(&app.store, &app.secrets, &caller.tenant, &caller.instance)
         .await?;
-    Ok(app
-        .limits
+    Ok(standing_of(app, &runtime).await)
+}
+
+/// Where the company of `runtime` stands against its limits.
+async fn standing_of(app: &App, runtime: &TenantRuntime) -> crate::limits::Standing {
+    app.limits
         .current(
             app.store.as_ref(),
-            &caller.tenant,
+            &runtime.instance.tenant_id,
             runtime.instance.settings.limits(),
         )
-        .await)
+        .await
 }
 
 /// Admits a request of `caller` expected to use `estimate` tokens against its company's

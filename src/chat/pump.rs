@@ -42,7 +42,8 @@ impl Turn {
                 &self.params,
                 self.native_responses,
             )
-            .await?;
+            .await
+            .map_err(|e| ChatError::from(e).admitted(self.reservation.standing))?;
         self.answered_by = entry.name.clone();
         let (tx, rx) = mpsc::channel(16);
         let app = app.clone();

@@ -127,18 +127,11 @@ pub async fn chat(
     let turn = Turn::prepare(&app, caller, ask).await?;
     let standing = turn.reservation.standing;
     if !body.stream {
-        let answer = match turn.complete(&app).await {
-            Ok(answer) => answer,
-            // A failure after admission still says where the company stands.
-            Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-        };
+        let answer = turn.complete(&app).await?;
         return Ok(standing.on(Json(ChatAnswer::from(answer)).into_response()));
     }
     // Streamed: the first upstream content has arrived before we answer 200.
-    let events = match turn.stream(&app).await {
-        Ok(events) => events,
-        Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-    };
+    let events = turn.stream(&app).await?;
     let events = futures_util::stream::unfold(events, |mut rx| async move {
         let event = loop {
             break match rx.recv().await? {

@@ -195,11 +195,7 @@ pub async fn chat_completions(
         model: turn.model.clone(),
     };
     if request.stream != Some(true) {
-        let answer = match turn.complete(&app).await {
-            Ok(answer) => answer,
-            // A failure after admission still says where the company stands.
-            Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-        };
+        let answer = turn.complete(&app).await?;
         return Ok(standing.on(Json(Completion {
             id: &head.id,
             object: "chat.completion",
@@ -229,10 +225,7 @@ pub async fn chat_completions(
     let include_usage = request
         .stream_options
         .is_some_and(|o| o.include_usage == Some(true));
-    let events = match turn.stream(&app).await {
-        Ok(events) => events,
-        Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-    };
+    let events = turn.stream(&app).await?;
     let first = head.chunk(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
@@ -316,12 +309,11 @@ pub async fn list_models(
     ServiceAuth(claims): ServiceAuth,
 ) -> Result<Response, ApiError> {
     let caller = Caller::from(claims);
-    let models = crate::chat::embeddings::models(&app, &caller).await?;
+    let (models, standing) = crate::chat::embeddings::models(&app, &caller).await?;
     let data: Vec<Value> = models
         .into_iter()
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created, "owned_by": caller.tenant.as_str()}))
         .collect();
-    let standing = crate::chat::standing(&app, &caller).await?;
     Ok(standing.on(Json(json!({"object": "list", "data": data})).into_response()))
 }
 
@@ -332,12 +324,11 @@ pub async fn get_model(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = Caller::from(claims);
-    let models = crate::chat::embeddings::models(&app, &caller).await?;
+    let (models, standing) = crate::chat::embeddings::models(&app, &caller).await?;
     let model = models
         .into_iter()
         .find(|m| m.id == id)
         .ok_or(ApiError::NotFound("model"))?;
-    let standing = crate::chat::standing(&app, &caller).await?;
     Ok(standing.on(Json(json!({"id": model.id, "object": "model", "created": model.created, "owned_by": caller.tenant.as_str()})).into_response()))
 }
 
@@ -420,19 +411,7 @@ pub async fn embeddings(
         return Err(bad("dimensions", "must be at least 1"));
     }
     let caller = Caller::from(claims);
-    let answer =
-        match crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await {
-            Ok(answer) => answer,
-            // A refusal carries its own headers; any other failure still says where the company
-            // stands.
-            Err(e @ crate::chat::ChatError::OverLimit(_)) => return Err(e.into()),
-            Err(e) => {
-                let standing = crate::chat::standing(&app, &caller)
-                    .await
-                    .unwrap_or_default();
-                return Ok(standing.on(ApiError::from(e).into_response()));
-            }
-        };
+    let answer = crate::chat::embeddings::embed(&app, &caller, input, request.dimensions).await?;
     let data: Vec<Value> = answer
         .vectors
         .iter()

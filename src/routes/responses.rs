@@ -519,11 +519,7 @@ pub async fn create_response(
     let created_at = chrono::Utc::now().timestamp();
     let reply = turn.reply_id;
     if request.stream != Some(true) {
-        let answer = match turn.complete(&app).await {
-            Ok(answer) => answer,
-            // A failure after admission still says where the company stands.
-            Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-        };
+        let answer = turn.complete(&app).await?;
         let incomplete = incomplete_reason(&answer.finish_reason);
         return Ok(standing.on(Json(
             Shape {
@@ -552,10 +548,7 @@ pub async fn create_response(
         .into_response()));
     }
     let model = turn.model.clone();
-    let events = match turn.stream(&app).await {
-        Ok(events) => events,
-        Err(e) => return Ok(standing.on(ApiError::from(e).into_response())),
-    };
+    let events = turn.stream(&app).await?;
     let mut writer = EventWriter {
         id,
         created_at,
