@@ -9,7 +9,7 @@
 //!
 //! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
 //! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing; `BENCH_LIMITS_ONLY=1`
-//! runs the limit-check comparison alone.
+//! runs the limit-check comparison alone, `BENCH_TELEMETRY_ONLY=1` the paired telemetry one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
@@ -390,6 +390,95 @@ fn limits_rows(
     )
 }
 
+/// Telemetry's whole cost, paired at a fixed load on the floor upstream: plain SOPHIA against
+/// App Insights export at sampling 1.0 (every request and model call exported; its CPU split
+/// into the request threads and the exporter thread) and at sampling 0 (failures only), in
+/// turns, alternating which goes first (`BENCH_PAIRS`, default 10).
+fn telemetry_rows(
+    client: &reqwest::blocking::Client,
+    body_text: &str,
+    plain: (&str, &str, u32),
+    full: (&str, &str, u32),
+    none: (&str, &str, u32),
+    full_base: &str,
+) -> String {
+    let secs = 4;
+    // (CPU µs per request, the exporter thread's share, p99 ms)
+    let one = |(url, bearer, pid): (&str, &str, u32)| {
+        let before = cpu_us(pid);
+        let export_before = thread_cpu_us(pid, "sophia-telemetr");
+        let r = hey_at(
+            url,
+            &[("Authorization", bearer)],
+            body_text,
+            32,
+            secs,
+            Some(100),
+        );
+        assert!(!r.errors, "a request failed");
+        let n = r.rps * secs as f64;
+        // What the exporter still has to post belongs to this run.
+        std::thread::sleep(Duration::from_millis(1500));
+        (
+            (cpu_us(pid) - before) / n,
+            (thread_cpu_us(pid, "sophia-telemetr") - export_before) / n,
+            r.p99_ms,
+        )
+    };
+    let pair_count: usize = std::env::var("BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for t in [plain, full, none] {
+        one(t);
+    }
+    let mut rows = Vec::new();
+    for k in 0..pair_count {
+        let order: [usize; 3] = if k % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        let mut got = [(0.0, 0.0, 0.0); 3];
+        for i in order {
+            got[i] = one([plain, full, none][i]);
+        }
+        rows.push(got);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let full_d: Vec<f64> = rows.iter().map(|r| r[1].0 - r[0].0).collect();
+    let full_export = median(rows.iter().map(|r| r[1].1).collect());
+    let none_d: Vec<f64> = rows.iter().map(|r| r[2].0 - r[0].0).collect();
+    let p99_full = median(rows.iter().map(|r| r[1].2 - r[0].2).collect());
+    let p99_none = median(rows.iter().map(|r| r[2].2 - r[0].2).collect());
+    let health: Value = client
+        .get(format!("{full_base}/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let stats = &health["telemetry"];
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|d| format!("{d:+.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Telemetry vs off, paired at a fixed 3200 req/s on the floor upstream ({pair_count} rounds of {secs} s, alternating order): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; plain median {:.1} µs. Exported {}, dropped {}, failed {}.",
+        median(full_d.clone()),
+        list(&full_d),
+        full_export,
+        p99_full,
+        median(none_d.clone()),
+        list(&none_d),
+        p99_none,
+        median(rows.iter().map(|r| r[0].0).collect()),
+        stats["exported"],
+        stats["dropped"],
+        stats["failed"],
+    )
+}
+
 /// A `foundry` company on the simulator's Foundry project (its managed identity from the
 /// simulator's identity endpoint), measured at c=32 for 10 s: the stand-in's own answer to the
 /// agent's Responses call, SOPHIA's `/v1/chat/completions` on that company, and the same two
@@ -580,36 +669,42 @@ fn main() {
     hey(&direct_url, &direct_headers, &body_text, 4, 2);
     hey(&sophia_url, &sophia_headers, &body_text, 4, 2);
 
-    // The `foundry` runtime beside the `sophia` one, both against the simulator: a Foundry
-    // agent's turn straight to the stand-in's project, then through SOPHIA.
-    let foundry_line = foundry_rows(
-        &client,
-        &sim_base,
-        (&sophia_url, &bearer, server.id()),
-        &body_text,
-    );
-    println!("{foundry_line}");
-    if std::env::var_os("BENCH_FOUNDRY_ONLY").is_some() {
-        stop(server);
-        stop(sim);
-        return;
-    }
+    let telemetry_only = std::env::var_os("BENCH_TELEMETRY_ONLY").is_some();
+    let (foundry_line, limited_line) = if telemetry_only {
+        (String::new(), String::new())
+    } else {
+        // The `foundry` runtime beside the `sophia` one, both against the simulator: a Foundry
+        // agent's turn straight to the stand-in's project, then through SOPHIA.
+        let foundry_line = foundry_rows(
+            &client,
+            &sim_base,
+            (&sophia_url, &bearer, server.id()),
+            &body_text,
+        );
+        println!("{foundry_line}");
+        if std::env::var_os("BENCH_FOUNDRY_ONLY").is_some() {
+            stop(server);
+            stop(sim);
+            return;
+        }
 
-    // The limit check's cost in the whole request: a company with all four limits (high
-    // enough never to refuse) against one without, paired at a fixed load on one server.
-    let limited_line = limits_rows(
-        &client,
-        (&base, &admin),
-        &sim_base,
-        (&sophia_url, &bearer, server.id()),
-        &body_text,
-    );
-    println!("{limited_line}");
-    if std::env::var_os("BENCH_LIMITS_ONLY").is_some() {
-        stop(server);
-        stop(sim);
-        return;
-    }
+        // The limit check's cost in the whole request: a company with all four limits (high
+        // enough never to refuse) against one without, paired at a fixed load on one server.
+        let limited_line = limits_rows(
+            &client,
+            (&base, &admin),
+            &sim_base,
+            (&sophia_url, &bearer, server.id()),
+            &body_text,
+        );
+        println!("{limited_line}");
+        if std::env::var_os("BENCH_LIMITS_ONLY").is_some() {
+            stop(server);
+            stop(sim);
+            return;
+        }
+        (foundry_line, limited_line)
+    };
 
     // The floor: a fixed-answer nginx upstream, directly, through an nginx hop, through SOPHIA.
     let nginx_dir = tempfile::tempdir().unwrap();
@@ -663,6 +758,29 @@ fn main() {
         &fixed_base,
     );
     let hot_bearer = format!("Bearer {hot_token}");
+    if telemetry_only {
+        let line = telemetry_rows(
+            &client,
+            &body_text,
+            (&sophia_url, &floor_bearer, server.id()),
+            (
+                &format!("{otel_base}/v1/chat/completions"),
+                &otel_bearer,
+                otel_server.id(),
+            ),
+            (
+                &format!("{hot_base}/v1/chat/completions"),
+                &hot_bearer,
+                hot_server.id(),
+            ),
+            &otel_base,
+        );
+        println!("{line}");
+        for child in [otel_server, hot_server, proxy, server, sim] {
+            stop(child);
+        }
+        return;
+    }
     let fixed_path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
     // The Responses API on the same upstream (translated to the same chat completion): not
     // stored, then stored (each turn also writes a conversation).

@@ -103,6 +103,11 @@ impl ConnectionString {
         Ok(exporter)
     }
 
+    /// Where envelopes are posted: `<IngestionEndpoint>v2/track`.
+    pub(super) fn track_uri(&self) -> anyhow::Result<http::Uri> {
+        Ok(format!("{}v2/track", self.ingestion_endpoint).parse::<http::Uri>()?)
+    }
+
     /// The canonical form the exporter is built from.
     pub(super) fn canonical(&self) -> String {
         format!(

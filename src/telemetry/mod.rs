@@ -9,6 +9,7 @@
 //! thread and runtime; what does not fit is dropped and counted (`/health`).
 
 pub mod deps;
+mod envelope;
 mod export;
 mod ingestion;
 pub mod metrics;

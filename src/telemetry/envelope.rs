@@ -1,0 +1,940 @@
+//! Application Insights envelopes written straight from OpenTelemetry span data into the bytes
+//! of a track request: the mapping `opentelemetry-application-insights` applies (a server span
+//! is a request, a client span a dependency, a span event a trace, an `exception` event an
+//! exception; the same names, tags, properties and length limits), without its intermediate
+//! maps and strings. The crate's own exporter, fed the same spans, produces the same JSON
+//! (a test holds the two together); it stays SOPHIA's metrics exporter.
+//!
+//! Two things differ on purpose: a value cut to its length limit is cut on a character
+//! boundary (the crate cuts bytes and panics on a multi-byte character there), and `ai.*`
+//! span attributes are not lifted into tags (SOPHIA sets none).
+
+use std::io::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{Event, SpanId, SpanKind, Status};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
+
+/// What every envelope of one resource shares: its instrumentation key and the tags and
+/// properties the process's resource gives (rendered once).
+#[derive(Clone)]
+pub(super) struct Writer {
+    ikey: String,
+    /// `"ai.cloud.role":"…",…` — the resource's tags as JSON members, each followed by a comma.
+    resource_tags: Vec<u8>,
+    /// The resource's attributes, as properties of every span envelope.
+    resource_properties: Vec<(String, String)>,
+}
+
+/// Envelopes written one after another, each one's end kept, so that a post (or a retry of the
+/// items ingestion refused) is any subset of them.
+#[derive(Debug, Default)]
+pub(super) struct Envelopes {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Envelopes {
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn item(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// The JSON array of the items at `indices` (every item when `None`).
+    pub(super) fn json(&self, indices: Option<&[usize]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + self.ends.len() + 2);
+        out.push(b'[');
+        let mut first = true;
+        let mut push = |item: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(item);
+        };
+        match indices {
+            None => (0..self.len()).for_each(|i| push(self.item(i))),
+            Some(list) => list
+                .iter()
+                .filter(|&&i| i < self.len())
+                .for_each(|&i| push(self.item(i))),
+        }
+        out.push(b']');
+        out
+    }
+
+    fn end_item(&mut self) {
+        self.ends.push(self.bytes.len());
+    }
+}
+
+impl Writer {
+    pub(super) fn new(instrumentation_key: &str, resource: &Resource) -> Self {
+        let text = |key: &str| {
+            resource
+                .iter()
+                .find(|(k, _)| k.as_str() == key)
+                .map(|(_, v)| v.as_str().into_owned())
+        };
+        let mut tags: Vec<(&'static str, usize, String)> = Vec::new();
+        if let Some(name) = text("service.name") {
+            let role = match text("service.namespace") {
+                Some(ns) => format!("{ns}.{name}"),
+                None => name,
+            };
+            tags.push(("ai.cloud.role", 256, role));
+        }
+        if let Some(instance) = text("k8s.pod.name").or_else(|| text("service.instance.id")) {
+            tags.push(("ai.cloud.roleInstance", 256, instance));
+        }
+        if let Some(id) = text("device.id") {
+            tags.push(("ai.device.id", 1024, id));
+        }
+        if let Some(model) = text("device.model.name") {
+            tags.push(("ai.device.model", 256, model));
+        }
+        if let Some(version) = text("service.version") {
+            tags.push(("ai.application.ver", 1024, version));
+        }
+        if let Some(sdk) = text("telemetry.sdk.name") {
+            let version = text("telemetry.sdk.version").unwrap_or_else(|| "0.0.0".into());
+            tags.push(("ai.internal.sdkVersion", 64, format!("{sdk}:{version}")));
+        }
+        let mut resource_tags = Vec::new();
+        for (key, max, value) in &tags {
+            member(&mut resource_tags, key, value, *max);
+            resource_tags.push(b',');
+        }
+        let mut resource_properties: Vec<(String, String)> = resource
+            .iter()
+            .filter(|(k, _)| !k.as_str().starts_with("_MS."))
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_str().into_owned()))
+            .collect();
+        resource_properties.sort();
+        Self {
+            ikey: instrumentation_key.to_owned(),
+            resource_tags,
+            resource_properties,
+        }
+    }
+
+    /// Appends the envelopes of `span` (the span's, then one per event) to `out`; `rate` is
+    /// the share of its kind that is kept (0–1).
+    pub(super) fn span(&self, out: &mut Envelopes, span: &SpanData, rate: f64) {
+        let server = matches!(span.span_kind, SpanKind::Server | SpanKind::Consumer);
+        let b = &mut out.bytes;
+        let (name, base) = if server {
+            ("Microsoft.ApplicationInsights.Request", "RequestData")
+        } else {
+            (
+                "Microsoft.ApplicationInsights.RemoteDependency",
+                "RemoteDependencyData",
+            )
+        };
+        self.head(b, name, span.start_time, rate);
+        // Tags: the resource's, then the operation.
+        b.extend_from_slice(b"\"tags\":{");
+        b.extend_from_slice(&self.resource_tags);
+        b.extend_from_slice(b"\"ai.operation.id\":\"");
+        hex(b, &span.span_context.trace_id().to_bytes());
+        b.push(b'"');
+        if span.parent_span_id != SpanId::INVALID {
+            b.extend_from_slice(b",\"ai.operation.parentId\":\"");
+            hex(b, &span.parent_span_id.to_bytes());
+            b.push(b'"');
+        }
+        let attrs = &span.attributes[..];
+        let method = get(attrs, "http.request.method").or_else(|| get(attrs, "http.method"));
+        let route = get(attrs, "http.route");
+        if server && let (Some(m), Some(r)) = (method, route) {
+            b.extend_from_slice(b",\"ai.operation.name\":");
+            let name = format!("{} {}", m.as_str(), r.as_str());
+            string(b, &name, 1024);
+        }
+        b.extend_from_slice(b"},\"data\":{\"baseType\":\"");
+        b.extend_from_slice(base.as_bytes());
+        b.extend_from_slice(b"\",\"baseData\":{\"ver\":2,\"id\":\"");
+        hex(b, &span.span_context.span_id().to_bytes());
+        b.extend_from_slice(b"\",\"duration\":\"");
+        duration(
+            b,
+            span.end_time
+                .duration_since(span.start_time)
+                .unwrap_or_default(),
+        );
+        b.push(b'"');
+        let code =
+            get(attrs, "http.response.status_code").or_else(|| get(attrs, "http.status_code"));
+        let status_code = match span.status {
+            Status::Unset => "0",
+            Status::Ok => "1",
+            Status::Error { .. } => "2",
+        };
+        if server {
+            self.request(b, span, attrs, method, route, code, status_code);
+        } else {
+            self.dependency(b, span, attrs, code, status_code);
+        }
+        b.extend_from_slice(b"}}}");
+        out.end_item();
+        for event in span.events.iter() {
+            self.event(out, span, event, rate);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        b: &mut Vec<u8>,
+        span: &SpanData,
+        attrs: &[KeyValue],
+        method: Option<&Value>,
+        route: Option<&Value>,
+        code: Option<&Value>,
+        status_code: &str,
+    ) {
+        match (method, route) {
+            (Some(m), Some(r)) => {
+                b.extend_from_slice(b",\"name\":");
+                string(b, &format!("{} {}", m.as_str(), r.as_str()), 1024);
+            }
+            (Some(m), None) => {
+                b.extend_from_slice(b",\"name\":");
+                value(b, m, 1024);
+            }
+            _ if !span.name.is_empty() => {
+                b.extend_from_slice(b",\"name\":");
+                string(b, &span.name, 1024);
+            }
+            _ => {}
+        }
+        b.extend_from_slice(b",\"responseCode\":");
+        match code {
+            Some(v) => value(b, v, 1024),
+            None => string(b, status_code, 1024),
+        }
+        b.extend_from_slice(b",\"success\":");
+        b.extend_from_slice(if matches!(span.status, Status::Error { .. }) {
+            b"false"
+        } else {
+            b"true"
+        });
+        if let Some(url) = request_url(attrs) {
+            b.extend_from_slice(b",\"url\":");
+            string(b, &url, 2048);
+        }
+        if let Some(source) = first(
+            attrs,
+            &[
+                "client.address",
+                "http.client_ip",
+                "network.peer.address",
+                "client.socket.address",
+                "net.sock.peer.addr",
+                "net.peer.ip",
+            ],
+        ) {
+            b.extend_from_slice(b",\"source\":");
+            value(b, source, 1024);
+        }
+        self.properties(b, attrs);
+    }
+
+    fn dependency(
+        &self,
+        b: &mut Vec<u8>,
+        span: &SpanData,
+        attrs: &[KeyValue],
+        code: Option<&Value>,
+        status_code: &str,
+    ) {
+        b.extend_from_slice(b",\"name\":");
+        string(b, &span.name, 1024);
+        b.extend_from_slice(b",\"resultCode\":");
+        match code {
+            Some(v) => value(b, v, 1024),
+            None => string(b, status_code, 1024),
+        }
+        match span.status {
+            Status::Unset => {}
+            Status::Ok => b.extend_from_slice(b",\"success\":true"),
+            Status::Error { .. } => b.extend_from_slice(b",\"success\":false"),
+        }
+        if let Some(data) = first(
+            attrs,
+            &["url.full", "http.url", "db.query.text", "db.statement"],
+        ) {
+            b.extend_from_slice(b",\"data\":");
+            value(b, data, 8192);
+        }
+        let host = first(attrs, &["http.request.header.host", "http.host"]);
+        let peer = first(
+            attrs,
+            &[
+                "server.address",
+                "network.peer.address",
+                "server.socket.address",
+                "net.sock.peer.name",
+                "net.peer.name",
+                "net.sock.peer.addr",
+                "net.peer.ip",
+            ],
+        );
+        if let Some(host) = host {
+            b.extend_from_slice(b",\"target\":");
+            value(b, host, 1024);
+        } else if let Some(peer) = peer {
+            b.extend_from_slice(b",\"target\":");
+            match first(
+                attrs,
+                &[
+                    "server.port",
+                    "network.peer.port",
+                    "server.socket.port",
+                    "net.sock.peer.port",
+                    "net.peer.port",
+                ],
+            ) {
+                Some(port) => string(b, &format!("{}:{}", peer.as_str(), port.as_str()), 1024),
+                None => value(b, peer, 1024),
+            }
+        } else if let Some(db) = first(attrs, &["db.namespace", "db.name"]) {
+            b.extend_from_slice(b",\"target\":");
+            value(b, db, 1024);
+        }
+        let kind = if span.span_kind == SpanKind::Internal {
+            Some(Value::from("InProc"))
+        } else {
+            first(
+                attrs,
+                &[
+                    "db.system.name",
+                    "db.system",
+                    "messaging.system",
+                    "rpc.system.name",
+                    "rpc.system",
+                ],
+            )
+            .cloned()
+            .or_else(|| {
+                let keys = || {
+                    attrs
+                        .iter()
+                        .map(|kv| kv.key.as_str())
+                        .chain(self.resource_properties.iter().map(|(k, _)| k.as_str()))
+                        .filter(|k| !k.starts_with("_MS."))
+                };
+                if keys().any(|k| k.starts_with("http.")) {
+                    Some(Value::from("HTTP"))
+                } else if keys().any(|k| k.starts_with("db.")) {
+                    Some(Value::from("DB"))
+                } else {
+                    None
+                }
+            })
+        };
+        if let Some(kind) = kind {
+            b.extend_from_slice(b",\"type\":");
+            value(b, &kind, 1024);
+        }
+        self.properties(b, attrs);
+    }
+
+    /// `,"properties":{…}` (nothing when there are none): the span's attributes, the last of
+    /// a repeated key winning, then the resource's (which win over a span attribute of the
+    /// same name), `_MS.` keys left out.
+    fn properties(&self, b: &mut Vec<u8>, attrs: &[KeyValue]) {
+        let mut any = false;
+        let mut open = |b: &mut Vec<u8>| {
+            b.extend_from_slice(if any { b"," } else { b",\"properties\":{" });
+            any = true;
+        };
+        for (i, kv) in attrs.iter().enumerate() {
+            let key = kv.key.as_str();
+            if key.starts_with("_MS.")
+                || attrs[i + 1..].iter().any(|later| later.key.as_str() == key)
+                || self.resource_properties.iter().any(|(k, _)| k == key)
+            {
+                continue;
+            }
+            open(b);
+            string(b, key, 150);
+            b.push(b':');
+            value(b, &kv.value, 8192);
+        }
+        for (k, v) in &self.resource_properties {
+            open(b);
+            member(b, k, v, 8192);
+        }
+        if any {
+            b.push(b'}');
+        }
+    }
+
+    fn event(&self, out: &mut Envelopes, span: &SpanData, event: &Event, rate: f64) {
+        let (name, base) = match event.name.as_ref() {
+            "ai.custom" => ("Microsoft.ApplicationInsights.Event", "EventData"),
+            "exception" => ("Microsoft.ApplicationInsights.Exception", "ExceptionData"),
+            _ => ("Microsoft.ApplicationInsights.Message", "MessageData"),
+        };
+        let b = &mut out.bytes;
+        self.head(b, name, event.timestamp, rate);
+        b.extend_from_slice(b"\"tags\":{");
+        b.extend_from_slice(&self.resource_tags);
+        b.extend_from_slice(b"\"ai.operation.id\":\"");
+        hex(b, &span.span_context.trace_id().to_bytes());
+        b.extend_from_slice(b"\",\"ai.operation.parentId\":\"");
+        hex(b, &span.span_context.span_id().to_bytes());
+        b.extend_from_slice(b"\"},\"data\":{\"baseType\":\"");
+        b.extend_from_slice(base.as_bytes());
+        b.extend_from_slice(b"\",\"baseData\":{\"ver\":2");
+        let attrs = &event.attributes[..];
+        // The attributes the data itself takes are not repeated as properties.
+        let mut taken: [&str; 3] = ["", "", ""];
+        match base {
+            "EventData" => {
+                b.extend_from_slice(b",\"name\":");
+                match get(attrs, "ai.customEvent.name") {
+                    Some(v) => value(b, v, 512),
+                    None => string(b, "<no name>", 512),
+                }
+                taken[0] = "ai.customEvent.name";
+            }
+            "ExceptionData" => {
+                b.extend_from_slice(b",\"exceptions\":[{\"typeName\":");
+                match get(attrs, "exception.type") {
+                    Some(v) => value(b, v, 1024),
+                    None => string(b, "<no type>", 1024),
+                }
+                b.extend_from_slice(b",\"message\":");
+                match get(attrs, "exception.message") {
+                    Some(v) => value(b, v, 32768),
+                    None => string(b, "<no message>", 32768),
+                }
+                if let Some(stack) = get(attrs, "exception.stacktrace") {
+                    b.extend_from_slice(b",\"stack\":");
+                    value(b, stack, 32768);
+                }
+                b.extend_from_slice(b"}]");
+                taken = [
+                    "exception.type",
+                    "exception.message",
+                    "exception.stacktrace",
+                ];
+            }
+            _ => {
+                b.extend_from_slice(b",\"message\":");
+                if event.name.is_empty() {
+                    string(b, "<no message>", 32768);
+                } else {
+                    string(b, &event.name, 32768);
+                }
+                if let Some(level) = get(attrs, "level").and_then(severity) {
+                    b.extend_from_slice(b",\"severityLevel\":");
+                    b.push(b'0' + level);
+                    taken[0] = "level";
+                }
+            }
+        }
+        let mut any = false;
+        for (i, kv) in attrs.iter().enumerate() {
+            let key = kv.key.as_str();
+            if key.starts_with("_MS.")
+                || taken.contains(&key)
+                || attrs[i + 1..].iter().any(|later| later.key.as_str() == key)
+            {
+                continue;
+            }
+            b.extend_from_slice(if any { b"," } else { b",\"properties\":{" });
+            any = true;
+            string(b, key, 150);
+            b.push(b':');
+            value(b, &kv.value, 8192);
+        }
+        if any {
+            b.push(b'}');
+        }
+        b.extend_from_slice(b"}}}");
+        out.end_item();
+    }
+
+    /// `{"name":…,"time":…,"sampleRate":…,"iKey":…,` — the start every envelope shares.
+    fn head(&self, b: &mut Vec<u8>, name: &str, time: SystemTime, rate: f64) {
+        b.extend_from_slice(b"{\"name\":\"");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\",\"time\":\"");
+        timestamp(b, time);
+        b.extend_from_slice(b"\",\"sampleRate\":");
+        let _ = write!(b, "{:?}", rate * 100.0);
+        b.extend_from_slice(b",\"iKey\":");
+        string(b, &self.ikey, 40);
+        b.push(b',');
+    }
+}
+
+/// The last attribute named `key` (a later one replaces an earlier).
+fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .rev()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+/// The first of `keys` present.
+fn first<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().find_map(|k| get(attrs, k))
+}
+
+/// A request's URL: `url.full`, else its path (and query), with the scheme and host when known.
+fn request_url(attrs: &[KeyValue]) -> Option<String> {
+    if let Some(url) = first(attrs, &["url.full", "http.url"]) {
+        return Some(url.as_str().into_owned());
+    }
+    let mut target = match (get(attrs, "url.path"), get(attrs, "url.query")) {
+        (Some(path), Some(query)) => format!("{}?{}", path.as_str(), query.as_str()),
+        (Some(path), None) => path.as_str().into_owned(),
+        (None, _) => get(attrs, "http.target")?.as_str().into_owned(),
+    };
+    if !target.starts_with('/') {
+        target.insert(0, '/');
+    }
+    let host = first(attrs, &["http.request.header.host", "http.host"])
+        .map(|h| h.as_str().into_owned())
+        .or_else(|| {
+            let name = first(attrs, &["server.address", "net.host.name"])?;
+            let port = first(attrs, &["server.port", "net.host.port"])?;
+            Some(format!("{}:{}", name.as_str(), port.as_str()))
+        });
+    match (first(attrs, &["url.scheme", "http.scheme"]), host) {
+        (Some(scheme), Some(host)) => Some(format!("{}://{host}{target}", scheme.as_str())),
+        _ => Some(target),
+    }
+}
+
+/// The App Insights severity of a `tracing` level.
+fn severity(level: &Value) -> Option<u8> {
+    match level.as_str().as_ref() {
+        "TRACE" | "DEBUG" => Some(0),
+        "INFO" => Some(1),
+        "WARN" => Some(2),
+        "ERROR" => Some(3),
+        _ => None,
+    }
+}
+
+/// `"key":"value"`, the value cut to `max` bytes.
+fn member(b: &mut Vec<u8>, key: &str, value: &str, max: usize) {
+    string(b, key, 150);
+    b.push(b':');
+    string(b, value, max);
+}
+
+/// An attribute value as a JSON string, cut to `max` bytes.
+fn value(b: &mut Vec<u8>, v: &Value, max: usize) {
+    match v {
+        Value::String(s) => string(b, s.as_str(), max),
+        Value::Bool(true) => b.extend_from_slice(b"\"true\""),
+        Value::Bool(false) => b.extend_from_slice(b"\"false\""),
+        Value::I64(i) => {
+            let _ = write!(b, "\"{i}\"");
+        }
+        other => string(b, &other.as_str(), max),
+    }
+}
+
+/// A JSON string of `s` cut to at most `max` bytes on a character boundary.
+fn string(b: &mut Vec<u8>, s: &str, max: usize) {
+    let s = if s.len() > max {
+        &s[..s.floor_char_boundary(max)]
+    } else {
+        s
+    };
+    b.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let escape: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        b.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            let _ = write!(b, "\\u{c:04x}");
+        } else {
+            b.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    b.extend_from_slice(&bytes[start..]);
+    b.push(b'"');
+}
+
+fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &x in bytes {
+        b.push(DIGITS[usize::from(x >> 4)]);
+        b.push(DIGITS[usize::from(x & 0xf)]);
+    }
+}
+
+/// `d.hh:mm:ss.ffffff`.
+fn duration(b: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    let secs = micros / 1_000_000;
+    let _ = write!(
+        b,
+        "{}.{:02}:{:02}:{:02}.{:06}",
+        secs / 86_400,
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        micros % 1_000_000
+    );
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-12-06T23:14:31.123Z`.
+fn timestamp(b: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = civil(secs / 86_400);
+    let day = secs % 86_400;
+    let two = |b: &mut Vec<u8>, n: u64| {
+        b.push(b'0' + (n / 10 % 10) as u8);
+        b.push(b'0' + (n % 10) as u8);
+    };
+    let _ = write!(b, "{y:04}-");
+    two(b, m);
+    b.push(b'-');
+    two(b, d);
+    b.push(b'T');
+    two(b, day / 3600);
+    b.push(b':');
+    two(b, day / 60 % 60);
+    b.push(b':');
+    two(b, day % 60);
+    let ms = u64::from(since.subsec_millis());
+    b.push(b'.');
+    b.push(b'0' + (ms / 100) as u8);
+    two(b, ms % 100);
+    b.push(b'Z');
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use opentelemetry::trace::{
+        Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{InstrumentationScope, KeyValue};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Keeps the body the crate's exporter posts.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Bytes>>>);
+
+    #[async_trait::async_trait]
+    impl opentelemetry_application_insights::HttpClient for Capture {
+        async fn send_bytes(
+            &self,
+            request: http::Request<Bytes>,
+        ) -> Result<http::Response<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+            self.0.lock().unwrap().push(request.into_body());
+            Ok(http::Response::new(Bytes::from_static(b"{}")))
+        }
+    }
+
+    const IKEY: &str = "00000000-1111-2222-3333-444444444444";
+
+    fn resource() -> Resource {
+        Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "sophia"),
+                KeyValue::new("service.version", "1.2.3"),
+                KeyValue::new("service.instance.id", "host-7"),
+            ])
+            .build()
+    }
+
+    fn span(
+        kind: SpanKind,
+        parent: SpanId,
+        name: &'static str,
+        attributes: Vec<KeyValue>,
+        events: Vec<Event>,
+        status: Status,
+    ) -> SpanData {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_591_671_123_456);
+        let mut ev = SpanEvents::default();
+        ev.events = events;
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::from(rand_id(name)),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: Cow::Borrowed(name),
+            start_time: start,
+            end_time: start + Duration::from_micros(90_061_000_042),
+            attributes,
+            dropped_attributes_count: 0,
+            events: ev,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: InstrumentationScope::builder("sophia").build(),
+        }
+    }
+
+    fn rand_id(name: &str) -> u64 {
+        name.bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+            .max(1)
+    }
+
+    fn spans() -> Vec<SpanData> {
+        let event = |name: &'static str, attrs: Vec<KeyValue>| {
+            Event::new(
+                name,
+                SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_591_671_999),
+                attrs,
+                0,
+            )
+        };
+        vec![
+            span(
+                SpanKind::Server,
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                "ignored",
+                vec![
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("http.route", "/v1/chat/completions"),
+                    KeyValue::new("url.path", "/v1/chat/completions"),
+                    KeyValue::new("request.id", "r-1"),
+                    KeyValue::new("companyId", "acme"),
+                    KeyValue::new("instanceId", "i-1"),
+                    KeyValue::new("agentType", "sophia"),
+                    KeyValue::new(
+                        "note",
+                        "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀",
+                    ),
+                    KeyValue::new("http.response.status_code", 200i64),
+                    KeyValue::new("repeated", "first"),
+                    KeyValue::new("repeated", "last"),
+                    KeyValue::new("_MS.hidden", "x"),
+                    KeyValue::new("service.name", "overridden by the resource"),
+                    KeyValue::new("ratio", 0.5),
+                    KeyValue::new("flag", true),
+                ],
+                vec![
+                    event(
+                        "the model was slow",
+                        vec![
+                            KeyValue::new("level", "WARN"),
+                            KeyValue::new("target", "sophia::chat"),
+                            KeyValue::new("elapsed_ms", 1234i64),
+                        ],
+                    ),
+                    event("", vec![KeyValue::new("level", "NOTALEVEL")]),
+                    event(
+                        "exception",
+                        vec![
+                            KeyValue::new("exception.type", "Upstream"),
+                            KeyValue::new("exception.message", "boom"),
+                            KeyValue::new("extra", "x"),
+                        ],
+                    ),
+                    event(
+                        "ai.custom",
+                        vec![KeyValue::new("ai.customEvent.name", "budget")],
+                    ),
+                ],
+                Status::Unset,
+            ),
+            span(
+                SpanKind::Server,
+                SpanId::INVALID,
+                "GET",
+                vec![
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("url.path", "health"),
+                    KeyValue::new("url.query", "x=1"),
+                    KeyValue::new("url.scheme", "https"),
+                    KeyValue::new("server.address", "sophia.example"),
+                    KeyValue::new("server.port", 443i64),
+                    KeyValue::new("client.address", "10.0.0.1"),
+                ],
+                vec![],
+                Status::error("failed"),
+            ),
+            span(
+                SpanKind::Client,
+                SpanId::from(rand_id("ignored")),
+                "chat gpt-4o",
+                vec![
+                    KeyValue::new("companyId", "acme"),
+                    KeyValue::new("gen_ai.system", "az.ai.openai"),
+                    KeyValue::new("gen_ai.request.model", "gpt-4o"),
+                    KeyValue::new("sophia.stream", false),
+                    KeyValue::new("server.address", "acme.openai.azure.com"),
+                    KeyValue::new("server.port", 443i64),
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("gen_ai.usage.input_tokens", 12i64),
+                ],
+                vec![],
+                Status::Ok,
+            ),
+            span(
+                SpanKind::Client,
+                SpanId::from(rand_id("ignored")),
+                "Cosmos DB query",
+                vec![
+                    KeyValue::new("db.system.name", "azure.cosmosdb"),
+                    KeyValue::new("db.namespace", "sophia"),
+                    KeyValue::new("db.response.status_code", "429"),
+                    KeyValue::new("error.type", "throttled"),
+                ],
+                vec![],
+                Status::error(""),
+            ),
+            span(
+                SpanKind::Client,
+                SpanId::from(rand_id("ignored")),
+                "Key Vault GET /secrets/{}",
+                vec![
+                    KeyValue::new("http.request.header.host", "kv.vault.azure.net"),
+                    KeyValue::new("url.full", "https://kv.vault.azure.net/secrets/x"),
+                    KeyValue::new("http.response.status_code", 404i64),
+                ],
+                vec![],
+                Status::Unset,
+            ),
+            span(
+                SpanKind::Internal,
+                SpanId::INVALID,
+                "",
+                vec![],
+                vec![],
+                Status::Unset,
+            ),
+        ]
+    }
+
+    fn parse(bytes: &[u8]) -> Vec<Value> {
+        match serde_json::from_slice::<Value>(bytes).unwrap() {
+            Value::Array(items) => items,
+            other => panic!("not an array: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_what_the_crates_exporter_writes() {
+        let capture = Capture::default();
+        let mut exporter =
+            opentelemetry_application_insights::Exporter::new_from_connection_string(
+                format!("InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:9/"),
+                capture.clone(),
+            )
+            .unwrap()
+            .with_sample_rate(0.25);
+        exporter.set_resource(&resource());
+        exporter.export(spans()).await.unwrap();
+        let posted = capture.0.lock().unwrap()[0].clone();
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(&posted[..])
+            .read_to_end(&mut json)
+            .unwrap();
+        let theirs = parse(&json);
+
+        let writer = Writer::new(IKEY, &resource());
+        let mut out = Envelopes::default();
+        for s in spans() {
+            writer.span(&mut out, &s, 0.25);
+        }
+        let ours = parse(&out.json(None));
+        assert_eq!(ours.len(), theirs.len());
+        for (o, t) in ours.iter().zip(&theirs) {
+            assert_eq!(o, t, "\nours:   {o}\ntheirs: {t}");
+        }
+        // A subset, as a retry posts it.
+        let two = parse(&out.json(Some(&[1, 3, 99])));
+        assert_eq!(two, vec![ours[1].clone(), ours[3].clone()]);
+    }
+
+    #[test]
+    fn cuts_long_values_on_a_character_boundary() {
+        let mut b = Vec::new();
+        string(&mut b, &"é".repeat(10), 5);
+        assert_eq!(b, "\"éé\"".as_bytes());
+        let mut b = Vec::new();
+        string(&mut b, "\u{1}", 5);
+        assert_eq!(b, b"\"\\u0001\"");
+    }
+
+    #[test]
+    fn dates_and_durations() {
+        let mut b = Vec::new();
+        timestamp(
+            &mut b,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_007),
+        );
+        assert_eq!(String::from_utf8(b).unwrap(), "2000-02-29T00:00:00.007Z");
+        for days in [0u64, 59, 60, 365, 10_957, 11_016, 20_000, 2_932_896] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + 3_723);
+            let mut b = Vec::new();
+            timestamp(&mut b, t);
+            let want = chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(String::from_utf8(b).unwrap(), want);
+        }
+        let mut b = Vec::new();
+        duration(&mut b, Duration::from_micros(90_061_000_042));
+        assert_eq!(String::from_utf8(b).unwrap(), "1.01:01:01.000042");
+    }
+}
