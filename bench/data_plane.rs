@@ -390,16 +390,15 @@ fn limits_rows(
     )
 }
 
-/// Telemetry's whole cost, paired at a fixed load on the floor upstream: plain SOPHIA against
-/// App Insights export at sampling 1.0 (every request and model call exported; its CPU split
-/// into the request threads and the exporter thread) and at sampling 0 (failures only), in
-/// turns, alternating which goes first (`BENCH_PAIRS`, default 10).
+/// Telemetry's whole cost, paired at a fixed load on the floor upstream: SOPHIA with export
+/// off (`servers[0]`) against App Insights export at sampling 1.0 (`[1]`: every request and
+/// model call exported; its CPU split into the request threads and the exporter thread) and at
+/// sampling 0 (`[2]`: failures only), and an A/A control (`[3]`: another server with export
+/// off), in rounds, alternating the order (`BENCH_PAIRS` rounds, default 10).
 fn telemetry_rows(
     client: &reqwest::blocking::Client,
     body_text: &str,
-    plain: (&str, &str, u32),
-    full: (&str, &str, u32),
-    none: (&str, &str, u32),
+    servers: [(&str, &str, u32); 4],
     full_base: &str,
 ) -> String {
     let secs = 4;
@@ -429,15 +428,19 @@ fn telemetry_rows(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    for t in [plain, full, none] {
+    for t in servers {
         one(t);
     }
     let mut rows = Vec::new();
     for k in 0..pair_count {
-        let order: [usize; 3] = if k % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        let mut got = [(0.0, 0.0, 0.0); 3];
+        let order: [usize; 4] = if k % 2 == 0 {
+            [0, 1, 2, 3]
+        } else {
+            [3, 2, 1, 0]
+        };
+        let mut got = [(0.0, 0.0, 0.0); 4];
         for i in order {
-            got[i] = one([plain, full, none][i]);
+            got[i] = one(servers[i]);
         }
         rows.push(got);
     }
@@ -445,11 +448,9 @@ fn telemetry_rows(
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let full_d: Vec<f64> = rows.iter().map(|r| r[1].0 - r[0].0).collect();
+    let delta = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i].0 - r[0].0).collect() };
+    let p99 = |i: usize| median(rows.iter().map(|r| r[i].2 - r[0].2).collect());
     let full_export = median(rows.iter().map(|r| r[1].1).collect());
-    let none_d: Vec<f64> = rows.iter().map(|r| r[2].0 - r[0].0).collect();
-    let p99_full = median(rows.iter().map(|r| r[1].2 - r[0].2).collect());
-    let p99_none = median(rows.iter().map(|r| r[2].2 - r[0].2).collect());
     let health: Value = client
         .get(format!("{full_base}/health"))
         .send()
@@ -464,14 +465,16 @@ fn telemetry_rows(
             .join(", ")
     };
     format!(
-        "Telemetry vs off, paired at a fixed 3200 req/s on the floor upstream ({pair_count} rounds of {secs} s, alternating order): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; plain median {:.1} µs. Exported {}, dropped {}, failed {}.",
-        median(full_d.clone()),
-        list(&full_d),
+        "Telemetry vs off, paired at a fixed 3200 req/s on the floor upstream ({pair_count} rounds of {secs} s, alternating order): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; A/A control (another server, export off) median {:+.1} µs (rounds {}); off median {:.1} µs. Exported {}, dropped {}, failed {}.",
+        median(delta(1)),
+        list(&delta(1)),
         full_export,
-        p99_full,
-        median(none_d.clone()),
-        list(&none_d),
-        p99_none,
+        p99(1),
+        median(delta(2)),
+        list(&delta(2)),
+        p99(2),
+        median(delta(3)),
+        list(&delta(3)),
         median(rows.iter().map(|r| r[0].0).collect()),
         stats["exported"],
         stats["dropped"],
@@ -759,24 +762,49 @@ fn main() {
     );
     let hot_bearer = format!("Bearer {hot_token}");
     if telemetry_only {
+        // The baseline is a twin of the telemetry servers (started and given its company the
+        // same way, export off), so the comparison sees telemetry, not two processes' histories;
+        // the long-running plain server rides along as an A/A control.
+        let twin_dir = tempfile::tempdir().unwrap();
+        let twin_port = free_port();
+        let twin = spawn_sophia(twin_dir.path(), twin_port, &[]);
+        let twin_base = format!("http://127.0.0.1:{twin_port}");
+        wait_ready(&format!("{twin_base}/"));
+        let twin_bearer = format!(
+            "Bearer {}",
+            tenant(
+                &client,
+                &twin_base,
+                &admin_token(twin_dir.path()),
+                "floor",
+                &fixed_base,
+            )
+        );
         let line = telemetry_rows(
             &client,
             &body_text,
-            (&sophia_url, &floor_bearer, server.id()),
-            (
-                &format!("{otel_base}/v1/chat/completions"),
-                &otel_bearer,
-                otel_server.id(),
-            ),
-            (
-                &format!("{hot_base}/v1/chat/completions"),
-                &hot_bearer,
-                hot_server.id(),
-            ),
+            [
+                (
+                    &format!("{twin_base}/v1/chat/completions"),
+                    &twin_bearer,
+                    twin.id(),
+                ),
+                (
+                    &format!("{otel_base}/v1/chat/completions"),
+                    &otel_bearer,
+                    otel_server.id(),
+                ),
+                (
+                    &format!("{hot_base}/v1/chat/completions"),
+                    &hot_bearer,
+                    hot_server.id(),
+                ),
+                (&sophia_url, &floor_bearer, server.id()),
+            ],
             &otel_base,
         );
         println!("{line}");
-        for child in [otel_server, hot_server, proxy, server, sim] {
+        for child in [otel_server, hot_server, twin, proxy, server, sim] {
             stop(child);
         }
         return;

@@ -45,36 +45,53 @@ impl Envelopes {
         self.ends.is_empty()
     }
 
+    /// Empties it, keeping its buffers for the next batch.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Item `i` (each is followed by a comma in `bytes`).
     fn item(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
         &self.bytes[start..self.ends[i]]
     }
 
-    /// The JSON array of the items at `indices` (every item when `None`).
-    pub(super) fn json(&self, indices: Option<&[usize]>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + self.ends.len() + 2);
-        out.push(b'[');
-        let mut first = true;
-        let mut push = |item: &[u8]| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.extend_from_slice(item);
-        };
+    /// Writes the JSON array of the items at `indices` (every item when `None`) to `out`.
+    pub(super) fn write_json(
+        &self,
+        indices: Option<&[usize]>,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        out.write_all(b"[")?;
         match indices {
-            None => (0..self.len()).for_each(|i| push(self.item(i))),
-            Some(list) => list
-                .iter()
-                .filter(|&&i| i < self.len())
-                .for_each(|&i| push(self.item(i))),
+            // Every item: the buffer as it is, but for its last comma.
+            None => out.write_all(&self.bytes[..self.bytes.len().saturating_sub(1)])?,
+            Some(list) => {
+                let mut first = true;
+                for &i in list.iter().filter(|&&i| i < self.len()) {
+                    if !first {
+                        out.write_all(b",")?;
+                    }
+                    first = false;
+                    out.write_all(self.item(i))?;
+                }
+            }
         }
-        out.push(b']');
+        out.write_all(b"]")
+    }
+
+    /// The JSON array of the items at `indices` (every item when `None`).
+    #[cfg(test)]
+    pub(super) fn json(&self, indices: Option<&[usize]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.write_json(indices, &mut out);
         out
     }
 
     fn end_item(&mut self) {
         self.ends.push(self.bytes.len());
+        self.bytes.push(b',');
     }
 }
 
@@ -475,7 +492,11 @@ impl Writer {
         b.extend_from_slice(b"\",\"time\":\"");
         timestamp(b, time);
         b.extend_from_slice(b"\",\"sampleRate\":");
-        let _ = write!(b, "{:?}", rate * 100.0);
+        if rate >= 1.0 {
+            b.extend_from_slice(b"100.0");
+        } else {
+            let _ = write!(b, "{:?}", rate * 100.0);
+        }
         b.extend_from_slice(b",\"iKey\":");
         string(b, &self.ikey, 40);
         b.push(b',');
@@ -547,11 +568,29 @@ fn value(b: &mut Vec<u8>, v: &Value, max: usize) {
         Value::Bool(true) => b.extend_from_slice(b"\"true\""),
         Value::Bool(false) => b.extend_from_slice(b"\"false\""),
         Value::I64(i) => {
-            let _ = write!(b, "\"{i}\"");
+            b.push(b'"');
+            if *i < 0 {
+                b.push(b'-');
+            }
+            number(b, i.unsigned_abs(), 1);
+            b.push(b'"');
         }
         other => string(b, &other.as_str(), max),
     }
 }
+
+/// Bytes a JSON string cannot hold as they are: `"`, `\\` and the control characters.
+static ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// A JSON string of `s` cut to at most `max` bytes on a character boundary.
 fn string(b: &mut Vec<u8>, s: &str, max: usize) {
@@ -560,31 +599,50 @@ fn string(b: &mut Vec<u8>, s: &str, max: usize) {
     } else {
         s
     };
+    b.reserve(s.len() + 2);
     b.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &c) in bytes.iter().enumerate() {
-        let escape: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+        if !ESCAPE[usize::from(c)] {
+            continue;
+        }
         b.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            let _ = write!(b, "\\u{c:04x}");
-        } else {
-            b.extend_from_slice(escape);
+        match c {
+            b'"' => b.extend_from_slice(b"\\\""),
+            b'\\' => b.extend_from_slice(b"\\\\"),
+            b'\n' => b.extend_from_slice(b"\\n"),
+            b'\r' => b.extend_from_slice(b"\\r"),
+            b'\t' => b.extend_from_slice(b"\\t"),
+            0x08 => b.extend_from_slice(b"\\b"),
+            0x0c => b.extend_from_slice(b"\\f"),
+            _ => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                b.extend_from_slice(b"\\u00");
+                b.push(DIGITS[usize::from(c >> 4)]);
+                b.push(DIGITS[usize::from(c & 0xf)]);
+            }
         }
         start = i + 1;
     }
     b.extend_from_slice(&bytes[start..]);
     b.push(b'"');
+}
+
+/// A decimal number, at least `width` digits (zero-padded).
+fn number(b: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len().saturating_sub(width));
+    b.extend_from_slice(&digits[start..]);
 }
 
 fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
@@ -597,17 +655,17 @@ fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
 
 /// `d.hh:mm:ss.ffffff`.
 fn duration(b: &mut Vec<u8>, d: Duration) {
-    let micros = d.as_micros();
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let secs = micros / 1_000_000;
-    let _ = write!(
-        b,
-        "{}.{:02}:{:02}:{:02}.{:06}",
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-        micros % 1_000_000
-    );
+    number(b, secs / 86_400, 1);
+    b.push(b'.');
+    number(b, secs / 3600 % 24, 2);
+    b.push(b':');
+    number(b, secs / 60 % 60, 2);
+    b.push(b':');
+    number(b, secs % 60, 2);
+    b.push(b'.');
+    number(b, micros % 1_000_000, 6);
 }
 
 /// RFC 3339 in UTC with milliseconds: `2026-12-06T23:14:31.123Z`.
@@ -616,24 +674,19 @@ fn timestamp(b: &mut Vec<u8>, t: SystemTime) {
     let secs = since.as_secs();
     let (y, m, d) = civil(secs / 86_400);
     let day = secs % 86_400;
-    let two = |b: &mut Vec<u8>, n: u64| {
-        b.push(b'0' + (n / 10 % 10) as u8);
-        b.push(b'0' + (n % 10) as u8);
-    };
-    let _ = write!(b, "{y:04}-");
-    two(b, m);
+    number(b, y, 4);
     b.push(b'-');
-    two(b, d);
+    number(b, m, 2);
+    b.push(b'-');
+    number(b, d, 2);
     b.push(b'T');
-    two(b, day / 3600);
+    number(b, day / 3600, 2);
     b.push(b':');
-    two(b, day / 60 % 60);
+    number(b, day / 60 % 60, 2);
     b.push(b':');
-    two(b, day % 60);
-    let ms = u64::from(since.subsec_millis());
+    number(b, day % 60, 2);
     b.push(b'.');
-    b.push(b'0' + (ms / 100) as u8);
-    two(b, ms % 100);
+    number(b, u64::from(since.subsec_millis()), 3);
     b.push(b'Z');
 }
 
