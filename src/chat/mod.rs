@@ -527,8 +527,7 @@ impl Turn {
             return;
         }
         crate::telemetry::metrics::turn(&crate::telemetry::metrics::TurnRecord {
-            company: self.caller.tenant.as_str(),
-            instance: &self.caller.instance.to_string(),
+            owner: &self.runtime.owner,
             model: model.unwrap_or(&self.model),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,

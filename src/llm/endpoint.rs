@@ -67,6 +67,8 @@ pub struct ModelEndpoint {
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
     responses_uri: OnceLock<Box<Result<Uri, String>>>,
+    /// The model call's span attributes that never change (built on first use, values shared).
+    span_attributes: OnceLock<Box<[opentelemetry::KeyValue]>>,
     /// The auth header of a fixed credential, built once.
     pub(super) fixed_auth: Option<AuthHeader>,
 }
@@ -134,6 +136,7 @@ impl ModelEndpoint {
             chat_uri: OnceLock::new(),
             embeddings_uri: OnceLock::new(),
             responses_uri: OnceLock::new(),
+            span_attributes: OnceLock::new(),
             fixed_auth: AuthHeader::fixed(provider, &auth),
             provider,
             base,
@@ -150,6 +153,7 @@ impl ModelEndpoint {
     /// The same endpoint as the failover entry `name`.
     pub fn labelled(mut self, name: &str) -> Self {
         self.label = Some(Arc::from(name));
+        self.span_attributes = OnceLock::new();
         self
     }
 
@@ -173,7 +177,47 @@ impl ModelEndpoint {
     /// The same endpoint, attributed to `owner` (a company's instance) in telemetry.
     pub fn owned_by(mut self, owner: Arc<telemetry::Owner>) -> Self {
         self.owner = Some(owner);
+        self.span_attributes = OnceLock::new();
         self
+    }
+
+    /// The attributes every model-call span of this endpoint carries (its company and
+    /// instance, GenAI system and requested model, server, failover entry), their values
+    /// shared: a span clones them without allocating.
+    pub fn span_attributes(&self) -> &[opentelemetry::KeyValue] {
+        use opentelemetry::KeyValue;
+        self.span_attributes.get_or_init(|| {
+            let text = |s: &str| opentelemetry::Value::from(Arc::<str>::from(s));
+            let mut attributes = Vec::with_capacity(10);
+            if let Some(owner) = &self.owner {
+                attributes.push(KeyValue::new(
+                    telemetry::COMPANY_ATTRIBUTE,
+                    Arc::clone(&owner.company),
+                ));
+                attributes.push(KeyValue::new(
+                    telemetry::INSTANCE_ATTRIBUTE,
+                    Arc::clone(&owner.instance),
+                ));
+            }
+            let system = match self.provider {
+                Provider::AzureOpenai => "az.ai.openai",
+                Provider::Openai => "openai",
+            };
+            attributes.extend([
+                KeyValue::new("gen_ai.system", system),
+                KeyValue::new("gen_ai.request.model", text(&self.deployment)),
+                KeyValue::new("server.address", text(self.base.host_str().unwrap_or(""))),
+                KeyValue::new(
+                    "server.port",
+                    i64::from(self.base.port_or_known_default().unwrap_or(443)),
+                ),
+                KeyValue::new("http.request.method", "POST"),
+            ]);
+            if let Some(label) = &self.label {
+                attributes.push(KeyValue::new("sophia.deployment", Arc::clone(label)));
+            }
+            attributes.into_boxed_slice()
+        })
     }
 
     fn operation_uri(&self, operation: &str) -> Result<Uri, String> {

@@ -216,13 +216,13 @@ impl Pipeline {
                 .owners
                 .write()
                 .ok()
-                .and_then(|mut map| map.remove(&owner.instance));
+                .and_then(|mut map| map.remove(&*owner.instance));
             self.retire(old);
             return Ok(());
         };
         if let Ok(map) = self.owners.read()
-            && map.get(&owner.instance).is_some_and(|s| {
-                &s.source == connection && s.company.as_deref() == Some(owner.company.as_str())
+            && map.get(&*owner.instance).is_some_and(|s| {
+                &s.source == connection && s.company.as_deref() == Some(&*owner.company)
             })
         {
             return Ok(());
@@ -248,14 +248,14 @@ impl Pipeline {
             &self.resource,
             client,
             Some(Arc::new(meters)),
-            Some(owner.company.clone()),
+            Some(owner.company.to_string()),
         )
         .map_err(|e| format!("invalid App Insights connection string: {e}"))?;
         let old = self
             .owners
             .write()
             .ok()
-            .and_then(|mut map| map.insert(owner.instance.clone(), sink));
+            .and_then(|mut map| map.insert(owner.instance.to_string(), sink));
         self.retire(old);
         Ok(())
     }

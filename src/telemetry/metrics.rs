@@ -3,7 +3,7 @@
 //! conversation), and the tenant-cache and token-cache lookups. The operator's resource gets
 //! every company's; a company with its own resource gets its own there too.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
@@ -124,8 +124,7 @@ fn record(company: &str, instance: &str, f: impl Fn(&CompanyMeters)) {
 
 /// How a turn ended, for the metrics.
 pub struct TurnRecord<'a> {
-    pub company: &'a str,
-    pub instance: &'a str,
+    pub owner: &'a Owner,
     pub model: &'a str,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -135,10 +134,11 @@ pub struct TurnRecord<'a> {
 
 /// A finished (or failed) chat turn.
 pub fn turn(t: &TurnRecord<'_>) {
-    record(t.company, t.instance, |m| {
+    let (company, instance) = (&t.owner.company, &t.owner.instance);
+    record(company, instance, |m| {
         let who = [
-            KeyValue::new("companyId", t.company.to_owned()),
-            KeyValue::new("instanceId", t.instance.to_owned()),
+            KeyValue::new("companyId", Arc::clone(company)),
+            KeyValue::new("instanceId", Arc::clone(instance)),
             KeyValue::new("model", t.model.to_owned()),
         ];
         if t.prompt_tokens > 0 {
@@ -148,8 +148,8 @@ pub fn turn(t: &TurnRecord<'_>) {
             m.tokens_completion.add(t.completion_tokens, &who);
         }
         let outcome = [
-            KeyValue::new("companyId", t.company.to_owned()),
-            KeyValue::new("instanceId", t.instance.to_owned()),
+            KeyValue::new("companyId", Arc::clone(company)),
+            KeyValue::new("instanceId", Arc::clone(instance)),
             KeyValue::new("outcome", if t.ok { "ok" } else { "failed" }),
         ];
         m.turns.add(1, &outcome);
@@ -161,7 +161,7 @@ pub fn turn(t: &TurnRecord<'_>) {
 pub fn upstream_failure(owner: &Owner) {
     record(&owner.company, &owner.instance, |m| {
         m.failures
-            .add(1, &[KeyValue::new("companyId", owner.company.clone())]);
+            .add(1, &[KeyValue::new("companyId", Arc::clone(&owner.company))]);
     });
 }
 
@@ -171,8 +171,10 @@ pub fn upstream_throttled(owner: &Owner, count: u64) {
         return;
     }
     record(&owner.company, &owner.instance, |m| {
-        m.throttled
-            .add(count, &[KeyValue::new("companyId", owner.company.clone())]);
+        m.throttled.add(
+            count,
+            &[KeyValue::new("companyId", Arc::clone(&owner.company))],
+        );
     });
 }
 

@@ -45,15 +45,15 @@ static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
 /// company's telemetry to the company's own App Insights as well (`register_owner`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
-    pub company: String,
-    pub instance: String,
+    pub company: Arc<str>,
+    pub instance: Arc<str>,
 }
 
 impl Owner {
     pub fn new(company: &str, instance: &str) -> Self {
         Self {
-            company: company.to_owned(),
-            instance: instance.to_owned(),
+            company: Arc::from(company),
+            instance: Arc::from(instance),
         }
     }
 }

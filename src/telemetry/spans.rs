@@ -9,7 +9,6 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 pub use super::request::Pending as Dependency;
-use crate::domain::Provider;
 use crate::llm::ModelEndpoint;
 
 /// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`) as a remote span context; `None`
@@ -73,42 +72,16 @@ pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: boo
     if !super::enabled() {
         return Dependency::none();
     }
-    let system = match endpoint.provider {
-        Provider::AzureOpenai => "az.ai.openai",
-        Provider::Openai => "openai",
-    };
     Dependency::start(
         || Cow::Owned(format!("{operation} {}", endpoint.deployment)),
         || {
-            let mut attributes = Vec::with_capacity(16);
-            if let Some(owner) = &endpoint.owner {
-                attributes.push(KeyValue::new(
-                    super::COMPANY_ATTRIBUTE,
-                    owner.company.clone(),
-                ));
-                attributes.push(KeyValue::new(
-                    super::INSTANCE_ATTRIBUTE,
-                    owner.instance.clone(),
-                ));
-            }
+            let shared = endpoint.span_attributes();
+            let mut attributes = Vec::with_capacity(shared.len() + 8);
+            attributes.extend_from_slice(shared);
             attributes.extend([
-                KeyValue::new("gen_ai.system", system),
                 KeyValue::new("gen_ai.operation.name", operation),
-                KeyValue::new("gen_ai.request.model", endpoint.deployment.clone()),
                 KeyValue::new("sophia.stream", stream),
-                KeyValue::new(
-                    "server.address",
-                    endpoint.base.host_str().unwrap_or("").to_owned(),
-                ),
-                KeyValue::new(
-                    "server.port",
-                    i64::from(endpoint.base.port_or_known_default().unwrap_or(443)),
-                ),
-                KeyValue::new("http.request.method", "POST"),
             ]);
-            if let Some(label) = &endpoint.label {
-                attributes.push(KeyValue::new("sophia.deployment", label.to_string()));
-            }
             attributes
         },
     )

@@ -176,7 +176,7 @@ pub struct TenantRuntime {
     pub foundry: Option<Result<FoundryAgent, String>>,
     pub loaded_at: Instant,
     /// Whose telemetry its calls are.
-    owner: Arc<telemetry::Owner>,
+    pub owner: Arc<telemetry::Owner>,
     resolver: Arc<Resolver>,
 }
 
