@@ -595,7 +595,11 @@ static ESCAPE: [bool; 256] = {
 /// A JSON string of `s` cut to at most `max` bytes on a character boundary.
 fn string(b: &mut Vec<u8>, s: &str, max: usize) {
     let s = if s.len() > max {
-        &s[..s.floor_char_boundary(max)]
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        &s[..end]
     } else {
         s
     };
