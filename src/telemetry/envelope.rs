@@ -621,7 +621,6 @@ fn string(b: &mut Vec<u8>, s: &str, max: usize) {
             0x08 => b.extend_from_slice(b"\\b"),
             0x0c => b.extend_from_slice(b"\\f"),
             _ => {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
                 b.extend_from_slice(b"\\u00");
                 b.push(DIGITS[usize::from(c >> 4)]);
                 b.push(DIGITS[usize::from(c & 0xf)]);
@@ -649,11 +648,20 @@ fn number(b: &mut Vec<u8>, mut n: u64, width: usize) {
     b.extend_from_slice(&digits[start..]);
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for &x in bytes {
         b.push(DIGITS[usize::from(x >> 4)]);
         b.push(DIGITS[usize::from(x & 0xf)]);
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+pub(super) fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &x) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(x >> 4)];
+        pair[1] = DIGITS[usize::from(x & 0xf)];
     }
 }
 

@@ -300,20 +300,7 @@ impl Pending {
     /// The `traceparent` naming this call as the parent, for its outbound request.
     pub fn traceparent(&self) -> Option<axum::http::HeaderValue> {
         let d = self.0.as_ref()?;
-        // `00-<32 hex>-<16 hex>-0x`, written in place.
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [b'-'; 55];
-        out[..2].copy_from_slice(b"00");
-        let hex = |out: &mut [u8], bytes: &[u8]| {
-            for (i, x) in bytes.iter().enumerate() {
-                out[2 * i] = DIGITS[usize::from(x >> 4)];
-                out[2 * i + 1] = DIGITS[usize::from(x & 0xf)];
-            }
-        };
-        hex(&mut out[3..35], &d.parent.trace.to_bytes());
-        hex(&mut out[36..52], &d.span.to_bytes());
-        out[53] = b'0';
-        out[54] = if d.parent.sampled { b'1' } else { b'0' };
+        let out = super::spans::traceparent(d.parent.trace, d.span, d.parent.sampled);
         axum::http::HeaderValue::from_bytes(&out).ok()
     }
 }
