@@ -657,6 +657,21 @@ fn hex(b: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// `00-<trace id>-<parent id>-<flags>`, written in place (a header value per outbound call).
+pub(super) fn traceparent(
+    trace: opentelemetry::trace::TraceId,
+    parent: SpanId,
+    sampled: bool,
+) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    hex_into(&mut out[3..35], &trace.to_bytes());
+    hex_into(&mut out[36..52], &parent.to_bytes());
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
+    out
+}
+
 /// Lower-case hex of `bytes` into `out` (twice as long).
 pub(super) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, &x) in out.chunks_exact_mut(2).zip(bytes) {

@@ -300,7 +300,7 @@ impl Pending {
     /// The `traceparent` naming this call as the parent, for its outbound request.
     pub fn traceparent(&self) -> Option<axum::http::HeaderValue> {
         let d = self.0.as_ref()?;
-        let out = super::spans::traceparent(d.parent.trace, d.span, d.parent.sampled);
+        let out = super::envelope::traceparent(d.parent.trace, d.span, d.parent.sampled);
         axum::http::HeaderValue::from_bytes(&out).ok()
     }
 }

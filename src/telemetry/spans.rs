@@ -44,19 +44,9 @@ pub fn parse_traceparent(raw: &str) -> Option<SpanContext> {
 
 /// The `traceparent` that names `cx` as the parent.
 pub fn format_traceparent(cx: &SpanContext) -> String {
-    let bytes = traceparent(cx.trace_id(), cx.span_id(), cx.trace_flags().is_sampled());
+    let bytes =
+        super::envelope::traceparent(cx.trace_id(), cx.span_id(), cx.trace_flags().is_sampled());
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// `00-<trace id>-<parent id>-<flags>`, written in place (a header value per outbound call).
-pub(super) fn traceparent(trace: TraceId, parent: SpanId, sampled: bool) -> [u8; 55] {
-    let mut out = [b'-'; 55];
-    out[..2].copy_from_slice(b"00");
-    super::envelope::hex_into(&mut out[3..35], &trace.to_bytes());
-    super::envelope::hex_into(&mut out[36..52], &parent.to_bytes());
-    out[53] = b'0';
-    out[54] = if sampled { b'1' } else { b'0' };
-    out
 }
 
 /// Names the company, instance and agent type a request acts for on the current request.
