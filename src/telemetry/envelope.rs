@@ -12,16 +12,56 @@
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{Event, SpanId, SpanKind, Status};
+use std::ops::Range;
+
+use opentelemetry::trace::{Event, SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
+
+/// What an envelope is written from: a finished span, borrowed (from OpenTelemetry's
+/// [`SpanData`], or from a request's own record while it ends, so that nothing is built for
+/// it first).
+pub(super) struct SpanRef<'a> {
+    pub kind: SpanKind,
+    pub trace: TraceId,
+    pub id: SpanId,
+    /// [`SpanId::INVALID`] for a root span.
+    pub parent: SpanId,
+    /// Not used for a server span with `http.request.method` and `http.route` attributes (it
+    /// is named by them).
+    pub name: &'a str,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: &'a [KeyValue],
+    pub events: &'a [Event],
+    pub status: &'a Status,
+}
+
+impl<'a> From<&'a SpanData> for SpanRef<'a> {
+    fn from(span: &'a SpanData) -> Self {
+        Self {
+            kind: span.span_kind.clone(),
+            trace: span.span_context.trace_id(),
+            id: span.span_context.span_id(),
+            parent: span.parent_span_id,
+            name: &span.name,
+            start: span.start_time,
+            end: span.end_time,
+            attributes: &span.attributes,
+            events: &span.events,
+            status: &span.status,
+        }
+    }
+}
 
 /// What every envelope of one resource shares: its instrumentation key and the tags and
 /// properties the process's resource gives (rendered once).
 #[derive(Clone)]
 pub(super) struct Writer {
-    ikey: String,
+    /// `{"iKey":"…",` — how every envelope starts (another resource's envelope is this one's
+    /// with its own key head instead).
+    key_head: Vec<u8>,
     /// `"ai.cloud.role":"…",…` — the resource's tags as JSON members, each followed by a comma.
     resource_tags: Vec<u8>,
     /// The resource's attributes, as properties of every span envelope.
@@ -53,8 +93,7 @@ impl Envelopes {
 
     /// Item `i` (each is followed by a comma in `bytes`).
     fn item(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
-        &self.bytes[start..self.ends[i]]
+        &self.bytes[self.start(i)..self.ends[i]]
     }
 
     /// Writes the JSON array of the items at `indices` (every item when `None`) to `out`.
@@ -92,6 +131,41 @@ impl Envelopes {
     fn end_item(&mut self) {
         self.ends.push(self.bytes.len());
         self.bytes.push(b',');
+    }
+
+    /// Where item `i` starts in `bytes`.
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] + 1 }
+    }
+
+    /// Appends `from`'s items in `items` as they are.
+    pub(super) fn append(&mut self, from: &Envelopes, items: Range<usize>) {
+        if items.is_empty() || items.end > from.len() {
+            return;
+        }
+        let (start, end) = (from.start(items.start), from.ends[items.end - 1] + 1);
+        let shift = self.bytes.len();
+        self.bytes.extend_from_slice(&from.bytes[start..end]);
+        self.ends
+            .extend(from.ends[items].iter().map(|&e| e - start + shift));
+    }
+
+    /// Appends `from`'s items in `items`, written by `was`, as `now` writes them (another
+    /// resource's key; everything else is the same for every resource of this process).
+    pub(super) fn append_rekeyed(
+        &mut self,
+        from: &Envelopes,
+        items: Range<usize>,
+        was: &Writer,
+        now: &Writer,
+    ) {
+        for i in items.filter(|&i| i < from.len()) {
+            let item = from.item(i);
+            let rest = item.strip_prefix(&was.key_head[..]).unwrap_or(item);
+            self.bytes.extend_from_slice(&now.key_head);
+            self.bytes.extend_from_slice(rest);
+            self.end_item();
+        }
     }
 }
 
@@ -138,8 +212,11 @@ impl Writer {
             .map(|(k, v)| (k.as_str().to_owned(), v.as_str().into_owned()))
             .collect();
         resource_properties.sort();
+        let mut key_head = b"{\"iKey\":".to_vec();
+        string(&mut key_head, instrumentation_key, 40);
+        key_head.push(b',');
         Self {
-            ikey: instrumentation_key.to_owned(),
+            key_head,
             resource_tags,
             resource_properties,
         }
@@ -147,8 +224,8 @@ impl Writer {
 
     /// Appends the envelopes of `span` (the span's, then one per event) to `out`; `rate` is
     /// the share of its kind that is kept (0–1).
-    pub(super) fn span(&self, out: &mut Envelopes, span: &SpanData, rate: f64) {
-        let server = matches!(span.span_kind, SpanKind::Server | SpanKind::Consumer);
+    pub(super) fn span(&self, out: &mut Envelopes, span: &SpanRef<'_>, rate: f64) {
+        let server = matches!(span.kind, SpanKind::Server | SpanKind::Consumer);
         let b = &mut out.bytes;
         let (name, base) = if server {
             ("Microsoft.ApplicationInsights.Request", "RequestData")
@@ -158,41 +235,35 @@ impl Writer {
                 "RemoteDependencyData",
             )
         };
-        self.head(b, name, span.start_time, rate);
+        self.head(b, name, span.start, rate);
         // Tags: the resource's, then the operation.
         b.extend_from_slice(b"\"tags\":{");
         b.extend_from_slice(&self.resource_tags);
         b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.span_context.trace_id().to_bytes());
+        hex(b, &span.trace.to_bytes());
         b.push(b'"');
-        if span.parent_span_id != SpanId::INVALID {
+        if span.parent != SpanId::INVALID {
             b.extend_from_slice(b",\"ai.operation.parentId\":\"");
-            hex(b, &span.parent_span_id.to_bytes());
+            hex(b, &span.parent.to_bytes());
             b.push(b'"');
         }
-        let attrs = &span.attributes[..];
+        let attrs = span.attributes;
         let method = get(attrs, "http.request.method").or_else(|| get(attrs, "http.method"));
         let route = get(attrs, "http.route");
         if server && let (Some(m), Some(r)) = (method, route) {
             b.extend_from_slice(b",\"ai.operation.name\":");
-            let name = format!("{} {}", m.as_str(), r.as_str());
-            string(b, &name, 1024);
+            joined(b, &m.as_str(), &r.as_str(), 1024);
         }
         b.extend_from_slice(b"},\"data\":{\"baseType\":\"");
         b.extend_from_slice(base.as_bytes());
         b.extend_from_slice(b"\",\"baseData\":{\"ver\":2,\"id\":\"");
-        hex(b, &span.span_context.span_id().to_bytes());
+        hex(b, &span.id.to_bytes());
         b.extend_from_slice(b"\",\"duration\":\"");
-        duration(
-            b,
-            span.end_time
-                .duration_since(span.start_time)
-                .unwrap_or_default(),
-        );
+        duration(b, span.end.duration_since(span.start).unwrap_or_default());
         b.push(b'"');
         let code =
             get(attrs, "http.response.status_code").or_else(|| get(attrs, "http.status_code"));
-        let status_code = match span.status {
+        let status_code = match *span.status {
             Status::Unset => "0",
             Status::Ok => "1",
             Status::Error { .. } => "2",
@@ -204,7 +275,7 @@ impl Writer {
         }
         b.extend_from_slice(b"}}}");
         out.end_item();
-        for event in span.events.iter() {
+        for event in span.events {
             self.event(out, span, event, rate);
         }
     }
@@ -213,7 +284,7 @@ impl Writer {
     fn request(
         &self,
         b: &mut Vec<u8>,
-        span: &SpanData,
+        span: &SpanRef<'_>,
         attrs: &[KeyValue],
         method: Option<&Value>,
         route: Option<&Value>,
@@ -223,7 +294,7 @@ impl Writer {
         match (method, route) {
             (Some(m), Some(r)) => {
                 b.extend_from_slice(b",\"name\":");
-                string(b, &format!("{} {}", m.as_str(), r.as_str()), 1024);
+                joined(b, &m.as_str(), &r.as_str(), 1024);
             }
             (Some(m), None) => {
                 b.extend_from_slice(b",\"name\":");
@@ -231,7 +302,7 @@ impl Writer {
             }
             _ if !span.name.is_empty() => {
                 b.extend_from_slice(b",\"name\":");
-                string(b, &span.name, 1024);
+                string(b, span.name, 1024);
             }
             _ => {}
         }
@@ -270,19 +341,19 @@ impl Writer {
     fn dependency(
         &self,
         b: &mut Vec<u8>,
-        span: &SpanData,
+        span: &SpanRef<'_>,
         attrs: &[KeyValue],
         code: Option<&Value>,
         status_code: &str,
     ) {
         b.extend_from_slice(b",\"name\":");
-        string(b, &span.name, 1024);
+        string(b, span.name, 1024);
         b.extend_from_slice(b",\"resultCode\":");
         match code {
             Some(v) => value(b, v, 1024),
             None => string(b, status_code, 1024),
         }
-        match span.status {
+        match *span.status {
             Status::Unset => {}
             Status::Ok => b.extend_from_slice(b",\"success\":true"),
             Status::Error { .. } => b.extend_from_slice(b",\"success\":false"),
@@ -329,7 +400,7 @@ impl Writer {
             b.extend_from_slice(b",\"target\":");
             value(b, db, 1024);
         }
-        let kind = if span.span_kind == SpanKind::Internal {
+        let kind = if span.kind == SpanKind::Internal {
             Some(Value::from("InProc"))
         } else {
             first(
@@ -398,7 +469,7 @@ impl Writer {
         }
     }
 
-    fn event(&self, out: &mut Envelopes, span: &SpanData, event: &Event, rate: f64) {
+    fn event(&self, out: &mut Envelopes, span: &SpanRef<'_>, event: &Event, rate: f64) {
         let (name, base) = match event.name.as_ref() {
             "ai.custom" => ("Microsoft.ApplicationInsights.Event", "EventData"),
             "exception" => ("Microsoft.ApplicationInsights.Exception", "ExceptionData"),
@@ -409,9 +480,9 @@ impl Writer {
         b.extend_from_slice(b"\"tags\":{");
         b.extend_from_slice(&self.resource_tags);
         b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.span_context.trace_id().to_bytes());
+        hex(b, &span.trace.to_bytes());
         b.extend_from_slice(b"\",\"ai.operation.parentId\":\"");
-        hex(b, &span.span_context.span_id().to_bytes());
+        hex(b, &span.id.to_bytes());
         b.extend_from_slice(b"\"},\"data\":{\"baseType\":\"");
         b.extend_from_slice(base.as_bytes());
         b.extend_from_slice(b"\",\"baseData\":{\"ver\":2");
@@ -485,9 +556,10 @@ impl Writer {
         out.end_item();
     }
 
-    /// `{"name":…,"time":…,"sampleRate":…,"iKey":…,` — the start every envelope shares.
+    /// `{"iKey":…,"name":…,"time":…,"sampleRate":…,` — the start every envelope shares.
     fn head(&self, b: &mut Vec<u8>, name: &str, time: SystemTime, rate: f64) {
-        b.extend_from_slice(b"{\"name\":\"");
+        b.extend_from_slice(&self.key_head);
+        b.extend_from_slice(b"\"name\":\"");
         b.extend_from_slice(name.as_bytes());
         b.extend_from_slice(b"\",\"time\":\"");
         timestamp(b, time);
@@ -497,8 +569,6 @@ impl Writer {
         } else {
             let _ = write!(b, "{:?}", rate * 100.0);
         }
-        b.extend_from_slice(b",\"iKey\":");
-        string(b, &self.ikey, 40);
         b.push(b',');
     }
 }
@@ -605,6 +675,25 @@ fn string(b: &mut Vec<u8>, s: &str, max: usize) {
     };
     b.reserve(s.len() + 2);
     b.push(b'"');
+    escaped(b, s);
+    b.push(b'"');
+}
+
+/// The JSON string of `first`, a space and `second` (a request's `POST /chat`), cut to `max`.
+fn joined(b: &mut Vec<u8>, first: &str, second: &str, max: usize) {
+    if first.len() + 1 + second.len() > max {
+        string(b, &format!("{first} {second}"), max);
+        return;
+    }
+    b.push(b'"');
+    escaped(b, first);
+    b.push(b' ');
+    escaped(b, second);
+    b.push(b'"');
+}
+
+/// `s` as the inside of a JSON string.
+fn escaped(b: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &c) in bytes.iter().enumerate() {
@@ -629,7 +718,6 @@ fn string(b: &mut Vec<u8>, s: &str, max: usize) {
         start = i + 1;
     }
     b.extend_from_slice(&bytes[start..]);
-    b.push(b'"');
 }
 
 /// A decimal number, at least `width` digits (zero-padded).
@@ -975,7 +1063,7 @@ mod tests {
         let writer = Writer::new(IKEY, &resource());
         let mut out = Envelopes::default();
         for s in spans() {
-            writer.span(&mut out, &s, 0.25);
+            writer.span(&mut out, &SpanRef::from(&s), 0.25);
         }
         let ours = parse(&out.json(None));
         assert_eq!(ours.len(), theirs.len());
@@ -985,6 +1073,23 @@ mod tests {
         // A subset, as a retry posts it.
         let two = parse(&out.json(Some(&[1, 3, 99])));
         assert_eq!(two, vec![ours[1].clone(), ours[3].clone()]);
+        // Items moved to another batch as they are, and to another resource's batch with its key.
+        let other = Writer::new("99999999-8888-7777-6666-555555555555", &resource());
+        let mut direct = Envelopes::default();
+        for s in spans() {
+            other.span(&mut direct, &SpanRef::from(&s), 0.25);
+        }
+        let direct = parse(&direct.json(None));
+        let mut moved = Envelopes::default();
+        moved.append(&out, 0..2);
+        moved.append_rekeyed(&out, 2..out.len(), &writer, &other);
+        moved.append(&out, 1..2);
+        let moved = parse(&moved.json(None));
+        assert_eq!(moved.len(), ours.len() + 1);
+        assert_eq!(moved[..2], ours[..2]);
+        assert_eq!(moved[2..ours.len()], direct[2..]);
+        assert_eq!(moved[ours.len()], ours[1]);
+        assert_ne!(direct[2], ours[2]);
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! operator's Application Insights and, for a company that has one, that company's own, and
 //! the sampling decision.
 //!
-//! A request hands its spans over with a short lock and, most of the time, nothing else: the
-//! worker is woken only when a batch is full (or a flush asks), else it takes what is queued
+//! A request writes its spans' envelopes itself, as they end, into a buffer of its thread's
+//! own (a lock nobody else takes but the worker, when it swaps the buffer for an empty one):
+//! a span's memory is then freed where it was made, and nothing is built for it first. The
+//! worker is woken only when a batch is full (or a flush asks), else it takes what is written
 //! every export interval. Waking it per span cost more than the span itself (a futex or
 //! eventfd write on the request's thread, a context switch on the worker's).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,11 +23,10 @@ use opentelemetry::Value;
 use opentelemetry::trace::{Status, TraceId};
 use opentelemetry_application_insights::HttpClient as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{Notify, oneshot};
 
 use super::Owner;
-use super::envelope::{Envelopes, Writer};
+use super::envelope::{Envelopes, SpanRef, Writer};
 use super::ingestion::{ConnectionString, IngestionClient};
 use super::metrics::CompanyMeters;
 use crate::upstream::policy::UpstreamPolicy;
@@ -63,18 +66,54 @@ pub(super) struct Sink {
     source: ConnectionString,
 }
 
-/// A finished span waiting for the worker, and whether it is kept whatever the sampling.
-struct Queued {
-    span: SpanData,
-    kept: bool,
+/// The envelopes one thread has written, waiting for the worker.
+#[derive(Default)]
+struct Written {
+    envelopes: Envelopes,
+    spans: Vec<WrittenSpan>,
 }
 
-/// Spans waiting for the worker (bounded), and the flushes waiting for them to be posted.
+/// One span's envelopes (the span's and its events') in [`Written::envelopes`].
+struct WrittenSpan {
+    /// Where its envelopes end (they start where the previous span's end).
+    end: usize,
+    /// The company and instance it belongs to, kept only while some company has its own
+    /// resource.
+    owner: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl Written {
+    fn clear(&mut self) {
+        self.envelopes.clear();
+        self.spans.clear();
+    }
+}
+
+type Local = Arc<Mutex<Written>>;
+
+thread_local! {
+    /// This thread's buffer, and the pipeline it belongs to.
+    static LOCAL: RefCell<Option<(usize, Local)>> = const { RefCell::new(None) };
+}
+
+/// Spans waiting for the worker (bounded in number), and the flushes waiting for them.
 struct Queue {
-    spans: Mutex<Vec<Queued>>,
+    /// Every thread's buffer (a thread's is dropped once it is gone and its buffer is empty).
+    locals: Mutex<Vec<Local>>,
+    /// Spans written and not yet taken, over all buffers.
+    queued: AtomicUsize,
     capacity: usize,
     flushes: Mutex<Vec<oneshot::Sender<()>>>,
     wake: Notify,
+}
+
+/// A batch being put together for one post: the envelopes, how many spans, and which of
+/// them a company's own resource gets too.
+#[derive(Default)]
+struct Outgoing {
+    envelopes: Envelopes,
+    spans: u64,
+    owned: Vec<(Range<usize>, Arc<str>, Arc<str>)>,
 }
 
 /// Shared by the processor, the worker and whoever registers a company's sink.
@@ -85,6 +124,8 @@ pub struct Pipeline {
     global: Sink,
     /// Companies' own resources, by the instance id whose credentials name them.
     owners: RwLock<HashMap<String, Sink>>,
+    /// How many there are (read on every span: whether it needs its owner kept).
+    owner_count: AtomicUsize,
     resource: Resource,
     runtime: tokio::runtime::Handle,
     http: reqwest::Client,
@@ -140,7 +181,8 @@ impl Pipeline {
         let capacity = options.queue.max(1);
         let pipeline = Arc::new(Self {
             queue: Queue {
-                spans: Mutex::new(Vec::with_capacity(capacity.min(BATCH))),
+                locals: Mutex::new(Vec::new()),
+                queued: AtomicUsize::new(0),
                 capacity,
                 flushes: Mutex::new(Vec::new()),
                 wake: Notify::new(),
@@ -149,6 +191,7 @@ impl Pipeline {
             sampling: options.sampling,
             global,
             owners: RwLock::new(HashMap::new()),
+            owner_count: AtomicUsize::new(0),
             resource: options.resource,
             runtime: handle,
             http,
@@ -212,11 +255,11 @@ impl Pipeline {
         connection: Option<&ConnectionString>,
     ) -> Result<(), String> {
         let Some(connection) = connection else {
-            let old = self
-                .owners
-                .write()
-                .ok()
-                .and_then(|mut map| map.remove(&*owner.instance));
+            let old = self.owners.write().ok().and_then(|mut map| {
+                let old = map.remove(&*owner.instance);
+                self.owner_count.store(map.len(), Ordering::Relaxed);
+                old
+            });
             self.retire(old);
             return Ok(());
         };
@@ -251,11 +294,11 @@ impl Pipeline {
             Some(owner.company.to_string()),
         )
         .map_err(|e| format!("invalid App Insights connection string: {e}"))?;
-        let old = self
-            .owners
-            .write()
-            .ok()
-            .and_then(|mut map| map.insert(owner.instance.to_string(), sink));
+        let old = self.owners.write().ok().and_then(|mut map| {
+            let old = map.insert(owner.instance.to_string(), sink);
+            self.owner_count.store(map.len(), Ordering::Relaxed);
+            old
+        });
         self.retire(old);
         Ok(())
     }
@@ -282,44 +325,74 @@ impl Pipeline {
             .cloned()
     }
 
-    /// Whether a finished span is exported: failures always; the rest when its trace is in
-    /// the sample (decided on the trace id, so a trace is kept or dropped whole).
-    fn decide(&self, span: &SpanData) -> Option<bool> {
-        if matches!(span.status, Status::Error { .. }) {
-            return Some(true);
-        }
-        sampled(span.span_context.trace_id(), self.sampling).then_some(false)
-    }
-
     /// A finished span left out by sampling (never built).
     pub(super) fn skip(&self) {
         self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queues a finished span; never waits (beyond the queue's short lock).
-    pub(super) fn offer(&self, span: SpanData) {
-        let Some(kept) = self.decide(&span) else {
-            self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
+    /// Writes a finished span's envelopes for the worker, on this thread; never waits (beyond
+    /// this thread's buffer's lock). Failures are always exported; the rest when the trace is
+    /// in the sample (decided on the trace id, so a trace is kept or dropped whole).
+    pub(super) fn offer(&self, span: &SpanRef<'_>) {
+        let kept = matches!(span.status, Status::Error { .. });
+        if !kept && !sampled(span.trace, self.sampling) {
+            self.skip();
             return;
-        };
-        let queued = {
-            let Ok(mut spans) = self.queue.spans.lock() else {
-                return;
-            };
-            if spans.len() >= self.queue.capacity {
-                None
-            } else {
-                spans.push(Queued { span, kept });
-                Some(spans.len())
-            }
-        };
-        match queued {
-            None => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(n) if n == BATCH.min(self.queue.capacity) => self.queue.wake.notify_one(),
-            Some(_) => {}
         }
+        let before = self.queue.queued.fetch_add(1, Ordering::Relaxed);
+        if before >= self.queue.capacity {
+            self.queue.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let owner = if self.owner_count.load(Ordering::Relaxed) == 0 {
+            None
+        } else {
+            owner_of(span.attributes).map(|(c, i)| (Arc::from(c), Arc::from(i)))
+        };
+        let rate = rate(kept, self.sampling);
+        let written = self.with_local(|w| {
+            self.global.writer.span(&mut w.envelopes, span, rate);
+            let end = w.envelopes.len();
+            w.spans.push(WrittenSpan { end, owner });
+        });
+        if !written {
+            self.queue.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        } else if before + 1 == BATCH.min(self.queue.capacity) {
+            self.queue.wake.notify_one();
+        }
+    }
+
+    /// Runs `f` on this thread's buffer (registering it on first use); false when it cannot
+    /// be had (the thread is ending, or `f` is already running on it).
+    fn with_local(&self, f: impl FnOnce(&mut Written)) -> bool {
+        let me = std::ptr::from_ref(self) as usize;
+        LOCAL
+            .try_with(|cell| {
+                let Ok(mut cell) = cell.try_borrow_mut() else {
+                    return false;
+                };
+                if cell.as_ref().is_none_or(|(owner, _)| *owner != me) {
+                    let local = Local::default();
+                    match self.queue.locals.lock() {
+                        Ok(mut locals) => locals.push(Arc::clone(&local)),
+                        Err(_) => return false,
+                    }
+                    *cell = Some((me, local));
+                }
+                let Some((_, local)) = cell.as_ref() else {
+                    return false;
+                };
+                match local.lock() {
+                    Ok(mut w) => {
+                        f(&mut w);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            })
+            .unwrap_or(false)
     }
 
     /// Exports what is queued, waiting at most `timeout`. Whether it finished in time.
@@ -337,13 +410,13 @@ impl Pipeline {
         done_rx.recv_timeout(timeout).unwrap_or(false)
     }
 
-    /// The worker: takes what is queued when woken (a full batch, a flush) or every
-    /// `interval`, and exports it in batches of at most [`BATCH`] to the operator's sink and
-    /// to the companies' own.
+    /// The worker: takes what the threads have written when woken (a full batch, a flush) or
+    /// every `interval`, and posts it in batches of at most [`BATCH`] spans to the operator's
+    /// resource and to the companies' own.
     async fn run(self: Arc<Self>, interval: Duration) {
-        let mut last = 0;
-        // The envelopes' buffer, kept from batch to batch.
-        let mut envelopes = Envelopes::default();
+        // Swapped for a thread's buffer, then emptied for the next: buffers are kept.
+        let mut spare = Written::default();
+        let mut out = Outgoing::default();
         loop {
             // Flushes asked for before this take are answered after its export.
             let waiting = self
@@ -352,21 +425,44 @@ impl Pipeline {
                 .lock()
                 .map(|mut f| std::mem::take(&mut *f))
                 .unwrap_or_default();
-            let fresh = Vec::with_capacity(last.min(self.queue.capacity));
-            let taken = match self.queue.spans.lock() {
-                Ok(mut spans) => std::mem::replace(&mut *spans, fresh),
-                Err(_) => Vec::new(),
-            };
-            last = taken.len();
-            let full = taken.len() >= BATCH;
-            for chunk in taken.chunks(BATCH) {
-                self.export(chunk, &mut envelopes).await;
+            let locals: Vec<Local> = self
+                .queue
+                .locals
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            let mut taken = 0;
+            for local in &locals {
+                match local.lock() {
+                    Ok(mut w) if !w.spans.is_empty() => std::mem::swap(&mut *w, &mut spare),
+                    _ => continue,
+                }
+                taken += spare.spans.len();
+                self.queue
+                    .queued
+                    .fetch_sub(spare.spans.len(), Ordering::Relaxed);
+                let mut start = 0;
+                for span in spare.spans.drain(..) {
+                    out.append(&spare.envelopes, start..span.end, span.owner);
+                    start = span.end;
+                    if out.spans >= BATCH as u64 {
+                        self.post(&mut out).await;
+                    }
+                }
+                spare.clear();
             }
-            drop(taken);
+            self.post(&mut out).await;
+            drop(locals);
+            // A buffer whose thread is gone (only the list holds it) and that is empty goes.
+            if let Ok(mut locals) = self.queue.locals.lock() {
+                locals.retain(|l| {
+                    Arc::strong_count(l) > 1 || l.lock().is_ok_and(|w| !w.spans.is_empty())
+                });
+            }
             for done in waiting {
                 let _ = done.send(());
             }
-            if full {
+            if taken >= BATCH {
                 continue;
             }
             tokio::select! {
@@ -376,52 +472,67 @@ impl Pipeline {
         }
     }
 
-    /// Exports one batch: everything to the operator's resource; each instance's spans to its
-    /// company's own resource as well (never anyone else's).
-    async fn export(&self, batch: &[Queued], envelopes: &mut Envelopes) {
-        envelopes.clear();
-        for q in batch {
-            self.global
-                .writer
-                .span(envelopes, &q.span, rate(q.kept, self.sampling));
+    /// Posts one batch: everything to the operator's resource; each instance's spans to its
+    /// company's own resource as well (never anyone else's). Leaves `out` empty.
+    async fn post(&self, out: &mut Outgoing) {
+        if out.spans == 0 {
+            return;
         }
-        let n = batch.len() as u64;
-        if send(&self.global, envelopes, self.post_timeout).await {
+        let n = out.spans;
+        if send(&self.global, &out.envelopes, self.post_timeout).await {
             self.counters.exported.fetch_add(n, Ordering::Relaxed);
         } else {
             self.counters.failed.fetch_add(n, Ordering::Relaxed);
         }
-        let registered = self.owners.read().map(|m| !m.is_empty()).unwrap_or(false);
-        if !registered {
-            return;
-        }
-        let mut per_owner: HashMap<&str, (Sink, Envelopes, u64)> = HashMap::new();
-        for q in batch {
-            let Some((company, instance)) = owner_of(&q.span) else {
-                continue;
-            };
-            if !per_owner.contains_key(instance) {
-                let Some(sink) = self.owner_sink(company, instance) else {
+        if !out.owned.is_empty() {
+            let mut per_owner: HashMap<&str, (Sink, Envelopes, u64)> = HashMap::new();
+            for (items, company, instance) in &out.owned {
+                if !per_owner.contains_key(&**instance) {
+                    let Some(sink) = self.owner_sink(company, instance) else {
+                        continue;
+                    };
+                    per_owner.insert(instance, (sink, Envelopes::default(), 0));
+                }
+                let Some((sink, envelopes, n)) = per_owner.get_mut(&**instance) else {
                     continue;
                 };
-                per_owner.insert(instance, (sink, Envelopes::default(), 0));
+                if sink.company.as_deref() == Some(&**company) {
+                    envelopes.append_rekeyed(
+                        &out.envelopes,
+                        items.clone(),
+                        &self.global.writer,
+                        &sink.writer,
+                    );
+                    *n += 1;
+                }
             }
-            let Some(entry) = per_owner.get_mut(instance) else {
-                continue;
-            };
-            if entry.0.company.as_deref() == Some(company) {
-                entry
-                    .0
-                    .writer
-                    .span(&mut entry.1, &q.span, rate(q.kept, self.sampling));
-                entry.2 += 1;
-            }
-        }
-        for (_, (sink, envelopes, n)) in per_owner {
-            if !send(&sink, &envelopes, self.post_timeout).await {
-                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+            for (_, (sink, envelopes, n)) in per_owner {
+                if !send(&sink, &envelopes, self.post_timeout).await {
+                    self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                }
             }
         }
+        out.envelopes.clear();
+        out.owned.clear();
+        out.spans = 0;
+    }
+}
+
+impl Outgoing {
+    /// Adds one span's envelopes (`items` of `from`).
+    fn append(
+        &mut self,
+        from: &Envelopes,
+        items: Range<usize>,
+        owner: Option<(Arc<str>, Arc<str>)>,
+    ) {
+        let start = self.envelopes.len();
+        self.envelopes.append(from, items);
+        if let Some((company, instance)) = owner {
+            self.owned
+                .push((start..self.envelopes.len(), company, instance));
+        }
+        self.spans += 1;
     }
 }
 
@@ -543,9 +654,9 @@ fn gzip(envelopes: &Envelopes, indices: Option<&[usize]>) -> std::io::Result<Vec
 }
 
 /// The company and instance a span belongs to (both must be named).
-fn owner_of(span: &SpanData) -> Option<(&str, &str)> {
+fn owner_of(attributes: &[opentelemetry::KeyValue]) -> Option<(&str, &str)> {
     let text = |key: &str| {
-        span.attributes
+        attributes
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .and_then(|kv| match &kv.value {
@@ -645,6 +756,118 @@ mod tests {
         }
     }
 
+    /// Spans written on several threads (that then end) all reach ingestion by a flush, up to
+    /// the queue's bound while ingestion is stuck (the rest dropped and counted); the gone
+    /// threads' buffers go.
+    #[test]
+    fn spans_of_every_thread_are_posted_within_the_bound() {
+        use axum::routing::post;
+        let server = tokio::runtime::Runtime::new().unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let posts = Arc::new(AtomicUsize::new(0));
+        // The first post hangs until the test lets it go.
+        let gate = Arc::new(Notify::new());
+        let (seen, seen_posts, held) =
+            (Arc::clone(&received), Arc::clone(&posts), Arc::clone(&gate));
+        let app = axum::Router::new().route(
+            "/v2/track",
+            post(move |body: axum::body::Bytes| {
+                let mut json = Vec::new();
+                let _ = std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&body[..]),
+                    &mut json,
+                );
+                let items: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+                seen.fetch_add(items.len(), Ordering::SeqCst);
+                let first = seen_posts.fetch_add(1, Ordering::SeqCst) == 0;
+                let held = Arc::clone(&held);
+                async move {
+                    if first {
+                        held.notified().await;
+                    }
+                    ""
+                }
+            }),
+        );
+        let listener = server
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        server.spawn(async move { axum::serve(listener, app).await });
+        let pipeline = Pipeline::start(Options {
+            connection: ConnectionString::parse(&format!(
+                "InstrumentationKey=00000000-0000-4000-8000-000000000000;IngestionEndpoint=http://{addr}/"
+            ))
+            .unwrap(),
+            sampling: 1.0,
+            queue: 10,
+            export_interval: Duration::from_secs(3600),
+            post_timeout: Duration::from_secs(5),
+            metrics_interval: Duration::from_secs(3600),
+            policy: UpstreamPolicy::new("127.0.0.1", true).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            resource: Resource::builder_empty().build(),
+        })
+        .unwrap();
+        let offer = |pipeline: &Pipeline, n: u32| {
+            let attributes = [opentelemetry::KeyValue::new("n", i64::from(n))];
+            let now = std::time::SystemTime::now();
+            pipeline.offer(&SpanRef {
+                kind: opentelemetry::trace::SpanKind::Client,
+                trace: TraceId::from(u128::from(n) + 1),
+                id: opentelemetry::trace::SpanId::from(u64::from(n) + 1),
+                parent: opentelemetry::trace::SpanId::INVALID,
+                name: "call",
+                start: now,
+                end: now,
+                attributes: &attributes,
+                events: &[],
+                status: &Status::Ok,
+            });
+        };
+        // The worker has started and waits (a flush of nothing answers once it has).
+        assert!(pipeline.flush(Duration::from_secs(10)));
+        assert_eq!(posts.load(Ordering::SeqCst), 0);
+        // A full queue wakes the worker, whose post then hangs.
+        std::thread::scope(|scope| {
+            scope.spawn(|| (0..10).for_each(|i| offer(&pipeline, i)));
+        });
+        for _ in 0..500 {
+            if posts.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(received.load(Ordering::SeqCst), 10);
+        // Meanwhile three threads write 15: 10 fit, 5 are dropped.
+        std::thread::scope(|scope| {
+            for t in 1..4 {
+                let pipeline = &pipeline;
+                scope.spawn(move || (0..5).for_each(|i| offer(pipeline, t * 10 + i)));
+            }
+        });
+        assert_eq!(pipeline.counters.dropped.load(Ordering::SeqCst), 5);
+        gate.notify_one();
+        assert!(pipeline.flush(Duration::from_secs(10)));
+        assert_eq!(pipeline.counters.exported.load(Ordering::SeqCst), 20);
+        assert_eq!(received.load(Ordering::SeqCst), 20);
+        assert_eq!(
+            pipeline.queue.locals.lock().unwrap().len(),
+            0,
+            "gone threads' buffers"
+        );
+        // The queue has room again; this thread's buffer stays while it lives.
+        offer(&pipeline, 99);
+        assert!(pipeline.flush(Duration::from_secs(10)));
+        assert_eq!(received.load(Ordering::SeqCst), 21);
+        assert_eq!(
+            pipeline.queue.locals.lock().unwrap().len(),
+            1,
+            "this thread's buffer"
+        );
+        assert_eq!(pipeline.counters.dropped.load(Ordering::SeqCst), 5);
+    }
+
     /// A post whose answer asks for some items again posts exactly those, then stops.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partial_answer_posts_the_refused_items_again() {
@@ -709,23 +932,20 @@ mod tests {
         .unwrap();
         let mut envelopes = Envelopes::default();
         for name in ["a", "b", "c"] {
-            let mut span = SpanData {
-                span_context: opentelemetry::trace::SpanContext::empty_context(),
-                parent_span_id: opentelemetry::trace::SpanId::INVALID,
-                parent_span_is_remote: false,
-                span_kind: opentelemetry::trace::SpanKind::Client,
-                name: name.into(),
-                start_time: std::time::SystemTime::now(),
-                end_time: std::time::SystemTime::now(),
-                attributes: Vec::new(),
-                dropped_attributes_count: 0,
-                events: Default::default(),
-                links: Default::default(),
-                status: Status::Ok,
-                instrumentation_scope: Default::default(),
+            let attributes = [opentelemetry::KeyValue::new("n", name)];
+            let now = std::time::SystemTime::now();
+            let span = SpanRef {
+                kind: opentelemetry::trace::SpanKind::Client,
+                trace: TraceId::from(1),
+                id: opentelemetry::trace::SpanId::from(2),
+                parent: opentelemetry::trace::SpanId::INVALID,
+                name,
+                start: now,
+                end: now,
+                attributes: &attributes,
+                events: &[],
+                status: &Status::Ok,
             };
-            span.attributes
-                .push(opentelemetry::KeyValue::new("n", name));
             sink.writer.span(&mut envelopes, &span, 1.0);
         }
         assert!(send(&sink, &envelopes, Duration::from_secs(5)).await);

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::http::HeaderMap;
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+
+use super::envelope::SpanRef;
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
@@ -42,10 +42,6 @@ pub fn new_span_id() -> SpanId {
     RandomIdGenerator::default().new_span_id()
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("sophia").build()
-}
-
 /// The request's span: ended (and, when kept, exported) when the last handle goes, which for
 /// a stream is when its last event has gone out.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +54,6 @@ struct Live {
     parent: Option<SpanId>,
     sampled: bool,
     start: SystemTime,
-    method: &'static str,
     route: Arc<str>,
     state: Mutex<State>,
 }
@@ -117,7 +112,6 @@ impl RequestSpan {
             parent,
             sampled: super::sampled(trace, sampling),
             start: SystemTime::now(),
-            method,
             route,
             state: Mutex::new(State {
                 attributes,
@@ -179,40 +173,35 @@ impl Drop for Live {
         let Some(pipeline) = super::PIPELINE.get() else {
             return;
         };
-        let state = std::mem::take(self.state.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         if !state.failed && !self.sampled {
             pipeline.skip();
             return;
         }
-        let mut events = SpanEvents::default();
-        events.events = state.events;
-        pipeline.offer(SpanData {
-            span_context: SpanContext::new(
-                self.trace,
-                self.span,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: self.parent.unwrap_or(SpanId::INVALID),
-            parent_span_is_remote: self.parent.is_some(),
-            span_kind: SpanKind::Server,
-            name: Cow::Owned(format!("{} {}", self.method, self.route)),
-            start_time: self.start,
-            end_time: SystemTime::now(),
-            attributes: state.attributes,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
+        pipeline.offer(&SpanRef {
+            kind: SpanKind::Server,
+            trace: self.trace,
+            id: self.span,
+            parent: self.parent.unwrap_or(SpanId::INVALID),
+            // Named by its method and route attributes.
+            name: &self.route,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes: &state.attributes,
+            events: &state.events,
             status: if state.failed {
-                Status::error("")
+                &FAILED
             } else {
-                Status::Unset
+                &Status::Unset
             },
-            instrumentation_scope: scope(),
         });
     }
 }
+
+/// The status of a failed span (no description: the status code and the log say why).
+const FAILED: Status = Status::Error {
+    description: Cow::Borrowed(""),
+};
 
 /// A client span (an App Insights dependency) under the current request, built only when it
 /// is exported: a failure, or a trace in the sample. Ends when dropped.
@@ -284,7 +273,7 @@ impl Pending {
     /// Failed: always kept, whatever the sampling.
     pub fn fail(&mut self) {
         if let Some(d) = &mut self.0 {
-            d.status = Status::error("");
+            d.status = FAILED;
         }
     }
 
@@ -318,26 +307,17 @@ impl Drop for Pending {
             pipeline.skip();
             return;
         }
-        pipeline.offer(SpanData {
-            span_context: SpanContext::new(
-                d.parent.trace,
-                d.span,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: d.parent.span,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
-            name: d.name,
-            start_time: d.start,
-            end_time: d.end.unwrap_or_else(SystemTime::now),
-            attributes: d.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: d.status,
-            instrumentation_scope: scope(),
+        pipeline.offer(&SpanRef {
+            kind: SpanKind::Client,
+            trace: d.parent.trace,
+            id: d.span,
+            parent: d.parent.span,
+            name: &d.name,
+            start: d.start,
+            end: d.end.unwrap_or_else(SystemTime::now),
+            attributes: &d.attributes,
+            events: &[],
+            status: &d.status,
         });
     }
 }
