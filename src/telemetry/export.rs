@@ -325,6 +325,20 @@ impl Pipeline {
             .cloned()
     }
 
+    /// The own meters of `instance` of `company`, when it has a resource of its own (no lock
+    /// taken while no company has one: this runs on every turn).
+    pub(super) fn owner_meters(&self, company: &str, instance: &str) -> Option<Arc<CompanyMeters>> {
+        if self.owner_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.owners
+            .read()
+            .ok()?
+            .get(instance)
+            .filter(|s| s.company.as_deref() == Some(company))
+            .and_then(|s| s.meters.clone())
+    }
+
     /// A finished span left out by sampling (never built).
     pub(super) fn skip(&self) {
         self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);

@@ -60,7 +60,7 @@ impl Owner {
 
 /// The instance's own meters, when it exports to its company's own resource.
 pub(crate) fn owner_meters(company: &str, instance: &str) -> Option<Arc<metrics::CompanyMeters>> {
-    PIPELINE.get()?.owner_sink(company, instance)?.meters
+    PIPELINE.get()?.owner_meters(company, instance)
 }
 
 /// Whether telemetry is exported (a connection string is set and the pipeline started).
