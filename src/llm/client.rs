@@ -237,9 +237,6 @@ impl ModelClient {
         let started = Instant::now();
         let mut attempt = 0u32;
         let traceparent = dep.traceparent();
-        if dep.is_recording() {
-            dep.set("url.full", uri.to_string());
-        }
         let mut throttled = 0u64;
         loop {
             let auth = match (&endpoint.fixed_auth, &endpoint.auth) {
@@ -812,10 +809,11 @@ fn model_span_done(
     usage: Option<&WireUsage>,
     finish: Option<&str>,
 ) {
-    if !span.is_recording() {
+    span.ok();
+    // A success is exported only when its trace is in the sample.
+    if !span.is_sampled() {
         return;
     }
-    span.ok();
     if let Some(m) = model.filter(|m| !m.is_empty()) {
         span.set("gen_ai.response.model", m.to_owned());
     }

@@ -67,8 +67,9 @@ pub struct ModelEndpoint {
     chat_uri: OnceLock<Box<Result<Uri, String>>>,
     embeddings_uri: OnceLock<Box<Result<Uri, String>>>,
     responses_uri: OnceLock<Box<Result<Uri, String>>>,
-    /// The model call's span attributes that never change (built on first use, values shared).
-    span_attributes: OnceLock<Box<[opentelemetry::KeyValue]>>,
+    /// The spans of its calls — chat, responses, embeddings; each streamed or not — their
+    /// names and the attributes that never change (built on first use).
+    span_templates: [OnceLock<Arc<telemetry::SpanTemplate>>; 6],
     /// The auth header of a fixed credential, built once.
     pub(super) fixed_auth: Option<AuthHeader>,
 }
@@ -136,7 +137,7 @@ impl ModelEndpoint {
             chat_uri: OnceLock::new(),
             embeddings_uri: OnceLock::new(),
             responses_uri: OnceLock::new(),
-            span_attributes: OnceLock::new(),
+            span_templates: Default::default(),
             fixed_auth: AuthHeader::fixed(provider, &auth),
             provider,
             base,
@@ -153,13 +154,14 @@ impl ModelEndpoint {
     /// The same endpoint as the failover entry `name`.
     pub fn labelled(mut self, name: &str) -> Self {
         self.label = Some(Arc::from(name));
-        self.span_attributes = OnceLock::new();
+        self.span_templates = Default::default();
         self
     }
 
     /// The same endpoint, called with Azure OpenAI's v1 API when `v1` (`settings.apiStyle`).
     pub fn v1_style(mut self, v1: bool) -> Self {
         self.v1 = v1;
+        self.span_templates = Default::default();
         self
     }
 
@@ -177,47 +179,80 @@ impl ModelEndpoint {
     /// The same endpoint, attributed to `owner` (a company's instance) in telemetry.
     pub fn owned_by(mut self, owner: Arc<telemetry::Owner>) -> Self {
         self.owner = Some(owner);
-        self.span_attributes = OnceLock::new();
+        self.span_templates = Default::default();
         self
     }
 
-    /// The attributes every model-call span of this endpoint carries (its company and
-    /// instance, GenAI system and requested model, server, failover entry), their values
-    /// shared: a span clones them without allocating.
-    pub fn span_attributes(&self) -> &[opentelemetry::KeyValue] {
+    /// The span of a model call of this endpoint (`operation`: `chat`, `responses` or
+    /// `embeddings`): named `<operation> <deployment>`, with the attributes that never change
+    /// — its company and instance, GenAI system, operation and requested model, server, URL
+    /// (the query too: API version only, never a credential), failover entry — built once.
+    pub fn span_template(
+        &self,
+        operation: &'static str,
+        stream: bool,
+    ) -> Arc<telemetry::SpanTemplate> {
+        let slot = match operation {
+            "chat" => 0,
+            "responses" => 2,
+            "embeddings" => 4,
+            _ => return Arc::new(self.build_span_template(operation, stream)),
+        } + usize::from(stream);
+        Arc::clone(
+            self.span_templates[slot]
+                .get_or_init(|| Arc::new(self.build_span_template(operation, stream))),
+        )
+    }
+
+    fn build_span_template(
+        &self,
+        operation: &'static str,
+        stream: bool,
+    ) -> telemetry::SpanTemplate {
         use opentelemetry::KeyValue;
-        self.span_attributes.get_or_init(|| {
-            let text = |s: &str| opentelemetry::Value::from(Arc::<str>::from(s));
-            let mut attributes = Vec::with_capacity(10);
-            if let Some(owner) = &self.owner {
-                attributes.push(KeyValue::new(
-                    telemetry::COMPANY_ATTRIBUTE,
-                    Arc::clone(&owner.company),
-                ));
-                attributes.push(KeyValue::new(
-                    telemetry::INSTANCE_ATTRIBUTE,
-                    Arc::clone(&owner.instance),
-                ));
-            }
-            let system = match self.provider {
-                Provider::AzureOpenai => "az.ai.openai",
-                Provider::Openai => "openai",
-            };
-            attributes.extend([
-                KeyValue::new("gen_ai.system", system),
-                KeyValue::new("gen_ai.request.model", text(&self.deployment)),
-                KeyValue::new("server.address", text(self.base.host_str().unwrap_or(""))),
-                KeyValue::new(
-                    "server.port",
-                    i64::from(self.base.port_or_known_default().unwrap_or(443)),
-                ),
-                KeyValue::new("http.request.method", "POST"),
-            ]);
-            if let Some(label) = &self.label {
-                attributes.push(KeyValue::new("sophia.deployment", Arc::clone(label)));
-            }
-            attributes.into_boxed_slice()
-        })
+        let text = |s: &str| opentelemetry::Value::from(Arc::<str>::from(s));
+        let mut attributes = Vec::with_capacity(12);
+        if let Some(owner) = &self.owner {
+            attributes.push(KeyValue::new(
+                telemetry::COMPANY_ATTRIBUTE,
+                Arc::clone(&owner.company),
+            ));
+            attributes.push(KeyValue::new(
+                telemetry::INSTANCE_ATTRIBUTE,
+                Arc::clone(&owner.instance),
+            ));
+        }
+        let system = match self.provider {
+            Provider::AzureOpenai => "az.ai.openai",
+            Provider::Openai => "openai",
+        };
+        attributes.extend([
+            KeyValue::new("gen_ai.system", system),
+            KeyValue::new("gen_ai.request.model", text(&self.deployment)),
+            KeyValue::new("server.address", text(self.base.host_str().unwrap_or(""))),
+            KeyValue::new(
+                "server.port",
+                i64::from(self.base.port_or_known_default().unwrap_or(443)),
+            ),
+            KeyValue::new("http.request.method", "POST"),
+        ]);
+        if let Some(label) = &self.label {
+            attributes.push(KeyValue::new("sophia.deployment", Arc::clone(label)));
+        }
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", operation),
+            KeyValue::new("sophia.stream", stream),
+        ]);
+        let url = match operation {
+            "chat" => self.chat_url().ok(),
+            "responses" => self.responses_url().ok(),
+            "embeddings" => self.embeddings_url().ok(),
+            _ => None,
+        };
+        if let Some(url) = url {
+            attributes.push(KeyValue::new("url.full", url.to_string()));
+        }
+        telemetry::SpanTemplate::new(format!("{operation} {}", self.deployment), attributes)
     }
 
     fn operation_uri(&self, operation: &str) -> Result<Uri, String> {

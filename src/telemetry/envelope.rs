@@ -10,9 +10,10 @@
 //! span attributes are not lifted into tags (SOPHIA sets none).
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::ops::Range;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{Event, SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
@@ -33,9 +34,140 @@ pub(super) struct SpanRef<'a> {
     pub name: &'a str,
     pub start: SystemTime,
     pub end: SystemTime,
+    /// The attributes it shares with other spans (before its own), when it has a template.
+    pub shared: Option<&'a SpanTemplate>,
+    /// Its own attributes (after the template's).
     pub attributes: &'a [KeyValue],
     pub events: &'a [Event],
     pub status: &'a Status,
+}
+
+impl SpanRef<'_> {
+    fn attrs(&self) -> Attrs<'_> {
+        Attrs {
+            shared: self.shared.map_or(&[][..], |t| &t.attributes),
+            own: self.attributes,
+        }
+    }
+}
+
+/// What many dependency spans share (one model endpoint's calls of one kind): their name and
+/// the attributes that never change, and the envelope text those make — the dependency's
+/// `data`, `target` and `type` and their properties — written once, by the first span that
+/// is exported. A span with a template records only what is its own.
+pub struct SpanTemplate {
+    name: Box<str>,
+    attributes: Box<[KeyValue]>,
+    rendered: OnceLock<Rendered>,
+}
+
+impl std::fmt::Debug for SpanTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanTemplate")
+            .field("name", &self.name)
+            .field("attributes", &self.attributes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanTemplate {
+    pub fn new(name: impl Into<Box<str>>, attributes: Vec<KeyValue>) -> Self {
+        Self {
+            name: name.into(),
+            attributes: attributes.into_boxed_slice(),
+            rendered: OnceLock::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+}
+
+/// A template's envelope text, as one writer writes it.
+struct Rendered {
+    /// [`Writer::id`] of the writer it was written by.
+    writer: u64,
+    /// `,"data":…,"target":…,"type":…` (those the attributes give).
+    fields: Vec<u8>,
+    /// `,"properties":{` and the attributes' members (empty when none is a property).
+    properties: Vec<u8>,
+    /// Whether the attributes settle the dependency's type whatever a span adds.
+    typed: bool,
+}
+
+/// Every attribute a dependency's `data`, `target` or `type` may be read from.
+const DEPENDENCY_FIELD_KEYS: [&str; 25] = [
+    "url.full",
+    "http.url",
+    "db.query.text",
+    "db.statement",
+    "http.request.header.host",
+    "http.host",
+    "server.address",
+    "network.peer.address",
+    "server.socket.address",
+    "net.sock.peer.name",
+    "net.peer.name",
+    "net.sock.peer.addr",
+    "net.peer.ip",
+    "server.port",
+    "network.peer.port",
+    "server.socket.port",
+    "net.sock.peer.port",
+    "net.peer.port",
+    "db.namespace",
+    "db.name",
+    "db.system.name",
+    "db.system",
+    "messaging.system",
+    "rpc.system.name",
+    "rpc.system",
+];
+
+/// A span's attributes: its template's, then its own.
+#[derive(Clone, Copy)]
+struct Attrs<'a> {
+    shared: &'a [KeyValue],
+    own: &'a [KeyValue],
+}
+
+impl<'a> Attrs<'a> {
+    fn own(own: &'a [KeyValue]) -> Self {
+        Self { shared: &[], own }
+    }
+
+    fn iter(self) -> impl Iterator<Item = &'a KeyValue> + Clone {
+        self.shared.iter().chain(self.own)
+    }
+
+    fn len(self) -> usize {
+        self.shared.len() + self.own.len()
+    }
+
+    /// The last attribute named `key` (a later one replaces an earlier).
+    fn get(self, key: &str) -> Option<&'a Value> {
+        self.own
+            .iter()
+            .rev()
+            .chain(self.shared.iter().rev())
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    /// The first of `keys` present.
+    fn first(self, keys: &[&str]) -> Option<&'a Value> {
+        keys.iter().find_map(|k| self.get(k))
+    }
+
+    /// The first of `keys` present, and which it is.
+    fn first_key<'k>(self, keys: &[&'k str]) -> Option<(&'k str, &'a Value)> {
+        keys.iter().find_map(|&k| Some((k, self.get(k)?)))
+    }
 }
 
 impl<'a> From<&'a SpanData> for SpanRef<'a> {
@@ -48,6 +180,7 @@ impl<'a> From<&'a SpanData> for SpanRef<'a> {
             name: &span.name,
             start: span.start_time,
             end: span.end_time,
+            shared: None,
             attributes: &span.attributes,
             events: &span.events,
             status: &span.status,
@@ -59,6 +192,8 @@ impl<'a> From<&'a SpanData> for SpanRef<'a> {
 /// properties the process's resource gives (rendered once).
 #[derive(Clone)]
 pub(super) struct Writer {
+    /// Which writer this is (a template's text is reused only by the writer that wrote it).
+    id: u64,
     /// `{"iKey":"…",` — how every envelope starts (another resource's envelope is this one's
     /// with its own key head instead).
     key_head: Vec<u8>,
@@ -240,7 +375,9 @@ impl Writer {
         let mut key_head = b"{\"iKey\":".to_vec();
         string(&mut key_head, instrumentation_key, 40);
         key_head.push(b',');
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: WRITERS.fetch_add(1, Ordering::Relaxed),
             key_head,
             resource_tags,
             resource_properties,
@@ -273,10 +410,18 @@ impl Writer {
             hex(b, &span.parent.to_bytes());
             b.push(b'"');
         }
-        let attrs = span.attributes;
-        let method = get(attrs, "http.request.method").or_else(|| get(attrs, "http.method"));
-        let route = get(attrs, "http.route");
-        if server && let (Some(m), Some(r)) = (method, route) {
+        let attrs = span.attrs();
+        let (method, route) = if server {
+            (
+                attrs
+                    .get("http.request.method")
+                    .or_else(|| attrs.get("http.method")),
+                attrs.get("http.route"),
+            )
+        } else {
+            (None, None)
+        };
+        if let (Some(m), Some(r)) = (method, route) {
             b.extend_from_slice(b",\"ai.operation.name\":");
             joined(b, &m.as_str(), &r.as_str(), 1024);
         }
@@ -287,8 +432,9 @@ impl Writer {
         b.extend_from_slice(b"\",\"duration\":\"");
         duration(b, span.end.duration_since(span.start).unwrap_or_default());
         b.push(b'"');
-        let code =
-            get(attrs, "http.response.status_code").or_else(|| get(attrs, "http.status_code"));
+        let code = attrs
+            .get("http.response.status_code")
+            .or_else(|| attrs.get("http.status_code"));
         let status_code = match *span.status {
             Status::Unset => "0",
             Status::Ok => "1",
@@ -311,7 +457,7 @@ impl Writer {
         &self,
         b: &mut Vec<u8>,
         span: &SpanRef<'_>,
-        attrs: &[KeyValue],
+        attrs: Attrs<'_>,
         method: Option<&Value>,
         route: Option<&Value>,
         code: Option<&Value>,
@@ -348,22 +494,19 @@ impl Writer {
         if let Some(url) = request_url(attrs) {
             b.extend_from_slice(b",\"url\":");
             string(b, &url, 2048);
-            taken = match first_key(attrs, &["url.full", "http.url"]) {
+            taken = match attrs.first_key(&["url.full", "http.url"]) {
                 Some((key, _)) => [key, "", ""],
                 None => ["url.path", "url.query", "http.target"],
             };
         }
-        if let Some(source) = first(
-            attrs,
-            &[
-                "client.address",
-                "http.client_ip",
-                "network.peer.address",
-                "client.socket.address",
-                "net.sock.peer.addr",
-                "net.peer.ip",
-            ],
-        ) {
+        if let Some(source) = attrs.first(&[
+            "client.address",
+            "http.client_ip",
+            "network.peer.address",
+            "client.socket.address",
+            "net.sock.peer.addr",
+            "net.peer.ip",
+        ]) {
             b.extend_from_slice(b",\"source\":");
             value(b, source, 1024);
         }
@@ -374,7 +517,7 @@ impl Writer {
         &self,
         b: &mut Vec<u8>,
         span: &SpanRef<'_>,
-        attrs: &[KeyValue],
+        attrs: Attrs<'_>,
         code: Option<&Value>,
         status_code: &str,
     ) {
@@ -390,126 +533,187 @@ impl Writer {
             Status::Ok => b.extend_from_slice(b",\"success\":true"),
             Status::Error { .. } => b.extend_from_slice(b",\"success\":false"),
         }
-        // The attributes data and target are made of are not repeated as properties.
+        if let Some(rendered) = span.shared.and_then(|t| self.rendered(t, span)) {
+            // The template's text, then what the span adds.
+            b.extend_from_slice(&rendered.fields);
+            let mut any = !rendered.properties.is_empty();
+            b.extend_from_slice(&rendered.properties);
+            self.members(b, Attrs::own(span.attributes), &[], &mut any);
+            self.close_properties(b, any);
+            return;
+        }
+        let taken = self.dependency_fields(b, attrs, &span.kind);
+        self.properties(b, attrs, &taken);
+    }
+
+    /// A dependency's `data`, `target` and `type`; the attributes read for them whose value
+    /// is not repeated as a property.
+    fn dependency_fields(
+        &self,
+        b: &mut Vec<u8>,
+        attrs: Attrs<'_>,
+        kind: &SpanKind,
+    ) -> [&'static str; 3] {
         let mut taken: [&str; 3] = ["", "", ""];
-        if let Some((key, data)) = first_key(
-            attrs,
-            &["url.full", "http.url", "db.query.text", "db.statement"],
-        ) {
+        if let Some((key, data)) =
+            attrs.first_key(&["url.full", "http.url", "db.query.text", "db.statement"])
+        {
             b.extend_from_slice(b",\"data\":");
             value(b, data, 8192);
             taken[0] = key;
         }
-        let host = first(attrs, &["http.request.header.host", "http.host"]);
-        let peer = first_key(
-            attrs,
-            &[
-                "server.address",
-                "network.peer.address",
-                "server.socket.address",
-                "net.sock.peer.name",
-                "net.peer.name",
-                "net.sock.peer.addr",
-                "net.peer.ip",
-            ],
-        );
+        let host = attrs.first(&["http.request.header.host", "http.host"]);
+        let peer = attrs.first_key(&[
+            "server.address",
+            "network.peer.address",
+            "server.socket.address",
+            "net.sock.peer.name",
+            "net.peer.name",
+            "net.sock.peer.addr",
+            "net.peer.ip",
+        ]);
         if let Some(host) = host {
             b.extend_from_slice(b",\"target\":");
             value(b, host, 1024);
         } else if let Some((peer_key, peer)) = peer {
             b.extend_from_slice(b",\"target\":");
             taken[1] = peer_key;
-            match first_key(
-                attrs,
-                &[
-                    "server.port",
-                    "network.peer.port",
-                    "server.socket.port",
-                    "net.sock.peer.port",
-                    "net.peer.port",
-                ],
-            ) {
+            match attrs.first_key(&[
+                "server.port",
+                "network.peer.port",
+                "server.socket.port",
+                "net.sock.peer.port",
+                "net.peer.port",
+            ]) {
                 Some((port_key, port)) => {
                     taken[2] = port_key;
-                    string(b, &format!("{}:{}", peer.as_str(), port.as_str()), 1024);
+                    joined_with(b, &peer.as_str(), b':', &port.as_str(), 1024);
                 }
                 None => value(b, peer, 1024),
             }
-        } else if let Some(db) = first(attrs, &["db.namespace", "db.name"]) {
+        } else if let Some(db) = attrs.first(&["db.namespace", "db.name"]) {
             b.extend_from_slice(b",\"target\":");
             value(b, db, 1024);
         }
-        let kind = if span.kind == SpanKind::Internal {
+        let kind = if *kind == SpanKind::Internal {
             Some(Value::from("InProc"))
         } else {
-            first(
-                attrs,
-                &[
+            attrs
+                .first(&[
                     "db.system.name",
                     "db.system",
                     "messaging.system",
                     "rpc.system.name",
                     "rpc.system",
-                ],
-            )
-            .cloned()
-            .or_else(|| {
-                let keys = || {
-                    attrs
-                        .iter()
-                        .map(|kv| kv.key.as_str())
-                        .chain(self.resource_keys.iter().map(String::as_str))
-                        .filter(|k| !k.starts_with("_MS."))
-                };
-                if keys().any(|k| k.starts_with("http.")) {
-                    Some(Value::from("HTTP"))
-                } else if keys().any(|k| k.starts_with("db.")) {
-                    Some(Value::from("DB"))
-                } else {
-                    None
-                }
-            })
+                ])
+                .cloned()
+                .or_else(|| {
+                    let keys = || {
+                        attrs
+                            .iter()
+                            .map(|kv| kv.key.as_str())
+                            .chain(self.resource_keys.iter().map(String::as_str))
+                            .filter(|k| !k.starts_with("_MS."))
+                    };
+                    if keys().any(|k| k.starts_with("http.")) {
+                        Some(Value::from("HTTP"))
+                    } else if keys().any(|k| k.starts_with("db.")) {
+                        Some(Value::from("DB"))
+                    } else {
+                        None
+                    }
+                })
         };
         if let Some(kind) = kind {
             b.extend_from_slice(b",\"type\":");
             value(b, &kind, 1024);
         }
-        self.properties(b, attrs, &taken);
+        taken
+    }
+
+    /// `template`'s text as this writer writes it, when `span` may use it: a client span
+    /// none of whose own attributes is one of the template's or one its fields are read from.
+    fn rendered<'t>(&self, template: &'t SpanTemplate, span: &SpanRef<'_>) -> Option<&'t Rendered> {
+        if span.kind == SpanKind::Internal {
+            return None;
+        }
+        let rendered = template.rendered.get_or_init(|| {
+            let attrs = Attrs::own(&template.attributes);
+            let mut fields = Vec::new();
+            let taken = self.dependency_fields(&mut fields, attrs, &SpanKind::Client);
+            let mut properties = Vec::new();
+            let mut any = false;
+            self.members(&mut properties, attrs, &taken, &mut any);
+            let typed = attrs
+                .first(&[
+                    "db.system.name",
+                    "db.system",
+                    "messaging.system",
+                    "rpc.system.name",
+                    "rpc.system",
+                ])
+                .is_some()
+                || attrs.iter().any(|kv| kv.key.as_str().starts_with("http."))
+                || self.resource_keys.iter().any(|k| k.starts_with("http."));
+            Rendered {
+                writer: self.id,
+                fields,
+                properties,
+                typed,
+            }
+        });
+        let clash = |key: &str| {
+            DEPENDENCY_FIELD_KEYS.contains(&key)
+                || template.attributes.iter().any(|kv| kv.key.as_str() == key)
+                || (!rendered.typed && (key.starts_with("http.") || key.starts_with("db.")))
+        };
+        (rendered.writer == self.id && !span.attributes.iter().any(|kv| clash(kv.key.as_str())))
+            .then_some(rendered)
     }
 
     /// `,"properties":{…}` (nothing when there are none): the span's attributes, the last of
     /// a repeated key winning, then the resource's that no tag carries (a resource attribute
     /// wins over a span attribute of the same name); `_MS.` keys and the `taken` ones (whose
     /// value a field of the envelope carries) left out.
-    fn properties(&self, b: &mut Vec<u8>, attrs: &[KeyValue], taken: &[&str]) {
+    fn properties(&self, b: &mut Vec<u8>, attrs: Attrs<'_>, taken: &[&str]) {
         let mut any = false;
-        let mut open = |b: &mut Vec<u8>| {
-            b.extend_from_slice(if any { b"," } else { b",\"properties\":{" });
-            any = true;
-        };
+        self.members(b, attrs, taken, &mut any);
+        self.close_properties(b, any);
+    }
+
+    /// The properties `attrs` give, the first opening the object (`any`: whether it is open).
+    fn members(&self, b: &mut Vec<u8>, attrs: Attrs<'_>, taken: &[&str], any: &mut bool) {
+        let n = attrs.len();
         for (i, kv) in attrs.iter().enumerate() {
             let key = kv.key.as_str();
             if key.starts_with("_MS.")
                 || taken.contains(&key)
-                || attrs[i + 1..].iter().any(|later| later.key.as_str() == key)
+                || (i + 1 < n
+                    && attrs
+                        .iter()
+                        .skip(i + 1)
+                        .any(|later| later.key.as_str() == key))
                 || self.resource_keys.iter().any(|k| k == key)
             {
                 continue;
             }
-            open(b);
+            open(b, any);
             string(b, key, 150);
             b.push(b':');
             value(b, &kv.value, 8192);
         }
+    }
+
+    /// The resource's properties, and the object's end.
+    fn close_properties(&self, b: &mut Vec<u8>, mut any: bool) {
         for (k, v) in &self.resource_properties {
-            open(b);
+            open(b, &mut any);
             member(b, k, v, 8192);
         }
         if any {
             b.push(b'}');
         }
     }
-
     fn event(&self, out: &mut Envelopes, span: &SpanRef<'_>, event: &Event, rate: f64) {
         let (name, base) = match event.name.as_ref() {
             "ai.custom" => ("Microsoft.ApplicationInsights.Event", "EventData"),
@@ -616,44 +820,37 @@ impl Writer {
 
 /// The last attribute named `key` (a later one replaces an earlier).
 fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .rev()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| &kv.value)
+    Attrs::own(attrs).get(key)
 }
 
-/// The first of `keys` present.
-fn first<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().find_map(|k| get(attrs, k))
-}
-
-/// The first of `keys` present, and which it is.
-fn first_key<'a, 'k>(attrs: &'a [KeyValue], keys: &[&'k str]) -> Option<(&'k str, &'a Value)> {
-    keys.iter().find_map(|&k| Some((k, get(attrs, k)?)))
+/// Opens the properties object, or separates the next member (`any`: whether it is open).
+fn open(b: &mut Vec<u8>, any: &mut bool) {
+    b.extend_from_slice(if *any { b"," } else { b",\"properties\":{" });
+    *any = true;
 }
 
 /// A request's URL: `url.full`, else its path (and query), with the scheme and host when known.
-fn request_url(attrs: &[KeyValue]) -> Option<String> {
-    if let Some(url) = first(attrs, &["url.full", "http.url"]) {
+fn request_url(attrs: Attrs<'_>) -> Option<String> {
+    if let Some(url) = attrs.first(&["url.full", "http.url"]) {
         return Some(url.as_str().into_owned());
     }
-    let mut target = match (get(attrs, "url.path"), get(attrs, "url.query")) {
+    let mut target = match (attrs.get("url.path"), attrs.get("url.query")) {
         (Some(path), Some(query)) => format!("{}?{}", path.as_str(), query.as_str()),
         (Some(path), None) => path.as_str().into_owned(),
-        (None, _) => get(attrs, "http.target")?.as_str().into_owned(),
+        (None, _) => attrs.get("http.target")?.as_str().into_owned(),
     };
     if !target.starts_with('/') {
         target.insert(0, '/');
     }
-    let host = first(attrs, &["http.request.header.host", "http.host"])
+    let host = attrs
+        .first(&["http.request.header.host", "http.host"])
         .map(|h| h.as_str().into_owned())
         .or_else(|| {
-            let name = first(attrs, &["server.address", "net.host.name"])?;
-            let port = first(attrs, &["server.port", "net.host.port"])?;
+            let name = attrs.first(&["server.address", "net.host.name"])?;
+            let port = attrs.first(&["server.port", "net.host.port"])?;
             Some(format!("{}:{}", name.as_str(), port.as_str()))
         });
-    match (first(attrs, &["url.scheme", "http.scheme"]), host) {
+    match (attrs.first(&["url.scheme", "http.scheme"]), host) {
         (Some(scheme), Some(host)) => Some(format!("{}://{host}{target}", scheme.as_str())),
         _ => Some(target),
     }
@@ -727,13 +924,18 @@ fn string(b: &mut Vec<u8>, s: &str, max: usize) {
 
 /// The JSON string of `first`, a space and `second` (a request's `POST /chat`), cut to `max`.
 fn joined(b: &mut Vec<u8>, first: &str, second: &str, max: usize) {
+    joined_with(b, first, b' ', second, max);
+}
+
+/// The JSON string of `first`, `between` and `second`, cut to `max`.
+fn joined_with(b: &mut Vec<u8>, first: &str, between: u8, second: &str, max: usize) {
     if first.len() + 1 + second.len() > max {
-        string(b, &format!("{first} {second}"), max);
+        string(b, &format!("{first}{}{second}", char::from(between)), max);
         return;
     }
     b.push(b'"');
     escaped(b, first);
-    b.push(b' ');
+    b.push(between);
     escaped(b, second);
     b.push(b'"');
 }
@@ -1196,6 +1398,165 @@ mod tests {
         assert_eq!(moved[2..ours.len()], direct[2..]);
         assert_eq!(moved[ours.len()], ours[1]);
         assert_ne!(direct[2], ours[2]);
+    }
+
+    #[test]
+    fn a_template_writes_what_its_attributes_would() {
+        let model = || {
+            vec![
+                KeyValue::new("companyId", "acme"),
+                KeyValue::new("instanceId", "i-1"),
+                KeyValue::new("gen_ai.system", "az.ai.openai"),
+                KeyValue::new("gen_ai.request.model", "gpt-4o"),
+                KeyValue::new("server.address", "acme.openai.azure.com"),
+                KeyValue::new("server.port", 443),
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("sophia.stream", false),
+                KeyValue::new("service.version", "shadowed by the resource's"),
+                KeyValue::new(
+                    "url.full",
+                    "https://acme.openai.azure.com/openai/x?api-version=1",
+                ),
+            ]
+        };
+        let per_call = || {
+            vec![
+                KeyValue::new("http.response.status_code", 200),
+                KeyValue::new("gen_ai.response.model", "gpt-4o-2024-08-06"),
+                KeyValue::new("gen_ai.usage.input_tokens", 12),
+                KeyValue::new("_MS.hidden", "x"),
+                KeyValue::new("gen_ai.usage.input_tokens", 13),
+            ]
+        };
+        let db = || {
+            vec![
+                KeyValue::new("db.namespace", "sophia"),
+                KeyValue::new("db.collection.name", "conversations"),
+            ]
+        };
+        // (template, own attributes, kind, whether the template's text is used)
+        let cases: Vec<(Vec<KeyValue>, Vec<KeyValue>, SpanKind, bool)> = vec![
+            (model(), per_call(), SpanKind::Client, true),
+            (model(), vec![], SpanKind::Client, true),
+            // A span repeating a template attribute, or adding one a field is read from.
+            (
+                model(),
+                vec![KeyValue::new("gen_ai.request.model", "other")],
+                SpanKind::Client,
+                false,
+            ),
+            (
+                model(),
+                vec![KeyValue::new("db.system", "cosmosdb")],
+                SpanKind::Client,
+                false,
+            ),
+            (
+                model(),
+                vec![KeyValue::new("http.host", "elsewhere")],
+                SpanKind::Client,
+                false,
+            ),
+            (model(), per_call(), SpanKind::Internal, false),
+            // A template that does not settle the type: a span's `http.` attribute does.
+            (
+                db(),
+                vec![KeyValue::new("http.response.status_code", 404)],
+                SpanKind::Client,
+                false,
+            ),
+            (
+                db(),
+                vec![KeyValue::new("db.response.status_code", "200")],
+                SpanKind::Client,
+                false,
+            ),
+            (
+                db(),
+                vec![KeyValue::new("azure.cosmosdb.request_charge", 1.5)],
+                SpanKind::Client,
+                true,
+            ),
+            (vec![], per_call(), SpanKind::Client, false),
+            (
+                vec![],
+                vec![KeyValue::new("n", 1)],
+                SpanKind::Producer,
+                true,
+            ),
+        ];
+        let writer = Writer::new(IKEY, &resource());
+        let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_591_671_123_456);
+        for (i, (shared, own, kind, reused)) in cases.into_iter().enumerate() {
+            let template = SpanTemplate::new("chat gpt-4o", shared.clone());
+            let combined: Vec<KeyValue> = shared.iter().chain(&own).cloned().collect();
+            let write = |shared: Option<&SpanTemplate>, attributes: &[KeyValue]| {
+                let mut out = Envelopes::default();
+                for status in [Status::Ok, Status::error("")] {
+                    writer.span(
+                        &mut out,
+                        &SpanRef {
+                            kind: kind.clone(),
+                            trace: TraceId::from(7),
+                            id: SpanId::from(8),
+                            parent: SpanId::from(9),
+                            name: "chat gpt-4o",
+                            start,
+                            end: start + Duration::from_millis(5),
+                            shared,
+                            attributes,
+                            events: &[],
+                            status: &status,
+                        },
+                        1.0,
+                    );
+                }
+                String::from_utf8(out.json(None)).unwrap()
+            };
+            let plain = write(None, &combined);
+            // Twice: the text is written by the first, reused by the second.
+            assert_eq!(write(Some(&template), &own), plain, "case {i}");
+            assert_eq!(write(Some(&template), &own), plain, "case {i}");
+            let probe = SpanRef {
+                kind: kind.clone(),
+                trace: TraceId::from(7),
+                id: SpanId::from(8),
+                parent: SpanId::INVALID,
+                name: "n",
+                start,
+                end: start,
+                shared: Some(&template),
+                attributes: &own,
+                events: &[],
+                status: &Status::Ok,
+            };
+            assert_eq!(
+                writer.rendered(&template, &probe).is_some(),
+                reused,
+                "case {i}"
+            );
+            // Another writer (another resource's) does not take the first one's text.
+            let other = Writer::new(IKEY, &Resource::builder_empty().build());
+            let mut a = Envelopes::default();
+            let mut b = Envelopes::default();
+            let span = |shared, attributes| SpanRef {
+                kind: kind.clone(),
+                trace: TraceId::from(7),
+                id: SpanId::from(8),
+                parent: SpanId::INVALID,
+                name: "n",
+                start,
+                end: start,
+                shared,
+                attributes,
+                events: &[],
+                status: &Status::Ok,
+            };
+            other.span(&mut a, &span(Some(&template), &own), 1.0);
+            other.span(&mut b, &span(None, &combined), 1.0);
+            assert_eq!(a.json(None), b.json(None), "case {i}");
+        }
     }
 
     #[test]

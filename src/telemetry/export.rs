@@ -362,7 +362,8 @@ impl Pipeline {
         let owner = if self.owner_count.load(Ordering::Relaxed) == 0 {
             None
         } else {
-            owner_of(span.attributes).map(|(c, i)| (Arc::from(c), Arc::from(i)))
+            let shared = span.shared.map_or(&[][..], |t| t.attributes());
+            owner_of(shared, span.attributes).map(|(c, i)| (Arc::from(c), Arc::from(i)))
         };
         let rate = rate(kept, self.sampling);
         let written = self.with_local(|w| {
@@ -668,10 +669,13 @@ fn gzip(envelopes: &Envelopes, indices: Option<&[usize]>) -> std::io::Result<Vec
 }
 
 /// The company and instance a span belongs to (both must be named).
-fn owner_of(attributes: &[opentelemetry::KeyValue]) -> Option<(&str, &str)> {
+fn owner_of<'a>(
+    shared: &'a [opentelemetry::KeyValue],
+    own: &'a [opentelemetry::KeyValue],
+) -> Option<(&'a str, &'a str)> {
     let text = |key: &str| {
-        attributes
-            .iter()
+        own.iter()
+            .chain(shared)
             .find(|kv| kv.key.as_str() == key)
             .and_then(|kv| match &kv.value {
                 Value::String(s) => Some(s.as_str()),
@@ -834,6 +838,7 @@ mod tests {
                 name: "call",
                 start: now,
                 end: now,
+                shared: None,
                 attributes: &attributes,
                 events: &[],
                 status: &Status::Ok,
@@ -956,6 +961,7 @@ mod tests {
                 name,
                 start: now,
                 end: now,
+                shared: None,
                 attributes: &attributes,
                 events: &[],
                 status: &Status::Ok,

@@ -29,6 +29,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub use envelope::SpanTemplate;
 pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
 pub use request::RequestSpan;

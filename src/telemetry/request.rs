@@ -15,7 +15,7 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-use super::envelope::SpanRef;
+use super::envelope::{SpanRef, SpanTemplate};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
@@ -187,6 +187,7 @@ impl Drop for Live {
             name: &self.route,
             start: self.start,
             end: SystemTime::now(),
+            shared: None,
             attributes: &state.attributes,
             events: &state.events,
             status: if state.failed {
@@ -212,7 +213,10 @@ pub struct Pending(Option<Box<PendingData>>);
 struct PendingData {
     parent: Parent,
     span: SpanId,
-    name: Cow<'static, str>,
+    /// `None`: the template's.
+    name: Option<Cow<'static, str>>,
+    /// What it shares with the calls like it (its name and fixed attributes).
+    template: Option<Arc<SpanTemplate>>,
     start: SystemTime,
     end: Option<SystemTime>,
     attributes: Vec<KeyValue>,
@@ -240,10 +244,33 @@ impl Pending {
         Self(Some(Box::new(PendingData {
             parent,
             span: new_span_id(),
-            name: name(),
+            name: Some(name()),
+            template: None,
             start: SystemTime::now(),
             end: None,
             attributes: attributes(),
+            status: Status::Unset,
+        })))
+    }
+
+    /// A dependency of the current request (none outside one) named by `template` and
+    /// carrying its attributes: nothing is copied for it, and only what is its own is
+    /// recorded (`template` is asked for only when the dependency is recorded).
+    pub fn from_template(template: impl FnOnce() -> Arc<SpanTemplate>) -> Self {
+        if !super::enabled() {
+            return Self::none();
+        }
+        let Some(parent) = Parent::current() else {
+            return Self::none();
+        };
+        Self(Some(Box::new(PendingData {
+            parent,
+            span: new_span_id(),
+            name: None,
+            template: Some(template()),
+            start: SystemTime::now(),
+            end: None,
+            attributes: Vec::new(),
             status: Status::Unset,
         })))
     }
@@ -312,9 +339,14 @@ impl Drop for Pending {
             trace: d.parent.trace,
             id: d.span,
             parent: d.parent.span,
-            name: &d.name,
+            name: match (&d.name, &d.template) {
+                (Some(name), _) => name,
+                (None, Some(template)) => template.name(),
+                (None, None) => "",
+            },
             start: d.start,
             end: d.end.unwrap_or_else(SystemTime::now),
+            shared: d.template.as_deref(),
             attributes: &d.attributes,
             events: &[],
             status: &d.status,

@@ -3,8 +3,6 @@
 //! `traceparent` in and out (see [`super::request`] for how they are kept). With telemetry
 //! off every function here is a cheap no-op.
 
-use std::borrow::Cow;
-
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
@@ -63,25 +61,13 @@ pub fn record_caller(company: &str, instance: &dyn std::fmt::Display, agent_type
     });
 }
 
-/// The dependency span of one call to a company's model (`operation`: `chat` or
-/// `embeddings`), with the GenAI semantic-convention attributes, under the current request.
+/// The dependency span of one call to a company's model (`operation`: `chat`, `responses`
+/// or `embeddings`), with the GenAI semantic-convention attributes, under the current request.
 pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: bool) -> Dependency {
     if !super::enabled() {
         return Dependency::none();
     }
-    Dependency::start(
-        || Cow::Owned(format!("{operation} {}", endpoint.deployment)),
-        || {
-            let shared = endpoint.span_attributes();
-            let mut attributes = Vec::with_capacity(shared.len() + 8);
-            attributes.extend_from_slice(shared);
-            attributes.extend([
-                KeyValue::new("gen_ai.operation.name", operation),
-                KeyValue::new("sophia.stream", stream),
-            ]);
-            attributes
-        },
-    )
+    Dependency::from_template(|| endpoint.span_template(operation, stream))
 }
 
 #[cfg(test)]
