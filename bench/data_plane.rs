@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
 //! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing; `BENCH_LIMITS_ONLY=1`
-//! runs the limit-check comparison alone, `BENCH_TELEMETRY_ONLY=1` the paired telemetry one.
+//! runs the limit-check comparison alone, `BENCH_TELEMETRY_ONLY=1` the paired telemetry one
+//! (`BENCH_BLOCKS` blocks of fresh servers, default 5, × `BENCH_PAIRS` rounds, default 4).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
@@ -390,19 +391,48 @@ fn limits_rows(
     )
 }
 
+/// One SOPHIA of the telemetry comparison: started, given the `floor` company, stopped with
+/// its block.
+struct Role {
+    child: Child,
+    _dir: tempfile::TempDir,
+    base: String,
+    bearer: String,
+}
+
+impl Role {
+    fn start(client: &reqwest::blocking::Client, fixed_base: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = spawn_sophia(dir.path(), port, env);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{base}/"));
+        let token = tenant(client, &base, &admin_token(dir.path()), "floor", fixed_base);
+        Self {
+            child,
+            _dir: dir,
+            base,
+            bearer: format!("Bearer {token}"),
+        }
+    }
+}
+
 /// Telemetry's whole cost, paired at a fixed load on the floor upstream: SOPHIA with export
-/// off (`servers[0]`) against App Insights export at sampling 1.0 (`[1]`: every request and
-/// model call exported; its CPU split into the request threads and the exporter thread) and at
+/// off (`[0]`) against App Insights export at sampling 1.0 (`[1]`: every request and model
+/// call exported; its CPU split into the request threads and the exporter thread) and at
 /// sampling 0 (`[2]`: failures only), and an A/A control (`[3]`: another server with export
-/// off), in rounds (`BENCH_PAIRS`, default 20) that load all four **at once**, 800 req/s each:
-/// this VM's speed drifts by ±20 % over seconds, so servers measured one after another (as
-/// before 2026-12-07) differed by that much more than by what they did; measured together,
-/// they share it.
+/// off), in rounds that load all four **at once**, 800 req/s each: this VM's speed drifts by
+/// ±20 % over seconds, so servers measured one after another (as before 2026-12-07) differed
+/// by that much more than by what they did; measured together, they share it. And a process
+/// keeps its own luck for its life (where its memory and threads landed: an A/A pair of
+/// long-lived servers differed by up to 8 µs for a whole run), so the four are started afresh
+/// for each block of rounds (`BENCH_BLOCKS`, default 5, of `BENCH_PAIRS` rounds, default 4),
+/// in a rotating order.
 fn telemetry_rows(
     client: &reqwest::blocking::Client,
     body_text: &str,
-    servers: [(&str, &str, u32); 4],
-    full_base: &str,
+    fixed_base: &str,
+    connection: &str,
 ) -> String {
     let secs = 5;
     // (CPU µs per request, the exporter thread's share, p99 ms)
@@ -427,19 +457,72 @@ fn telemetry_rows(
             r.p99_ms,
         )
     };
-    let pair_count: usize = std::env::var("BENCH_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let together = || {
-        std::thread::scope(|scope| {
-            let runs = servers.map(|t| scope.spawn(move || one(t)));
-            runs.map(|r| r.join().expect("a round ran"))
-        })
+    let count = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(default)
     };
-    // A warm-up round, not counted.
-    together();
-    let rows: Vec<[(f64, f64, f64); 4]> = (0..pair_count).map(|_| together()).collect();
+    let (blocks, per_block) = (count("BENCH_BLOCKS", 5), count("BENCH_PAIRS", 4));
+    let envs: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("APPLICATIONINSIGHTS_CONNECTION_STRING", connection)],
+        &[
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", connection),
+            ("SOPHIA_TELEMETRY_SAMPLING", "0"),
+        ],
+        &[],
+    ];
+    let mut rows: Vec<[(f64, f64, f64); 4]> = Vec::new();
+    let (mut exported, mut dropped, mut failed) = (0u64, 0u64, 0u64);
+    for block in 0..blocks {
+        let mut started: Vec<Option<Role>> = (0..4).map(|_| None).collect();
+        for k in 0..4 {
+            let i = (block + k) % 4;
+            started[i] = Some(Role::start(client, fixed_base, envs[i]));
+        }
+        let roles: Vec<Role> = started.into_iter().map(|r| r.unwrap()).collect();
+        let urls: Vec<String> = roles
+            .iter()
+            .map(|r| format!("{}/v1/chat/completions", r.base))
+            .collect();
+        let together = || {
+            std::thread::scope(|scope| {
+                let runs: Vec<_> = (0..4)
+                    .map(|i| {
+                        let t = (
+                            urls[i].as_str(),
+                            roles[i].bearer.as_str(),
+                            roles[i].child.id(),
+                        );
+                        scope.spawn(move || one(t))
+                    })
+                    .collect();
+                let got: Vec<_> = runs
+                    .into_iter()
+                    .map(|r| r.join().expect("a round ran"))
+                    .collect();
+                [got[0], got[1], got[2], got[3]]
+            })
+        };
+        // A warm-up round, not counted.
+        together();
+        rows.extend((0..per_block).map(|_| together()));
+        let health: Value = client
+            .get(format!("{}/health", roles[1].base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let stat = |k: &str| health["telemetry"][k].as_u64().unwrap_or(0);
+        exported += stat("exported");
+        dropped += stat("dropped");
+        failed += stat("failed");
+        for role in roles {
+            stop(role.child);
+        }
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -447,13 +530,6 @@ fn telemetry_rows(
     let delta = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i].0 - r[0].0).collect() };
     let p99 = |i: usize| median(rows.iter().map(|r| r[i].2 - r[0].2).collect());
     let full_export = median(rows.iter().map(|r| r[1].1).collect());
-    let health: Value = client
-        .get(format!("{full_base}/health"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let stats = &health["telemetry"];
     let list = |v: &[f64]| {
         v.iter()
             .map(|d| format!("{d:+.1}"))
@@ -461,7 +537,7 @@ fn telemetry_rows(
             .join(", ")
     };
     format!(
-        "Telemetry vs off, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({pair_count} rounds of {secs} s): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; A/A control (another server, export off) median {:+.1} µs (rounds {}); off median {:.1} µs. Exported {}, dropped {}, failed {}.",
+        "Telemetry vs off, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({blocks} blocks of fresh servers × {per_block} rounds of {secs} s): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; A/A control (another server, export off) median {:+.1} µs (rounds {}); off median {:.1} µs. Exported {exported}, dropped {dropped}, failed {failed}.",
         median(delta(1)),
         list(&delta(1)),
         full_export,
@@ -472,9 +548,6 @@ fn telemetry_rows(
         median(delta(3)),
         list(&delta(3)),
         median(rows.iter().map(|r| r[0].0).collect()),
-        stats["exported"],
-        stats["dropped"],
-        stats["failed"],
     )
 }
 
@@ -758,49 +831,15 @@ fn main() {
     );
     let hot_bearer = format!("Bearer {hot_token}");
     if telemetry_only {
-        // The baseline is a twin of the telemetry servers (started and given its company the
-        // same way, export off), so the comparison sees telemetry, not two processes' histories;
-        // the long-running plain server rides along as an A/A control.
-        let twin_dir = tempfile::tempdir().unwrap();
-        let twin_port = free_port();
-        let twin = spawn_sophia(twin_dir.path(), twin_port, &[]);
-        let twin_base = format!("http://127.0.0.1:{twin_port}");
-        wait_ready(&format!("{twin_base}/"));
-        let twin_bearer = format!(
-            "Bearer {}",
-            tenant(
-                &client,
-                &twin_base,
-                &admin_token(twin_dir.path()),
-                "floor",
-                &fixed_base,
-            )
+        // Servers of its own, started afresh for each block of rounds.
+        for child in [otel_server, hot_server, server] {
+            stop(child);
+        }
+        println!(
+            "{}",
+            telemetry_rows(&client, &body_text, &fixed_base, &connection)
         );
-        let line = telemetry_rows(
-            &client,
-            &body_text,
-            [
-                (
-                    &format!("{twin_base}/v1/chat/completions"),
-                    &twin_bearer,
-                    twin.id(),
-                ),
-                (
-                    &format!("{otel_base}/v1/chat/completions"),
-                    &otel_bearer,
-                    otel_server.id(),
-                ),
-                (
-                    &format!("{hot_base}/v1/chat/completions"),
-                    &hot_bearer,
-                    hot_server.id(),
-                ),
-                (&sophia_url, &floor_bearer, server.id()),
-            ],
-            &otel_base,
-        );
-        println!("{line}");
-        for child in [otel_server, hot_server, twin, proxy, server, sim] {
+        for child in [proxy, sim] {
             stop(child);
         }
         return;

@@ -215,15 +215,9 @@ async fn access_log(request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route: Arc<str> = match &matched {
         Some(p) => Arc::from(p.as_str()),
-        None => request
-            .uri()
-            .path()
-            .chars()
-            .take(200)
-            .collect::<String>()
-            .into(),
+        None => Arc::from(truncated(request.uri().path(), 200)),
     };
-    let request_id = request_id::current();
+    let mut request_id = request_id::current();
     // An unmatched path is not a route: one name for all of them (no cardinality from scans).
     let span = telemetry::request_span(
         method_name(&method),
@@ -232,8 +226,12 @@ async fn access_log(request: Request, next: Next) -> Response {
         } else {
             Arc::from("(unmatched)")
         },
-        request.uri().path().chars().take(400).collect(),
-        &request_id,
+        truncated(request.uri().path(), 400).to_owned(),
+        if log {
+            request_id.clone()
+        } else {
+            std::mem::take(&mut request_id)
+        },
         request.headers(),
     );
     let response = span.run(next.run(request)).await;
@@ -264,6 +262,17 @@ async fn access_log(request: Request, next: Next) -> Response {
         },
     ));
     Response::from_parts(parts, body)
+}
+
+/// `s` cut to at most `max` characters.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
 }
 
 /// A method's name, as a span attribute takes it (an extension method is `_OTHER`, as the

@@ -86,6 +86,11 @@ impl InstanceId {
             .map(Self)
             .map_err(|_| IdError("instance id must be a UUID"))
     }
+
+    /// Its text (what `Display` writes), in `buf`.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        self.0.hyphenated().encode_lower(buf)
+    }
 }
 
 impl Default for InstanceId {

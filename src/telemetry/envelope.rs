@@ -491,7 +491,12 @@ impl Writer {
         });
         // The attributes the url is made of are not repeated as properties.
         let mut taken: [&str; 3] = ["", "", ""];
-        if let Some(url) = request_url(attrs) {
+        if let Some(path) = plain_path(attrs) {
+            // What SOPHIA's requests have: the path alone, written as it is.
+            b.extend_from_slice(b",\"url\":");
+            string(b, path, 2048);
+            taken = ["url.path", "url.query", "http.target"];
+        } else if let Some(url) = request_url(attrs) {
             b.extend_from_slice(b",\"url\":");
             string(b, &url, 2048);
             taken = match attrs.first_key(&["url.full", "http.url"]) {
@@ -827,6 +832,24 @@ fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
 fn open(b: &mut Vec<u8>, any: &mut bool) {
     b.extend_from_slice(if *any { b"," } else { b",\"properties\":{" });
     *any = true;
+}
+
+/// The request's `url.path` when it is the whole of its URL (an absolute path, and neither a
+/// full URL, a query nor a scheme given), which [`request_url`] would copy as it is.
+fn plain_path(attrs: Attrs<'_>) -> Option<&str> {
+    let Some(Value::String(path)) = attrs.get("url.path") else {
+        return None;
+    };
+    let path = path.as_str();
+    let more = [
+        "url.full",
+        "http.url",
+        "url.query",
+        "url.scheme",
+        "http.scheme",
+    ];
+    (path.starts_with('/') && !attrs.iter().any(|kv| more.contains(&kv.key.as_str())))
+        .then_some(path)
 }
 
 /// A request's URL: `url.full`, else its path (and query), with the scheme and host when known.

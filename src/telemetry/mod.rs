@@ -76,7 +76,7 @@ pub fn request_span(
     method: &'static str,
     route: Arc<str>,
     path: String,
-    request_id: &str,
+    request_id: String,
     headers: &axum::http::HeaderMap,
 ) -> RequestSpan {
     match PIPELINE.get() {

@@ -87,7 +87,7 @@ impl RequestSpan {
         method: &'static str,
         route: Arc<str>,
         path: String,
-        request_id: &str,
+        request_id: String,
         headers: &HeaderMap,
         sampling: f64,
     ) -> Self {
@@ -100,12 +100,14 @@ impl RequestSpan {
             Some(cx) => (cx.trace_id(), Some(cx.span_id())),
             None => (ids.new_trace_id(), None),
         };
-        let attributes = vec![
+        // Room for the caller (3) and the status code: one allocation.
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", Value::String(route.clone().into())),
             KeyValue::new("url.path", path),
-            KeyValue::new("request.id", request_id.to_owned()),
-        ];
+            KeyValue::new("request.id", request_id),
+        ]);
         Self(Some(Arc::new(Live {
             trace,
             span: ids.new_span_id(),

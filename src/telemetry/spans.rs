@@ -48,15 +48,24 @@ pub fn format_traceparent(cx: &SpanContext) -> String {
 }
 
 /// Names the company, instance and agent type a request acts for on the current request.
-pub fn record_caller(company: &str, instance: &dyn std::fmt::Display, agent_type: &str) {
+pub fn record_caller(company: &str, instance: &crate::domain::InstanceId, agent_type: &str) {
     if !super::enabled() {
         return;
     }
     super::request::annotate(|| {
+        let mut buf = [0u8; 36];
+        let agent_type = match agent_type {
+            // The one there is, without a copy.
+            "SOPHIA" => opentelemetry::Value::from("SOPHIA"),
+            other => opentelemetry::Value::from(other.to_owned()),
+        };
         [
             KeyValue::new(super::COMPANY_ATTRIBUTE, company.to_owned()),
-            KeyValue::new(super::INSTANCE_ATTRIBUTE, instance.to_string()),
-            KeyValue::new("agentType", agent_type.to_owned()),
+            KeyValue::new(
+                super::INSTANCE_ATTRIBUTE,
+                instance.encode(&mut buf).to_owned(),
+            ),
+            KeyValue::new("agentType", agent_type),
         ]
     });
 }
