@@ -98,6 +98,8 @@ struct Rendered {
     properties: Vec<u8>,
     /// Whether the attributes settle the dependency's type whatever a span adds.
     typed: bool,
+    /// Whether they hold a status code (the text is not used then).
+    coded: bool,
 }
 
 /// Every attribute a dependency's `data`, `target` or `type` may be read from.
@@ -413,15 +415,13 @@ impl Writer {
         let attrs = span.attrs();
         let (method, route) = if server {
             (
-                attrs
-                    .get("http.request.method")
-                    .or_else(|| attrs.get("http.method")),
+                attrs.first_key(&["http.request.method", "http.method"]),
                 attrs.get("http.route"),
             )
         } else {
             (None, None)
         };
-        if let (Some(m), Some(r)) = (method, route) {
+        if let (Some((_, m)), Some(r)) = (method, route) {
             b.extend_from_slice(b",\"ai.operation.name\":");
             joined(b, &m.as_str(), &r.as_str(), 1024);
         }
@@ -432,9 +432,7 @@ impl Writer {
         b.extend_from_slice(b"\",\"duration\":\"");
         duration(b, span.end.duration_since(span.start).unwrap_or_default());
         b.push(b'"');
-        let code = attrs
-            .get("http.response.status_code")
-            .or_else(|| attrs.get("http.status_code"));
+        let code = attrs.first_key(&["http.response.status_code", "http.status_code"]);
         let status_code = match *span.status {
             Status::Unset => "0",
             Status::Ok => "1",
@@ -458,17 +456,22 @@ impl Writer {
         b: &mut Vec<u8>,
         span: &SpanRef<'_>,
         attrs: Attrs<'_>,
-        method: Option<&Value>,
+        method: Option<(&'static str, &Value)>,
         route: Option<&Value>,
-        code: Option<&Value>,
+        code: Option<(&'static str, &Value)>,
         status_code: &str,
     ) {
+        // The attributes a field carries are not repeated as properties: the method and route
+        // (the name), the status code (`responseCode`), what the url is made of.
+        let mut taken: [&str; 6] = [""; 6];
         match (method, route) {
-            (Some(m), Some(r)) => {
+            (Some((method_key, m)), Some(r)) => {
                 b.extend_from_slice(b",\"name\":");
                 joined(b, &m.as_str(), &r.as_str(), 1024);
+                taken[3] = method_key;
+                taken[4] = "http.route";
             }
-            (Some(m), None) => {
+            (Some((_, m)), None) => {
                 b.extend_from_slice(b",\"name\":");
                 value(b, m, 1024);
             }
@@ -480,7 +483,10 @@ impl Writer {
         }
         b.extend_from_slice(b",\"responseCode\":");
         match code {
-            Some(v) => value(b, v, 1024),
+            Some((key, v)) => {
+                value(b, v, 1024);
+                taken[5] = key;
+            }
             None => string(b, status_code, 1024),
         }
         b.extend_from_slice(b",\"success\":");
@@ -489,20 +495,18 @@ impl Writer {
         } else {
             b"true"
         });
-        // The attributes the url is made of are not repeated as properties.
-        let mut taken: [&str; 3] = ["", "", ""];
         if let Some(path) = plain_path(attrs) {
             // What SOPHIA's requests have: the path alone, written as it is.
             b.extend_from_slice(b",\"url\":");
             string(b, path, 2048);
-            taken = ["url.path", "url.query", "http.target"];
+            taken[..3].copy_from_slice(&["url.path", "url.query", "http.target"]);
         } else if let Some(url) = request_url(attrs) {
             b.extend_from_slice(b",\"url\":");
             string(b, &url, 2048);
-            taken = match attrs.first_key(&["url.full", "http.url"]) {
-                Some((key, _)) => [key, "", ""],
-                None => ["url.path", "url.query", "http.target"],
-            };
+            match attrs.first_key(&["url.full", "http.url"]) {
+                Some((key, _)) => taken[0] = key,
+                None => taken[..3].copy_from_slice(&["url.path", "url.query", "http.target"]),
+            }
         }
         if let Some(source) = attrs.first(&[
             "client.address",
@@ -523,16 +527,23 @@ impl Writer {
         b: &mut Vec<u8>,
         span: &SpanRef<'_>,
         attrs: Attrs<'_>,
-        code: Option<&Value>,
+        code: Option<(&'static str, &Value)>,
         status_code: &str,
     ) {
         b.extend_from_slice(b",\"name\":");
         string(b, span.name, 1024);
         b.extend_from_slice(b",\"resultCode\":");
-        match code {
-            Some(v) => value(b, v, 1024),
-            None => string(b, status_code, 1024),
-        }
+        // The status code is `resultCode`, not repeated as a property.
+        let code_key = match code {
+            Some((key, v)) => {
+                value(b, v, 1024);
+                key
+            }
+            None => {
+                string(b, status_code, 1024);
+                ""
+            }
+        };
         match *span.status {
             Status::Unset => {}
             Status::Ok => b.extend_from_slice(b",\"success\":true"),
@@ -543,12 +554,12 @@ impl Writer {
             b.extend_from_slice(&rendered.fields);
             let mut any = !rendered.properties.is_empty();
             b.extend_from_slice(&rendered.properties);
-            self.members(b, Attrs::own(span.attributes), &[], &mut any);
+            self.members(b, Attrs::own(span.attributes), &[code_key], &mut any);
             self.close_properties(b, any);
             return;
         }
-        let taken = self.dependency_fields(b, attrs, &span.kind);
-        self.properties(b, attrs, &taken);
+        let [data, peer, port] = self.dependency_fields(b, attrs, &span.kind);
+        self.properties(b, attrs, &[data, peer, port, code_key]);
     }
 
     /// A dependency's `data`, `target` and `type`; the attributes read for them whose value
@@ -665,8 +676,15 @@ impl Writer {
                 fields,
                 properties,
                 typed,
+                coded: attrs
+                    .first(&["http.response.status_code", "http.status_code"])
+                    .is_some(),
             }
         });
+        // A status code among the template's would be `resultCode` and no property.
+        if rendered.coded {
+            return None;
+        }
         let clash = |key: &str| {
             DEPENDENCY_FIELD_KEYS.contains(&key)
                 || template.attributes.iter().any(|kv| kv.key.as_str() == key)
@@ -1342,6 +1360,16 @@ mod tests {
         let data = &mut item["data"]["baseData"];
         let has = |data: &Value, k: &str| data["properties"].get(k).is_some();
         let mut drop: Vec<&str> = vec!["service.name", "service.version", "service.instance.id"];
+        let code = ["http.response.status_code", "http.status_code"];
+        drop.extend(code.into_iter().find(|k| has(data, k)));
+        if base == "RequestData"
+            && has(data, "http.route")
+            && let Some(m) = ["http.request.method", "http.method"]
+                .into_iter()
+                .find(|k| has(data, k))
+        {
+            drop.extend([m, "http.route"]);
+        }
         if base == "RequestData" && data.get("url").is_some() {
             match ["url.full", "http.url"].into_iter().find(|k| has(data, k)) {
                 Some(k) => drop.push(k),
@@ -1507,6 +1535,13 @@ mod tests {
                 vec![KeyValue::new("n", 1)],
                 SpanKind::Producer,
                 true,
+            ),
+            // A template holding a status code (it would be `resultCode`, no property).
+            (
+                vec![KeyValue::new("http.response.status_code", 204)],
+                vec![KeyValue::new("n", 1)],
+                SpanKind::Client,
+                false,
             ),
         ];
         let writer = Writer::new(IKEY, &resource());
