@@ -485,7 +485,9 @@ impl Role {
 /// keeps its own luck for its life (where its memory and threads landed: an A/A pair of
 /// long-lived servers differed by up to 8 µs for a whole run), so the four are started afresh
 /// for each block of rounds (`BENCH_BLOCKS`, default 5, of `BENCH_PAIRS` rounds, default 4),
-/// in a rotating order.
+/// in a rotating order. Each telemetry server is compared with the mean of the two export-off
+/// servers of its round; the difference between those two is the A/A control, whose spread
+/// gives the error of the means.
 fn telemetry_rows(
     client: &reqwest::blocking::Client,
     body_text: &str,
@@ -585,8 +587,34 @@ fn telemetry_rows(
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let delta = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i].0 - r[0].0).collect() };
-    let p99 = |i: usize| median(rows.iter().map(|r| r[i].2 - r[0].2).collect());
+    // Against the mean of the two export-off servers (half the baseline's own noise); the
+    // control is the difference between those two.
+    let off = |r: &[(f64, f64, f64); 4], k: usize| match k {
+        0 => (r[0].0 + r[3].0) / 2.0,
+        _ => (r[0].2 + r[3].2) / 2.0,
+    };
+    let delta = |i: usize| -> Vec<f64> {
+        rows.iter()
+            .map(|r| {
+                if i == 3 {
+                    r[3].0 - r[0].0
+                } else {
+                    r[i].0 - off(r, 0)
+                }
+            })
+            .collect()
+    };
+    let p99 = |i: usize| median(rows.iter().map(|r| r[i].2 - off(r, 2)).collect());
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    // The standard error of a mean of the rounds, from the control's spread.
+    let aa = delta(3);
+    let spread = (aa
+        .iter()
+        .map(|d| (d - mean(aa.clone())).powi(2))
+        .sum::<f64>()
+        / (aa.len().max(2) - 1) as f64)
+        .sqrt();
+    let error = spread / (aa.len() as f64).sqrt();
     let full_export = median(rows.iter().map(|r| r[1].1).collect());
     let list = |v: &[f64]| {
         v.iter()
@@ -595,12 +623,14 @@ fn telemetry_rows(
             .join(", ")
     };
     format!(
-        "Telemetry vs off, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({blocks} blocks of fresh servers × {per_block} rounds of {secs} s): sampling 1.0 median {:+.1} µs CPU per request (rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (rounds {}), p99 {:+.2} ms; A/A control (another server, export off) median {:+.1} µs (rounds {}); off median {:.1} µs. Exported {exported}, dropped {dropped}, failed {failed}.",
+        "Telemetry vs off, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({blocks} blocks of fresh servers × {per_block} rounds of {secs} s): against the mean of the two servers with export off: sampling 1.0 median {:+.1} µs CPU per request (mean {:+.1}; rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (mean {:+.1}; rounds {}), p99 {:+.2} ms; A/A control (one export-off server against the other) median {:+.1} µs (rounds {}; a round's spread {spread:.1} µs, a mean's ±{error:.1}); off median {:.1} µs. Exported {exported}, dropped {dropped}, failed {failed}.",
         median(delta(1)),
+        mean(delta(1)),
         list(&delta(1)),
         full_export,
         p99(1),
         median(delta(2)),
+        mean(delta(2)),
         list(&delta(2)),
         p99(2),
         median(delta(3)),
