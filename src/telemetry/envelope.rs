@@ -102,14 +102,11 @@ struct Rendered {
     coded: bool,
 }
 
-/// Every attribute a dependency's `data`, `target` or `type` may be read from.
-const DEPENDENCY_FIELD_KEYS: [&str; 25] = [
-    "url.full",
-    "http.url",
-    "db.query.text",
-    "db.statement",
-    "http.request.header.host",
-    "http.host",
+/// Where a dependency's `data` is read from, in order.
+const DATA_KEYS: &[&str] = &["url.full", "http.url", "db.query.text", "db.statement"];
+/// Where its `target` is read from: a host header, else a peer and its port, else a database.
+const HOST_KEYS: &[&str] = &["http.request.header.host", "http.host"];
+const PEER_KEYS: &[&str] = &[
     "server.address",
     "network.peer.address",
     "server.socket.address",
@@ -117,18 +114,31 @@ const DEPENDENCY_FIELD_KEYS: [&str; 25] = [
     "net.peer.name",
     "net.sock.peer.addr",
     "net.peer.ip",
+];
+const PORT_KEYS: &[&str] = &[
     "server.port",
     "network.peer.port",
     "server.socket.port",
     "net.sock.peer.port",
     "net.peer.port",
-    "db.namespace",
-    "db.name",
+];
+const DB_KEYS: &[&str] = &["db.namespace", "db.name"];
+/// Where its `type` is read from (else `HTTP` or `DB` by the attributes' prefixes).
+const SYSTEM_KEYS: &[&str] = &[
     "db.system.name",
     "db.system",
     "messaging.system",
     "rpc.system.name",
     "rpc.system",
+];
+/// Every attribute a dependency's `data`, `target` or `type` may be read from.
+const DEPENDENCY_FIELD_KEYS: [&[&str]; 6] = [
+    DATA_KEYS,
+    HOST_KEYS,
+    PEER_KEYS,
+    PORT_KEYS,
+    DB_KEYS,
+    SYSTEM_KEYS,
 ];
 
 /// A span's attributes: its template's, then its own.
@@ -571,74 +581,49 @@ impl Writer {
         kind: &SpanKind,
     ) -> [&'static str; 3] {
         let mut taken: [&str; 3] = ["", "", ""];
-        if let Some((key, data)) =
-            attrs.first_key(&["url.full", "http.url", "db.query.text", "db.statement"])
-        {
+        if let Some((key, data)) = attrs.first_key(DATA_KEYS) {
             b.extend_from_slice(b",\"data\":");
             value(b, data, 8192);
             taken[0] = key;
         }
-        let host = attrs.first(&["http.request.header.host", "http.host"]);
-        let peer = attrs.first_key(&[
-            "server.address",
-            "network.peer.address",
-            "server.socket.address",
-            "net.sock.peer.name",
-            "net.peer.name",
-            "net.sock.peer.addr",
-            "net.peer.ip",
-        ]);
+        let host = attrs.first(HOST_KEYS);
+        let peer = attrs.first_key(PEER_KEYS);
         if let Some(host) = host {
             b.extend_from_slice(b",\"target\":");
             value(b, host, 1024);
         } else if let Some((peer_key, peer)) = peer {
             b.extend_from_slice(b",\"target\":");
             taken[1] = peer_key;
-            match attrs.first_key(&[
-                "server.port",
-                "network.peer.port",
-                "server.socket.port",
-                "net.sock.peer.port",
-                "net.peer.port",
-            ]) {
+            match attrs.first_key(PORT_KEYS) {
                 Some((port_key, port)) => {
                     taken[2] = port_key;
                     joined_with(b, &peer.as_str(), b':', &port.as_str(), 1024);
                 }
                 None => value(b, peer, 1024),
             }
-        } else if let Some(db) = attrs.first(&["db.namespace", "db.name"]) {
+        } else if let Some(db) = attrs.first(DB_KEYS) {
             b.extend_from_slice(b",\"target\":");
             value(b, db, 1024);
         }
         let kind = if *kind == SpanKind::Internal {
             Some(Value::from("InProc"))
         } else {
-            attrs
-                .first(&[
-                    "db.system.name",
-                    "db.system",
-                    "messaging.system",
-                    "rpc.system.name",
-                    "rpc.system",
-                ])
-                .cloned()
-                .or_else(|| {
-                    let keys = || {
-                        attrs
-                            .iter()
-                            .map(|kv| kv.key.as_str())
-                            .chain(self.resource_keys.iter().map(String::as_str))
-                            .filter(|k| !k.starts_with("_MS."))
-                    };
-                    if keys().any(|k| k.starts_with("http.")) {
-                        Some(Value::from("HTTP"))
-                    } else if keys().any(|k| k.starts_with("db.")) {
-                        Some(Value::from("DB"))
-                    } else {
-                        None
-                    }
-                })
+            attrs.first(SYSTEM_KEYS).cloned().or_else(|| {
+                let keys = || {
+                    attrs
+                        .iter()
+                        .map(|kv| kv.key.as_str())
+                        .chain(self.resource_keys.iter().map(String::as_str))
+                        .filter(|k| !k.starts_with("_MS."))
+                };
+                if keys().any(|k| k.starts_with("http.")) {
+                    Some(Value::from("HTTP"))
+                } else if keys().any(|k| k.starts_with("db.")) {
+                    Some(Value::from("DB"))
+                } else {
+                    None
+                }
+            })
         };
         if let Some(kind) = kind {
             b.extend_from_slice(b",\"type\":");
@@ -660,15 +645,7 @@ impl Writer {
             let mut properties = Vec::new();
             let mut any = false;
             self.members(&mut properties, attrs, &taken, &mut any);
-            let typed = attrs
-                .first(&[
-                    "db.system.name",
-                    "db.system",
-                    "messaging.system",
-                    "rpc.system.name",
-                    "rpc.system",
-                ])
-                .is_some()
+            let typed = attrs.first(SYSTEM_KEYS).is_some()
                 || attrs.iter().any(|kv| kv.key.as_str().starts_with("http."))
                 || self.resource_keys.iter().any(|k| k.starts_with("http."));
             Rendered {
@@ -686,7 +663,7 @@ impl Writer {
             return None;
         }
         let clash = |key: &str| {
-            DEPENDENCY_FIELD_KEYS.contains(&key)
+            DEPENDENCY_FIELD_KEYS.iter().any(|keys| keys.contains(&key))
                 || template.attributes.iter().any(|kv| kv.key.as_str() == key)
                 || (!rendered.typed && (key.starts_with("http.") || key.starts_with("db.")))
         };
@@ -1576,28 +1553,6 @@ mod tests {
             // Twice: the text is written by the first, reused by the second.
             assert_eq!(write(Some(&template), &own), plain, "case {i}");
             assert_eq!(write(Some(&template), &own), plain, "case {i}");
-            let probe = SpanRef {
-                kind: kind.clone(),
-                trace: TraceId::from(7),
-                id: SpanId::from(8),
-                parent: SpanId::INVALID,
-                name: "n",
-                start,
-                end: start,
-                shared: Some(&template),
-                attributes: &own,
-                events: &[],
-                status: &Status::Ok,
-            };
-            assert_eq!(
-                writer.rendered(&template, &probe).is_some(),
-                reused,
-                "case {i}"
-            );
-            // Another writer (another resource's) does not take the first one's text.
-            let other = Writer::new(IKEY, &Resource::builder_empty().build());
-            let mut a = Envelopes::default();
-            let mut b = Envelopes::default();
             let span = |shared, attributes| SpanRef {
                 kind: kind.clone(),
                 trace: TraceId::from(7),
@@ -1611,6 +1566,17 @@ mod tests {
                 events: &[],
                 status: &Status::Ok,
             };
+            assert_eq!(
+                writer
+                    .rendered(&template, &span(Some(&template), &own))
+                    .is_some(),
+                reused,
+                "case {i}"
+            );
+            // Another writer (another resource's) does not take the first one's text.
+            let other = Writer::new(IKEY, &Resource::builder_empty().build());
+            let mut a = Envelopes::default();
+            let mut b = Envelopes::default();
             other.span(&mut a, &span(Some(&template), &own), 1.0);
             other.span(&mut b, &span(None, &combined), 1.0);
             assert_eq!(a.json(None), b.json(None), "case {i}");

@@ -237,42 +237,40 @@ impl Pending {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Self {
-        if !super::enabled() {
-            return Self::none();
-        }
-        let Some(parent) = Parent::current() else {
-            return Self::none();
-        };
-        Self(Some(Box::new(PendingData {
-            parent,
-            span: new_span_id(),
-            name: Some(name()),
-            template: None,
-            start: SystemTime::now(),
-            end: None,
-            attributes: attributes(),
-            status: Status::Unset,
-        })))
+        Self::under_current(|| (Some(name()), None, attributes()))
     }
 
     /// A dependency of the current request (none outside one) named by `template` and
     /// carrying its attributes: nothing is copied for it, and only what is its own is
     /// recorded (`template` is asked for only when the dependency is recorded).
     pub fn from_template(template: impl FnOnce() -> Arc<SpanTemplate>) -> Self {
+        Self::under_current(|| (None, Some(template()), Vec::new()))
+    }
+
+    /// A dependency of the current request with what `parts` gives (asked for only then).
+    #[allow(clippy::type_complexity)]
+    fn under_current(
+        parts: impl FnOnce() -> (
+            Option<Cow<'static, str>>,
+            Option<Arc<SpanTemplate>>,
+            Vec<KeyValue>,
+        ),
+    ) -> Self {
         if !super::enabled() {
             return Self::none();
         }
         let Some(parent) = Parent::current() else {
             return Self::none();
         };
+        let (name, template, attributes) = parts();
         Self(Some(Box::new(PendingData {
             parent,
             span: new_span_id(),
-            name: None,
-            template: Some(template()),
+            name,
+            template,
             start: SystemTime::now(),
             end: None,
-            attributes: Vec::new(),
+            attributes,
             status: Status::Unset,
         })))
     }
