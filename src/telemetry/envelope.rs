@@ -1428,6 +1428,160 @@ mod tests {
         assert_ne!(direct[2], ours[2]);
     }
 
+    /// A benchmark, not a check: the CPU of writing a chat request's two envelopes (the request,
+    /// and its model call from the endpoint's template) and of gzipping them as the exporter
+    /// does, against the crate's exporter doing the same for the same spans (its conversion,
+    /// serde and gzip). Prints; asserts nothing. Run in release:
+    /// `cargo test --release --lib telemetry::envelope::tests::writer_cost -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a benchmark: run it in release with --ignored --nocapture"]
+    async fn writer_cost() {
+        use std::time::Instant;
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "sophia"),
+                KeyValue::new("service.version", "0.1.0"),
+                KeyValue::new("service.instance.id", "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4"),
+            ])
+            .build();
+        let request_attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", "/v1/chat/completions"),
+            KeyValue::new("url.path", "/v1/chat/completions"),
+            KeyValue::new("request.id", "0f5d3c1e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"),
+            KeyValue::new("companyId", "floor"),
+            KeyValue::new("instanceId", "2f0c8a52-8d1b-4a51-9a8e-2b8c5d6e7f80"),
+            KeyValue::new("agentType", "SOPHIA"),
+            KeyValue::new("http.response.status_code", 200),
+        ];
+        let fixed = vec![
+            KeyValue::new("companyId", "floor"),
+            KeyValue::new("instanceId", "2f0c8a52-8d1b-4a51-9a8e-2b8c5d6e7f80"),
+            KeyValue::new("gen_ai.system", "az.ai.openai"),
+            KeyValue::new("gen_ai.request.model", "gpt-4o"),
+            KeyValue::new("server.address", "acme.openai.azure.com"),
+            KeyValue::new("server.port", 443),
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("sophia.stream", false),
+            KeyValue::new(
+                "url.full",
+                "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+            ),
+        ];
+        let own = vec![
+            KeyValue::new("http.response.status_code", 200),
+            KeyValue::new("gen_ai.response.model", "gpt-4o-2024-08-06"),
+            KeyValue::new("gen_ai.usage.input_tokens", 12),
+            KeyValue::new("gen_ai.usage.output_tokens", 6),
+            KeyValue::new("gen_ai.response.finish_reasons", "stop"),
+        ];
+        let request = span(
+            SpanKind::Server,
+            SpanId::INVALID,
+            "POST /v1/chat/completions",
+            request_attributes,
+            vec![],
+            Status::Unset,
+        );
+        let dependency = span(
+            SpanKind::Client,
+            SpanId::from(5),
+            "chat gpt-4o",
+            fixed.iter().chain(&own).cloned().collect(),
+            vec![],
+            Status::Ok,
+        );
+        let template = SpanTemplate::new("chat gpt-4o", fixed);
+        let writer = Writer::new(IKEY, &resource);
+        let (batches, batch) = (40, 512);
+        // Each request its own ids, request id and times, as they are (gzip sees no copies).
+        let distinct = |base: &SpanData, i: u32| {
+            let mut s = base.clone();
+            let n = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) | 1;
+            s.span_context = SpanContext::new(
+                TraceId::from(n),
+                SpanId::from((n >> 64) as u64 | 1),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            );
+            s.start_time += Duration::from_micros(u64::from(i) * 1_237);
+            s.end_time = s.start_time + Duration::from_micros(u64::from(i % 977) * 131 + 800);
+            if let Some(kv) = s
+                .attributes
+                .iter_mut()
+                .find(|kv| kv.key.as_str() == "request.id")
+            {
+                kv.value = format!("{n:032x}").into();
+            }
+            s
+        };
+        let requests_of_batch: Vec<SpanData> = (0..batch).map(|i| distinct(&request, i)).collect();
+        let dependencies_of_batch: Vec<SpanData> =
+            (0..batch).map(|i| distinct(&dependency, i)).collect();
+        let requests = f64::from(batches * batch);
+        let mut out = Envelopes::default();
+        let mut bytes = 0;
+        let ours = |gzip: bool, out: &mut Envelopes, bytes: &mut usize| {
+            let started = Instant::now();
+            for _ in 0..batches {
+                out.clear();
+                for (request, dependency) in requests_of_batch.iter().zip(&dependencies_of_batch) {
+                    writer.span(out, &SpanRef::from(request), 1.0);
+                    let mut d = SpanRef::from(dependency);
+                    d.shared = Some(&template);
+                    d.attributes = &own;
+                    writer.span(out, &d, 1.0);
+                }
+                if gzip {
+                    let mut z = flate2::write::GzEncoder::new(
+                        Vec::with_capacity(8192),
+                        flate2::Compression::fast(),
+                    );
+                    out.write_json(None, &mut z).unwrap();
+                    *bytes = z.finish().unwrap().len();
+                }
+            }
+            started.elapsed().as_secs_f64() * 1e9 / requests
+        };
+        // Warm, then measure.
+        ours(true, &mut out, &mut bytes);
+        let write_ns = ours(false, &mut out, &mut bytes);
+        let both_ns = ours(true, &mut out, &mut bytes);
+        let raw = out.json(None).len() as f64 / f64::from(batch);
+        let capture = Capture::default();
+        let mut exporter =
+            opentelemetry_application_insights::Exporter::new_from_connection_string(
+                format!("InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:9/"),
+                capture.clone(),
+            )
+            .unwrap();
+        exporter.set_resource(&resource);
+        let spans: Vec<SpanData> = requests_of_batch
+            .iter()
+            .zip(&dependencies_of_batch)
+            .flat_map(|(r, d)| [r.clone(), d.clone()])
+            .collect();
+        exporter.export(spans.clone()).await.unwrap();
+        let mut crate_ns = 0.0;
+        for _ in 0..batches {
+            let spans = spans.clone();
+            let started = Instant::now();
+            exporter.export(spans).await.unwrap();
+            crate_ns += started.elapsed().as_secs_f64() * 1e9;
+            capture.0.lock().unwrap().clear();
+        }
+        crate_ns /= requests;
+        println!(
+            "A chat request's two envelopes, {batches} batches of {batch}: SOPHIA's writer {write_ns:.0} ns, \
+             with gzip level 1 {both_ns:.0} ns ({raw:.0} bytes, {:.0} gzipped); the crate's exporter \
+             (conversion, serde, gzip) {crate_ns:.0} ns — {:.1}x",
+            bytes as f64 / f64::from(batch),
+            crate_ns / both_ns
+        );
+    }
+
     #[test]
     fn a_template_writes_what_its_attributes_would() {
         let model = || {
