@@ -9,6 +9,7 @@
 //! boundary (the crate cuts bytes and panics on a multi-byte character there), and `ai.*`
 //! span attributes are not lifted into tags (SOPHIA sets none).
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -505,12 +506,7 @@ impl Writer {
         } else {
             b"true"
         });
-        if let Some(path) = plain_path(attrs) {
-            // What SOPHIA's requests have: the path alone, written as it is.
-            b.extend_from_slice(b",\"url\":");
-            string(b, path, 2048);
-            taken[..3].copy_from_slice(&["url.path", "url.query", "http.target"]);
-        } else if let Some(url) = request_url(attrs) {
+        if let Some(url) = request_url(attrs) {
             b.extend_from_slice(b",\"url\":");
             string(b, &url, 2048);
             match attrs.first_key(&["url.full", "http.url"]) {
@@ -829,37 +825,23 @@ fn open(b: &mut Vec<u8>, any: &mut bool) {
     *any = true;
 }
 
-/// The request's `url.path` when it is the whole of its URL (an absolute path, and neither a
-/// full URL, a query nor a scheme given), which [`request_url`] would copy as it is.
-fn plain_path(attrs: Attrs<'_>) -> Option<&str> {
-    let Some(Value::String(path)) = attrs.get("url.path") else {
-        return None;
-    };
-    let path = path.as_str();
-    let more = [
-        "url.full",
-        "http.url",
-        "url.query",
-        "url.scheme",
-        "http.scheme",
-    ];
-    (path.starts_with('/') && !attrs.iter().any(|kv| more.contains(&kv.key.as_str())))
-        .then_some(path)
-}
-
 /// A request's URL: `url.full`, else its path (and query), with the scheme and host when known.
-fn request_url(attrs: Attrs<'_>) -> Option<String> {
+/// Borrowed when an attribute is the whole of it (SOPHIA's requests: the path alone).
+fn request_url<'a>(attrs: Attrs<'a>) -> Option<Cow<'a, str>> {
     if let Some(url) = attrs.first(&["url.full", "http.url"]) {
-        return Some(url.as_str().into_owned());
+        return Some(url.as_str());
     }
     let mut target = match (attrs.get("url.path"), attrs.get("url.query")) {
-        (Some(path), Some(query)) => format!("{}?{}", path.as_str(), query.as_str()),
-        (Some(path), None) => path.as_str().into_owned(),
-        (None, _) => attrs.get("http.target")?.as_str().into_owned(),
+        (Some(path), Some(query)) => Cow::Owned(format!("{}?{}", path.as_str(), query.as_str())),
+        (Some(path), None) => path.as_str(),
+        (None, _) => attrs.get("http.target")?.as_str(),
     };
     if !target.starts_with('/') {
-        target.insert(0, '/');
+        target.to_mut().insert(0, '/');
     }
+    let Some(scheme) = attrs.first(&["url.scheme", "http.scheme"]) else {
+        return Some(target);
+    };
     let host = attrs
         .first(&["http.request.header.host", "http.host"])
         .map(|h| h.as_str().into_owned())
@@ -868,9 +850,9 @@ fn request_url(attrs: Attrs<'_>) -> Option<String> {
             let port = attrs.first(&["server.port", "net.host.port"])?;
             Some(format!("{}:{}", name.as_str(), port.as_str()))
         });
-    match (attrs.first(&["url.scheme", "http.scheme"]), host) {
-        (Some(scheme), Some(host)) => Some(format!("{}://{host}{target}", scheme.as_str())),
-        _ => Some(target),
+    match host {
+        Some(host) => Some(Cow::Owned(format!("{}://{host}{target}", scheme.as_str()))),
+        None => Some(target),
     }
 }
 
