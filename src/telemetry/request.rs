@@ -225,6 +225,15 @@ struct PendingData {
     status: Status,
 }
 
+/// The request a dependency starting now belongs to, when telemetry records it.
+fn recorded_parent() -> Option<Parent> {
+    if super::enabled() {
+        Parent::current()
+    } else {
+        None
+    }
+}
+
 impl Pending {
     /// Nothing recorded (telemetry off, or no traced request).
     pub fn none() -> Self {
@@ -237,32 +246,28 @@ impl Pending {
         name: impl FnOnce() -> Cow<'static, str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Self {
-        Self::under_current(|| (Some(name()), None, attributes()))
+        match recorded_parent() {
+            Some(parent) => Self::under(parent, Some(name()), None, attributes()),
+            None => Self::none(),
+        }
     }
 
     /// A dependency of the current request (none outside one) named by `template` and
     /// carrying its attributes: nothing is copied for it, and only what is its own is
     /// recorded (`template` is asked for only when the dependency is recorded).
     pub fn from_template(template: impl FnOnce() -> Arc<SpanTemplate>) -> Self {
-        Self::under_current(|| (None, Some(template()), Vec::new()))
+        match recorded_parent() {
+            Some(parent) => Self::under(parent, None, Some(template()), Vec::new()),
+            None => Self::none(),
+        }
     }
 
-    /// A dependency of the current request with what `parts` gives (asked for only then).
-    #[allow(clippy::type_complexity)]
-    fn under_current(
-        parts: impl FnOnce() -> (
-            Option<Cow<'static, str>>,
-            Option<Arc<SpanTemplate>>,
-            Vec<KeyValue>,
-        ),
+    fn under(
+        parent: Parent,
+        name: Option<Cow<'static, str>>,
+        template: Option<Arc<SpanTemplate>>,
+        attributes: Vec<KeyValue>,
     ) -> Self {
-        if !super::enabled() {
-            return Self::none();
-        }
-        let Some(parent) = Parent::current() else {
-            return Self::none();
-        };
-        let (name, template, attributes) = parts();
         Self(Some(Box::new(PendingData {
             parent,
             span: new_span_id(),

@@ -54,10 +54,10 @@ pub fn record_caller(company: &str, instance: &crate::domain::InstanceId, agent_
     }
     super::request::annotate(|| {
         let mut buf = [0u8; 36];
-        let agent_type = match agent_type {
-            // The one there is, without a copy.
-            "SOPHIA" => opentelemetry::Value::from("SOPHIA"),
-            other => opentelemetry::Value::from(other.to_owned()),
+        // A known agent type without a copy.
+        let agent_type = match crate::domain::AgentType::parse(agent_type) {
+            Some(known) => opentelemetry::Value::from(known.as_str()),
+            None => opentelemetry::Value::from(agent_type.to_owned()),
         };
         [
             KeyValue::new(super::COMPANY_ATTRIBUTE, company.to_owned()),
