@@ -4,12 +4,15 @@
 //! operator's Application Insights and, for a company that has one, that company's own, and
 //! the sampling decision.
 //!
-//! A request writes its spans' envelopes itself, as they end, into a buffer of its thread's
-//! own (a lock nobody else takes but the worker, when it swaps the buffer for an empty one):
-//! a span's memory is then freed where it was made, and nothing is built for it first. The
-//! worker is woken only when a batch is full (or a flush asks), else it takes what is written
-//! every export interval. Waking it per span cost more than the span itself (a futex or
-//! eventfd write on the request's thread, a context switch on the worker's).
+//! A request hands its finished spans, as they are (their attributes moved, nothing copied
+//! or built), to a buffer of its thread's own (a lock nobody else takes but the worker, when
+//! it swaps the buffer for an empty one). The worker writes their envelopes, a batch at a
+//! time: the writer's code and data stay hot over a batch, and the envelopes are compressed
+//! while they are — written on each request's own thread, the same writer cost several times
+//! more (it met its code and data cold on every request). The worker is woken only when a
+//! batch is full (or a flush asks), else it takes what is queued every export interval.
+//! Waking it per span cost more than the span itself (a futex or eventfd write on the
+//! request's thread, a context switch on the worker's).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,14 +22,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use opentelemetry::Value;
-use opentelemetry::trace::{Status, TraceId};
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Event, SpanId, SpanKind, Status, TraceId};
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_application_insights::HttpClient as _;
 use opentelemetry_sdk::Resource;
 use tokio::sync::{Notify, oneshot};
 
 use super::Owner;
-use super::envelope::{Envelopes, SpanRef, Writer};
+use super::envelope::{Envelopes, SpanRef, SpanTemplate, Writer};
 use super::ingestion::{ConnectionString, IngestionClient};
 use super::metrics::CompanyMeters;
 use crate::upstream::policy::UpstreamPolicy;
@@ -66,27 +72,65 @@ pub(super) struct Sink {
     source: ConnectionString,
 }
 
-/// The envelopes one thread has written, waiting for the worker.
+/// A finished span, owned, as its thread hands it over: the worker writes it.
+pub(super) struct Finished {
+    pub kind: SpanKind,
+    pub trace: TraceId,
+    pub id: SpanId,
+    /// [`SpanId::INVALID`] for a root span.
+    pub parent: SpanId,
+    pub name: SpanName,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// What it shares with the calls like it (its name and fixed attributes).
+    pub template: Option<Arc<SpanTemplate>>,
+    /// Its own attributes (after the template's).
+    pub attributes: Vec<KeyValue>,
+    pub events: Vec<Event>,
+    pub status: Status,
+}
+
+/// A finished span's name.
+pub(super) enum SpanName {
+    /// Shared with other spans (a request's route template).
+    Shared(Arc<str>),
+    Own(Cow<'static, str>),
+    /// Its template's.
+    Template,
+}
+
+impl Finished {
+    fn as_ref(&self) -> SpanRef<'_> {
+        SpanRef {
+            kind: self.kind.clone(),
+            trace: self.trace,
+            id: self.id,
+            parent: self.parent,
+            name: match (&self.name, &self.template) {
+                (SpanName::Shared(name), _) => name,
+                (SpanName::Own(name), _) => name,
+                (SpanName::Template, Some(template)) => template.name(),
+                (SpanName::Template, None) => "",
+            },
+            start: self.start,
+            end: self.end,
+            shared: self.template.as_deref(),
+            attributes: &self.attributes,
+            events: &self.events,
+            status: &self.status,
+        }
+    }
+
+    /// Kept whatever the sampling.
+    fn kept(&self) -> bool {
+        matches!(self.status, Status::Error { .. })
+    }
+}
+
+/// The spans one thread has finished, waiting for the worker.
 #[derive(Default)]
 struct Written {
-    envelopes: Envelopes,
-    spans: Vec<WrittenSpan>,
-}
-
-/// One span's envelopes (the span's and its events') in [`Written::envelopes`].
-struct WrittenSpan {
-    /// Where its envelopes end (they start where the previous span's end).
-    end: usize,
-    /// The company and instance it belongs to, kept only while some company has its own
-    /// resource.
-    owner: Option<(Arc<str>, Arc<str>)>,
-}
-
-impl Written {
-    fn clear(&mut self) {
-        self.envelopes.clear();
-        self.spans.clear();
-    }
+    spans: Vec<Finished>,
 }
 
 type Local = Arc<Mutex<Written>>;
@@ -344,12 +388,11 @@ impl Pipeline {
         self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes a finished span's envelopes for the worker, on this thread; never waits (beyond
-    /// this thread's buffer's lock). Failures are always exported; the rest when the trace is
-    /// in the sample (decided on the trace id, so a trace is kept or dropped whole).
-    pub(super) fn offer(&self, span: &SpanRef<'_>) {
-        let kept = matches!(span.status, Status::Error { .. });
-        if !kept && !sampled(span.trace, self.sampling) {
+    /// Hands a finished span to the worker, on this thread; never waits (beyond this
+    /// thread's buffer's lock). Failures are always exported; the rest when the trace is in
+    /// the sample (decided on the trace id, so a trace is kept or dropped whole).
+    pub(super) fn offer(&self, span: Finished) {
+        if !span.kept() && !sampled(span.trace, self.sampling) {
             self.skip();
             return;
         }
@@ -359,19 +402,7 @@ impl Pipeline {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let owner = if self.owner_count.load(Ordering::Relaxed) == 0 {
-            None
-        } else {
-            let shared = span.shared.map_or(&[][..], |t| t.attributes());
-            owner_of(shared, span.attributes).map(|(c, i)| (Arc::from(c), Arc::from(i)))
-        };
-        let rate = rate(kept, self.sampling);
-        let written = self.with_local(|w| {
-            self.global.writer.span(&mut w.envelopes, span, rate);
-            let end = w.envelopes.len();
-            w.spans.push(WrittenSpan { end, owner });
-        });
-        if !written {
+        if !self.with_local(|w| w.spans.push(span)) {
             self.queue.queued.fetch_sub(1, Ordering::Relaxed);
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         } else if before + 1 == BATCH.min(self.queue.capacity) {
@@ -456,15 +487,12 @@ impl Pipeline {
                 self.queue
                     .queued
                     .fetch_sub(spare.spans.len(), Ordering::Relaxed);
-                let mut start = 0;
                 for span in spare.spans.drain(..) {
-                    out.append(&spare.envelopes, start..span.end, span.owner);
-                    start = span.end;
+                    self.write(&mut out, &span);
                     if out.spans >= BATCH as u64 {
                         self.post(&mut out).await;
                     }
                 }
-                spare.clear();
             }
             self.post(&mut out).await;
             drop(locals);
@@ -485,6 +513,27 @@ impl Pipeline {
                 () = tokio::time::sleep(interval) => {}
             }
         }
+    }
+
+    /// Writes a span's envelopes (its own and its events') into the batch, noting its
+    /// company's own resource when one may want it.
+    fn write(&self, out: &mut Outgoing, span: &Finished) {
+        let start = out.envelopes.len();
+        let rate = rate(span.kept(), self.sampling);
+        self.global
+            .writer
+            .span(&mut out.envelopes, &span.as_ref(), rate);
+        if self.owner_count.load(Ordering::Relaxed) > 0 {
+            let shared = span.template.as_deref().map_or(&[][..], |t| t.attributes());
+            if let Some((company, instance)) = owner_of(shared, &span.attributes) {
+                out.owned.push((
+                    start..out.envelopes.len(),
+                    Arc::from(company),
+                    Arc::from(instance),
+                ));
+            }
+        }
+        out.spans += 1;
     }
 
     /// Posts one batch: everything to the operator's resource; each instance's spans to its
@@ -530,24 +579,6 @@ impl Pipeline {
         out.envelopes.clear();
         out.owned.clear();
         out.spans = 0;
-    }
-}
-
-impl Outgoing {
-    /// Adds one span's envelopes (`items` of `from`).
-    fn append(
-        &mut self,
-        from: &Envelopes,
-        items: Range<usize>,
-        owner: Option<(Arc<str>, Arc<str>)>,
-    ) {
-        let start = self.envelopes.len();
-        self.envelopes.append(from, items);
-        if let Some((company, instance)) = owner {
-            self.owned
-                .push((start..self.envelopes.len(), company, instance));
-        }
-        self.spans += 1;
     }
 }
 
@@ -828,20 +859,19 @@ mod tests {
         })
         .unwrap();
         let offer = |pipeline: &Pipeline, n: u32| {
-            let attributes = [opentelemetry::KeyValue::new("n", i64::from(n))];
             let now = std::time::SystemTime::now();
-            pipeline.offer(&SpanRef {
-                kind: opentelemetry::trace::SpanKind::Client,
+            pipeline.offer(Finished {
+                kind: SpanKind::Client,
                 trace: TraceId::from(u128::from(n) + 1),
-                id: opentelemetry::trace::SpanId::from(u64::from(n) + 1),
-                parent: opentelemetry::trace::SpanId::INVALID,
-                name: "call",
+                id: SpanId::from(u64::from(n) + 1),
+                parent: SpanId::INVALID,
+                name: SpanName::Own("call".into()),
                 start: now,
                 end: now,
-                shared: None,
-                attributes: &attributes,
-                events: &[],
-                status: &Status::Ok,
+                template: None,
+                attributes: vec![KeyValue::new("n", i64::from(n))],
+                events: Vec::new(),
+                status: Status::Ok,
             });
         };
         // The worker has started and waits (a flush of nothing answers once it has).

@@ -15,7 +15,8 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-use super::envelope::{SpanRef, SpanTemplate};
+use super::envelope::SpanTemplate;
+use super::export::{Finished, SpanName};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
@@ -180,23 +181,19 @@ impl Drop for Live {
             pipeline.skip();
             return;
         }
-        pipeline.offer(&SpanRef {
+        pipeline.offer(Finished {
             kind: SpanKind::Server,
             trace: self.trace,
             id: self.span,
             parent: self.parent.unwrap_or(SpanId::INVALID),
             // Named by its method and route attributes.
-            name: &self.route,
+            name: SpanName::Shared(Arc::clone(&self.route)),
             start: self.start,
             end: SystemTime::now(),
-            shared: None,
-            attributes: &state.attributes,
-            events: &state.events,
-            status: if state.failed {
-                &FAILED
-            } else {
-                &Status::Unset
-            },
+            template: None,
+            attributes: std::mem::take(&mut state.attributes),
+            events: std::mem::take(&mut state.events),
+            status: if state.failed { FAILED } else { Status::Unset },
         });
     }
 }
@@ -339,22 +336,19 @@ impl Drop for Pending {
             pipeline.skip();
             return;
         }
-        pipeline.offer(&SpanRef {
+        let d = *d;
+        pipeline.offer(Finished {
             kind: SpanKind::Client,
             trace: d.parent.trace,
             id: d.span,
             parent: d.parent.span,
-            name: match (&d.name, &d.template) {
-                (Some(name), _) => name,
-                (None, Some(template)) => template.name(),
-                (None, None) => "",
-            },
+            name: d.name.map_or(SpanName::Template, SpanName::Own),
             start: d.start,
             end: d.end.unwrap_or_else(SystemTime::now),
-            shared: d.template.as_deref(),
-            attributes: &d.attributes,
-            events: &[],
-            status: &d.status,
+            template: d.template,
+            attributes: d.attributes,
+            events: Vec::new(),
+            status: d.status,
         });
     }
 }
