@@ -52,6 +52,15 @@ impl SpanRef<'_> {
     }
 }
 
+/// One metric series' value over an interval: a sum (`stats` none), or the sum of measurements
+/// with their count, min and max.
+pub(super) struct MetricPoint<'a> {
+    pub name: &'static str,
+    pub value: f64,
+    pub stats: Option<(u64, f64, f64)>,
+    pub dimensions: &'a [(&'a str, &'a str)],
+}
+
 /// What many dependency spans share (one model endpoint's calls of one kind): their name and
 /// the attributes that never change, and the envelope text those make — the dependency's
 /// `data`, `target` and `type` and their properties — written once, by the first span that
@@ -785,6 +794,45 @@ impl Writer {
         out.end_item();
     }
 
+    /// One metric series' interval as a metric envelope (what the exporter crate writes for
+    /// the SDK's delta aggregations: tags and properties of the resource, the dimensions as
+    /// properties, no sample rate).
+    pub(super) fn metric(&self, out: &mut Envelopes, time: SystemTime, point: &MetricPoint<'_>) {
+        let b = &mut out.bytes;
+        b.extend_from_slice(&self.key_head);
+        b.extend_from_slice(b"\"name\":\"Microsoft.ApplicationInsights.Metric\",\"time\":\"");
+        timestamp(b, time);
+        b.extend_from_slice(b"\",");
+        if let Some((_, tags)) = self.resource_tags.split_last() {
+            // Each tag is followed by a comma: the last one's is left out.
+            b.extend_from_slice(b"\"tags\":{");
+            b.extend_from_slice(tags);
+            b.extend_from_slice(b"},");
+        }
+        b.extend_from_slice(b"\"data\":{\"baseType\":\"MetricData\",\"baseData\":{\"ver\":2,");
+        b.extend_from_slice(b"\"metrics\":[{\"name\":");
+        string(b, point.name, 1024);
+        b.extend_from_slice(b",\"kind\":\"Aggregation\"");
+        if let Some((count, min, max)) = point.stats {
+            let _ = write!(b, ",\"count\":{}", count.min(i32::MAX as u64));
+            b.extend_from_slice(b",\"min\":");
+            float(b, min);
+            b.extend_from_slice(b",\"max\":");
+            float(b, max);
+        }
+        b.extend_from_slice(b",\"value\":");
+        float(b, point.value);
+        b.extend_from_slice(b"}]");
+        let mut any = false;
+        for (key, value) in point.dimensions {
+            open(b, &mut any);
+            member(b, key, value, 8192);
+        }
+        self.close_properties(b, any);
+        b.extend_from_slice(b"}}}");
+        out.end_item();
+    }
+
     /// `{"iKey":…,"name":…,"time":…,"sampleRate":…,` — the start every envelope shares.
     fn head(&self, b: &mut Vec<u8>, name: &str, time: SystemTime, rate: f64) {
         b.extend_from_slice(&self.key_head);
@@ -841,6 +889,15 @@ fn request_url<'a>(attrs: Attrs<'a>) -> Option<Cow<'a, str>> {
     match host {
         Some(host) => Some(Cow::Owned(format!("{}://{host}{target}", scheme.as_str()))),
         None => Some(target),
+    }
+}
+
+/// A JSON number (a non-finite one, which JSON has not, as 0).
+fn float(b: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = write!(b, "{v:?}");
+    } else {
+        b.push(b'0');
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, oneshot};
 use super::Owner;
 use super::envelope::{Envelopes, SpanRef, SpanTemplate, Writer};
 use super::ingestion::{ConnectionString, IngestionClient};
-use super::metrics::CompanyMeters;
+use super::metrics::Registry;
 use crate::upstream::policy::UpstreamPolicy;
 
 /// The span attribute that names the company a span belongs to.
@@ -64,8 +64,8 @@ pub(super) struct Sink {
     writer: Writer,
     track: http::Uri,
     client: IngestionClient,
-    /// The company's own meters (`None` for the operator's sink, which has the global ones).
-    pub(super) meters: Option<Arc<CompanyMeters>>,
+    /// The company's own metrics (`None` for the operator's sink, which has the global ones).
+    pub(super) metrics: Option<Arc<Registry>>,
     /// The company whose resource this is (`None`: the operator's).
     company: Option<String>,
     /// The connection string it was built from (a re-registration with the same one is a no-op).
@@ -172,7 +172,6 @@ pub struct Pipeline {
     owner_count: AtomicUsize,
     resource: Resource,
     runtime: tokio::runtime::Handle,
-    http: reqwest::Client,
     company_http: reqwest::Client,
     policy: Arc<UpstreamPolicy>,
     post_timeout: Duration,
@@ -218,7 +217,7 @@ impl Pipeline {
         let global = build_sink(
             &options.connection,
             &options.resource,
-            IngestionClient::new(http.clone(), handle.clone(), options.post_timeout, None),
+            IngestionClient::new(http, handle.clone(), options.post_timeout, None),
             None,
             None,
         )?;
@@ -238,7 +237,6 @@ impl Pipeline {
             owner_count: AtomicUsize::new(0),
             resource: options.resource,
             runtime: handle,
-            http,
             company_http,
             policy: Arc::new(options.policy),
             post_timeout: options.post_timeout,
@@ -258,37 +256,6 @@ impl Pipeline {
 
     pub(super) fn company_count(&self) -> usize {
         self.owners.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Exports the companies' own meters now (blocking).
-    pub(super) fn flush_company_meters(&self) {
-        let meters: Vec<Arc<CompanyMeters>> = match self.owners.read() {
-            Ok(map) => map.values().filter_map(|s| s.meters.clone()).collect(),
-            Err(_) => return,
-        };
-        for m in meters {
-            m.flush();
-        }
-    }
-
-    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
-    }
-
-    pub(super) fn http(&self) -> reqwest::Client {
-        self.http.clone()
-    }
-
-    pub(super) fn post_timeout(&self) -> Duration {
-        self.post_timeout
-    }
-
-    pub(super) fn metrics_interval(&self) -> Duration {
-        self.metrics_interval
-    }
-
-    pub(super) fn resource(&self) -> &Resource {
-        &self.resource
     }
 
     /// Sends `owner`'s telemetry to its company's own resource too (replacing an earlier one),
@@ -323,18 +290,11 @@ impl Pipeline {
             self.post_timeout,
             Some(Arc::clone(&self.policy)),
         );
-        let meters = super::metrics::meters_for(
-            connection,
-            client.clone(),
-            &self.resource,
-            self.metrics_interval,
-        )
-        .map_err(|e| format!("cannot build the company's meters: {e}"))?;
         let sink = build_sink(
             connection,
             &self.resource,
             client,
-            Some(Arc::new(meters)),
+            Some(Arc::default()),
             Some(owner.company.to_string()),
         )
         .map_err(|e| format!("invalid App Insights connection string: {e}"))?;
@@ -347,13 +307,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A replaced or removed sink's meters are exported one last time and shut down, on the
-    /// telemetry runtime's blocking pool (never on a request's thread).
+    /// A replaced or removed sink's metrics are exported one last time (on the telemetry
+    /// runtime, never on a request's thread).
     fn retire(&self, old: Option<Sink>) {
-        if let Some(meters) = old.and_then(|s| s.meters) {
-            drop(self.runtime.spawn_blocking(move || {
-                meters.flush();
-                drop(meters);
+        let Some(sink) = old else {
+            return;
+        };
+        let Some(metrics) = sink.metrics.clone() else {
+            return;
+        };
+        let mut out = Envelopes::default();
+        if metrics.take(&sink.writer, &mut out, SystemTime::now()) > 0 {
+            let timeout = self.post_timeout;
+            drop(self.runtime.spawn(async move {
+                send(&sink, &out, timeout).await;
             }));
         }
     }
@@ -369,9 +336,9 @@ impl Pipeline {
             .cloned()
     }
 
-    /// The own meters of `instance` of `company`, when it has a resource of its own (no lock
+    /// The own metrics of `instance` of `company`, when it has a resource of its own (no lock
     /// taken while no company has one: this runs on every turn).
-    pub(super) fn owner_meters(&self, company: &str, instance: &str) -> Option<Arc<CompanyMeters>> {
+    pub(super) fn owner_metrics(&self, company: &str, instance: &str) -> Option<Arc<Registry>> {
         if self.owner_count.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -380,7 +347,7 @@ impl Pipeline {
             .ok()?
             .get(instance)
             .filter(|s| s.company.as_deref() == Some(company))
-            .and_then(|s| s.meters.clone())
+            .and_then(|s| s.metrics.clone())
     }
 
     /// A finished span left out by sampling (never built).
@@ -463,6 +430,7 @@ impl Pipeline {
         // Swapped for a thread's buffer, then emptied for the next: buffers are kept.
         let mut spare = Written::default();
         let mut out = Outgoing::default();
+        let mut metrics_due = Instant::now() + self.metrics_interval;
         loop {
             // Flushes asked for before this take are answered after its export.
             let waiting = self
@@ -502,15 +470,45 @@ impl Pipeline {
                     Arc::strong_count(l) > 1 || l.lock().is_ok_and(|w| !w.spans.is_empty())
                 });
             }
+            if !waiting.is_empty() || Instant::now() >= metrics_due {
+                self.post_metrics().await;
+                metrics_due = Instant::now() + self.metrics_interval;
+            }
             for done in waiting {
                 let _ = done.send(());
             }
             if taken >= BATCH {
                 continue;
             }
+            let until_metrics = metrics_due.saturating_duration_since(Instant::now());
             tokio::select! {
                 () = self.queue.wake.notified() => {}
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(interval.min(until_metrics)) => {}
+            }
+        }
+    }
+
+    /// Posts the metrics' interval: every company's to the operator's resource, each company's
+    /// own to its own resource.
+    async fn post_metrics(&self) {
+        let now = SystemTime::now();
+        let mut out = Envelopes::default();
+        super::metrics::global().take(&self.global.writer, &mut out, now);
+        send(&self.global, &out, self.post_timeout).await;
+        let sinks: Vec<Sink> = match self.owners.read() {
+            Ok(map) => map
+                .values()
+                .filter(|s| s.metrics.is_some())
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for sink in sinks {
+            out.clear();
+            if let Some(metrics) = &sink.metrics
+                && metrics.take(&sink.writer, &mut out, now) > 0
+            {
+                send(&sink, &out, self.post_timeout).await;
             }
         }
     }
@@ -720,14 +718,14 @@ fn build_sink(
     connection: &ConnectionString,
     resource: &Resource,
     client: IngestionClient,
-    meters: Option<Arc<CompanyMeters>>,
+    metrics: Option<Arc<Registry>>,
     company: Option<String>,
 ) -> anyhow::Result<Sink> {
     Ok(Sink {
         writer: Writer::new(&connection.instrumentation_key, resource),
         track: connection.track_uri()?,
         client,
-        meters,
+        metrics,
         company,
         source: connection.clone(),
     })

@@ -84,36 +84,9 @@ impl ConnectionString {
         })
     }
 
-    /// The exporter for this resource. Its own parser turns every `http://` endpoint into
-    /// `https://`; the endpoint is set again as checked here, so a local stand-in (and an
-    /// `http` endpoint the operator chose) is posted to as given.
-    pub(super) fn exporter<C>(
-        &self,
-        client: C,
-    ) -> anyhow::Result<opentelemetry_application_insights::Exporter<C>> {
-        let exporter = opentelemetry_application_insights::Exporter::new_from_connection_string(
-            self.canonical(),
-            client,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        #[allow(deprecated)]
-        let exporter = exporter
-            .with_endpoint(self.ingestion_endpoint.as_str())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(exporter)
-    }
-
     /// Where envelopes are posted: `<IngestionEndpoint>v2/track`.
     pub(super) fn track_uri(&self) -> anyhow::Result<http::Uri> {
         Ok(format!("{}v2/track", self.ingestion_endpoint).parse::<http::Uri>()?)
-    }
-
-    /// The canonical form the exporter is built from.
-    pub(super) fn canonical(&self) -> String {
-        format!(
-            "InstrumentationKey={};IngestionEndpoint={}",
-            self.instrumentation_key, self.ingestion_endpoint
-        )
     }
 }
 
@@ -197,9 +170,9 @@ mod tests {
             cs.ingestion_endpoint.as_str(),
             "https://westeurope-5.in.applicationinsights.azure.com/"
         );
-        assert!(
-            cs.canonical()
-                .starts_with("InstrumentationKey=00000000-1111")
+        assert_eq!(
+            cs.instrumentation_key,
+            "00000000-1111-2222-3333-444444444444"
         );
         // Without an endpoint: the global one; a path gains its slash.
         let cs = ConnectionString::parse("instrumentationkey=abcdef").unwrap();

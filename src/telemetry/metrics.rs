@@ -2,122 +2,300 @@
 //! (each with a `companyId` dimension; instance and model where they matter, never a
 //! conversation), and the tenant-cache and token-cache lookups. The operator's resource gets
 //! every company's; a company with its own resource gets its own there too.
+//!
+//! SOPHIA aggregates them itself, as App Insights takes them (a delta per interval: a sum, or
+//! count, sum, min and max of the measurements): a series is a few atomics in a registry, a
+//! turn adds to its series under the registry's read lock, and the worker takes the whole
+//! interval at once (the map swapped for an empty one under the write lock, so no addition is
+//! lost or counted twice) and writes it as metric envelopes ([`Writer::metric`]). The
+//! OpenTelemetry SDK's instruments built and hashed an attribute set per call (four per turn,
+//! one per cache lookup) and ran a reader thread per resource.
 
-use std::sync::{Arc, OnceLock};
-
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-
-use std::time::Duration;
-
-use opentelemetry_sdk::Resource;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use super::Owner;
-use super::ingestion::{ConnectionString, IngestionClient};
+use super::envelope::{Envelopes, MetricPoint, Writer};
 
-/// One resource's instruments.
-pub struct CompanyMeters {
-    provider: SdkMeterProvider,
-    tokens_prompt: Counter<u64>,
-    tokens_completion: Counter<u64>,
-    turns: Counter<u64>,
-    throttled: Counter<u64>,
-    failures: Counter<u64>,
-    latency: Histogram<f64>,
-    cache: Counter<u64>,
+/// Most series one resource keeps per interval; a turn beyond them is counted in one series
+/// marked `otel.metric.overflow` (as the OpenTelemetry SDK does past its cardinality limit).
+const MAX_SERIES: usize = 2000;
+
+/// One resource's series for the interval now running.
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    now: RwLock<Interval>,
+    /// Tenant-runtime and token-cache lookups (`CACHES` × hit, miss); the operator's only.
+    cache: [AtomicU64; 4],
 }
 
-impl std::fmt::Debug for CompanyMeters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CompanyMeters")
+const CACHES: [&str; 2] = ["tenant", "token"];
+
+/// An instance's turns by the model that answered them.
+type ByModel = Vec<(Box<str>, Turns)>;
+
+#[derive(Debug, Default)]
+struct Interval {
+    /// Company → instance → the models its turns were answered by.
+    turns: HashMap<Arc<str>, HashMap<Arc<str>, ByModel>>,
+    /// Company → its model calls' 429s and failures.
+    upstream: HashMap<Arc<str>, Upstream>,
+    /// Turns past [`MAX_SERIES`].
+    overflow: Turns,
+    series: usize,
+}
+
+/// One instance's turns answered by one model, in one interval.
+#[derive(Debug, Default)]
+struct Turns {
+    prompt: AtomicU64,
+    completion: AtomicU64,
+    /// Successful, then failed.
+    outcome: [Latency; 2],
+}
+
+/// Turn durations in microseconds: how many, their sum, the shortest and longest.
+#[derive(Debug)]
+struct Latency {
+    count: AtomicU64,
+    sum: AtomicU64,
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+        }
     }
 }
 
-impl CompanyMeters {
-    fn new(provider: SdkMeterProvider) -> Self {
-        let meter = provider.meter("sophia");
-        Self {
-            tokens_prompt: meter
-                .u64_counter("sophia.tokens.prompt")
-                .with_unit("{token}")
-                .with_description("Prompt (input) tokens sent to the company's model")
-                .build(),
-            tokens_completion: meter
-                .u64_counter("sophia.tokens.completion")
-                .with_unit("{token}")
-                .with_description("Completion (output) tokens the company's model produced")
-                .build(),
-            turns: meter
-                .u64_counter("sophia.turns")
-                .with_description("Chat turns, by outcome")
-                .build(),
-            throttled: meter
-                .u64_counter("sophia.upstream.throttled")
-                .with_description("429 answers from the company's model endpoint")
-                .build(),
-            failures: meter
-                .u64_counter("sophia.upstream.failures")
-                .with_description("Model calls that failed")
-                .build(),
-            latency: meter
-                .f64_histogram("sophia.turn.duration")
-                .with_unit("ms")
-                .with_description("Time to the whole answer of a turn")
-                .build(),
-            cache: meter
-                .u64_counter("sophia.cache.lookups")
-                .with_description("Tenant-runtime and token cache lookups, by result")
-                .build(),
-            provider,
+#[derive(Debug, Default)]
+struct Upstream {
+    throttled: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Turns {
+    fn add(&self, t: &TurnRecord<'_>) {
+        self.prompt.fetch_add(t.prompt_tokens, Ordering::Relaxed);
+        self.completion
+            .fetch_add(t.completion_tokens, Ordering::Relaxed);
+        let micros = (t.duration_ms.max(0.0) * 1000.0) as u64;
+        let l = &self.outcome[usize::from(!t.ok)];
+        l.count.fetch_add(1, Ordering::Relaxed);
+        l.sum.fetch_add(micros, Ordering::Relaxed);
+        l.min.fetch_min(micros, Ordering::Relaxed);
+        l.max.fetch_max(micros, Ordering::Relaxed);
+    }
+}
+
+impl Registry {
+    fn turn(&self, t: &TurnRecord<'_>) {
+        let (company, instance) = (&t.owner.company, &t.owner.instance);
+        if let Ok(now) = self.now.read()
+            && let Some(series) = now.find(company, instance, t.model)
+        {
+            series.add(t);
+            return;
+        }
+        let Ok(mut now) = self.now.write() else {
+            return;
+        };
+        now.find_or_add(company, instance, t.model).add(t);
+    }
+
+    fn upstream(&self, company: &Arc<str>, add: impl Fn(&Upstream)) {
+        if let Ok(now) = self.now.read()
+            && let Some(series) = now.upstream.get(company)
+        {
+            add(series);
+            return;
+        }
+        let Ok(mut now) = self.now.write() else {
+            return;
+        };
+        // One per company that called a model: bounded by the companies, not by the limit.
+        add(now.upstream.entry(Arc::clone(company)).or_default());
+    }
+
+    /// Takes the interval's series (the next interval starts empty) and writes those with
+    /// something in them, dated `time`, as `writer`'s metric envelopes. How many it wrote.
+    pub(super) fn take(&self, writer: &Writer, out: &mut Envelopes, time: SystemTime) -> usize {
+        let taken = match self.now.write() {
+            Ok(mut now) => std::mem::take(&mut *now),
+            Err(_) => return 0,
+        };
+        let before = out.len();
+        let mut point = |name: &'static str, value: f64, stats, dimensions: &[(&str, &str)]| {
+            writer.metric(
+                out,
+                time,
+                &MetricPoint {
+                    name,
+                    value,
+                    stats,
+                    dimensions,
+                },
+            );
+        };
+        for (company, instances) in &taken.turns {
+            for (instance, models) in instances {
+                for (model, turns) in models {
+                    let who = [
+                        ("companyId", &**company),
+                        ("instanceId", &**instance),
+                        ("model", &**model),
+                    ];
+                    turns.tokens(&who, &mut point);
+                }
+                // Turns and their latency by outcome, over the instance's models.
+                for (i, outcome) in ["ok", "failed"].into_iter().enumerate() {
+                    let (count, sum, min, max) = models.iter().fold(
+                        (0, 0, u64::MAX, 0),
+                        |(count, sum, min, max), (_, turns)| {
+                            let l = &turns.outcome[i];
+                            (
+                                count + l.count.load(Ordering::Relaxed),
+                                sum + l.sum.load(Ordering::Relaxed),
+                                min.min(l.min.load(Ordering::Relaxed)),
+                                max.max(l.max.load(Ordering::Relaxed)),
+                            )
+                        },
+                    );
+                    let who = [
+                        ("companyId", &**company),
+                        ("instanceId", &**instance),
+                        ("outcome", outcome),
+                    ];
+                    latency(count, sum, min, max, &who, &mut point);
+                }
+            }
+        }
+        let overflow = [("otel.metric.overflow", "true")];
+        taken.overflow.tokens(&overflow, &mut point);
+        for l in &taken.overflow.outcome {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            latency(
+                load(&l.count),
+                load(&l.sum),
+                load(&l.min),
+                load(&l.max),
+                &overflow,
+                &mut point,
+            );
+        }
+        for (company, upstream) in &taken.upstream {
+            let who = [("companyId", &**company)];
+            for (name, counter) in [
+                ("sophia.upstream.throttled", &upstream.throttled),
+                ("sophia.upstream.failures", &upstream.failures),
+            ] {
+                let n = counter.load(Ordering::Relaxed);
+                if n > 0 {
+                    point(name, n as f64, None, &who);
+                }
+            }
+        }
+        for (i, counter) in self.cache.iter().enumerate() {
+            let n = counter.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                let result = if i % 2 == 0 { "hit" } else { "miss" };
+                let who = [("cache", CACHES[i / 2]), ("result", result)];
+                point("sophia.cache.lookups", n as f64, None, &who);
+            }
+        }
+        out.len() - before
+    }
+}
+
+type Point<'p> = dyn FnMut(&'static str, f64, Option<(u64, f64, f64)>, &[(&str, &str)]) + 'p;
+
+impl Turns {
+    fn tokens(&self, who: &[(&str, &str)], point: &mut Point<'_>) {
+        for (name, counter) in [
+            ("sophia.tokens.prompt", &self.prompt),
+            ("sophia.tokens.completion", &self.completion),
+        ] {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                point(name, n as f64, None, who);
+            }
+        }
+    }
+}
+
+/// `sophia.turns` and `sophia.turn.duration` (milliseconds) of `count` turns.
+fn latency(count: u64, sum: u64, min: u64, max: u64, who: &[(&str, &str)], point: &mut Point<'_>) {
+    if count == 0 {
+        return;
+    }
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    point("sophia.turns", count as f64, None, who);
+    point(
+        "sophia.turn.duration",
+        ms(sum),
+        Some((count, ms(min), ms(max))),
+        who,
+    );
+}
+
+impl Interval {
+    fn find(&self, company: &str, instance: &str, model: &str) -> Option<&Turns> {
+        let found = self
+            .turns
+            .get(company)
+            .and_then(|instances| instances.get(instance))
+            .and_then(|models| models.iter().find(|(m, _)| &**m == model))
+            .map(|(_, t)| t);
+        match found {
+            None if self.series >= MAX_SERIES => Some(&self.overflow),
+            found => found,
         }
     }
 
-    /// Exports what has been recorded (blocking, bounded by the exporter's post timeout).
-    pub(super) fn flush(&self) {
-        let _ = self.provider.force_flush();
+    fn find_or_add(&mut self, company: &Arc<str>, instance: &Arc<str>, model: &str) -> &Turns {
+        if self.find(company, instance, model).is_none() && self.series >= MAX_SERIES {
+            return &self.overflow;
+        }
+        let models = self
+            .turns
+            .entry(Arc::clone(company))
+            .or_default()
+            .entry(Arc::clone(instance))
+            .or_default();
+        let at = match models.iter().position(|(m, _)| &**m == model) {
+            Some(at) => at,
+            None => {
+                self.series += 1;
+                models.push((model.into(), Turns::default()));
+                models.len() - 1
+            }
+        };
+        &models[at].1
     }
 }
 
-/// Meters exporting to one resource every `interval`.
-pub(super) fn meters_for(
-    connection: &ConnectionString,
-    client: IngestionClient,
-    resource: &Resource,
-    interval: Duration,
-) -> anyhow::Result<CompanyMeters> {
-    let exporter = connection.exporter(client)?;
-    let reader = PeriodicReader::builder(exporter)
-        .with_interval(interval)
-        .build();
-    let provider = SdkMeterProvider::builder()
-        .with_resource(resource.clone())
-        .with_reader(reader)
-        .build();
-    Ok(CompanyMeters::new(provider))
+static GLOBAL: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+
+/// The operator's series (every company's).
+pub(super) fn global() -> &'static Registry {
+    GLOBAL.get_or_init(Registry::default)
 }
 
-static GLOBAL: OnceLock<CompanyMeters> = OnceLock::new();
-
-/// Installs the operator's meters (once, at start-up).
-pub(super) fn start_global(meters: CompanyMeters) {
-    let _ = GLOBAL.set(meters);
-}
-
-/// Exports the operator's meters now.
-pub(super) fn flush_global() {
-    if let Some(m) = GLOBAL.get() {
-        m.flush();
-    }
-}
-
-/// Records into the operator's meters and the company's own (when the instance has one).
-fn record(company: &str, instance: &str, f: impl Fn(&CompanyMeters)) {
-    let Some(global) = GLOBAL.get() else {
+/// Records into the operator's series and the company's own (when the instance has one).
+fn record(company: &str, instance: &str, f: impl Fn(&Registry)) {
+    if !super::enabled() {
         return;
-    };
-    f(global);
-    if let Some(own) = super::owner_meters(company, instance) {
+    }
+    f(global());
+    if let Some(own) = super::owner_metrics(company, instance) {
         f(&own);
     }
 }
@@ -134,34 +312,15 @@ pub struct TurnRecord<'a> {
 
 /// A finished (or failed) chat turn.
 pub fn turn(t: &TurnRecord<'_>) {
-    let (company, instance) = (&t.owner.company, &t.owner.instance);
-    record(company, instance, |m| {
-        let who = [
-            KeyValue::new("companyId", Arc::clone(company)),
-            KeyValue::new("instanceId", Arc::clone(instance)),
-            KeyValue::new("model", t.model.to_owned()),
-        ];
-        if t.prompt_tokens > 0 {
-            m.tokens_prompt.add(t.prompt_tokens, &who);
-        }
-        if t.completion_tokens > 0 {
-            m.tokens_completion.add(t.completion_tokens, &who);
-        }
-        let outcome = [
-            KeyValue::new("companyId", Arc::clone(company)),
-            KeyValue::new("instanceId", Arc::clone(instance)),
-            KeyValue::new("outcome", if t.ok { "ok" } else { "failed" }),
-        ];
-        m.turns.add(1, &outcome);
-        m.latency.record(t.duration_ms, &outcome);
-    });
+    record(&t.owner.company, &t.owner.instance, |r| r.turn(t));
 }
 
 /// A model call that failed (its 429s are counted by [`upstream_throttled`]).
 pub fn upstream_failure(owner: &Owner) {
-    record(&owner.company, &owner.instance, |m| {
-        m.failures
-            .add(1, &[KeyValue::new("companyId", Arc::clone(&owner.company))]);
+    record(&owner.company, &owner.instance, |r| {
+        r.upstream(&owner.company, |u| {
+            u.failures.fetch_add(1, Ordering::Relaxed);
+        });
     });
 }
 
@@ -170,23 +329,158 @@ pub fn upstream_throttled(owner: &Owner, count: u64) {
     if count == 0 {
         return;
     }
-    record(&owner.company, &owner.instance, |m| {
-        m.throttled.add(
-            count,
-            &[KeyValue::new("companyId", Arc::clone(&owner.company))],
-        );
+    record(&owner.company, &owner.instance, |r| {
+        r.upstream(&owner.company, |u| {
+            u.throttled.fetch_add(count, Ordering::Relaxed);
+        });
     });
 }
 
 /// A cache lookup: `cache` is `tenant` or `token`. Operator-only (no company dimension).
 pub fn cache_lookup(cache: &'static str, hit: bool) {
-    if let Some(m) = GLOBAL.get() {
-        m.cache.add(
-            1,
-            &[
-                KeyValue::new("cache", cache),
-                KeyValue::new("result", if hit { "hit" } else { "miss" }),
-            ],
+    if !super::enabled() {
+        return;
+    }
+    let Some(i) = CACHES.iter().position(|c| *c == cache) else {
+        return;
+    };
+    global().cache[i * 2 + usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::Resource;
+
+    fn owner(company: &str, instance: &str) -> Owner {
+        Owner::new(company, instance)
+    }
+
+    fn record(r: &Registry, owner: &Owner, model: &str, ms: f64, ok: bool) {
+        r.turn(&TurnRecord {
+            owner,
+            model,
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            duration_ms: ms,
+            ok,
+        });
+    }
+
+    fn points(r: &Registry) -> Vec<serde_json::Value> {
+        let writer = Writer::new(
+            "00000000-0000-4000-8000-000000000000",
+            &Resource::builder_empty()
+                .with_attributes([opentelemetry::KeyValue::new("service.name", "sophia")])
+                .build(),
         );
+        let mut out = Envelopes::default();
+        let n = r.take(&writer, &mut out, SystemTime::UNIX_EPOCH);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.json(None)).unwrap();
+        assert_eq!(all.len(), n);
+        all
+    }
+
+    fn find<'a>(
+        all: &'a [serde_json::Value],
+        name: &str,
+        dims: &[(&str, &str)],
+    ) -> Option<&'a serde_json::Value> {
+        all.iter().find(|e| {
+            let base = &e["data"]["baseData"];
+            base["metrics"][0]["name"] == name
+                && dims.iter().all(|(k, v)| base["properties"][*k] == *v)
+        })
+    }
+
+    /// An interval's series are written as App Insights metric envelopes, as deltas: the next
+    /// interval starts from nothing, and an idle one writes nothing.
+    #[test]
+    fn an_interval_is_written_as_deltas() {
+        let r = Registry::default();
+        let acme = owner("acme", "i-1");
+        record(&r, &acme, "gpt-4o", 10.0, true);
+        record(&r, &acme, "gpt-4o", 30.0, true);
+        record(&r, &acme, "gpt-4o-mini", 20.0, true);
+        record(&r, &acme, "gpt-4o", 5.0, false);
+        r.upstream(&acme.company, |u| {
+            u.throttled.fetch_add(2, Ordering::Relaxed);
+        });
+        r.cache[1].fetch_add(3, Ordering::Relaxed);
+        let all = points(&r);
+        let e = find(&all, "sophia.tokens.prompt", &[("model", "gpt-4o")]).unwrap();
+        assert_eq!(e["name"], "Microsoft.ApplicationInsights.Metric");
+        assert_eq!(e["iKey"], "00000000-0000-4000-8000-000000000000");
+        assert_eq!(e["tags"]["ai.cloud.role"], "sophia");
+        assert_eq!(e["time"], "1970-01-01T00:00:00.000Z");
+        let m = &e["data"]["baseData"]["metrics"][0];
+        assert_eq!(m["kind"], "Aggregation");
+        assert_eq!(m["value"], 30.0);
+        assert_eq!(e["data"]["baseData"]["properties"]["companyId"], "acme");
+        assert_eq!(e["data"]["baseData"]["properties"]["instanceId"], "i-1");
+        let turns = find(&all, "sophia.turns", &[("outcome", "ok")]).unwrap();
+        assert_eq!(turns["data"]["baseData"]["metrics"][0]["value"], 3.0);
+        let d = find(&all, "sophia.turn.duration", &[("outcome", "ok")]).unwrap();
+        let m = &d["data"]["baseData"]["metrics"][0];
+        assert_eq!(
+            (&m["value"], &m["count"], &m["min"], &m["max"]),
+            (
+                &serde_json::json!(60.0),
+                &serde_json::json!(3),
+                &serde_json::json!(10.0),
+                &serde_json::json!(30.0)
+            )
+        );
+        let failed = find(&all, "sophia.turn.duration", &[("outcome", "failed")]).unwrap();
+        assert_eq!(failed["data"]["baseData"]["metrics"][0]["count"], 1);
+        let throttled = find(&all, "sophia.upstream.throttled", &[("companyId", "acme")]).unwrap();
+        assert_eq!(throttled["data"]["baseData"]["metrics"][0]["value"], 2.0);
+        assert!(find(&all, "sophia.upstream.failures", &[]).is_none());
+        let cache = find(
+            &all,
+            "sophia.cache.lookups",
+            &[("cache", "tenant"), ("result", "miss")],
+        )
+        .unwrap();
+        assert_eq!(cache["data"]["baseData"]["metrics"][0]["value"], 3.0);
+        // 2 models × 2 token counts, 2 outcomes × (turns, duration), throttled, cache.
+        assert_eq!(all.len(), 4 + 4 + 1 + 1);
+        // Nothing happened since: nothing is written.
+        assert!(points(&r).is_empty());
+        record(&r, &acme, "gpt-4o", 7.0, true);
+        let again = points(&r);
+        let turns = find(&again, "sophia.turns", &[]).unwrap();
+        assert_eq!(turns["data"]["baseData"]["metrics"][0]["value"], 1.0);
+    }
+
+    /// Past the series limit, turns still count, in one series marked as the overflow; a
+    /// company's series never carries another's turns.
+    #[test]
+    fn series_past_the_limit_overflow_into_one() {
+        let r = Registry::default();
+        for i in 0..MAX_SERIES + 5 {
+            record(&r, &owner("acme", &format!("i-{i}")), "m", 1.0, true);
+        }
+        let all = points(&r);
+        let overflow = find(&all, "sophia.turns", &[("otel.metric.overflow", "true")]).unwrap();
+        assert_eq!(overflow["data"]["baseData"]["metrics"][0]["value"], 5.0);
+        let total: f64 = all
+            .iter()
+            .filter(|e| e["data"]["baseData"]["metrics"][0]["name"] == "sophia.turns")
+            .map(|e| {
+                e["data"]["baseData"]["metrics"][0]["value"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(total, (MAX_SERIES + 5) as f64);
+        let r = Registry::default();
+        record(&r, &owner("acme", "i-1"), "m", 1.0, true);
+        record(&r, &owner("globex", "i-1"), "m", 1.0, true);
+        let all = points(&r);
+        for company in ["acme", "globex"] {
+            let t = find(&all, "sophia.turns", &[("companyId", company)]).unwrap();
+            assert_eq!(t["data"]["baseData"]["metrics"][0]["value"], 1.0);
+        }
     }
 }

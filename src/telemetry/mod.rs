@@ -59,9 +59,9 @@ impl Owner {
     }
 }
 
-/// The instance's own meters, when it exports to its company's own resource.
-pub(crate) fn owner_meters(company: &str, instance: &str) -> Option<Arc<metrics::CompanyMeters>> {
-    PIPELINE.get()?.owner_meters(company, instance)
+/// The instance's own metrics, when it exports to its company's own resource.
+fn owner_metrics(company: &str, instance: &str) -> Option<Arc<metrics::Registry>> {
+    PIPELINE.get()?.owner_metrics(company, instance)
 }
 
 /// Whether telemetry is exported (a connection string is set and the pipeline started).
@@ -212,18 +212,6 @@ fn start(settings: &Settings, raw: &str) -> anyhow::Result<OtelLayer> {
         connect_timeout: settings.upstream_connect_timeout,
         resource,
     })?;
-    let client = ingestion::IngestionClient::new(
-        pipeline.http(),
-        pipeline.runtime().clone(),
-        pipeline.post_timeout(),
-        None,
-    );
-    metrics::start_global(metrics::meters_for(
-        &connection,
-        client,
-        pipeline.resource(),
-        pipeline.metrics_interval(),
-    )?);
     let _ = PIPELINE.set(pipeline);
     // Exported: the events inside a request at the log level, as its App Insights traces
     // (the access-log line is left out: the request itself is exported). A static target
@@ -327,10 +315,8 @@ pub fn shutdown(timeout: Duration) -> bool {
     let spawned = std::thread::Builder::new()
         .name("sophia-telemetry-flush".into())
         .spawn(move || {
-            let spans = pipeline.flush(timeout);
-            metrics::flush_global();
-            pipeline.flush_company_meters();
-            let _ = tx.send(spans);
+            // Spans, then the metrics' last interval.
+            let _ = tx.send(pipeline.flush(timeout));
         });
     if spawned.is_err() {
         return false;
