@@ -3,7 +3,8 @@
 //! is a request, a client span a dependency, a span event a trace, an `exception` event an
 //! exception; the same names, tags, properties and length limits), without its intermediate
 //! maps and strings. The crate's own exporter, fed the same spans, produces the same JSON
-//! (a test holds the two together); it stays SOPHIA's metrics exporter.
+//! (a test holds the two together). Metric envelopes ([`Writer::metric`]) are written the way
+//! the crate writes the SDK's delta aggregations.
 //!
 //! Two things differ on purpose: a value cut to its length limit is cut on a character
 //! boundary (the crate cuts bytes and panics on a multi-byte character there), and `ai.*`

@@ -1,8 +1,8 @@
 //! The export pipeline: a span processor that never blocks a request (a bounded queue; what
 //! does not fit is dropped and counted), a worker on its own thread and runtime that writes
 //! the queued spans as App Insights envelopes ([`super::envelope`]) and posts them to the
-//! operator's Application Insights and, for a company that has one, that company's own, and
-//! the sampling decision.
+//! operator's Application Insights and, for a company that has one, that company's own, with
+//! each metrics interval ([`super::metrics`]); and the sampling decision.
 //!
 //! A request hands its finished spans, as they are (their attributes moved, nothing copied
 //! or built), to a buffer of its thread's own (a lock nobody else takes but the worker, when
