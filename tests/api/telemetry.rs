@@ -674,3 +674,70 @@ fn a_failover_shows_the_failed_attempt_and_the_deployment_that_answered() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// The metrics' last interval goes out when the host stops SOPHIA (SIGTERM), as App Insights
+/// aggregations: a turn's tokens as the model reported them, its duration with count, min and
+/// max, by company and instance.
+#[test]
+fn the_last_metrics_interval_goes_out_on_sigterm() {
+    let ingestion = Ingestion::start();
+    let (mut sim, sim_url) = start_simulator(MODEL_KEY);
+    let (server, _dir, admin) = start(&ingestion, &[("SOPHIA_TELEMETRY_METRICS_SECS", "3600")]);
+    let (created, token) = create_and_exchange(&server, &admin, &instance("acme", &sim_url));
+    for _ in 0..2 {
+        assert_eq!(chat(&server, &token, json!({"message": "hello"})), 200);
+    }
+    let running = ingestion.wait_for("the model calls", |e| {
+        of_type(e, "RemoteDependencyData").len() >= 2
+    });
+    assert!(
+        of_type(&running, "MetricData").is_empty(),
+        "no metrics before the interval ends"
+    );
+    let (status, _) = server.stop();
+    assert!(status.success());
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let all = ingestion.envelopes();
+    let metric = |name: &str| -> Vec<&Value> {
+        of_type(&all, "MetricData")
+            .into_iter()
+            .filter(|m| m["data"]["baseData"]["metrics"][0]["name"] == name)
+            .collect()
+    };
+    let input: f64 = of_type(&all, "RemoteDependencyData")
+        .iter()
+        .filter_map(|d| prop(d, "gen_ai.usage.input_tokens").as_str())
+        .filter_map(|t| t.parse::<f64>().ok())
+        .sum();
+    let prompt = metric("sophia.tokens.prompt");
+    assert_eq!(prompt.len(), 1, "one series: {prompt:?}");
+    let point = &prompt[0]["data"]["baseData"]["metrics"][0];
+    assert_eq!(point["kind"], "Aggregation");
+    assert_eq!(point["value"].as_f64(), Some(input));
+    assert_eq!(prop(prompt[0], "companyId"), "acme");
+    assert_eq!(prop(prompt[0], "instanceId"), &created["id"]);
+    assert!(prop(prompt[0], "model").is_string());
+    let turns = metric("sophia.turns");
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0]["data"]["baseData"]["metrics"][0]["value"], 2.0);
+    assert_eq!(prop(turns[0], "outcome"), "ok");
+    let duration = metric("sophia.turn.duration");
+    let d = &duration[0]["data"]["baseData"]["metrics"][0];
+    assert_eq!(d["count"], 2);
+    let (min, max, sum) = (
+        d["min"].as_f64().unwrap(),
+        d["max"].as_f64().unwrap(),
+        d["value"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= max && max <= sum, "{d}");
+    assert_eq!(duration[0]["tags"]["ai.cloud.role"], "sophia");
+    assert!(duration[0].get("sampleRate").is_none());
+    // The token cache and tenant cache were looked up: their lookups are counted too.
+    assert!(
+        metric("sophia.cache.lookups")
+            .iter()
+            .any(|m| prop(m, "cache") == "tenant"),
+        "{all:?}"
+    );
+}
