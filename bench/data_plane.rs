@@ -294,7 +294,12 @@ fn nginx(dir: &std::path::Path, upstream_port: u16, proxy_port: u16, ingest_port
 
 /// Starts SOPHIA on `dir` and `port` with the bench settings and `extra`.
 fn spawn_sophia(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Child {
-    let mut server = Command::new(BIN);
+    spawn_binary(BIN, dir, port, extra)
+}
+
+/// [`spawn_sophia`] with another build of SOPHIA (a baseline to compare with).
+fn spawn_binary(bin: &str, dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut server = Command::new(bin);
     server.env_clear();
     // Allocator tuning under test (e.g. MIMALLOC_PURGE_DELAY) reaches the server.
     for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
@@ -459,10 +464,15 @@ struct Role {
 }
 
 impl Role {
-    fn start(client: &reqwest::blocking::Client, fixed_base: &str, env: &[(&str, &str)]) -> Self {
+    fn start(
+        client: &reqwest::blocking::Client,
+        fixed_base: &str,
+        bin: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = spawn_sophia(dir.path(), port, env);
+        let child = spawn_binary(bin, dir.path(), port, env);
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&format!("{base}/"));
         let token = tenant(client, &base, &admin_token(dir.path()), "floor", fixed_base);
@@ -488,6 +498,10 @@ impl Role {
 /// in a rotating order. Each telemetry server is compared with the mean of the two export-off
 /// servers of its round; the difference between those two is the A/A control, whose spread
 /// gives the error of the means.
+///
+/// `BENCH_BASELINE_BIN=<another build's sophia binary>` puts that build at sampling 1.0 in the
+/// sampling-0 server's place: the two builds' full-export cost, paired per round, is then a
+/// code change's effect measured in the same run (two runs of one build differ by up to 4 µs).
 fn telemetry_rows(
     client: &reqwest::blocking::Client,
     body_text: &str,
@@ -525,22 +539,30 @@ fn telemetry_rows(
             .unwrap_or(default)
     };
     let (blocks, per_block) = (count("BENCH_BLOCKS", 5), count("BENCH_PAIRS", 4));
+    let baseline = std::env::var("BENCH_BASELINE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty());
+    let full: &[(&str, &str)] = &[("APPLICATIONINSIGHTS_CONNECTION_STRING", connection)];
     let envs: [&[(&str, &str)]; 4] = [
         &[],
-        &[("APPLICATIONINSIGHTS_CONNECTION_STRING", connection)],
-        &[
-            ("APPLICATIONINSIGHTS_CONNECTION_STRING", connection),
-            ("SOPHIA_TELEMETRY_SAMPLING", "0"),
-        ],
+        full,
+        match baseline {
+            Some(_) => full,
+            None => &[
+                ("APPLICATIONINSIGHTS_CONNECTION_STRING", connection),
+                ("SOPHIA_TELEMETRY_SAMPLING", "0"),
+            ],
+        },
         &[],
     ];
+    let bins = [BIN, BIN, baseline.as_deref().unwrap_or(BIN), BIN];
     let mut rows: Vec<[(f64, f64, f64); 4]> = Vec::new();
     let (mut exported, mut dropped, mut failed) = (0u64, 0u64, 0u64);
     for block in 0..blocks {
         let mut started: Vec<Option<Role>> = (0..4).map(|_| None).collect();
         for k in 0..4 {
             let i = (block + k) % 4;
-            started[i] = Some(Role::start(client, fixed_base, envs[i]));
+            started[i] = Some(Role::start(client, fixed_base, bins[i], envs[i]));
         }
         let roles: Vec<Role> = started.into_iter().map(|r| r.unwrap()).collect();
         let urls: Vec<String> = roles
@@ -622,6 +644,30 @@ fn telemetry_rows(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if let Some(baseline) = &baseline {
+        // This build against the baseline, both at sampling 1.0, paired per round.
+        let paired: Vec<f64> = rows.iter().map(|r| r[1].0 - r[2].0).collect();
+        let m = mean(paired.clone());
+        let sd = (paired.iter().map(|d| (d - m).powi(2)).sum::<f64>()
+            / (paired.len().max(2) - 1) as f64)
+            .sqrt();
+        return format!(
+            "Telemetry at sampling 1.0, this build against {baseline}, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({blocks} blocks of fresh servers × {per_block} rounds of {secs} s), against the mean of the two export-off servers (this build): this build median {:+.1} µs CPU per request (mean {:+.1}; exporter thread {:.1}), p99 {:+.2} ms; the baseline median {:+.1} µs (mean {:+.1}; exporter thread {:.1}), p99 {:+.2} ms; this build − the baseline, paired per round: median {:+.1} µs, mean {m:+.1} ± {:.1} (rounds {}); A/A control median {:+.1} µs (a round's spread {spread:.1} µs, a mean's ±{error:.1}); off median {:.1} µs. Exported {exported}, dropped {dropped}, failed {failed}.",
+            median(delta(1)),
+            mean(delta(1)),
+            full_export,
+            p99(1),
+            median(delta(2)),
+            mean(delta(2)),
+            median(rows.iter().map(|r| r[2].1).collect()),
+            p99(2),
+            median(paired.clone()),
+            sd / (paired.len() as f64).sqrt(),
+            list(&paired),
+            median(delta(3)),
+            median(rows.iter().map(|r| r[0].0).collect()),
+        );
+    }
     format!(
         "Telemetry vs off, four servers loaded at once at a fixed 800 req/s each on the floor upstream ({blocks} blocks of fresh servers × {per_block} rounds of {secs} s): against the mean of the two servers with export off: sampling 1.0 median {:+.1} µs CPU per request (mean {:+.1}; rounds {}; exporter thread {:.1} µs of it), p99 {:+.2} ms; sampling 0 median {:+.1} µs (mean {:+.1}; rounds {}), p99 {:+.2} ms; A/A control (one export-off server against the other) median {:+.1} µs (rounds {}; a round's spread {spread:.1} µs, a mean's ±{error:.1}); off median {:.1} µs. Exported {exported}, dropped {dropped}, failed {failed}.",
         median(delta(1)),

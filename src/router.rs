@@ -212,9 +212,14 @@ async fn access_log(request: Request, next: Next) -> Response {
     }
     let started = Instant::now();
     let method = request.method().clone();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
+    // The route template copied, not its `MatchedPath` cloned: that one's count is shared by
+    // every request of the route, on every thread.
+    let matched: Option<Arc<str>> = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| Arc::from(p.as_str()));
     let route: Arc<str> = match &matched {
-        Some(p) => Arc::from(p.as_str()),
+        Some(p) => Arc::clone(p),
         None => Arc::from(truncated(request.uri().path(), 200)),
     };
     let mut request_id = request_id::current();

@@ -55,7 +55,8 @@ pub struct Counters {
     pub exported: AtomicU64,
     pub dropped: AtomicU64,
     pub failed: AtomicU64,
-    pub sampled_out: AtomicU64,
+    /// Added to by every request a sampling leaves out: sharded.
+    pub sampled_out: super::ShardedCounter,
 }
 
 /// One Application Insights resource: where its envelopes go and what they carry.
@@ -352,7 +353,7 @@ impl Pipeline {
 
     /// A finished span left out by sampling (never built).
     pub(super) fn skip(&self) {
-        self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
+        self.counters.sampled_out.add(1);
     }
 
     /// Hands a finished span to the worker, on this thread; never waits (beyond this

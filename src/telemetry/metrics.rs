@@ -4,31 +4,43 @@
 //! every company's; a company with its own resource gets its own there too.
 //!
 //! SOPHIA aggregates them itself, as App Insights takes them (a delta per interval: a sum, or
-//! count, sum, min and max of the measurements): a series is a few atomics in a registry, a
-//! turn adds to its series under the registry's read lock, and the worker takes the whole
-//! interval at once (the map swapped for an empty one under the write lock, so no addition is
-//! lost or counted twice) and writes it as metric envelopes ([`Writer::metric`]). The
-//! OpenTelemetry SDK's instruments built and hashed an attribute set per call (four per turn,
-//! one per cache lookup) and ran a reader thread per resource.
+//! count, sum, min and max of the measurements). A registry is split in shards, one per thread
+//! (by [`super::shard`]): a turn adds to its series in its own thread's shard, under a lock no
+//! other thread takes but the worker, once per interval, when it swaps each shard's interval
+//! for an empty one and merges them (so no addition is lost or counted twice) and writes the
+//! result as metric envelopes ([`Writer::metric`]). Nothing a turn touches is shared with
+//! another thread's turns. The OpenTelemetry SDK's instruments built and hashed an attribute
+//! set per call (four per turn, one per cache lookup) into one map shared by every thread, and
+//! ran a reader thread per resource.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::Owner;
 use super::envelope::{Envelopes, MetricPoint, Writer};
 
-/// Most series one resource keeps per interval; a turn beyond them is counted in one series
+/// Most series one resource writes per interval; turns beyond them are counted in one series
 /// marked `otel.metric.overflow` (as the OpenTelemetry SDK does past its cardinality limit).
 const MAX_SERIES: usize = 2000;
 
 /// One resource's series for the interval now running.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Registry {
-    now: RwLock<Interval>,
-    /// Tenant-runtime and token-cache lookups (`CACHES` × hit, miss); the operator's only.
-    cache: [AtomicU64; 4],
+    shards: Box<[Shard]>,
+}
+
+/// One thread's part of a registry (on a cache line of its own).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Interval>);
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            shards: (0..super::SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
 }
 
 const CACHES: [&str; 2] = ["tenant", "token"];
@@ -45,93 +57,109 @@ struct Interval {
     /// Turns past [`MAX_SERIES`].
     overflow: Turns,
     series: usize,
+    /// Tenant-runtime and token-cache lookups (`CACHES` × hit, miss); the operator's only.
+    cache: [u64; 4],
 }
 
 /// One instance's turns answered by one model, in one interval.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Turns {
-    prompt: AtomicU64,
-    completion: AtomicU64,
+    prompt: u64,
+    completion: u64,
     /// Successful, then failed.
     outcome: [Latency; 2],
 }
 
 /// Turn durations in microseconds: how many, their sum, the shortest and longest.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Latency {
-    count: AtomicU64,
-    sum: AtomicU64,
-    min: AtomicU64,
-    max: AtomicU64,
+    count: u64,
+    sum: u64,
+    min: u64,
+    max: u64,
 }
 
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-            min: AtomicU64::new(u64::MAX),
-            max: AtomicU64::new(0),
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
         }
+    }
+}
+
+impl Latency {
+    fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
     }
 }
 
 #[derive(Debug, Default)]
 struct Upstream {
-    throttled: AtomicU64,
-    failures: AtomicU64,
+    throttled: u64,
+    failures: u64,
 }
 
 impl Turns {
-    fn add(&self, t: &TurnRecord<'_>) {
-        self.prompt.fetch_add(t.prompt_tokens, Ordering::Relaxed);
-        self.completion
-            .fetch_add(t.completion_tokens, Ordering::Relaxed);
+    fn add(&mut self, t: &TurnRecord<'_>) {
+        self.prompt += t.prompt_tokens;
+        self.completion += t.completion_tokens;
         let micros = (t.duration_ms.max(0.0) * 1000.0) as u64;
-        let l = &self.outcome[usize::from(!t.ok)];
-        l.count.fetch_add(1, Ordering::Relaxed);
-        l.sum.fetch_add(micros, Ordering::Relaxed);
-        l.min.fetch_min(micros, Ordering::Relaxed);
-        l.max.fetch_max(micros, Ordering::Relaxed);
+        self.outcome[usize::from(!t.ok)].merge(&Latency {
+            count: 1,
+            sum: micros,
+            min: micros,
+            max: micros,
+        });
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.prompt += other.prompt;
+        self.completion += other.completion;
+        for (mine, theirs) in self.outcome.iter_mut().zip(&other.outcome) {
+            mine.merge(theirs);
+        }
     }
 }
 
 impl Registry {
-    fn turn(&self, t: &TurnRecord<'_>) {
-        let (company, instance) = (&t.owner.company, &t.owner.instance);
-        if let Ok(now) = self.now.read()
-            && let Some(series) = now.find(company, instance, t.model)
-        {
-            series.add(t);
-            return;
+    /// Runs `f` on this thread's shard of the interval.
+    fn with(&self, f: impl FnOnce(&mut Interval)) {
+        let shard = &self.shards[super::shard() % self.shards.len()];
+        if let Ok(mut interval) = shard.0.lock() {
+            f(&mut interval);
         }
-        let Ok(mut now) = self.now.write() else {
-            return;
-        };
-        now.find_or_add(company, instance, t.model).add(t);
     }
 
-    fn upstream(&self, company: &Arc<str>, add: impl Fn(&Upstream)) {
-        if let Ok(now) = self.now.read()
-            && let Some(series) = now.upstream.get(company)
-        {
-            add(series);
-            return;
-        }
-        let Ok(mut now) = self.now.write() else {
-            return;
-        };
+    fn turn(&self, t: &TurnRecord<'_>) {
+        let (company, instance) = (&t.owner.company, &t.owner.instance);
+        self.with(|i| i.find_or_add(company, instance, t.model).add(t));
+    }
+
+    fn upstream(&self, company: &Arc<str>, add: impl FnOnce(&mut Upstream)) {
         // One per company that called a model: bounded by the companies, not by the limit.
-        add(now.upstream.entry(Arc::clone(company)).or_default());
+        self.with(|i| match i.upstream.get_mut(company) {
+            Some(u) => add(u),
+            None => add(i.upstream.entry(Arc::clone(company)).or_default()),
+        });
     }
 
     /// Takes the interval's series (the next interval starts empty) and writes those with
     /// something in them, dated `time`, as `writer`'s metric envelopes. How many it wrote.
     pub(super) fn take(&self, writer: &Writer, out: &mut Envelopes, time: SystemTime) -> usize {
-        let taken = match self.now.write() {
-            Ok(mut now) => std::mem::take(&mut *now),
-            Err(_) => return 0,
-        };
+        let mut taken = Interval::default();
+        for shard in &self.shards {
+            let part = match shard.0.lock() {
+                Ok(mut interval) => std::mem::take(&mut *interval),
+                Err(_) => continue,
+            };
+            taken.merge(part);
+        }
         let before = out.len();
         let mut point = |name: &'static str, value: f64, stats, dimensions: &[(&str, &str)]| {
             writer.metric(
@@ -157,54 +185,36 @@ impl Registry {
                 }
                 // Turns and their latency by outcome, over the instance's models.
                 for (i, outcome) in ["ok", "failed"].into_iter().enumerate() {
-                    let (count, sum, min, max) = models.iter().fold(
-                        (0, 0, u64::MAX, 0),
-                        |(count, sum, min, max), (_, turns)| {
-                            let l = &turns.outcome[i];
-                            (
-                                count + l.count.load(Ordering::Relaxed),
-                                sum + l.sum.load(Ordering::Relaxed),
-                                min.min(l.min.load(Ordering::Relaxed)),
-                                max.max(l.max.load(Ordering::Relaxed)),
-                            )
-                        },
-                    );
+                    let mut all = Latency::default();
+                    for (_, turns) in models {
+                        all.merge(&turns.outcome[i]);
+                    }
                     let who = [
                         ("companyId", &**company),
                         ("instanceId", &**instance),
                         ("outcome", outcome),
                     ];
-                    latency(count, sum, min, max, &who, &mut point);
+                    latency(&all, &who, &mut point);
                 }
             }
         }
         let overflow = [("otel.metric.overflow", "true")];
         taken.overflow.tokens(&overflow, &mut point);
         for l in &taken.overflow.outcome {
-            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            latency(
-                load(&l.count),
-                load(&l.sum),
-                load(&l.min),
-                load(&l.max),
-                &overflow,
-                &mut point,
-            );
+            latency(l, &overflow, &mut point);
         }
         for (company, upstream) in &taken.upstream {
             let who = [("companyId", &**company)];
-            for (name, counter) in [
-                ("sophia.upstream.throttled", &upstream.throttled),
-                ("sophia.upstream.failures", &upstream.failures),
+            for (name, n) in [
+                ("sophia.upstream.throttled", upstream.throttled),
+                ("sophia.upstream.failures", upstream.failures),
             ] {
-                let n = counter.load(Ordering::Relaxed);
                 if n > 0 {
                     point(name, n as f64, None, &who);
                 }
             }
         }
-        for (i, counter) in self.cache.iter().enumerate() {
-            let n = counter.swap(0, Ordering::Relaxed);
+        for (i, &n) in taken.cache.iter().enumerate() {
             if n > 0 {
                 let result = if i % 2 == 0 { "hit" } else { "miss" };
                 let who = [("cache", CACHES[i / 2]), ("result", result)];
@@ -219,11 +229,10 @@ type Point<'p> = dyn FnMut(&'static str, f64, Option<(u64, f64, f64)>, &[(&str, 
 
 impl Turns {
     fn tokens(&self, who: &[(&str, &str)], point: &mut Point<'_>) {
-        for (name, counter) in [
-            ("sophia.tokens.prompt", &self.prompt),
-            ("sophia.tokens.completion", &self.completion),
+        for (name, n) in [
+            ("sophia.tokens.prompt", self.prompt),
+            ("sophia.tokens.completion", self.completion),
         ] {
-            let n = counter.load(Ordering::Relaxed);
             if n > 0 {
                 point(name, n as f64, None, who);
             }
@@ -231,38 +240,32 @@ impl Turns {
     }
 }
 
-/// `sophia.turns` and `sophia.turn.duration` (milliseconds) of `count` turns.
-fn latency(count: u64, sum: u64, min: u64, max: u64, who: &[(&str, &str)], point: &mut Point<'_>) {
-    if count == 0 {
+/// `sophia.turns` and `sophia.turn.duration` (milliseconds) of the turns `l` measured.
+fn latency(l: &Latency, who: &[(&str, &str)], point: &mut Point<'_>) {
+    if l.count == 0 {
         return;
     }
     let ms = |micros: u64| micros as f64 / 1000.0;
-    point("sophia.turns", count as f64, None, who);
+    point("sophia.turns", l.count as f64, None, who);
     point(
         "sophia.turn.duration",
-        ms(sum),
-        Some((count, ms(min), ms(max))),
+        ms(l.sum),
+        Some((l.count, ms(l.min), ms(l.max))),
         who,
     );
 }
 
 impl Interval {
-    fn find(&self, company: &str, instance: &str, model: &str) -> Option<&Turns> {
+    /// The series of `model`'s turns for `instance` of `company`, added when new (the
+    /// overflow series once there are [`MAX_SERIES`]).
+    fn find_or_add(&mut self, company: &Arc<str>, instance: &Arc<str>, model: &str) -> &mut Turns {
         let found = self
             .turns
-            .get(company)
-            .and_then(|instances| instances.get(instance))
-            .and_then(|models| models.iter().find(|(m, _)| &**m == model))
-            .map(|(_, t)| t);
-        match found {
-            None if self.series >= MAX_SERIES => Some(&self.overflow),
-            found => found,
-        }
-    }
-
-    fn find_or_add(&mut self, company: &Arc<str>, instance: &Arc<str>, model: &str) -> &Turns {
-        if self.find(company, instance, model).is_none() && self.series >= MAX_SERIES {
-            return &self.overflow;
+            .get(&**company)
+            .and_then(|instances| instances.get(&**instance))
+            .and_then(|models| models.iter().position(|(m, _)| &**m == model));
+        if found.is_none() && self.series >= MAX_SERIES {
+            return &mut self.overflow;
         }
         let models = self
             .turns
@@ -270,7 +273,7 @@ impl Interval {
             .or_default()
             .entry(Arc::clone(instance))
             .or_default();
-        let at = match models.iter().position(|(m, _)| &**m == model) {
+        let at = match found {
             Some(at) => at,
             None => {
                 self.series += 1;
@@ -278,7 +281,27 @@ impl Interval {
                 models.len() - 1
             }
         };
-        &models[at].1
+        &mut models[at].1
+    }
+
+    /// Adds another shard's interval to this one.
+    fn merge(&mut self, other: Self) {
+        for (company, instances) in other.turns {
+            for (instance, models) in instances {
+                for (model, turns) in models {
+                    self.find_or_add(&company, &instance, &model).merge(&turns);
+                }
+            }
+        }
+        self.overflow.merge(&other.overflow);
+        for (company, u) in other.upstream {
+            let mine = self.upstream.entry(company).or_default();
+            mine.throttled += u.throttled;
+            mine.failures += u.failures;
+        }
+        for (mine, theirs) in self.cache.iter_mut().zip(other.cache) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -318,9 +341,7 @@ pub fn turn(t: &TurnRecord<'_>) {
 /// A model call that failed (its 429s are counted by [`upstream_throttled`]).
 pub fn upstream_failure(owner: &Owner) {
     record(&owner.company, &owner.instance, |r| {
-        r.upstream(&owner.company, |u| {
-            u.failures.fetch_add(1, Ordering::Relaxed);
-        });
+        r.upstream(&owner.company, |u| u.failures += 1);
     });
 }
 
@@ -330,9 +351,7 @@ pub fn upstream_throttled(owner: &Owner, count: u64) {
         return;
     }
     record(&owner.company, &owner.instance, |r| {
-        r.upstream(&owner.company, |u| {
-            u.throttled.fetch_add(count, Ordering::Relaxed);
-        });
+        r.upstream(&owner.company, |u| u.throttled += count);
     });
 }
 
@@ -344,7 +363,7 @@ pub fn cache_lookup(cache: &'static str, hit: bool) {
     let Some(i) = CACHES.iter().position(|c| *c == cache) else {
         return;
     };
-    global().cache[i * 2 + usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    global().with(|interval| interval.cache[i * 2 + usize::from(!hit)] += 1);
 }
 
 #[cfg(test)]
@@ -403,10 +422,8 @@ mod tests {
         record(&r, &acme, "gpt-4o", 30.0, true);
         record(&r, &acme, "gpt-4o-mini", 20.0, true);
         record(&r, &acme, "gpt-4o", 5.0, false);
-        r.upstream(&acme.company, |u| {
-            u.throttled.fetch_add(2, Ordering::Relaxed);
-        });
-        r.cache[1].fetch_add(3, Ordering::Relaxed);
+        r.upstream(&acme.company, |u| u.throttled += 2);
+        r.with(|i| i.cache[1] += 3);
         let all = points(&r);
         let e = find(&all, "sophia.tokens.prompt", &[("model", "gpt-4o")]).unwrap();
         assert_eq!(e["name"], "Microsoft.ApplicationInsights.Metric");
@@ -451,6 +468,36 @@ mod tests {
         let again = points(&r);
         let turns = find(&again, "sophia.turns", &[]).unwrap();
         assert_eq!(turns["data"]["baseData"]["metrics"][0]["value"], 1.0);
+    }
+
+    /// Turns recorded on many threads (each in its own shard) are written as one series.
+    #[test]
+    fn every_threads_turns_are_merged() {
+        let r = Registry::default();
+        let acme = owner("acme", "i-1");
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (r, acme) = (&r, &acme);
+                scope.spawn(move || {
+                    for _ in 0..10 {
+                        record(r, acme, "m", f64::from(t + 1), true);
+                    }
+                });
+            }
+        });
+        let all = points(&r);
+        assert_eq!(all.len(), 4, "tokens ×2, turns, duration: {all:?}");
+        let turns = find(&all, "sophia.turns", &[]).unwrap();
+        assert_eq!(turns["data"]["baseData"]["metrics"][0]["value"], 80.0);
+        let prompt = find(&all, "sophia.tokens.prompt", &[]).unwrap();
+        assert_eq!(prompt["data"]["baseData"]["metrics"][0]["value"], 800.0);
+        let d = find(&all, "sophia.turn.duration", &[]).unwrap();
+        let m = &d["data"]["baseData"]["metrics"][0];
+        assert_eq!(
+            (&m["count"], &m["min"], &m["max"]),
+            (&80.into(), &1.0.into(), &8.0.into())
+        );
+        assert_eq!(m["value"], 360.0);
     }
 
     /// Past the series limit, turns still count, in one series marked as the overflow; a

@@ -42,6 +42,42 @@ pub const ACCESS_LOG_TARGET: &str = "sophia::access";
 
 static PIPELINE: OnceLock<Arc<export::Pipeline>> = OnceLock::new();
 
+/// How many shards what every request adds to (metrics, counters) is split in, so that
+/// threads do not write to one cache line: more than the runtime's worker threads.
+pub(crate) const SHARDS: usize = 16;
+
+/// This thread's shard.
+pub(crate) fn shard() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.try_with(|s| *s).unwrap_or(0)
+}
+
+/// A counter every request may add to, one cache line per shard (summed when read).
+#[derive(Debug, Default)]
+pub struct ShardedCounter([PaddedCounter; SHARDS]);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PaddedCounter(std::sync::atomic::AtomicU64);
+
+impl ShardedCounter {
+    pub fn add(&self, n: u64) {
+        self.0[shard() % SHARDS]
+            .0
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// Whose telemetry an item is: one company's agent instance. An instance may send its
 /// company's telemetry to the company's own App Insights as well (`register_owner`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,7 +157,7 @@ pub fn stats() -> Stats {
             exported: p.counters.exported.load(Ordering::Relaxed),
             dropped: p.counters.dropped.load(Ordering::Relaxed),
             failed: p.counters.failed.load(Ordering::Relaxed),
-            sampled_out: p.counters.sampled_out.load(Ordering::Relaxed),
+            sampled_out: p.counters.sampled_out.get(),
             company_resources: p.company_count(),
         },
     }
