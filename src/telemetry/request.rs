@@ -254,7 +254,12 @@ impl Pending {
     /// recorded (`template` is asked for only when the dependency is recorded).
     pub fn from_template(template: impl FnOnce() -> Arc<SpanTemplate>) -> Self {
         match recorded_parent() {
-            Some(parent) => Self::under(parent, None, Some(template()), Vec::new()),
+            Some(parent) => {
+                // Room for what a sampled call records of its own (status code, the model
+                // that answered, tokens, finish reasons, retries): one allocation.
+                let room = if parent.sampled { 8 } else { 0 };
+                Self::under(parent, None, Some(template()), Vec::with_capacity(room))
+            }
             None => Self::none(),
         }
     }
