@@ -10,7 +10,9 @@
 //! Run: `cargo bench --bench data_plane` (needs `hey` and `nginx`: `apt-get install hey
 //! nginx-light`). `BENCH_FLOOR_ONLY=1` runs the floor alone and appends nothing; `BENCH_LIMITS_ONLY=1`
 //! runs the limit-check comparison alone, `BENCH_TELEMETRY_ONLY=1` the paired telemetry one
-//! (`BENCH_BLOCKS` blocks of fresh servers, default 5, × `BENCH_PAIRS` rounds, default 4).
+//! (`BENCH_BLOCKS` blocks of fresh servers, default 5, × `BENCH_PAIRS` rounds, default 4;
+//! `BENCH_BASELINE_BIN=<another build's sophia>` compares that build with this one at sampling
+//! 1.0 in the same run).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
