@@ -14,17 +14,15 @@
 //! Waking it per span cost more than the span itself (a futex or eventfd write on the
 //! request's thread, a context switch on the worker's).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use std::borrow::Cow;
-use std::time::SystemTime;
-
 use opentelemetry::trace::{Event, SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_application_insights::HttpClient as _;

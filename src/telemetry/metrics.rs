@@ -264,24 +264,33 @@ impl Interval {
             .get(&**company)
             .and_then(|instances| instances.get(&**instance))
             .and_then(|models| models.iter().position(|(m, _)| &**m == model));
-        if found.is_none() && self.series >= MAX_SERIES {
-            return &mut self.overflow;
+        if found.is_none() {
+            if self.series >= MAX_SERIES {
+                return &mut self.overflow;
+            }
+            // Only a new series copies the company's and instance's names (a count shared
+            // with every other thread's turns of that instance, not touched per turn).
+            self.series += 1;
+            self.turns
+                .entry(Arc::clone(company))
+                .or_default()
+                .entry(Arc::clone(instance))
+                .or_default()
+                .push((model.into(), Turns::default()));
         }
         let models = self
             .turns
-            .entry(Arc::clone(company))
-            .or_default()
-            .entry(Arc::clone(instance))
-            .or_default();
-        let at = match found {
-            Some(at) => at,
-            None => {
-                self.series += 1;
-                models.push((model.into(), Turns::default()));
-                models.len() - 1
-            }
+            .get_mut(&**company)
+            .and_then(|instances| instances.get_mut(&**instance));
+        let series = match (models, found) {
+            (Some(models), Some(at)) => models.get_mut(at),
+            (Some(models), None) => models.last_mut(),
+            (None, _) => None,
         };
-        &mut models[at].1
+        match series {
+            Some((_, turns)) => turns,
+            None => &mut self.overflow,
+        }
     }
 
     /// Adds another shard's interval to this one.
