@@ -222,7 +222,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         Some(p) => Arc::clone(p),
         None => Arc::from(truncated(request.uri().path(), 200)),
     };
-    let mut request_id = request_id::current();
+    let request_id = request_id::shared().unwrap_or_else(|| Arc::from("-"));
     // An unmatched path is not a route: one name for all of them (no cardinality from scans).
     let span = telemetry::request_span(
         method_name(&method),
@@ -231,12 +231,8 @@ async fn access_log(request: Request, next: Next) -> Response {
         } else {
             Arc::from("(unmatched)")
         },
-        truncated(request.uri().path(), 400).to_owned(),
-        if log {
-            request_id.clone()
-        } else {
-            std::mem::take(&mut request_id)
-        },
+        truncated(request.uri().path(), 400),
+        Arc::clone(&request_id),
         request.headers(),
     );
     let response = span.run(next.run(request)).await;

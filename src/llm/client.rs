@@ -822,7 +822,18 @@ fn model_span_done(
         span.set("gen_ai.usage.output_tokens", u.completion_tokens as i64);
     }
     if let Some(f) = finish {
-        span.set("gen_ai.response.finish_reasons", f.to_owned());
+        // The reasons the API names, without a copy.
+        const KNOWN: [&str; 5] = [
+            "stop",
+            "length",
+            "tool_calls",
+            "content_filter",
+            "function_call",
+        ];
+        match KNOWN.iter().find(|k| **k == f) {
+            Some(known) => span.set("gen_ai.response.finish_reasons", *known),
+            None => span.set("gen_ai.response.finish_reasons", f.to_owned()),
+        }
     }
 }
 

@@ -111,8 +111,8 @@ pub fn enabled() -> bool {
 pub fn request_span(
     method: &'static str,
     route: Arc<str>,
-    path: String,
-    request_id: String,
+    path: &str,
+    request_id: Arc<str>,
     headers: &axum::http::HeaderMap,
 ) -> RequestSpan {
     match PIPELINE.get() {

@@ -87,8 +87,8 @@ impl RequestSpan {
     pub fn start(
         method: &'static str,
         route: Arc<str>,
-        path: String,
-        request_id: String,
+        path: &str,
+        request_id: Arc<str>,
         headers: &HeaderMap,
         sampling: f64,
     ) -> Self {
@@ -106,8 +106,16 @@ impl RequestSpan {
         attributes.extend([
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", Value::String(route.clone().into())),
-            KeyValue::new("url.path", path),
-            KeyValue::new("request.id", request_id),
+            // A path without parameters is its route: shared, not copied.
+            KeyValue::new(
+                "url.path",
+                if path == &*route {
+                    Value::String(route.clone().into())
+                } else {
+                    Value::from(path.to_owned())
+                },
+            ),
+            KeyValue::new("request.id", Value::String(request_id.into())),
         ]);
         Self(Some(Arc::new(Live {
             trace,
