@@ -497,9 +497,9 @@ impl Role {
 /// keeps its own luck for its life (where its memory and threads landed: an A/A pair of
 /// long-lived servers differed by up to 8 µs for a whole run), so the four are started afresh
 /// for each block of rounds (`BENCH_BLOCKS`, default 5, of `BENCH_PAIRS` rounds, default 4),
-/// in a rotating order. Each telemetry server is compared with the mean of the two export-off
-/// servers of its round; the difference between those two is the A/A control, whose spread
-/// gives the error of the means.
+/// in a rotating order, the two compared servers trading load slots every other block. Each
+/// telemetry server is compared with the mean of the two export-off servers of its round; the
+/// difference between those two is the A/A control, whose spread gives the error of the means.
 ///
 /// `BENCH_BASELINE_BIN=<another build's sophia binary>` puts that build at sampling 1.0 in the
 /// sampling-0 server's place: the two builds' full-export cost, paired per round, is then a
@@ -561,10 +561,19 @@ fn telemetry_rows(
     let mut rows: Vec<[(f64, f64, f64); 4]> = Vec::new();
     let (mut exported, mut dropped, mut failed) = (0u64, 0u64, 0u64);
     for block in 0..blocks {
+        // Which role each load slot serves: the two compared servers trade slots every other
+        // block (a slot's hey and its place in the round carry a bias of their own).
+        let role_of: [usize; 4] = if block % 2 == 1 {
+            [0, 2, 1, 3]
+        } else {
+            [0, 1, 2, 3]
+        };
+        let slot_of = |role: usize| role_of.iter().position(|&r| r == role).unwrap();
         let mut started: Vec<Option<Role>> = (0..4).map(|_| None).collect();
         for k in 0..4 {
             let i = (block + k) % 4;
-            started[i] = Some(Role::start(client, fixed_base, bins[i], envs[i]));
+            let r = role_of[i];
+            started[i] = Some(Role::start(client, fixed_base, bins[r], envs[r]));
         }
         let roles: Vec<Role> = started.into_iter().map(|r| r.unwrap()).collect();
         let urls: Vec<String> = roles
@@ -587,14 +596,15 @@ fn telemetry_rows(
                     .into_iter()
                     .map(|r| r.join().expect("a round ran"))
                     .collect();
-                [got[0], got[1], got[2], got[3]]
+                // By role, whatever slot served it.
+                [0, 1, 2, 3].map(|role| got[slot_of(role)])
             })
         };
         // A warm-up round, not counted.
         together();
         rows.extend((0..per_block).map(|_| together()));
         let health: Value = client
-            .get(format!("{}/health", roles[1].base))
+            .get(format!("{}/health", roles[slot_of(1)].base))
             .send()
             .unwrap()
             .json()
