@@ -815,7 +815,7 @@ fn model_span_done(
         return;
     }
     if let Some(m) = model.filter(|m| !m.is_empty()) {
-        span.set("gen_ai.response.model", m.to_owned());
+        span.set("gen_ai.response.model", telemetry::shared(m));
     }
     if let Some(u) = usage {
         span.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
@@ -832,7 +832,7 @@ fn model_span_done(
         ];
         match KNOWN.iter().find(|k| **k == f) {
             Some(known) => span.set("gen_ai.response.finish_reasons", *known),
-            None => span.set("gen_ai.response.finish_reasons", f.to_owned()),
+            None => span.set("gen_ai.response.finish_reasons", telemetry::shared(f)),
         }
     }
 }

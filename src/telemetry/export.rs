@@ -391,7 +391,10 @@ impl Pipeline {
         } else if before + 1 == BATCH.min(self.queue.capacity) {
             self.queue.wake.notify_one();
         }
-        drop(spent);
+        // Their attribute lists kept for this thread's next spans.
+        for written in spent.into_iter().flatten() {
+            super::request::keep_room(written.attributes);
+        }
     }
 
     /// Runs `f` on this thread's buffer (registering it on first use); false when it cannot
@@ -1000,6 +1003,8 @@ mod tests {
         // A written span comes back to the thread that made it, and goes with its next span.
         let marker: Arc<str> = Arc::from("marker");
         let now = std::time::SystemTime::now();
+        let attributes = vec![KeyValue::new("m", Value::from(Arc::clone(&marker)))];
+        let list = attributes.as_ptr();
         pipeline.offer(Finished {
             kind: SpanKind::Client,
             trace: TraceId::from(7u128),
@@ -1009,7 +1014,7 @@ mod tests {
             start: now,
             end: now,
             template: None,
-            attributes: vec![KeyValue::new("m", Value::from(Arc::clone(&marker)))],
+            attributes,
             events: Vec::new(),
             status: Status::Ok,
         });
@@ -1018,6 +1023,19 @@ mod tests {
         assert_eq!(Arc::strong_count(&marker), 2, "held for this thread");
         offer(&pipeline, 100);
         assert_eq!(Arc::strong_count(&marker), 1, "dropped on this thread");
+        // Its attribute list, emptied, is this thread's next span's.
+        let room = super::super::request::attribute_room(1);
+        assert!(room.is_empty());
+        assert_eq!(room.as_ptr(), list, "the written span's list, kept");
+        let other = std::thread::spawn(|| {
+            let there = super::super::request::attribute_room(1);
+            there.as_ptr() as usize
+        });
+        assert_ne!(
+            other.join().unwrap(),
+            list as usize,
+            "kept for its own thread only"
+        );
     }
 
     /// Every post is a whole gzip stream of what it carries, from the one compressor the

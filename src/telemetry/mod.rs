@@ -33,7 +33,9 @@ pub use envelope::SpanTemplate;
 pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
 pub use ingestion::ConnectionString;
 pub use request::RequestSpan;
-pub use spans::{Dependency, format_traceparent, model_span, parse_traceparent, record_caller};
+pub use spans::{
+    Dependency, format_traceparent, model_span, parse_traceparent, record_caller, shared,
+};
 
 use crate::config::{LogFormat, Settings};
 

@@ -7,6 +7,7 @@
 //! Dependencies ([`Pending`]) work the same way, under the request.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -20,6 +21,44 @@ use super::export::{Finished, SpanName};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
+}
+
+/// The attributes a request or a model call records: room for them in one allocation.
+const ROOM: usize = 8;
+/// Most attribute lists a thread keeps for its next spans, and the largest it keeps.
+const KEPT_ROOMS: usize = 8;
+const KEPT_ROOM_MAX: usize = 16;
+
+thread_local! {
+    /// Attribute lists of this thread's spans the worker has written, emptied, for the next
+    /// spans: reused while still in this core's cache, where a new one would come from the
+    /// allocator's free list in the order it was filled, long since cold.
+    static ROOMS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty attribute list with room for `n`: one this thread kept, or a new one.
+pub(super) fn attribute_room(n: usize) -> Vec<KeyValue> {
+    ROOMS
+        .try_with(|rooms| rooms.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .filter(|room| room.capacity() >= n)
+        .unwrap_or_else(|| Vec::with_capacity(n))
+}
+
+/// Keeps a written span's attribute list (emptied) for this thread's next spans.
+pub(super) fn keep_room(mut attributes: Vec<KeyValue>) {
+    if attributes.capacity() == 0 || attributes.capacity() > KEPT_ROOM_MAX {
+        return;
+    }
+    attributes.clear();
+    let _ = ROOMS.try_with(|rooms| {
+        if let Ok(mut rooms) = rooms.try_borrow_mut()
+            && rooms.len() < KEPT_ROOMS
+        {
+            rooms.push(attributes);
+        }
+    });
 }
 
 /// Ids a child span needs from its request.
@@ -101,8 +140,8 @@ impl RequestSpan {
             Some(cx) => (cx.trace_id(), Some(cx.span_id())),
             None => (ids.new_trace_id(), None),
         };
-        // Room for the caller (3) and the status code: one allocation.
-        let mut attributes = Vec::with_capacity(8);
+        // Room for the caller (3) and the status code.
+        let mut attributes = attribute_room(ROOM);
         attributes.extend([
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", Value::String(route.clone().into())),
@@ -265,8 +304,12 @@ impl Pending {
             Some(parent) => {
                 // Room for what a sampled call records of its own (status code, the model
                 // that answered, tokens, finish reasons, retries): one allocation.
-                let room = if parent.sampled { 8 } else { 0 };
-                Self::under(parent, None, Some(template()), Vec::with_capacity(room))
+                let room = if parent.sampled {
+                    attribute_room(ROOM)
+                } else {
+                    Vec::new()
+                };
+                Self::under(parent, None, Some(template()), room)
             }
             None => Self::none(),
         }

@@ -3,8 +3,10 @@
 //! `traceparent` in and out (see [`super::request`] for how they are kept). With telemetry
 //! off every function here is a cheap no-op.
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::{KeyValue, Value};
 
 pub use super::request::Pending as Dependency;
 use crate::llm::ModelEndpoint;
@@ -60,14 +62,56 @@ pub fn record_caller(company: &str, instance: &crate::domain::InstanceId, agent_
             None => opentelemetry::Value::from(agent_type.to_owned()),
         };
         [
-            KeyValue::new(super::COMPANY_ATTRIBUTE, company.to_owned()),
-            KeyValue::new(
-                super::INSTANCE_ATTRIBUTE,
-                instance.encode(&mut buf).to_owned(),
-            ),
+            KeyValue::new(super::COMPANY_ATTRIBUTE, shared(company)),
+            KeyValue::new(super::INSTANCE_ATTRIBUTE, shared(instance.encode(&mut buf))),
             KeyValue::new("agentType", agent_type),
         ]
     });
+}
+
+/// Strings a thread recorded lately (the companies and instances it serves, the models that
+/// answered), most recent first: the same value again is shared, not copied. Per thread, so
+/// the count a span's copy adds is not contended, and the spans are dropped on the thread that
+/// made them ([`super::export`]), so it goes back down there too.
+const SHARED_MAX: usize = 8;
+/// Longer strings are copied (they are not the ids and names this is for).
+const SHARED_LEN: usize = 64;
+
+thread_local! {
+    static SHARED: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `s` as an attribute value: shared with the last spans of this thread that recorded it.
+pub fn shared(s: &str) -> Value {
+    if s.len() > SHARED_LEN {
+        return Value::from(s.to_owned());
+    }
+    SHARED
+        .try_with(|cell| {
+            let Ok(mut recent) = cell.try_borrow_mut() else {
+                return Value::from(s.to_owned());
+            };
+            let found = match recent.iter().position(|r| &**r == s) {
+                Some(i) => {
+                    // Kept near the front while it is used.
+                    if i > 0 {
+                        recent.swap(i, i - 1);
+                        i - 1
+                    } else {
+                        0
+                    }
+                }
+                None => {
+                    if recent.len() == SHARED_MAX {
+                        recent.pop();
+                    }
+                    recent.insert(0, Arc::from(s));
+                    0
+                }
+            };
+            Value::String(Arc::clone(&recent[found]).into())
+        })
+        .unwrap_or_else(|_| Value::from(s.to_owned()))
 }
 
 /// The dependency span of one call to a company's model (`operation`: `chat`, `responses`
@@ -82,6 +126,33 @@ pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recent_string_is_shared_and_the_cache_stays_small() {
+        let at = |v: &Value| match v {
+            Value::String(s) => s.as_str().as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        let acme = shared("acme");
+        assert_eq!(acme.as_str(), "acme");
+        assert_eq!(at(&shared("acme")), at(&acme), "shared, not copied");
+        // Many others push it out; the cache holds at most SHARED_MAX.
+        for i in 0..3 * SHARED_MAX {
+            assert_eq!(
+                shared(&format!("company-{i}")).as_str(),
+                format!("company-{i}")
+            );
+        }
+        assert!(SHARED.with(|c| c.borrow().len()) <= SHARED_MAX);
+        assert_eq!(shared("acme").as_str(), "acme");
+        // A long value is copied, never kept.
+        let long = "x".repeat(SHARED_LEN + 1);
+        assert_ne!(at(&shared(&long)), at(&shared(&long)));
+        assert!(SHARED.with(|c| c.borrow().iter().all(|s| s.len() <= SHARED_LEN)));
+        // Another thread has its own.
+        let there = std::thread::spawn(|| SHARED.with(|c| c.borrow().len()));
+        assert_eq!(there.join().unwrap(), 0);
+    }
 
     #[test]
     fn traceparent_round_trips_and_rejects_junk() {
