@@ -151,6 +151,42 @@ thread_local! {
     static LOCAL: RefCell<Option<(usize, Local)>> = const { RefCell::new(None) };
 }
 
+/// Most attribute lists a thread keeps for its next spans, and the largest it keeps.
+const KEPT_ROOMS: usize = 8;
+const KEPT_ROOM_MAX: usize = 16;
+
+thread_local! {
+    /// Attribute lists of this thread's spans the worker has written, emptied, for the next
+    /// spans: reused while still in this core's cache, where a new one would come from the
+    /// allocator's free list in the order it was filled, long since cold.
+    static ROOMS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty attribute list with room for `n`: one this thread kept, or a new one.
+pub(super) fn attribute_room(n: usize) -> Vec<KeyValue> {
+    ROOMS
+        .try_with(|rooms| rooms.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .filter(|room| room.capacity() >= n)
+        .unwrap_or_else(|| Vec::with_capacity(n))
+}
+
+/// Keeps a written span's attribute list (emptied) for this thread's next spans.
+fn keep_room(mut attributes: Vec<KeyValue>) {
+    if attributes.capacity() == 0 || attributes.capacity() > KEPT_ROOM_MAX {
+        return;
+    }
+    attributes.clear();
+    let _ = ROOMS.try_with(|rooms| {
+        if let Ok(mut rooms) = rooms.try_borrow_mut()
+            && rooms.len() < KEPT_ROOMS
+        {
+            rooms.push(attributes);
+        }
+    });
+}
+
 /// Spans waiting for the worker (bounded in number), and the flushes waiting for them.
 struct Queue {
     /// Every thread's buffer (a thread's is dropped once it is gone and its buffer is empty).
@@ -393,7 +429,7 @@ impl Pipeline {
         }
         // Their attribute lists kept for this thread's next spans.
         for written in spent.into_iter().flatten() {
-            super::request::keep_room(written.attributes);
+            keep_room(written.attributes);
         }
     }
 
@@ -1024,11 +1060,11 @@ mod tests {
         offer(&pipeline, 100);
         assert_eq!(Arc::strong_count(&marker), 1, "dropped on this thread");
         // Its attribute list, emptied, is this thread's next span's.
-        let room = super::super::request::attribute_room(1);
+        let room = attribute_room(1);
         assert!(room.is_empty());
         assert_eq!(room.as_ptr(), list, "the written span's list, kept");
         let other = std::thread::spawn(|| {
-            let there = super::super::request::attribute_room(1);
+            let there = attribute_room(1);
             there.as_ptr() as usize
         });
         assert_ne!(

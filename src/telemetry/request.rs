@@ -7,7 +7,6 @@
 //! Dependencies ([`Pending`]) work the same way, under the request.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -17,7 +16,7 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use super::envelope::SpanTemplate;
-use super::export::{Finished, SpanName};
+use super::export::{Finished, SpanName, attribute_room};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
@@ -25,41 +24,6 @@ tokio::task_local! {
 
 /// The attributes a request or a model call records: room for them in one allocation.
 const ROOM: usize = 8;
-/// Most attribute lists a thread keeps for its next spans, and the largest it keeps.
-const KEPT_ROOMS: usize = 8;
-const KEPT_ROOM_MAX: usize = 16;
-
-thread_local! {
-    /// Attribute lists of this thread's spans the worker has written, emptied, for the next
-    /// spans: reused while still in this core's cache, where a new one would come from the
-    /// allocator's free list in the order it was filled, long since cold.
-    static ROOMS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty attribute list with room for `n`: one this thread kept, or a new one.
-pub(super) fn attribute_room(n: usize) -> Vec<KeyValue> {
-    ROOMS
-        .try_with(|rooms| rooms.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-        .filter(|room| room.capacity() >= n)
-        .unwrap_or_else(|| Vec::with_capacity(n))
-}
-
-/// Keeps a written span's attribute list (emptied) for this thread's next spans.
-pub(super) fn keep_room(mut attributes: Vec<KeyValue>) {
-    if attributes.capacity() == 0 || attributes.capacity() > KEPT_ROOM_MAX {
-        return;
-    }
-    attributes.clear();
-    let _ = ROOMS.try_with(|rooms| {
-        if let Ok(mut rooms) = rooms.try_borrow_mut()
-            && rooms.len() < KEPT_ROOMS
-        {
-            rooms.push(attributes);
-        }
-    });
-}
 
 /// Ids a child span needs from its request.
 #[derive(Debug, Clone, Copy)]
