@@ -1063,15 +1063,15 @@ mod tests {
         let room = attribute_room(1);
         assert!(room.is_empty());
         assert_eq!(room.as_ptr(), list, "the written span's list, kept");
+        // Kept for this thread only: another thread's next list is not it.
+        keep_room(room);
         let other = std::thread::spawn(|| {
             let there = attribute_room(1);
             there.as_ptr() as usize
         });
-        assert_ne!(
-            other.join().unwrap(),
-            list as usize,
-            "kept for its own thread only"
-        );
+        assert_ne!(other.join().unwrap(), list as usize, "another thread's");
+        let again = attribute_room(1);
+        assert_eq!(again.as_ptr(), list, "still this thread's");
     }
 
     /// Every post is a whole gzip stream of what it carries, from the one compressor the
