@@ -3,6 +3,7 @@
 //! `traceparent` in and out (see [`super::request`] for how they are kept). With telemetry
 //! off every function here is a cheap no-op.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
@@ -69,16 +70,17 @@ pub fn record_caller(company: &str, instance: &crate::domain::InstanceId, agent_
     });
 }
 
-/// Strings a thread recorded lately (the companies and instances it serves, the models that
-/// answered), most recent first: the same value again is shared, not copied. Per thread, so
-/// the count a span's copy adds is not contended, and the spans are dropped on the thread that
-/// made them ([`super::export`]), so it goes back down there too.
+/// Most strings a thread keeps to share.
 const SHARED_MAX: usize = 8;
 /// Longer strings are copied (they are not the ids and names this is for).
 const SHARED_LEN: usize = 64;
 
 thread_local! {
-    static SHARED: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Strings this thread recorded lately (the companies and instances it serves, the models
+    /// that answered), most used first: the same value again is shared, not copied. Per
+    /// thread, so the count a span's copy adds is not contended; the spans are dropped on the
+    /// thread that made them ([`super::export`]), so it goes back down there too.
+    static SHARED: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `s` as an attribute value: shared with the last spans of this thread that recorded it.
