@@ -186,7 +186,9 @@ impl ModelEndpoint {
     /// The span of a model call of this endpoint (`operation`: `chat`, `responses` or
     /// `embeddings`): named `<operation> <deployment>`, with the attributes that never change
     /// — its company and instance, GenAI system, operation and requested model, server, URL
-    /// (the query too: API version only, never a credential), failover entry — built once.
+    /// (the query too: API version only, never a credential), failover entry — built once,
+    /// and copied once per thread ([`telemetry::thread_copy`]): every call takes a count of
+    /// it, and a count every thread's calls took would be one cache line all cores write.
     pub fn span_template(
         &self,
         operation: &'static str,
@@ -198,7 +200,7 @@ impl ModelEndpoint {
             "embeddings" => 4,
             _ => return Arc::new(self.build_span_template(operation, stream)),
         } + usize::from(stream);
-        Arc::clone(
+        telemetry::thread_copy(
             self.span_templates[slot]
                 .get_or_init(|| Arc::new(self.build_span_template(operation, stream))),
         )

@@ -13,8 +13,8 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 use std::ops::Range;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{Event, SpanId, SpanKind, Status, TraceId};
@@ -42,6 +42,81 @@ pub(super) struct SpanRef<'a> {
     pub attributes: &'a [KeyValue],
     pub events: &'a [Event],
     pub status: &'a Status,
+    /// A request's own record (its attributes as fields; `attributes` is then empty).
+    pub request: Option<&'a RequestFields>,
+}
+
+/// The span attribute that names the company a span belongs to.
+pub const COMPANY_ATTRIBUTE: &str = "companyId";
+/// The span attribute that names the agent instance a span belongs to.
+pub const INSTANCE_ATTRIBUTE: &str = "instanceId";
+/// The attributes of a request's caller, in the order they are recorded.
+const CALLER_KEYS: [&str; 3] = [COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, "agentType"];
+
+/// What a request's span records, as fields rather than a list of attributes: built without
+/// one, and written without searching one (the writer's general path looks each attribute it
+/// reads up by key, a dozen lookups per request). [`RequestFields::attributes`] gives the same
+/// as attributes, in the order they are recorded; a test holds the two ways of writing it
+/// together.
+#[derive(Debug, Default)]
+pub(super) struct RequestFields {
+    pub method: &'static str,
+    /// The route template.
+    pub route: Arc<str>,
+    /// `None`: the route (a path without parameters).
+    pub path: Option<Box<str>>,
+    pub request_id: Arc<str>,
+    /// Its company, instance and agent type ([`CALLER_KEYS`]), once known.
+    pub caller: Option<[Value; 3]>,
+    pub status: Option<u16>,
+}
+
+impl RequestFields {
+    /// The same as span attributes (OpenTelemetry's HTTP server conventions), in the order
+    /// they are recorded.
+    #[cfg(test)]
+    pub(super) fn attributes(&self) -> Vec<KeyValue> {
+        let route = || Value::String(Arc::clone(&self.route).into());
+        let mut out = vec![
+            KeyValue::new("http.request.method", self.method),
+            KeyValue::new("http.route", route()),
+            KeyValue::new(
+                "url.path",
+                self.path
+                    .as_deref()
+                    .map_or_else(route, |p| Value::from(p.to_owned())),
+            ),
+            KeyValue::new(
+                "request.id",
+                Value::String(Arc::clone(&self.request_id).into()),
+            ),
+        ];
+        if let Some(caller) = &self.caller {
+            out.extend(
+                CALLER_KEYS
+                    .iter()
+                    .zip(caller)
+                    .map(|(k, v)| KeyValue::new(*k, v.clone())),
+            );
+        }
+        if let Some(status) = self.status {
+            out.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        out
+    }
+
+    /// The company and instance it belongs to, once known.
+    pub(super) fn owner(&self) -> Option<(&str, &str)> {
+        match self.caller.as_ref()? {
+            [Value::String(company), Value::String(instance), _] => {
+                Some((company.as_str(), instance.as_str()))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl SpanRef<'_> {
@@ -92,6 +167,11 @@ impl SpanTemplate {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same name and attributes, in a template of its own (its text written anew).
+    pub(super) fn copy(&self) -> Self {
+        Self::new(self.name.clone(), self.attributes.to_vec())
     }
 
     pub fn attributes(&self) -> &[KeyValue] {
@@ -207,6 +287,7 @@ impl<'a> From<&'a SpanData> for SpanRef<'a> {
             attributes: &span.attributes,
             events: &span.events,
             status: &span.status,
+            request: None,
         }
     }
 }
@@ -399,6 +480,10 @@ impl Writer {
     /// Appends the envelopes of `span` (the span's, then one per event) to `out`; `rate` is
     /// the share of its kind that is kept (0–1).
     pub(super) fn span(&self, out: &mut Envelopes, span: &SpanRef<'_>, rate: f64) {
+        if let Some(fields) = span.request {
+            self.request_fields(out, span, fields, rate);
+            return;
+        }
         let server = matches!(span.kind, SpanKind::Server | SpanKind::Consumer);
         let b = &mut out.bytes;
         let (name, base) = if server {
@@ -442,16 +527,85 @@ impl Writer {
         duration(b, span.end.duration_since(span.start).unwrap_or_default());
         b.push(b'"');
         let code = attrs.first_key(&["http.response.status_code", "http.status_code"]);
-        let status_code = match *span.status {
-            Status::Unset => "0",
-            Status::Ok => "1",
-            Status::Error { .. } => "2",
-        };
+        let status_code = status_code(span.status);
         if server {
             self.request(b, span, attrs, method, route, code, status_code);
         } else {
             self.dependency(b, span, attrs, code, status_code);
         }
+        b.extend_from_slice(b"}}}");
+        out.end_item();
+        for event in span.events {
+            self.event(out, span, event, rate);
+        }
+    }
+
+    /// A request's envelope from its fields: what [`Writer::span`] writes for the same span
+    /// with [`RequestFields::attributes`], without looking any of them up.
+    fn request_fields(
+        &self,
+        out: &mut Envelopes,
+        span: &SpanRef<'_>,
+        f: &RequestFields,
+        rate: f64,
+    ) {
+        let b = &mut out.bytes;
+        self.head(b, "Microsoft.ApplicationInsights.Request", span.start, rate);
+        b.extend_from_slice(b"\"tags\":{");
+        b.extend_from_slice(&self.resource_tags);
+        b.extend_from_slice(b"\"ai.operation.id\":\"");
+        hex(b, &span.trace.to_bytes());
+        b.push(b'"');
+        if span.parent != SpanId::INVALID {
+            b.extend_from_slice(b",\"ai.operation.parentId\":\"");
+            hex(b, &span.parent.to_bytes());
+            b.push(b'"');
+        }
+        b.extend_from_slice(b",\"ai.operation.name\":");
+        joined(b, f.method, &f.route, 1024);
+        b.extend_from_slice(
+            b"},\"data\":{\"baseType\":\"RequestData\",\"baseData\":{\"ver\":2,\"id\":\"",
+        );
+        hex(b, &span.id.to_bytes());
+        b.extend_from_slice(b"\",\"duration\":\"");
+        duration(b, span.end.duration_since(span.start).unwrap_or_default());
+        b.extend_from_slice(b"\",\"name\":");
+        joined(b, f.method, &f.route, 1024);
+        b.extend_from_slice(b",\"responseCode\":");
+        match f.status {
+            Some(code) => {
+                b.push(b'"');
+                number(b, u64::from(code), 1);
+                b.push(b'"');
+            }
+            None => string(b, status_code(span.status), 1024),
+        }
+        b.extend_from_slice(if matches!(span.status, Status::Error { .. }) {
+            b",\"success\":false,\"url\":"
+        } else {
+            b",\"success\":true,\"url\":"
+        });
+        let path = f.path.as_deref().unwrap_or(&f.route);
+        if path.starts_with('/') {
+            string(b, path, 2048);
+        } else {
+            string(b, &format!("/{path}"), 2048);
+        }
+        // The properties: what no field carries, unless the resource has the same key.
+        let mut any = false;
+        if !self.resource_keys.iter().any(|k| k == "request.id") {
+            open(b, &mut any);
+            member(b, "request.id", &f.request_id, 8192);
+        }
+        for (key, v) in f.caller.iter().flat_map(|c| CALLER_KEYS.iter().zip(c)) {
+            if !self.resource_keys.iter().any(|k| k == key) {
+                open(b, &mut any);
+                string(b, key, 150);
+                b.push(b':');
+                value(b, v, 8192);
+            }
+        }
+        self.close_properties(b, any);
         b.extend_from_slice(b"}}}");
         out.end_item();
         for event in span.events {
@@ -848,6 +1002,15 @@ impl Writer {
             let _ = write!(b, "{:?}", rate * 100.0);
         }
         b.push(b',');
+    }
+}
+
+/// A span's status as the code App Insights shows when no status code says more.
+fn status_code(status: &Status) -> &'static str {
+    match status {
+        Status::Unset => "0",
+        Status::Ok => "1",
+        Status::Error { .. } => "2",
     }
 }
 
@@ -1546,6 +1709,32 @@ mod tests {
         let requests_of_batch: Vec<SpanData> = (0..batch).map(|i| distinct(&request, i)).collect();
         let dependencies_of_batch: Vec<SpanData> =
             (0..batch).map(|i| distinct(&dependency, i)).collect();
+        // A request's own record, as SOPHIA's requests keep it.
+        let fields_of_batch: Vec<RequestFields> = requests_of_batch
+            .iter()
+            .map(|r| {
+                let text = |key| {
+                    let v = r.attributes.iter().find(|kv| kv.key.as_str() == key);
+                    v.map(|kv| kv.value.clone()).unwrap()
+                };
+                RequestFields {
+                    method: "POST",
+                    route: Arc::from("/v1/chat/completions"),
+                    path: None,
+                    request_id: Arc::from(text("request.id").as_str()),
+                    caller: Some([text("companyId"), text("instanceId"), text("agentType")]),
+                    status: Some(200),
+                }
+            })
+            .collect();
+        for (r, fields) in requests_of_batch.iter().zip(&fields_of_batch) {
+            let (mut a, mut b) = (Envelopes::default(), Envelopes::default());
+            writer.span(&mut a, &SpanRef::from(r), 1.0);
+            let mut by_fields = SpanRef::from(r);
+            (by_fields.request, by_fields.attributes) = (Some(fields), &[]);
+            writer.span(&mut b, &by_fields, 1.0);
+            assert_eq!(a.json(None), b.json(None));
+        }
         let requests = f64::from(batches * batch);
         let mut out = Envelopes::default();
         let mut bytes = 0;
@@ -1553,8 +1742,14 @@ mod tests {
             let started = Instant::now();
             for _ in 0..batches {
                 out.clear();
-                for (request, dependency) in requests_of_batch.iter().zip(&dependencies_of_batch) {
-                    writer.span(out, &SpanRef::from(request), 1.0);
+                for ((request, fields), dependency) in requests_of_batch
+                    .iter()
+                    .zip(&fields_of_batch)
+                    .zip(&dependencies_of_batch)
+                {
+                    let mut r = SpanRef::from(request);
+                    (r.request, r.attributes) = (Some(fields), &[]);
+                    writer.span(out, &r, 1.0);
                     let mut d = SpanRef::from(dependency);
                     d.shared = Some(&template);
                     d.attributes = &own;
@@ -1606,6 +1801,106 @@ mod tests {
             bytes as f64 / f64::from(batch),
             crate_ns / both_ns
         );
+    }
+
+    #[test]
+    fn a_request_record_writes_what_its_attributes_would() {
+        use opentelemetry::Value as V;
+        let caller = || {
+            Some([
+                V::from("acme"),
+                V::from("2f0c8a52-8d1b-4a51-9a8e-2b8c5d6e7f80"),
+                V::from("SOPHIA"),
+            ])
+        };
+        let record = |route: &str, path: Option<&str>, caller, status| RequestFields {
+            method: "POST",
+            route: Arc::from(route),
+            path: path.map(Into::into),
+            request_id: Arc::from("0f5d3c1e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"),
+            caller,
+            status,
+        };
+        let long = format!("/{}", "r\"é".repeat(400));
+        let records = [
+            record("/v1/chat/completions", None, caller(), Some(200)),
+            record(
+                "/v1/instances/{id}/chat",
+                Some("/v1/instances/2f0c/chat"),
+                caller(),
+                Some(502),
+            ),
+            record("/v1/chat/completions", None, None, Some(401)),
+            record("/health", None, None, None),
+            record("relative", Some("relative/x"), caller(), Some(200)),
+            record(&long, Some(&long), caller(), Some(404)),
+            record(
+                "/v1/chat/completions",
+                None,
+                Some([V::from("a\"b"), V::I64(7), V::from("custom")]),
+                Some(200),
+            ),
+        ];
+        let event = Event::new(
+            "turn done",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_591_671),
+            vec![KeyValue::new("level", "INFO")],
+            0,
+        );
+        // The resource's own `companyId` wins over the request's (in both ways of writing).
+        let clashing = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "sophia"),
+                KeyValue::new("companyId", "the-resource's"),
+            ])
+            .build();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_591_671_123_456);
+        for writer in [Writer::new(IKEY, &resource()), Writer::new(IKEY, &clashing)] {
+            for (i, fields) in records.iter().enumerate() {
+                for (parent, status, events, rate) in [
+                    (SpanId::INVALID, Status::Unset, &[][..], 1.0),
+                    (
+                        SpanId::from(9),
+                        Status::error(""),
+                        std::slice::from_ref(&event),
+                        0.25,
+                    ),
+                ] {
+                    let attributes = fields.attributes();
+                    let span = |request, attributes| SpanRef {
+                        kind: SpanKind::Server,
+                        trace: TraceId::from(7),
+                        id: SpanId::from(8),
+                        parent,
+                        name: &fields.route,
+                        start,
+                        end: start + Duration::from_millis(5),
+                        shared: None,
+                        attributes,
+                        events,
+                        status: &status,
+                        request,
+                    };
+                    let mut by_fields = Envelopes::default();
+                    writer.span(&mut by_fields, &span(Some(fields), &[]), rate);
+                    let mut by_attributes = Envelopes::default();
+                    writer.span(&mut by_attributes, &span(None, &attributes), rate);
+                    assert_eq!(
+                        String::from_utf8(by_fields.json(None)).unwrap(),
+                        String::from_utf8(by_attributes.json(None)).unwrap(),
+                        "record {i}"
+                    );
+                    assert_eq!(by_fields.len(), 1 + events.len());
+                }
+            }
+        }
+        // What a sink is chosen by.
+        assert_eq!(
+            records[0].owner(),
+            Some(("acme", "2f0c8a52-8d1b-4a51-9a8e-2b8c5d6e7f80"))
+        );
+        assert_eq!(records[2].owner(), None);
+        assert_eq!(records[6].owner(), None, "an instance that is no string");
     }
 
     #[test]
@@ -1723,6 +2018,7 @@ mod tests {
                             attributes,
                             events: &[],
                             status: &status,
+                            request: None,
                         },
                         1.0,
                     );
@@ -1745,6 +2041,7 @@ mod tests {
                 attributes,
                 events: &[],
                 status: &Status::Ok,
+                request: None,
             };
             assert_eq!(
                 writer

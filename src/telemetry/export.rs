@@ -31,15 +31,12 @@ use opentelemetry_sdk::Resource;
 use tokio::sync::{Notify, oneshot};
 
 use super::Owner;
-use super::envelope::{Envelopes, SpanRef, SpanTemplate, Writer};
+use super::envelope::{Envelopes, RequestFields, SpanRef, SpanTemplate, Writer};
 use super::ingestion::{ConnectionString, IngestionClient};
 use super::metrics::Registry;
 use crate::upstream::policy::UpstreamPolicy;
 
-/// The span attribute that names the company a span belongs to.
-pub const COMPANY_ATTRIBUTE: &str = "companyId";
-/// The span attribute that names the agent instance a span belongs to.
-pub const INSTANCE_ATTRIBUTE: &str = "instanceId";
+use super::envelope::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE};
 
 /// Most spans one post carries; a queue this long wakes the worker. Smaller batches (256, 128)
 /// measured dearer in the same runs: the posts they add cost more than what a smaller batch
@@ -90,12 +87,12 @@ pub(super) struct Finished {
     pub attributes: Vec<KeyValue>,
     pub events: Vec<Event>,
     pub status: Status,
+    /// A request's own record (its attributes as fields; `attributes` is then empty).
+    pub request: Option<RequestFields>,
 }
 
-/// A finished span's name.
+/// A finished span's name (a request's is its route).
 pub(super) enum SpanName {
-    /// Shared with other spans (a request's route template).
-    Shared(Arc<str>),
     Own(Cow<'static, str>),
     /// Its template's.
     Template,
@@ -108,11 +105,11 @@ impl Finished {
             trace: self.trace,
             id: self.id,
             parent: self.parent,
-            name: match (&self.name, &self.template) {
-                (SpanName::Shared(name), _) => name,
-                (SpanName::Own(name), _) => name,
-                (SpanName::Template, Some(template)) => template.name(),
-                (SpanName::Template, None) => "",
+            name: match (&self.request, &self.name, &self.template) {
+                (Some(request), _, _) => &request.route,
+                (None, SpanName::Own(name), _) => name,
+                (None, SpanName::Template, Some(template)) => template.name(),
+                (None, SpanName::Template, None) => "",
             },
             start: self.start,
             end: self.end,
@@ -120,6 +117,7 @@ impl Finished {
             attributes: &self.attributes,
             events: &self.events,
             status: &self.status,
+            request: self.request.as_ref(),
         }
     }
 
@@ -584,7 +582,11 @@ impl Pipeline {
             .span(&mut out.envelopes, &span.as_ref(), rate);
         if self.owner_count.load(Ordering::Relaxed) > 0 {
             let shared = span.template.as_deref().map_or(&[][..], |t| t.attributes());
-            if let Some((company, instance)) = owner_of(shared, &span.attributes) {
+            let owner = match &span.request {
+                Some(request) => request.owner(),
+                None => owner_of(shared, &span.attributes),
+            };
+            if let Some((company, instance)) = owner {
                 out.owned.push((
                     start..out.envelopes.len(),
                     Arc::from(company),
@@ -993,6 +995,7 @@ mod tests {
                 attributes: vec![KeyValue::new("n", i64::from(n))],
                 events: Vec::new(),
                 status: Status::Ok,
+                request: None,
             });
         };
         // The worker has started and waits (a flush of nothing answers once it has).
@@ -1053,6 +1056,7 @@ mod tests {
             attributes,
             events: Vec::new(),
             status: Status::Ok,
+            request: None,
         });
         assert!(pipeline.flush(Duration::from_secs(10)));
         assert_eq!(received.load(Ordering::SeqCst), 22);
@@ -1097,6 +1101,7 @@ mod tests {
                 attributes: vec![KeyValue::new("n", format!("{:x}", n * n * 0x5851_f42d))],
                 events: Vec::new(),
                 status: Status::Ok,
+                request: None,
             };
             writer.span(&mut envelopes, &span.as_ref(), 1.0);
         }
@@ -1195,6 +1200,7 @@ mod tests {
                 attributes: &attributes,
                 events: &[],
                 status: &Status::Ok,
+                request: None,
             };
             sink.writer.span(&mut envelopes, &span, 1.0);
         }

@@ -30,11 +30,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use envelope::SpanTemplate;
-pub use export::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE, sampled};
+pub use envelope::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE};
+pub use export::sampled;
 pub use ingestion::ConnectionString;
 pub use request::RequestSpan;
 pub use spans::{
     Dependency, format_traceparent, model_span, parse_traceparent, record_caller, shared,
+    thread_copy,
 };
 
 use crate::config::{LogFormat, Settings};

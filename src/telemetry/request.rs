@@ -1,8 +1,10 @@
 //! The server span of a request, built straight on OpenTelemetry's span data rather than as a
 //! `tracing` span: the request carries its ids (in a task-local, for its dependencies and the
-//! `traceparent` they send), its attributes and the log events inside it, and only when it
-//! is exported — a failure, or a trace in the sample — does it become a span. A successful
-//! request left out by sampling costs its ids, a few attributes and a counter, nothing else.
+//! `traceparent` they send), its record (method, route, path, request id, caller and status
+//! as fields, [`RequestFields`]: no list of attributes to build, nor for the writer to search)
+//! and the log events inside it, and only when it is exported — a failure, or a trace in the
+//! sample — does it become a span. A successful request left out by sampling costs its ids,
+//! its record and a counter, nothing else.
 //!
 //! Dependencies ([`Pending`]) work the same way, under the request.
 
@@ -15,14 +17,14 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-use super::envelope::SpanTemplate;
+use super::envelope::{RequestFields, SpanTemplate};
 use super::export::{Finished, SpanName, attribute_room};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
 }
 
-/// The attributes a request or a model call records: room for them in one allocation.
+/// The attributes a model call records of its own: room for them in one allocation.
 const ROOM: usize = 8;
 
 /// Ids a child span needs from its request.
@@ -58,13 +60,12 @@ struct Live {
     parent: Option<SpanId>,
     sampled: bool,
     start: SystemTime,
-    route: Arc<str>,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    attributes: Vec<KeyValue>,
+    fields: RequestFields,
     events: Vec<opentelemetry::trace::Event>,
     failed: bool,
 }
@@ -104,31 +105,23 @@ impl RequestSpan {
             Some(cx) => (cx.trace_id(), Some(cx.span_id())),
             None => (ids.new_trace_id(), None),
         };
-        // Room for the caller (3) and the status code.
-        let mut attributes = attribute_room(ROOM);
-        attributes.extend([
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", Value::String(route.clone().into())),
+        let fields = RequestFields {
+            method,
             // A path without parameters is its route: shared, not copied.
-            KeyValue::new(
-                "url.path",
-                if path == &*route {
-                    Value::String(route.clone().into())
-                } else {
-                    Value::from(path.to_owned())
-                },
-            ),
-            KeyValue::new("request.id", Value::String(request_id.into())),
-        ]);
+            path: (path != &*route).then(|| path.into()),
+            route,
+            request_id,
+            caller: None,
+            status: None,
+        };
         Self(Some(Arc::new(Live {
             trace,
             span: ids.new_span_id(),
             parent,
             sampled: super::sampled(trace, sampling),
             start: SystemTime::now(),
-            route,
             state: Mutex::new(State {
-                attributes,
+                fields,
                 ..State::default()
             }),
         })))
@@ -151,20 +144,18 @@ impl RequestSpan {
         if let Some(live) = &self.0
             && let Ok(mut state) = live.state.lock()
         {
-            state.attributes.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
+            state.fields.status = Some(status);
             state.failed |= status >= 500;
         }
     }
 }
 
-/// Adds attributes to the request now being served (a no-op outside one).
-pub fn annotate(attributes: impl FnOnce() -> [KeyValue; 3]) {
+/// Names the caller (company, instance, agent type) of the request now being served (a no-op
+/// outside one).
+pub(super) fn set_caller(caller: impl FnOnce() -> [Value; 3]) {
     let _ = CURRENT.try_with(|live| {
         if let Ok(mut state) = live.state.lock() {
-            state.attributes.extend(attributes());
+            state.fields.caller = Some(caller());
         }
     });
 }
@@ -197,14 +188,15 @@ impl Drop for Live {
             trace: self.trace,
             id: self.span,
             parent: self.parent.unwrap_or(SpanId::INVALID),
-            // Named by its method and route attributes.
-            name: SpanName::Shared(Arc::clone(&self.route)),
+            // Named by its method and route.
+            name: SpanName::Template,
             start: self.start,
             end: SystemTime::now(),
             template: None,
-            attributes: std::mem::take(&mut state.attributes),
+            attributes: Vec::new(),
             events: std::mem::take(&mut state.events),
             status: if state.failed { FAILED } else { Status::Unset },
+            request: Some(std::mem::take(&mut state.fields)),
         });
     }
 }
@@ -369,6 +361,7 @@ impl Drop for Pending {
             attributes: d.attributes,
             events: Vec::new(),
             status: d.status,
+            request: None,
         });
     }
 }

@@ -6,9 +6,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use opentelemetry::Value;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry::{KeyValue, Value};
 
+use super::SpanTemplate;
 pub use super::request::Pending as Dependency;
 use crate::llm::ModelEndpoint;
 
@@ -55,17 +56,17 @@ pub fn record_caller(company: &str, instance: &crate::domain::InstanceId, agent_
     if !super::enabled() {
         return;
     }
-    super::request::annotate(|| {
+    super::request::set_caller(|| {
         let mut buf = [0u8; 36];
         // A known agent type without a copy.
         let agent_type = match crate::domain::AgentType::parse(agent_type) {
-            Some(known) => opentelemetry::Value::from(known.as_str()),
-            None => opentelemetry::Value::from(agent_type.to_owned()),
+            Some(known) => Value::from(known.as_str()),
+            None => Value::from(agent_type.to_owned()),
         };
         [
-            KeyValue::new(super::COMPANY_ATTRIBUTE, shared(company)),
-            KeyValue::new(super::INSTANCE_ATTRIBUTE, shared(instance.encode(&mut buf))),
-            KeyValue::new("agentType", agent_type),
+            shared(company),
+            shared(instance.encode(&mut buf)),
+            agent_type,
         ]
     });
 }
@@ -116,6 +117,47 @@ pub fn shared(s: &str) -> Value {
         .unwrap_or_else(|_| Value::from(s.to_owned()))
 }
 
+/// Most templates a thread keeps a copy of.
+const COPIES_MAX: usize = 8;
+
+thread_local! {
+    /// This thread's copies of the span templates its calls used lately (each beside the one it
+    /// copies), most used first.
+    static COPIES: RefCell<Vec<(Arc<SpanTemplate>, Arc<SpanTemplate>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's copy of `template`, made on first use. A span takes a count of its template
+/// and gives it back when it is dropped (on this thread, [`super::export`]): of a copy of its
+/// own thread's, the count stays in this core's cache; of one every thread's spans shared, it
+/// was a cache line both cores wrote per call, at every sampling. The copy keeps the template it
+/// copies alive, so a new template at the same address is never taken for it.
+pub fn thread_copy(template: &Arc<SpanTemplate>) -> Arc<SpanTemplate> {
+    COPIES
+        .try_with(|cell| {
+            let Ok(mut copies) = cell.try_borrow_mut() else {
+                return Arc::clone(template);
+            };
+            match copies.iter().position(|(of, _)| Arc::ptr_eq(of, template)) {
+                Some(0) => Arc::clone(&copies[0].1),
+                // Kept near the front while it is used.
+                Some(i) => {
+                    copies.swap(i, i - 1);
+                    Arc::clone(&copies[i - 1].1)
+                }
+                None => {
+                    if copies.len() == COPIES_MAX {
+                        copies.pop();
+                    }
+                    let copy = Arc::new(template.copy());
+                    copies.insert(0, (Arc::clone(template), Arc::clone(&copy)));
+                    copy
+                }
+            }
+        })
+        .unwrap_or_else(|_| Arc::clone(template))
+}
+
 /// The dependency span of one call to a company's model (`operation`: `chat`, `responses`
 /// or `embeddings`), with the GenAI semantic-convention attributes, under the current request.
 pub fn model_span(operation: &'static str, endpoint: &ModelEndpoint, stream: bool) -> Dependency {
@@ -154,6 +196,45 @@ mod tests {
         // Another thread has its own.
         let there = std::thread::spawn(|| SHARED.with(|c| c.borrow().len()));
         assert_eq!(there.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_template_is_copied_once_per_thread() {
+        let template = Arc::new(SpanTemplate::new(
+            "chat gpt-4o",
+            vec![opentelemetry::KeyValue::new(
+                "gen_ai.request.model",
+                "gpt-4o",
+            )],
+        ));
+        let mine = thread_copy(&template);
+        assert!(!Arc::ptr_eq(&mine, &template), "a copy");
+        assert_eq!(mine.name(), "chat gpt-4o");
+        assert_eq!(mine.attributes(), template.attributes());
+        assert!(
+            Arc::ptr_eq(&thread_copy(&template), &mine),
+            "the same copy again"
+        );
+        // Another thread has its own.
+        let there = {
+            let template = Arc::clone(&template);
+            std::thread::spawn(move || Arc::as_ptr(&thread_copy(&template)) as usize)
+                .join()
+                .unwrap()
+        };
+        assert_ne!(there, Arc::as_ptr(&mine) as usize);
+        // Many others push it out; at most COPIES_MAX are kept, each with what it copies.
+        let others: Vec<_> = (0..2 * COPIES_MAX)
+            .map(|i| Arc::new(SpanTemplate::new(format!("t{i}"), vec![])))
+            .collect();
+        for other in &others {
+            assert_eq!(thread_copy(other).name(), other.name());
+        }
+        assert!(COPIES.with(|c| c.borrow().len()) <= COPIES_MAX);
+        assert!(COPIES.with(|c| c.borrow().iter().all(|(of, copy)| of.name() == copy.name())));
+        let again = thread_copy(&template);
+        assert!(!Arc::ptr_eq(&again, &mine), "copied anew once pushed out");
+        assert_eq!(again.attributes(), template.attributes());
     }
 
     #[test]
