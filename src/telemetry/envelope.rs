@@ -494,18 +494,7 @@ impl Writer {
                 "RemoteDependencyData",
             )
         };
-        self.head(b, name, span.start, rate);
-        // Tags: the resource's, then the operation.
-        b.extend_from_slice(b"\"tags\":{");
-        b.extend_from_slice(&self.resource_tags);
-        b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.trace.to_bytes());
-        b.push(b'"');
-        if span.parent != SpanId::INVALID {
-            b.extend_from_slice(b",\"ai.operation.parentId\":\"");
-            hex(b, &span.parent.to_bytes());
-            b.push(b'"');
-        }
+        self.span_head(b, name, span, rate);
         let attrs = span.attrs();
         let (method, route) = if server {
             (
@@ -550,17 +539,7 @@ impl Writer {
         rate: f64,
     ) {
         let b = &mut out.bytes;
-        self.head(b, "Microsoft.ApplicationInsights.Request", span.start, rate);
-        b.extend_from_slice(b"\"tags\":{");
-        b.extend_from_slice(&self.resource_tags);
-        b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.trace.to_bytes());
-        b.push(b'"');
-        if span.parent != SpanId::INVALID {
-            b.extend_from_slice(b",\"ai.operation.parentId\":\"");
-            hex(b, &span.parent.to_bytes());
-            b.push(b'"');
-        }
+        self.span_head(b, "Microsoft.ApplicationInsights.Request", span, rate);
         b.extend_from_slice(b",\"ai.operation.name\":");
         joined(b, f.method, &f.route, 1024);
         b.extend_from_slice(
@@ -986,6 +965,22 @@ impl Writer {
         self.close_properties(b, any);
         b.extend_from_slice(b"}}}");
         out.end_item();
+    }
+
+    /// A span's envelope up to its tags' operation ids: the head, the resource's tags, the
+    /// trace and the parent (the tags object left open).
+    fn span_head(&self, b: &mut Vec<u8>, name: &str, span: &SpanRef<'_>, rate: f64) {
+        self.head(b, name, span.start, rate);
+        b.extend_from_slice(b"\"tags\":{");
+        b.extend_from_slice(&self.resource_tags);
+        b.extend_from_slice(b"\"ai.operation.id\":\"");
+        hex(b, &span.trace.to_bytes());
+        b.push(b'"');
+        if span.parent != SpanId::INVALID {
+            b.extend_from_slice(b",\"ai.operation.parentId\":\"");
+            hex(b, &span.parent.to_bytes());
+            b.push(b'"');
+        }
     }
 
     /// `{"iKey":…,"name":…,"time":…,"sampleRate":…,` — the start every envelope shares.

@@ -135,6 +135,8 @@ impl Finished {
 struct Written {
     spans: Vec<Finished>,
     spent: Vec<Finished>,
+    /// Places in the queue this thread has reserved and not yet filled ([`Queue::grant`]).
+    places: usize,
 }
 
 /// Most written spans a thread's buffer holds to be dropped there (the worker drops the rest).
@@ -189,9 +191,15 @@ fn keep_room(mut attributes: Vec<KeyValue>) {
 struct Queue {
     /// Every thread's buffer (a thread's is dropped once it is gone and its buffer is empty).
     locals: Mutex<Vec<Local>>,
-    /// Spans written and not yet taken, over all buffers.
+    /// Places taken in the queue, over all buffers: their spans not yet taken, and the places
+    /// they have reserved for their next.
     queued: AtomicUsize,
     capacity: usize,
+    /// How many places a thread reserves at a time: one count every thread's spans added to
+    /// was a cache line both cores wrote per span; reserved a few at a time, a thread adds to
+    /// it a few times a batch. (What a thread has reserved and not used counts against the
+    /// bound: the queue holds at most `capacity` spans, at worst a few per thread fewer.)
+    grant: usize,
     flushes: Mutex<Vec<oneshot::Sender<()>>>,
     wake: Notify,
 }
@@ -272,6 +280,7 @@ impl Pipeline {
                 locals: Mutex::new(Vec::new()),
                 queued: AtomicUsize::new(0),
                 capacity,
+                grant: (capacity / 128).clamp(1, 16),
                 flushes: Mutex::new(Vec::new()),
                 wake: Notify::new(),
             },
@@ -408,22 +417,30 @@ impl Pipeline {
             self.skip();
             return;
         }
-        let before = self.queue.queued.fetch_add(1, Ordering::Relaxed);
-        if before >= self.queue.capacity {
-            self.queue.queued.fetch_sub(1, Ordering::Relaxed);
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        let (queue, batch) = (&self.queue, BATCH.min(self.queue.capacity));
         // Written spans of this thread's, dropped here once its buffer's lock is let go.
         let mut spent: [Option<Finished>; SPENT_PER_OFFER] = Default::default();
-        if !self.with_local(|w| {
+        let mut wake = false;
+        let queued = self.with_local(|w| {
+            if w.places == 0 {
+                let before = queue.queued.fetch_add(queue.grant, Ordering::Relaxed);
+                if before + queue.grant > queue.capacity {
+                    queue.queued.fetch_sub(queue.grant, Ordering::Relaxed);
+                    return false;
+                }
+                w.places = queue.grant;
+                // A full batch wakes the worker.
+                wake = before < batch && before + queue.grant >= batch;
+            }
+            w.places -= 1;
             w.spans.push(span);
             spent = std::array::from_fn(|_| w.spent.pop());
-        }) {
-            self.queue.queued.fetch_sub(1, Ordering::Relaxed);
+            true
+        });
+        if queued != Some(true) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        } else if before + 1 == BATCH.min(self.queue.capacity) {
-            self.queue.wake.notify_one();
+        } else if wake {
+            queue.wake.notify_one();
         }
         // Their attribute lists kept for this thread's next spans.
         for written in spent.into_iter().flatten() {
@@ -431,35 +448,24 @@ impl Pipeline {
         }
     }
 
-    /// Runs `f` on this thread's buffer (registering it on first use); false when it cannot
+    /// Runs `f` on this thread's buffer (registering it on first use); `None` when it cannot
     /// be had (the thread is ending, or `f` is already running on it).
-    fn with_local(&self, f: impl FnOnce(&mut Written)) -> bool {
+    fn with_local<R>(&self, f: impl FnOnce(&mut Written) -> R) -> Option<R> {
         let me = std::ptr::from_ref(self) as usize;
         LOCAL
             .try_with(|cell| {
-                let Ok(mut cell) = cell.try_borrow_mut() else {
-                    return false;
-                };
+                let mut cell = cell.try_borrow_mut().ok()?;
                 if cell.as_ref().is_none_or(|(owner, _)| *owner != me) {
                     let local = Local::default();
-                    match self.queue.locals.lock() {
-                        Ok(mut locals) => locals.push(Arc::clone(&local)),
-                        Err(_) => return false,
-                    }
+                    self.queue.locals.lock().ok()?.push(Arc::clone(&local));
                     *cell = Some((me, local));
                 }
-                let Some((_, local)) = cell.as_ref() else {
-                    return false;
-                };
-                match local.lock() {
-                    Ok(mut w) => {
-                        f(&mut w);
-                        true
-                    }
-                    Err(_) => false,
-                }
+                let (_, local) = cell.as_ref()?;
+                let mut w = local.lock().ok()?;
+                Some(f(&mut w))
             })
-            .unwrap_or(false)
+            .ok()
+            .flatten()
     }
 
     /// Exports what is queued, waiting at most `timeout`. Whether it finished in time.
@@ -523,10 +529,20 @@ impl Pipeline {
             }
             self.post(&mut out).await;
             drop(locals);
-            // A buffer whose thread is gone (only the list holds it) and that is empty goes.
+            // A buffer whose thread is gone (only the list holds it) and that is empty goes,
+            // and the places it had reserved with it.
             if let Ok(mut locals) = self.queue.locals.lock() {
                 locals.retain(|l| {
-                    Arc::strong_count(l) > 1 || l.lock().is_ok_and(|w| !w.spans.is_empty())
+                    if Arc::strong_count(l) > 1 {
+                        return true;
+                    }
+                    match l.lock() {
+                        Ok(w) if w.spans.is_empty() => {
+                            self.queue.queued.fetch_sub(w.places, Ordering::Relaxed);
+                            false
+                        }
+                        _ => true,
+                    }
                 });
             }
             if !waiting.is_empty() || Instant::now() >= metrics_due {
@@ -928,11 +944,17 @@ mod tests {
         }
     }
 
-    /// Spans written on several threads (that then end) all reach ingestion by a flush, up to
-    /// the queue's bound while ingestion is stuck (the rest dropped and counted); the gone
-    /// threads' buffers go.
-    #[test]
-    fn spans_of_every_thread_are_posted_within_the_bound() {
+    /// An ingestion stand-in whose first post hangs until `gate` lets it go, and a pipeline
+    /// posting to it: (its runtime, the pipeline, items received, posts, the gate).
+    fn held_ingestion(
+        queue: usize,
+    ) -> (
+        tokio::runtime::Runtime,
+        Arc<Pipeline>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        Arc<Notify>,
+    ) {
         use axum::routing::post;
         let server = tokio::runtime::Runtime::new().unwrap();
         let received = Arc::new(AtomicUsize::new(0));
@@ -972,7 +994,7 @@ mod tests {
             ))
             .unwrap(),
             sampling: 1.0,
-            queue: 10,
+            queue,
             export_interval: Duration::from_secs(3600),
             post_timeout: Duration::from_secs(5),
             metrics_interval: Duration::from_secs(3600),
@@ -981,23 +1003,77 @@ mod tests {
             resource: Resource::builder_empty().build(),
         })
         .unwrap();
-        let offer = |pipeline: &Pipeline, n: u32| {
-            let now = std::time::SystemTime::now();
-            pipeline.offer(Finished {
-                kind: SpanKind::Client,
-                trace: TraceId::from(u128::from(n) + 1),
-                id: SpanId::from(u64::from(n) + 1),
-                parent: SpanId::INVALID,
-                name: SpanName::Own("call".into()),
-                start: now,
-                end: now,
-                template: None,
-                attributes: vec![KeyValue::new("n", i64::from(n))],
-                events: Vec::new(),
-                status: Status::Ok,
-                request: None,
-            });
-        };
+        (server, pipeline, received, posts, gate)
+    }
+
+    fn offer_one(pipeline: &Pipeline, n: u32) {
+        let now = std::time::SystemTime::now();
+        pipeline.offer(Finished {
+            kind: SpanKind::Client,
+            trace: TraceId::from(u128::from(n) + 1),
+            id: SpanId::from(u64::from(n) + 1),
+            parent: SpanId::INVALID,
+            name: SpanName::Own("call".into()),
+            start: now,
+            end: now,
+            template: None,
+            attributes: vec![KeyValue::new("n", i64::from(n))],
+            events: Vec::new(),
+            status: Status::Ok,
+            request: None,
+        });
+    }
+
+    /// With a larger queue a thread reserves its places a few at a time: the bound still holds
+    /// (at most the queue's capacity waits, at worst a grant per thread fewer), every span is
+    /// posted or counted dropped, and the places a gone thread had reserved are given back.
+    #[test]
+    fn places_reserved_a_few_at_a_time_keep_the_bound() {
+        let (_server, pipeline, received, posts, gate) = held_ingestion(2048);
+        let grant = pipeline.queue.grant;
+        assert_eq!(grant, 16);
+        // The worker has started and waits; a batch's worth wakes it, and its post hangs.
+        assert!(pipeline.flush(Duration::from_secs(10)));
+        std::thread::scope(|scope| {
+            scope.spawn(|| (0..512).for_each(|i| offer_one(&pipeline, i)));
+        });
+        for _ in 0..500 {
+            if posts.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let first = received.load(Ordering::SeqCst);
+        assert!((512 - grant..=512).contains(&first), "{first}");
+        // Meanwhile three threads write 1000 each: what does not fit is dropped.
+        std::thread::scope(|scope| {
+            for t in 1..4 {
+                let pipeline = &pipeline;
+                scope.spawn(move || (0..1000).for_each(|i| offer_one(pipeline, t * 1000 + i)));
+            }
+        });
+        let dropped = pipeline.counters.dropped.load(Ordering::SeqCst) as usize;
+        let held = 3512 - first - dropped;
+        assert!((2048 - 4 * grant..=2048).contains(&held), "{held} waited");
+        gate.notify_one();
+        assert!(pipeline.flush(Duration::from_secs(10)));
+        assert_eq!(received.load(Ordering::SeqCst), first + held);
+        assert_eq!(
+            pipeline.counters.exported.load(Ordering::SeqCst) as usize,
+            first + held
+        );
+        // The threads are gone: their buffers, and the places they had not used.
+        assert_eq!(pipeline.queue.locals.lock().unwrap().len(), 0);
+        assert_eq!(pipeline.queue.queued.load(Ordering::SeqCst), 0);
+    }
+
+    /// Spans written on several threads (that then end) all reach ingestion by a flush, up to
+    /// the queue's bound while ingestion is stuck (the rest dropped and counted); the gone
+    /// threads' buffers go.
+    #[test]
+    fn spans_of_every_thread_are_posted_within_the_bound() {
+        let (_server, pipeline, received, posts, gate) = held_ingestion(10);
+        let offer = offer_one;
         // The worker has started and waits (a flush of nothing answers once it has).
         assert!(pipeline.flush(Duration::from_secs(10)));
         assert_eq!(posts.load(Ordering::SeqCst), 0);
