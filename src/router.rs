@@ -212,12 +212,13 @@ async fn access_log(request: Request, next: Next) -> Response {
     }
     let started = Instant::now();
     let method = request.method().clone();
-    // The route template copied, not its `MatchedPath` cloned: that one's count is shared by
-    // every request of the route, on every thread.
+    // The route template shared with this thread's last requests of it (a count only this
+    // thread takes), not its `MatchedPath` cloned: that one's count is shared by every request
+    // of the route, on every thread.
     let matched: Option<Arc<str>> = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| Arc::from(p.as_str()));
+        .map(|p| telemetry::shared_str(p.as_str()));
     let route: Arc<str> = match &matched {
         Some(p) => Arc::clone(p),
         None => Arc::from(truncated(request.uri().path(), 200)),
@@ -229,7 +230,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         if matched.is_some() {
             Arc::clone(&route)
         } else {
-            Arc::from("(unmatched)")
+            telemetry::shared_str("(unmatched)")
         },
         truncated(request.uri().path(), 400),
         Arc::clone(&request_id),

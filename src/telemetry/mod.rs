@@ -36,7 +36,7 @@ pub use ingestion::ConnectionString;
 pub use request::RequestSpan;
 pub use spans::{
     Dependency, format_traceparent, model_span, parse_traceparent, record_caller, shared,
-    thread_copy,
+    shared_str, thread_copy,
 };
 
 use crate::config::{LogFormat, Settings};

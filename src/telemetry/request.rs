@@ -209,7 +209,7 @@ const FAILED: Status = Status::Error {
 /// A client span (an App Insights dependency) under the current request, built only when it
 /// is exported: a failure, or a trace in the sample. Ends when dropped.
 #[derive(Debug, Default)]
-pub struct Pending(Option<Box<PendingData>>);
+pub struct Pending(Option<PendingData>);
 
 #[derive(Debug)]
 struct PendingData {
@@ -277,7 +277,8 @@ impl Pending {
         template: Option<Arc<SpanTemplate>>,
         attributes: Vec<KeyValue>,
     ) -> Self {
-        Self(Some(Box::new(PendingData {
+        // Inline, not boxed: one allocation (and one free of memory long cold) per call fewer.
+        Self(Some(PendingData {
             parent,
             span: new_span_id(),
             name,
@@ -286,7 +287,7 @@ impl Pending {
             end: None,
             attributes,
             status: Status::Unset,
-        })))
+        }))
     }
 
     pub fn is_recording(&self) -> bool {
@@ -348,7 +349,6 @@ impl Drop for Pending {
             pipeline.skip();
             return;
         }
-        let d = *d;
         pipeline.offer(Finished {
             kind: SpanKind::Client,
             trace: d.parent.trace,

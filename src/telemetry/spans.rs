@@ -77,10 +77,10 @@ const SHARED_MAX: usize = 8;
 const SHARED_LEN: usize = 64;
 
 thread_local! {
-    /// Strings this thread recorded lately (the companies and instances it serves, the models
-    /// that answered), most used first: the same value again is shared, not copied. Per
-    /// thread, so the count a span's copy adds is not contended; the spans are dropped on the
-    /// thread that made them ([`super::export`]), so it goes back down there too.
+    /// Strings this thread recorded lately (the companies and instances it serves, the routes
+    /// asked for, the models that answered), most used first: the same value again is shared,
+    /// not copied. Per thread, so the count a span's copy adds is not contended; the spans are
+    /// dropped on the thread that made them ([`super::export`]), so it goes back down there too.
     static SHARED: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -89,10 +89,19 @@ pub fn shared(s: &str) -> Value {
     if s.len() > SHARED_LEN {
         return Value::from(s.to_owned());
     }
+    Value::String(shared_str(s).into())
+}
+
+/// `s`, shared with the last spans and requests of this thread that recorded it (a new copy
+/// when it is long or this thread's strings cannot be had).
+pub fn shared_str(s: &str) -> Arc<str> {
+    if s.len() > SHARED_LEN {
+        return Arc::from(s);
+    }
     SHARED
         .try_with(|cell| {
             let Ok(mut recent) = cell.try_borrow_mut() else {
-                return Value::from(s.to_owned());
+                return Arc::from(s);
             };
             let found = match recent.iter().position(|r| &**r == s) {
                 Some(i) => {
@@ -112,9 +121,9 @@ pub fn shared(s: &str) -> Value {
                     0
                 }
             };
-            Value::String(Arc::clone(&recent[found]).into())
+            Arc::clone(&recent[found])
         })
-        .unwrap_or_else(|_| Value::from(s.to_owned()))
+        .unwrap_or_else(|_| Arc::from(s))
 }
 
 /// Most templates a thread keeps a copy of.
@@ -180,6 +189,7 @@ mod tests {
         let acme = shared("acme");
         assert_eq!(acme.as_str(), "acme");
         assert_eq!(at(&shared("acme")), at(&acme), "shared, not copied");
+        assert_eq!(shared_str("acme").as_ptr(), at(&acme), "the same string");
         // Many others push it out; the cache holds at most SHARED_MAX.
         for i in 0..3 * SHARED_MAX {
             assert_eq!(
