@@ -494,7 +494,7 @@ impl Writer {
                 "RemoteDependencyData",
             )
         };
-        self.span_head(b, name, span, rate);
+        self.operation_head(b, name, span.start, span.trace, span.parent, rate);
         let attrs = span.attrs();
         let (method, route) = if server {
             (
@@ -539,7 +539,8 @@ impl Writer {
         rate: f64,
     ) {
         let b = &mut out.bytes;
-        self.span_head(b, "Microsoft.ApplicationInsights.Request", span, rate);
+        let name = "Microsoft.ApplicationInsights.Request";
+        self.operation_head(b, name, span.start, span.trace, span.parent, rate);
         b.extend_from_slice(b",\"ai.operation.name\":");
         joined(b, f.method, &f.route, 1024);
         b.extend_from_slice(
@@ -848,14 +849,9 @@ impl Writer {
             _ => ("Microsoft.ApplicationInsights.Message", "MessageData"),
         };
         let b = &mut out.bytes;
-        self.head(b, name, event.timestamp, rate);
-        b.extend_from_slice(b"\"tags\":{");
-        b.extend_from_slice(&self.resource_tags);
-        b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.trace.to_bytes());
-        b.extend_from_slice(b"\",\"ai.operation.parentId\":\"");
-        hex(b, &span.id.to_bytes());
-        b.extend_from_slice(b"\"},\"data\":{\"baseType\":\"");
+        // Under the span it happened in.
+        self.operation_head(b, name, event.timestamp, span.trace, span.id, rate);
+        b.extend_from_slice(b"},\"data\":{\"baseType\":\"");
         b.extend_from_slice(base.as_bytes());
         b.extend_from_slice(b"\",\"baseData\":{\"ver\":2");
         let attrs = &event.attributes[..];
@@ -967,18 +963,26 @@ impl Writer {
         out.end_item();
     }
 
-    /// A span's envelope up to its tags' operation ids: the head, the resource's tags, the
-    /// trace and the parent (the tags object left open).
-    fn span_head(&self, b: &mut Vec<u8>, name: &str, span: &SpanRef<'_>, rate: f64) {
-        self.head(b, name, span.start, rate);
+    /// An envelope up to its tags' operation ids: the head, the resource's tags, the trace
+    /// and the parent (none when invalid; the tags object left open).
+    fn operation_head(
+        &self,
+        b: &mut Vec<u8>,
+        name: &str,
+        time: SystemTime,
+        trace: TraceId,
+        parent: SpanId,
+        rate: f64,
+    ) {
+        self.head(b, name, time, rate);
         b.extend_from_slice(b"\"tags\":{");
         b.extend_from_slice(&self.resource_tags);
         b.extend_from_slice(b"\"ai.operation.id\":\"");
-        hex(b, &span.trace.to_bytes());
+        hex(b, &trace.to_bytes());
         b.push(b'"');
-        if span.parent != SpanId::INVALID {
+        if parent != SpanId::INVALID {
             b.extend_from_slice(b",\"ai.operation.parentId\":\"");
-            hex(b, &span.parent.to_bytes());
+            hex(b, &parent.to_bytes());
             b.push(b'"');
         }
     }

@@ -1006,6 +1006,16 @@ mod tests {
         (server, pipeline, received, posts, gate)
     }
 
+    /// Waits (at most 5 s) until ingestion has the first post.
+    fn wait_for_first_post(posts: &AtomicUsize) {
+        for _ in 0..500 {
+            if posts.load(Ordering::SeqCst) == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn offer_one(pipeline: &Pipeline, n: u32) {
         let now = std::time::SystemTime::now();
         pipeline.offer(Finished {
@@ -1037,12 +1047,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| (0..512).for_each(|i| offer_one(&pipeline, i)));
         });
-        for _ in 0..500 {
-            if posts.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_first_post(&posts);
         let first = received.load(Ordering::SeqCst);
         assert!((512 - grant..=512).contains(&first), "{first}");
         // Meanwhile three threads write 1000 each: what does not fit is dropped.
@@ -1081,12 +1086,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| (0..10).for_each(|i| offer(&pipeline, i)));
         });
-        for _ in 0..500 {
-            if posts.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_first_post(&posts);
         assert_eq!(received.load(Ordering::SeqCst), 10);
         // Meanwhile three threads write 15: 10 fit, 5 are dropped.
         std::thread::scope(|scope| {
