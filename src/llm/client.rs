@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, HeaderMap};
 use http::{StatusCode, Uri};
 use http_body_util::BodyExt;
+use opentelemetry::Value;
 use secrecy::ExposeSecret;
 
 use super::endpoint::bearer;
@@ -269,15 +270,12 @@ impl ModelClient {
                     telemetry::metrics::upstream_throttled(owner, 1);
                 }
             }
-            if dep.is_recording() {
-                dep.set("http.response.status_code", i64::from(status.as_u16()));
-                // Absent means none (less work per call on the common path).
-                if attempt > 0 {
-                    dep.set("sophia.retries", i64::from(attempt));
-                }
-                if throttled > 0 {
-                    dep.set("sophia.throttled", throttled as i64);
-                }
+            if let Some(record) = dep.call() {
+                record.status = Some(status.as_u16());
+                // Absent means none.
+                record.retries = (attempt > 0).then_some(i64::from(attempt));
+                record.throttled =
+                    (throttled > 0).then(|| i64::try_from(throttled).unwrap_or(i64::MAX));
             }
             if status.is_success() {
                 return Ok(response);
@@ -814,12 +812,16 @@ fn model_span_done(
     if !span.is_sampled() {
         return;
     }
+    let Some(record) = span.call() else {
+        return;
+    };
     if let Some(m) = model.filter(|m| !m.is_empty()) {
-        span.set("gen_ai.response.model", telemetry::shared(m));
+        record.response_model = Some(telemetry::shared(m));
     }
     if let Some(u) = usage {
-        span.set("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
-        span.set("gen_ai.usage.output_tokens", u.completion_tokens as i64);
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        record.input_tokens = Some(count(u.prompt_tokens));
+        record.output_tokens = Some(count(u.completion_tokens));
     }
     if let Some(f) = finish {
         // The reasons the API names, without a copy.
@@ -830,10 +832,10 @@ fn model_span_done(
             "content_filter",
             "function_call",
         ];
-        match KNOWN.iter().find(|k| **k == f) {
-            Some(known) => span.set("gen_ai.response.finish_reasons", *known),
-            None => span.set("gen_ai.response.finish_reasons", telemetry::shared(f)),
-        }
+        record.finish_reasons = Some(match KNOWN.iter().find(|k| **k == f) {
+            Some(known) => Value::from(*known),
+            None => telemetry::shared(f),
+        });
     }
 }
 
@@ -847,7 +849,9 @@ fn model_span_failed(
         telemetry::metrics::upstream_failure(owner);
     }
     span.fail();
-    span.set("error.type", error.kind());
+    if let Some(record) = span.call() {
+        record.error_type = Some(error.kind());
+    }
 }
 
 impl ChatStream {

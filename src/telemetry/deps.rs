@@ -178,22 +178,20 @@ pub fn dependency_span(
 
 /// Ends a dependency with its status (5xx, 429 and transport errors are failures; another 4xx
 /// the caller expects, such as a 404 for a missing secret, is not an error of the dependency).
-pub fn end_dependency(span: &mut Pending, status: Option<u16>, error: Option<&str>) {
-    if !span.is_recording() {
+pub fn end_dependency(span: &mut Pending, status: Option<u16>, error: Option<&'static str>) {
+    let Some(record) = span.call() else {
         return;
-    }
-    if let Some(status) = status {
-        span.set("http.response.status_code", i64::from(status));
-    }
+    };
+    record.status = status;
     let failed = match status {
         None => Some(error.unwrap_or("unavailable")),
         Some(429) => Some("rate_limited"),
         Some(s) if s >= 500 => Some("unavailable"),
         Some(_) => None,
     };
-    if let Some(kind) = failed {
+    record.error_type = failed;
+    if failed.is_some() {
         span.fail();
-        span.set("error.type", kind.to_owned());
     } else {
         span.ok();
     }

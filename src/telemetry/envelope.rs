@@ -44,6 +44,8 @@ pub(super) struct SpanRef<'a> {
     pub status: &'a Status,
     /// A request's own record (its attributes as fields; `attributes` is then empty).
     pub request: Option<&'a RequestFields>,
+    /// What a dependency recorded of its own as fields (after its `attributes`).
+    pub call: Option<&'a CallFields>,
 }
 
 /// The span attribute that names the company a span belongs to.
@@ -119,7 +121,87 @@ impl RequestFields {
     }
 }
 
+/// The attributes of a call's record ([`CallFields`]), in the order it writes them.
+const CALL_KEYS: [&str; 8] = [
+    "http.response.status_code",
+    "sophia.retries",
+    "sophia.throttled",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.response.finish_reasons",
+    "error.type",
+];
+
+/// What a dependency records of its own — how its call went — as fields rather than a list
+/// of attributes: a model call's status code, retries, 429s, the model that answered, its
+/// tokens and finish reasons, or why it failed. Nothing is built for them (a list of eight
+/// attributes per call was), and with a template ([`SpanTemplate`]) the writer writes them
+/// after the template's text with no attribute searched for. [`CallFields::attributes`]
+/// gives the same as attributes ([`CALL_KEYS`]); a test holds the two ways of writing
+/// them together. A field set again replaces what it held (as a later attribute of the
+/// same name does).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CallFields {
+    pub status: Option<u16>,
+    pub retries: Option<i64>,
+    pub throttled: Option<i64>,
+    pub response_model: Option<Value>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub finish_reasons: Option<Value>,
+    pub error_type: Option<&'static str>,
+}
+
+impl CallFields {
+    pub(super) fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The fields' values by [`CALL_KEYS`] (`None`: not recorded).
+    fn values(&self) -> [Option<Value>; 8] {
+        let int = |v: Option<i64>| v.map(Value::I64);
+        [
+            self.status.map(|s| Value::I64(i64::from(s))),
+            int(self.retries),
+            int(self.throttled),
+            self.response_model.clone(),
+            int(self.input_tokens),
+            int(self.output_tokens),
+            self.finish_reasons.clone(),
+            self.error_type.map(Value::from),
+        ]
+    }
+
+    /// The same as span attributes, in [`CALL_KEYS`]' order.
+    pub(super) fn attributes(&self) -> impl Iterator<Item = KeyValue> {
+        CALL_KEYS
+            .into_iter()
+            .zip(self.values())
+            .filter_map(|(key, v)| Some(KeyValue::new(key, v?)))
+    }
+}
+
 impl SpanRef<'_> {
+    /// The same span with `attributes` as its own (and no call record).
+    fn with_own<'b>(&'b self, attributes: &'b [KeyValue]) -> SpanRef<'b> {
+        SpanRef {
+            kind: self.kind.clone(),
+            trace: self.trace,
+            id: self.id,
+            parent: self.parent,
+            name: self.name,
+            start: self.start,
+            end: self.end,
+            shared: self.shared,
+            attributes,
+            events: self.events,
+            status: self.status,
+            request: self.request,
+            call: None,
+        }
+    }
+
     fn attrs(&self) -> Attrs<'_> {
         Attrs {
             shared: self.shared.map_or(&[][..], |t| &t.attributes),
@@ -191,6 +273,12 @@ struct Rendered {
     typed: bool,
     /// Whether they hold a status code (the text is not used then).
     coded: bool,
+    /// Whether they hold an attribute a call's record has ([`CALL_KEYS`]): a span with a
+    /// record does not use the text then.
+    call_clash: bool,
+    /// Which of a call's record's attributes are no property (the status code, which is
+    /// `resultCode`; a key the resource has, whose value wins).
+    call_skip: [bool; 8],
 }
 
 /// Where a dependency's `data` is read from, in order.
@@ -288,6 +376,7 @@ impl<'a> From<&'a SpanData> for SpanRef<'a> {
             events: &span.events,
             status: &span.status,
             request: None,
+            call: None,
         }
     }
 }
@@ -485,6 +574,26 @@ impl Writer {
             return;
         }
         let server = matches!(span.kind, SpanKind::Server | SpanKind::Consumer);
+        // A template's text, when the span may use it; and the call's record written after
+        // it, when it has one.
+        let rendered = match span.shared {
+            Some(template) if !server => self.rendered(template, span),
+            _ => None,
+        };
+        let call = span.call.filter(|c| !c.is_empty());
+        if let Some(call) = call
+            && (rendered.is_none() || !span.attributes.is_empty())
+        {
+            // The record as attributes after the span's own, through the general path.
+            let own: Vec<KeyValue> = span
+                .attributes
+                .iter()
+                .cloned()
+                .chain(call.attributes())
+                .collect();
+            self.span(out, &span.with_own(&own), rate);
+            return;
+        }
         let b = &mut out.bytes;
         let (name, base) = if server {
             ("Microsoft.ApplicationInsights.Request", "RequestData")
@@ -520,7 +629,7 @@ impl Writer {
         if server {
             self.request(b, span, attrs, method, route, code, status_code);
         } else {
-            self.dependency(b, span, attrs, code, status_code);
+            self.dependency(b, span, attrs, (code, status_code), rendered, call);
         }
         b.extend_from_slice(b"}}}");
         out.end_item();
@@ -660,24 +769,32 @@ impl Writer {
         self.properties(b, attrs, &taken);
     }
 
+    /// A dependency's fields and properties. `rendered`: its template's text, when it may use
+    /// it; `call`: the call's record, written after that text (only with it: a span with a
+    /// record and no template text has it among its attributes instead).
     fn dependency(
         &self,
         b: &mut Vec<u8>,
         span: &SpanRef<'_>,
         attrs: Attrs<'_>,
-        code: Option<(&'static str, &Value)>,
-        status_code: &str,
+        (code, status_code): (Option<(&'static str, &Value)>, &str),
+        rendered: Option<&Rendered>,
+        call: Option<&CallFields>,
     ) {
         b.extend_from_slice(b",\"name\":");
         string(b, span.name, 1024);
         b.extend_from_slice(b",\"resultCode\":");
         // The status code is `resultCode`, not repeated as a property.
-        let code_key = match code {
-            Some((key, v)) => {
+        let code_key = match (code, call.and_then(|c| c.status)) {
+            (_, Some(status)) => {
+                int(b, i64::from(status));
+                ""
+            }
+            (Some((key, v)), None) => {
                 value(b, v, 1024);
                 key
             }
-            None => {
+            (None, None) => {
                 string(b, status_code, 1024);
                 ""
             }
@@ -687,12 +804,15 @@ impl Writer {
             Status::Ok => b.extend_from_slice(b",\"success\":true"),
             Status::Error { .. } => b.extend_from_slice(b",\"success\":false"),
         }
-        if let Some(rendered) = span.shared.and_then(|t| self.rendered(t, span)) {
+        if let Some(rendered) = rendered {
             // The template's text, then what the span adds.
             b.extend_from_slice(&rendered.fields);
             let mut any = !rendered.properties.is_empty();
             b.extend_from_slice(&rendered.properties);
-            self.members(b, Attrs::own(span.attributes), &[code_key], &mut any);
+            match call {
+                Some(call) => self.call_members(b, call, &rendered.call_skip, &mut any),
+                None => self.members(b, Attrs::own(span.attributes), &[code_key], &mut any),
+            }
             self.close_properties(b, any);
             return;
         }
@@ -784,10 +904,23 @@ impl Writer {
                 coded: attrs
                     .first(&["http.response.status_code", "http.status_code"])
                     .is_some(),
+                call_clash: attrs.iter().any(|kv| CALL_KEYS.contains(&kv.key.as_str())),
+                call_skip: std::array::from_fn(|i| {
+                    i == 0 || self.resource_keys.iter().any(|k| k == CALL_KEYS[i])
+                }),
             }
         });
         // A status code among the template's would be `resultCode` and no property.
         if rendered.coded {
+            return None;
+        }
+        // A call's record after the text: not when the template has one of its attributes
+        // (the record's would replace it), nor when its status code (an `http.` attribute)
+        // would settle a type the template does not.
+        if let Some(call) = span.call
+            && !call.is_empty()
+            && (rendered.call_clash || (!rendered.typed && call.status.is_some()))
+        {
             return None;
         }
         let clash = |key: &str| {
@@ -829,6 +962,39 @@ impl Writer {
             string(b, key, 150);
             b.push(b':');
             value(b, &kv.value, 8192);
+        }
+    }
+
+    /// The properties a call's record gives (`skip`: [`Rendered::call_skip`]), as
+    /// [`Writer::members`] writes them from [`CallFields::attributes`].
+    fn call_members(&self, b: &mut Vec<u8>, call: &CallFields, skip: &[bool; 8], any: &mut bool) {
+        let mut put = |i: usize, write: &dyn Fn(&mut Vec<u8>)| {
+            if !skip[i] {
+                open(b, any);
+                string(b, CALL_KEYS[i], 150);
+                b.push(b':');
+                write(b);
+            }
+        };
+        let ints = [(1, call.retries), (2, call.throttled)];
+        for (i, v) in ints {
+            if let Some(v) = v {
+                put(i, &|b| int(b, v));
+            }
+        }
+        if let Some(v) = &call.response_model {
+            put(3, &|b| value(b, v, 8192));
+        }
+        for (i, v) in [(4, call.input_tokens), (5, call.output_tokens)] {
+            if let Some(v) = v {
+                put(i, &|b| int(b, v));
+            }
+        }
+        if let Some(v) = &call.finish_reasons {
+            put(6, &|b| value(b, v, 8192));
+        }
+        if let Some(v) = call.error_type {
+            put(7, &|b| string(b, v, 8192));
         }
     }
 
@@ -1088,16 +1254,19 @@ fn value(b: &mut Vec<u8>, v: &Value, max: usize) {
         Value::String(s) => string(b, s.as_str(), max),
         Value::Bool(true) => b.extend_from_slice(b"\"true\""),
         Value::Bool(false) => b.extend_from_slice(b"\"false\""),
-        Value::I64(i) => {
-            b.push(b'"');
-            if *i < 0 {
-                b.push(b'-');
-            }
-            number(b, i.unsigned_abs(), 1);
-            b.push(b'"');
-        }
+        Value::I64(i) => int(b, *i),
         other => string(b, &other.as_str(), max),
     }
+}
+
+/// An integer as a JSON string.
+fn int(b: &mut Vec<u8>, i: i64) {
+    b.push(b'"');
+    if i < 0 {
+        b.push(b'-');
+    }
+    number(b, i.unsigned_abs(), 1);
+    b.push(b'"');
 }
 
 /// Bytes a JSON string cannot hold as they are: `"`, `\\` and the control characters.
@@ -1879,6 +2048,7 @@ mod tests {
                         events,
                         status: &status,
                         request,
+                        call: None,
                     };
                     let mut by_fields = Envelopes::default();
                     writer.span(&mut by_fields, &span(Some(fields), &[]), rate);
@@ -1902,26 +2072,208 @@ mod tests {
         assert_eq!(records[6].owner(), None, "an instance that is no string");
     }
 
+    /// A dependency `chat gpt-4o` of 5 ms, with fixed ids and times.
+    fn call_ref<'a>(
+        kind: &SpanKind,
+        shared: Option<&'a SpanTemplate>,
+        attributes: &'a [KeyValue],
+        call: Option<&'a CallFields>,
+        status: &'a Status,
+    ) -> SpanRef<'a> {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_591_671_123_456);
+        SpanRef {
+            kind: kind.clone(),
+            trace: TraceId::from(7),
+            id: SpanId::from(8),
+            parent: SpanId::from(9),
+            name: "chat gpt-4o",
+            start,
+            end: start + Duration::from_millis(5),
+            shared,
+            attributes,
+            events: &[],
+            status,
+            request: None,
+            call,
+        }
+    }
+
+    /// A model call's template attributes (one the resource shadows among them).
+    fn model_attributes() -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("companyId", "acme"),
+            KeyValue::new("instanceId", "i-1"),
+            KeyValue::new("gen_ai.system", "az.ai.openai"),
+            KeyValue::new("gen_ai.request.model", "gpt-4o"),
+            KeyValue::new("server.address", "acme.openai.azure.com"),
+            KeyValue::new("server.port", 443),
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("sophia.stream", false),
+            KeyValue::new("service.version", "shadowed by the resource's"),
+            KeyValue::new(
+                "url.full",
+                "https://acme.openai.azure.com/openai/x?api-version=1",
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_call_record_writes_what_its_attributes_would() {
+        let model = model_attributes;
+        let answered = CallFields {
+            status: Some(200),
+            retries: Some(2),
+            throttled: Some(1),
+            response_model: Some(opentelemetry::Value::from("gpt-4o-2024-08-06")),
+            input_tokens: Some(12),
+            output_tokens: Some(-6),
+            finish_reasons: Some(opentelemetry::Value::from(Arc::<str>::from("tool_calls"))),
+            error_type: None,
+        };
+        let failed = CallFields {
+            status: Some(503),
+            error_type: Some("unavailable"),
+            ..CallFields::default()
+        };
+        let unanswered = CallFields {
+            error_type: Some("timeout"),
+            ..CallFields::default()
+        };
+        let records = [
+            answered.clone(),
+            failed,
+            unanswered.clone(),
+            CallFields::default(),
+        ];
+        // Whether a record is written after the template's text.
+        type Fast = fn(&CallFields) -> bool;
+        let (always, never): (Fast, Fast) = (|_| true, |_| false);
+        let without_status: Fast = |c| c.status.is_none();
+        // (template, own attributes, kind, whether the record is written after its text)
+        let cases: Vec<(Vec<KeyValue>, Vec<KeyValue>, SpanKind, Fast)> = vec![
+            (model(), vec![], SpanKind::Client, always),
+            (model(), vec![], SpanKind::Producer, always),
+            // Attributes of its own besides: all of it through the general path.
+            (
+                model(),
+                vec![KeyValue::new("sophia.retries", 9)],
+                SpanKind::Client,
+                never,
+            ),
+            (
+                model(),
+                vec![KeyValue::new("n", 1)],
+                SpanKind::Client,
+                never,
+            ),
+            (model(), vec![], SpanKind::Internal, never),
+            // A template with an attribute the record has (the record's would replace it).
+            (
+                [model(), vec![KeyValue::new("error.type", "x")]].concat(),
+                vec![],
+                SpanKind::Client,
+                never,
+            ),
+            // A template with a status code (`resultCode`, no property).
+            (
+                vec![KeyValue::new("http.response.status_code", 204)],
+                vec![],
+                SpanKind::Client,
+                never,
+            ),
+            // Templates that do not settle the type (a status code would: `HTTP`).
+            (
+                vec![KeyValue::new("db.namespace", "sophia")],
+                vec![],
+                SpanKind::Client,
+                without_status,
+            ),
+            (vec![], vec![], SpanKind::Client, without_status),
+        ];
+        // A resource holding one of the record's attributes: its value wins, no property.
+        let shadowing = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "sophia"),
+                KeyValue::new("gen_ai.response.model", "the resource's"),
+            ])
+            .build();
+        let statuses = [Status::Ok, Status::error("")];
+        for resource in [resource(), shadowing] {
+            let writer = Writer::new(IKEY, &resource);
+            for (i, (shared, own, kind, fast)) in cases.iter().enumerate() {
+                for (j, call) in records.iter().enumerate() {
+                    let template = SpanTemplate::new("chat gpt-4o", shared.clone());
+                    let span = |shared, attributes, call, status| {
+                        call_ref(kind, shared, attributes, call, status)
+                    };
+                    let as_attributes: Vec<KeyValue> = shared
+                        .iter()
+                        .chain(own)
+                        .cloned()
+                        .chain(call.attributes())
+                        .collect();
+                    for status in &statuses {
+                        let mut by_record = Envelopes::default();
+                        // Twice: the template's text written by the first, reused by the second.
+                        for _ in 0..2 {
+                            let s = span(Some(&template), own, Some(call), status);
+                            writer.span(&mut by_record, &s, 1.0);
+                        }
+                        let mut plain = Envelopes::default();
+                        for _ in 0..2 {
+                            let s = span(None, &as_attributes, None, status);
+                            writer.span(&mut plain, &s, 1.0);
+                        }
+                        assert_eq!(
+                            String::from_utf8(by_record.json(None)).unwrap(),
+                            String::from_utf8(plain.json(None)).unwrap(),
+                            "case {i}, record {j}"
+                        );
+                    }
+                    if !call.is_empty() {
+                        let s = span(Some(&template), own, Some(call), &statuses[0]);
+                        let after_text = writer.rendered(&template, &s).is_some() && own.is_empty();
+                        assert_eq!(after_text, fast(call), "case {i}, record {j}");
+                    }
+                }
+            }
+        }
+        // What the record writes, as ingestion reads it.
+        let writer = Writer::new(IKEY, &resource());
+        let template = SpanTemplate::new("chat gpt-4o", model());
+        let mut out = Envelopes::default();
+        for call in [&answered, &unanswered] {
+            let s = call_ref(
+                &SpanKind::Client,
+                Some(&template),
+                &[],
+                Some(call),
+                &Status::Ok,
+            );
+            writer.span(&mut out, &s, 1.0);
+        }
+        let items = parse(&out.json(None));
+        let data = &items[0]["data"]["baseData"];
+        assert_eq!(data["resultCode"], "200");
+        assert_eq!(data["type"], "HTTP");
+        let p = &data["properties"];
+        assert_eq!(p["sophia.retries"], "2");
+        assert_eq!(p["sophia.throttled"], "1");
+        assert_eq!(p["gen_ai.response.model"], "gpt-4o-2024-08-06");
+        assert_eq!(p["gen_ai.usage.input_tokens"], "12");
+        assert_eq!(p["gen_ai.usage.output_tokens"], "-6");
+        assert_eq!(p["gen_ai.response.finish_reasons"], "tool_calls");
+        assert_eq!(p["companyId"], "acme");
+        assert!(p.get("http.response.status_code").is_none());
+        let data = &items[1]["data"]["baseData"];
+        assert_eq!(data["resultCode"], "1", "no status code: the span's status");
+        assert_eq!(data["properties"]["error.type"], "timeout");
+    }
+
     #[test]
     fn a_template_writes_what_its_attributes_would() {
-        let model = || {
-            vec![
-                KeyValue::new("companyId", "acme"),
-                KeyValue::new("instanceId", "i-1"),
-                KeyValue::new("gen_ai.system", "az.ai.openai"),
-                KeyValue::new("gen_ai.request.model", "gpt-4o"),
-                KeyValue::new("server.address", "acme.openai.azure.com"),
-                KeyValue::new("server.port", 443),
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("gen_ai.operation.name", "chat"),
-                KeyValue::new("sophia.stream", false),
-                KeyValue::new("service.version", "shadowed by the resource's"),
-                KeyValue::new(
-                    "url.full",
-                    "https://acme.openai.azure.com/openai/x?api-version=1",
-                ),
-            ]
-        };
+        let model = model_attributes;
         let per_call = || {
             vec![
                 KeyValue::new("http.response.status_code", 200),
@@ -2005,20 +2357,7 @@ mod tests {
                 for status in [Status::Ok, Status::error("")] {
                     writer.span(
                         &mut out,
-                        &SpanRef {
-                            kind: kind.clone(),
-                            trace: TraceId::from(7),
-                            id: SpanId::from(8),
-                            parent: SpanId::from(9),
-                            name: "chat gpt-4o",
-                            start,
-                            end: start + Duration::from_millis(5),
-                            shared,
-                            attributes,
-                            events: &[],
-                            status: &status,
-                            request: None,
-                        },
+                        &call_ref(&kind, shared, attributes, None, &status),
                         1.0,
                     );
                 }
@@ -2041,6 +2380,7 @@ mod tests {
                 events: &[],
                 status: &Status::Ok,
                 request: None,
+                call: None,
             };
             assert_eq!(
                 writer

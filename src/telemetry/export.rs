@@ -31,7 +31,7 @@ use opentelemetry_sdk::Resource;
 use tokio::sync::{Notify, oneshot};
 
 use super::Owner;
-use super::envelope::{Envelopes, RequestFields, SpanRef, SpanTemplate, Writer};
+use super::envelope::{CallFields, Envelopes, RequestFields, SpanRef, SpanTemplate, Writer};
 use super::ingestion::{ConnectionString, IngestionClient};
 use super::metrics::Registry;
 use crate::upstream::policy::UpstreamPolicy;
@@ -89,6 +89,8 @@ pub(super) struct Finished {
     pub status: Status,
     /// A request's own record (its attributes as fields; `attributes` is then empty).
     pub request: Option<RequestFields>,
+    /// A dependency's record of how the call went (after `attributes`).
+    pub call: CallFields,
 }
 
 /// A finished span's name (a request's is its route).
@@ -118,6 +120,7 @@ impl Finished {
             events: &self.events,
             status: &self.status,
             request: self.request.as_ref(),
+            call: Some(&self.call),
         }
     }
 
@@ -149,42 +152,6 @@ type Local = Arc<Mutex<Written>>;
 thread_local! {
     /// This thread's buffer, and the pipeline it belongs to.
     static LOCAL: RefCell<Option<(usize, Local)>> = const { RefCell::new(None) };
-}
-
-/// Most attribute lists a thread keeps for its next spans, and the largest it keeps.
-const KEPT_ROOMS: usize = 8;
-const KEPT_ROOM_MAX: usize = 16;
-
-thread_local! {
-    /// Attribute lists of this thread's spans the worker has written, emptied, for the next
-    /// spans: reused while still in this core's cache, where a new one would come from the
-    /// allocator's free list in the order it was filled, long since cold.
-    static ROOMS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty attribute list with room for `n`: one this thread kept, or a new one.
-pub(super) fn attribute_room(n: usize) -> Vec<KeyValue> {
-    ROOMS
-        .try_with(|rooms| rooms.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-        .filter(|room| room.capacity() >= n)
-        .unwrap_or_else(|| Vec::with_capacity(n))
-}
-
-/// Keeps a written span's attribute list (emptied) for this thread's next spans.
-fn keep_room(mut attributes: Vec<KeyValue>) {
-    if attributes.capacity() == 0 || attributes.capacity() > KEPT_ROOM_MAX {
-        return;
-    }
-    attributes.clear();
-    let _ = ROOMS.try_with(|rooms| {
-        if let Ok(mut rooms) = rooms.try_borrow_mut()
-            && rooms.len() < KEPT_ROOMS
-        {
-            rooms.push(attributes);
-        }
-    });
 }
 
 /// Spans waiting for the worker (bounded in number), and the flushes waiting for them.
@@ -442,10 +409,8 @@ impl Pipeline {
         } else if wake {
             queue.wake.notify_one();
         }
-        // Their attribute lists kept for this thread's next spans.
-        for written in spent.into_iter().flatten() {
-            keep_room(written.attributes);
-        }
+        // Dropped here, with the lock let go.
+        drop(spent);
     }
 
     /// Runs `f` on this thread's buffer (registering it on first use); `None` when it cannot
@@ -1031,6 +996,7 @@ mod tests {
             events: Vec::new(),
             status: Status::Ok,
             request: None,
+            call: CallFields::default(),
         });
     }
 
@@ -1119,7 +1085,6 @@ mod tests {
         let marker: Arc<str> = Arc::from("marker");
         let now = std::time::SystemTime::now();
         let attributes = vec![KeyValue::new("m", Value::from(Arc::clone(&marker)))];
-        let list = attributes.as_ptr();
         pipeline.offer(Finished {
             kind: SpanKind::Client,
             trace: TraceId::from(7u128),
@@ -1133,25 +1098,13 @@ mod tests {
             events: Vec::new(),
             status: Status::Ok,
             request: None,
+            call: CallFields::default(),
         });
         assert!(pipeline.flush(Duration::from_secs(10)));
         assert_eq!(received.load(Ordering::SeqCst), 22);
         assert_eq!(Arc::strong_count(&marker), 2, "held for this thread");
         offer(&pipeline, 100);
         assert_eq!(Arc::strong_count(&marker), 1, "dropped on this thread");
-        // Its attribute list, emptied, is this thread's next span's.
-        let room = attribute_room(1);
-        assert!(room.is_empty());
-        assert_eq!(room.as_ptr(), list, "the written span's list, kept");
-        // Kept for this thread only: another thread's next list is not it.
-        keep_room(room);
-        let other = std::thread::spawn(|| {
-            let there = attribute_room(1);
-            there.as_ptr() as usize
-        });
-        assert_ne!(other.join().unwrap(), list as usize, "another thread's");
-        let again = attribute_room(1);
-        assert_eq!(again.as_ptr(), list, "still this thread's");
     }
 
     /// Every post is a whole gzip stream of what it carries, from the one compressor the
@@ -1178,6 +1131,7 @@ mod tests {
                 events: Vec::new(),
                 status: Status::Ok,
                 request: None,
+                call: CallFields::default(),
             };
             writer.span(&mut envelopes, &span.as_ref(), 1.0);
         }
@@ -1277,6 +1231,7 @@ mod tests {
                 events: &[],
                 status: &Status::Ok,
                 request: None,
+                call: None,
             };
             sink.writer.span(&mut envelopes, &span, 1.0);
         }

@@ -29,8 +29,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-pub use envelope::SpanTemplate;
 pub use envelope::{COMPANY_ATTRIBUTE, INSTANCE_ATTRIBUTE};
+pub use envelope::{CallFields, SpanTemplate};
 pub use export::sampled;
 pub use ingestion::ConnectionString;
 pub use request::RequestSpan;

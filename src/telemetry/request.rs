@@ -17,15 +17,12 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-use super::envelope::{RequestFields, SpanTemplate};
-use super::export::{Finished, SpanName, attribute_room};
+use super::envelope::{CallFields, RequestFields, SpanTemplate};
+use super::export::{Finished, SpanName};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
 }
-
-/// The attributes a model call records of its own: room for them in one allocation.
-const ROOM: usize = 8;
 
 /// Ids a child span needs from its request.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +194,7 @@ impl Drop for Live {
             events: std::mem::take(&mut state.events),
             status: if state.failed { FAILED } else { Status::Unset },
             request: Some(std::mem::take(&mut state.fields)),
+            call: CallFields::default(),
         });
     }
 }
@@ -222,6 +220,8 @@ struct PendingData {
     start: SystemTime,
     end: Option<SystemTime>,
     attributes: Vec<KeyValue>,
+    /// How the call went, as fields (written after `attributes`).
+    call: CallFields,
     status: Status,
 }
 
@@ -257,16 +257,8 @@ impl Pending {
     /// recorded (`template` is asked for only when the dependency is recorded).
     pub fn from_template(template: impl FnOnce() -> Arc<SpanTemplate>) -> Self {
         match recorded_parent() {
-            Some(parent) => {
-                // Room for what a sampled call records of its own (status code, the model
-                // that answered, tokens, finish reasons, retries): one allocation.
-                let room = if parent.sampled {
-                    attribute_room(ROOM)
-                } else {
-                    Vec::new()
-                };
-                Self::under(parent, None, Some(template()), room)
-            }
+            // What it records of its own goes in its record ([`Pending::call`]): no list.
+            Some(parent) => Self::under(parent, None, Some(template()), Vec::new()),
             None => Self::none(),
         }
     }
@@ -286,6 +278,7 @@ impl Pending {
             start: SystemTime::now(),
             end: None,
             attributes,
+            call: CallFields::default(),
             status: Status::Unset,
         }))
     }
@@ -299,10 +292,10 @@ impl Pending {
         self.0.as_ref().is_some_and(|d| d.parent.sampled)
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        if let Some(d) = &mut self.0 {
-            d.attributes.push(KeyValue::new(key, value));
-        }
+    /// Its record of how the call went (its status code, the model's answer, why it failed),
+    /// when it is recorded.
+    pub fn call(&mut self) -> Option<&mut CallFields> {
+        self.0.as_mut().map(|d| &mut d.call)
     }
 
     /// Successful (App Insights reads an unset dependency status as unknown).
@@ -362,6 +355,7 @@ impl Drop for Pending {
             events: Vec::new(),
             status: d.status,
             request: None,
+            call: d.call,
         });
     }
 }
