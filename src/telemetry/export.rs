@@ -87,10 +87,17 @@ pub(super) struct Finished {
     pub attributes: Vec<KeyValue>,
     pub events: Vec<Event>,
     pub status: Status,
-    /// A request's own record (its attributes as fields; `attributes` is then empty).
-    pub request: Option<RequestFields>,
-    /// A dependency's record of how the call went (after `attributes`).
-    pub call: CallFields,
+    /// What it records as fields.
+    pub record: Record,
+}
+
+/// A finished span's record: a request's (its attributes as fields; the span's `attributes`
+/// are then empty), or a dependency's of how the call went (after its `attributes`). One or
+/// the other: a span is handed over and read by the worker as it is, and every byte of it is
+/// a byte another core fetches.
+pub(super) enum Record {
+    Request(RequestFields),
+    Call(CallFields),
 }
 
 /// A finished span's name (a request's is its route).
@@ -107,11 +114,11 @@ impl Finished {
             trace: self.trace,
             id: self.id,
             parent: self.parent,
-            name: match (&self.request, &self.name, &self.template) {
-                (Some(request), _, _) => &request.route,
-                (None, SpanName::Own(name), _) => name,
-                (None, SpanName::Template, Some(template)) => template.name(),
-                (None, SpanName::Template, None) => "",
+            name: match (&self.record, &self.name, &self.template) {
+                (Record::Request(request), _, _) => &request.route,
+                (_, SpanName::Own(name), _) => name,
+                (_, SpanName::Template, Some(template)) => template.name(),
+                (_, SpanName::Template, None) => "",
             },
             start: self.start,
             end: self.end,
@@ -119,8 +126,14 @@ impl Finished {
             attributes: &self.attributes,
             events: &self.events,
             status: &self.status,
-            request: self.request.as_ref(),
-            call: Some(&self.call),
+            request: match &self.record {
+                Record::Request(request) => Some(request),
+                Record::Call(_) => None,
+            },
+            call: match &self.record {
+                Record::Call(call) => Some(call),
+                Record::Request(_) => None,
+            },
         }
     }
 
@@ -563,9 +576,9 @@ impl Pipeline {
             .span(&mut out.envelopes, &span.as_ref(), rate);
         if self.owner_count.load(Ordering::Relaxed) > 0 {
             let shared = span.template.as_deref().map_or(&[][..], |t| t.attributes());
-            let owner = match &span.request {
-                Some(request) => request.owner(),
-                None => owner_of(shared, &span.attributes),
+            let owner = match &span.record {
+                Record::Request(request) => request.owner(),
+                Record::Call(_) => owner_of(shared, &span.attributes),
             };
             if let Some((company, instance)) = owner {
                 out.owned.push((
@@ -995,8 +1008,7 @@ mod tests {
             attributes: vec![KeyValue::new("n", i64::from(n))],
             events: Vec::new(),
             status: Status::Ok,
-            request: None,
-            call: CallFields::default(),
+            record: Record::Call(CallFields::default()),
         });
     }
 
@@ -1097,8 +1109,7 @@ mod tests {
             attributes,
             events: Vec::new(),
             status: Status::Ok,
-            request: None,
-            call: CallFields::default(),
+            record: Record::Call(CallFields::default()),
         });
         assert!(pipeline.flush(Duration::from_secs(10)));
         assert_eq!(received.load(Ordering::SeqCst), 22);
@@ -1130,8 +1141,7 @@ mod tests {
                 attributes: vec![KeyValue::new("n", format!("{:x}", n * n * 0x5851_f42d))],
                 events: Vec::new(),
                 status: Status::Ok,
-                request: None,
-                call: CallFields::default(),
+                record: Record::Call(CallFields::default()),
             };
             writer.span(&mut envelopes, &span.as_ref(), 1.0);
         }

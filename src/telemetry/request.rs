@@ -18,7 +18,7 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use super::envelope::{CallFields, RequestFields, SpanTemplate};
-use super::export::{Finished, SpanName};
+use super::export::{Finished, Record, SpanName};
 
 tokio::task_local! {
     static CURRENT: Arc<Live>;
@@ -193,8 +193,7 @@ impl Drop for Live {
             attributes: Vec::new(),
             events: std::mem::take(&mut state.events),
             status: if state.failed { FAILED } else { Status::Unset },
-            request: Some(std::mem::take(&mut state.fields)),
-            call: CallFields::default(),
+            record: Record::Request(std::mem::take(&mut state.fields)),
         });
     }
 }
@@ -354,8 +353,7 @@ impl Drop for Pending {
             attributes: d.attributes,
             events: Vec::new(),
             status: d.status,
-            request: None,
-            call: d.call,
+            record: Record::Call(d.call),
         });
     }
 }
