@@ -1850,6 +1850,16 @@ mod tests {
             Status::Ok,
         );
         let template = SpanTemplate::new("chat gpt-4o", fixed);
+        // The same as SOPHIA records it: a call's record.
+        let call = CallFields {
+            status: Some(200),
+            response_model: Some(opentelemetry::Value::from("gpt-4o-2024-08-06")),
+            input_tokens: Some(12),
+            output_tokens: Some(6),
+            finish_reasons: Some(opentelemetry::Value::from("stop")),
+            ..CallFields::default()
+        };
+        assert!(own.iter().cloned().eq(call.attributes()));
         let writer = Writer::new(IKEY, &resource);
         let (batches, batch) = (40, 512);
         // Each request its own ids, request id and times, as they are (gzip sees no copies).
@@ -1919,8 +1929,7 @@ mod tests {
                     (r.request, r.attributes) = (Some(fields), &[]);
                     writer.span(out, &r, 1.0);
                     let mut d = SpanRef::from(dependency);
-                    d.shared = Some(&template);
-                    d.attributes = &own;
+                    (d.shared, d.attributes, d.call) = (Some(&template), &[], Some(&call));
                     writer.span(out, &d, 1.0);
                 }
                 if gzip {
