@@ -158,28 +158,42 @@ impl CallFields {
         *self == Self::default()
     }
 
-    /// The fields' values by [`CALL_KEYS`] (`None`: not recorded).
-    fn values(&self) -> [Option<Value>; 8] {
-        let int = |v: Option<i64>| v.map(Value::I64);
+    /// The fields by [`CALL_KEYS`] (`None`: not recorded), borrowed.
+    fn fields(&self) -> [Option<CallField<'_>>; 8] {
+        use CallField::{Int, Text, Val};
         [
-            self.status.map(|s| Value::I64(i64::from(s))),
-            int(self.retries),
-            int(self.throttled),
-            self.response_model.clone(),
-            int(self.input_tokens),
-            int(self.output_tokens),
-            self.finish_reasons.clone(),
-            self.error_type.map(Value::from),
+            self.status.map(|s| Int(i64::from(s))),
+            self.retries.map(Int),
+            self.throttled.map(Int),
+            self.response_model.as_ref().map(Val),
+            self.input_tokens.map(Int),
+            self.output_tokens.map(Int),
+            self.finish_reasons.as_ref().map(Val),
+            self.error_type.map(Text),
         ]
     }
 
     /// The same as span attributes, in [`CALL_KEYS`]' order.
-    pub(super) fn attributes(&self) -> impl Iterator<Item = KeyValue> {
+    pub(super) fn attributes(&self) -> impl Iterator<Item = KeyValue> + '_ {
         CALL_KEYS
             .into_iter()
-            .zip(self.values())
-            .filter_map(|(key, v)| Some(KeyValue::new(key, v?)))
+            .zip(self.fields())
+            .filter_map(|(key, f)| {
+                let value = match f? {
+                    CallField::Int(i) => Value::I64(i),
+                    CallField::Val(v) => v.clone(),
+                    CallField::Text(s) => Value::from(s),
+                };
+                Some(KeyValue::new(key, value))
+            })
     }
+}
+
+/// One field of a [`CallFields`], as it is written.
+enum CallField<'a> {
+    Int(i64),
+    Val(&'a Value),
+    Text(&'static str),
 }
 
 impl SpanRef<'_> {
@@ -968,33 +982,18 @@ impl Writer {
     /// The properties a call's record gives (`skip`: [`Rendered::call_skip`]), as
     /// [`Writer::members`] writes them from [`CallFields::attributes`].
     fn call_members(&self, b: &mut Vec<u8>, call: &CallFields, skip: &[bool; 8], any: &mut bool) {
-        let mut put = |i: usize, write: &dyn Fn(&mut Vec<u8>)| {
-            if !skip[i] {
-                open(b, any);
-                string(b, CALL_KEYS[i], 150);
-                b.push(b':');
-                write(b);
+        for ((key, skip), field) in CALL_KEYS.iter().zip(skip).zip(call.fields()) {
+            let Some(field) = field.filter(|_| !skip) else {
+                continue;
+            };
+            open(b, any);
+            string(b, key, 150);
+            b.push(b':');
+            match field {
+                CallField::Int(i) => int(b, i),
+                CallField::Val(v) => value(b, v, 8192),
+                CallField::Text(s) => string(b, s, 8192),
             }
-        };
-        let ints = [(1, call.retries), (2, call.throttled)];
-        for (i, v) in ints {
-            if let Some(v) = v {
-                put(i, &|b| int(b, v));
-            }
-        }
-        if let Some(v) = &call.response_model {
-            put(3, &|b| value(b, v, 8192));
-        }
-        for (i, v) in [(4, call.input_tokens), (5, call.output_tokens)] {
-            if let Some(v) = v {
-                put(i, &|b| int(b, v));
-            }
-        }
-        if let Some(v) = &call.finish_reasons {
-            put(6, &|b| value(b, v, 8192));
-        }
-        if let Some(v) = call.error_type {
-            put(7, &|b| string(b, v, 8192));
         }
     }
 

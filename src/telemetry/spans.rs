@@ -86,9 +86,6 @@ thread_local! {
 
 /// `s` as an attribute value: shared with the last spans of this thread that recorded it.
 pub fn shared(s: &str) -> Value {
-    if s.len() > SHARED_LEN {
-        return Value::from(s.to_owned());
-    }
     Value::String(shared_str(s).into())
 }
 
